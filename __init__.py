@@ -1,0 +1,7 @@
+"""clothprobe: classify clothing photos from frozen CNN embeddings.
+
+The heavy libraries (TensorFlow, LightGBM) are imported lazily, inside the functions that need them,
+so that `cli --help` and a fully cached `cli featurize` start in a fraction of a second.
+"""
+
+__version__ = "0.1.0"

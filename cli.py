@@ -1,0 +1,99 @@
+"""The ``cli`` command: a thin typer layer over the library. Each command parses, calls one function, prints."""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from clothprobe.errors import ClothprobeError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+app = typer.Typer(
+    help="clothprobe: classify clothing photos from frozen CNN embeddings.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console(soft_wrap=True)
+
+
+@app.callback()
+def _group() -> None:
+    """clothprobe: classify clothing photos from frozen CNN embeddings."""
+
+err = Console(stderr=True, soft_wrap=True)
+
+
+class TTA(str, Enum):
+    none = "none"
+    flip = "flip"
+
+
+@app.command()
+def featurize(
+    data: Annotated[Path, typer.Option(help="Dataset folder: DIR/<split>/<class>/<image> or DIR/<class>/<image>.")],
+    backbone: Annotated[str, typer.Option(help="vgg16, xception or mobilenetv2.")] = "xception",
+    weights: Annotated[str, typer.Option(
+        help="'imagenet' (offline dir from CLOTHPROBE_WEIGHTS_DIR, Keras cache, then download), a weights "
+             "file or directory, or 'none' (random, for smoke tests).")] = "imagenet",
+    out_path: Annotated[Path | None, typer.Option("--out", help="Cache file (default: features/<dataset>/<backbone>.h5).")] = None,
+    features_dir: Annotated[Path, typer.Option(help="Root of the default cache location.")] = Path("features"),
+    batch_size: Annotated[int, typer.Option(help="Images per inference batch; memory grows with it.")] = 32,
+    precision: Annotated[str, typer.Option(
+        help="auto (bfloat16 where the CPU has bf16 units, else float32), float32 or bfloat16.")] = "auto",
+    tta: Annotated[TTA, typer.Option(help="'flip' also caches the horizontally flipped view, for TTA in fit.")] = TTA.none,
+    strict: Annotated[bool, typer.Option(help="Stop at the first file that cannot be used instead of skipping it.")] = False,
+    image_size: Annotated[int | None, typer.Option(help="Override the backbone's input size (changes the cache).")] = None,
+    max_pixels: Annotated[int, typer.Option(help="Refuse images above this many pixels (decompression bombs).")] = 50_000_000,
+    seed: Annotated[int, typer.Option(help="Seed for random weights (--weights none).")] = 0,
+) -> None:
+    """Run a frozen ImageNet conv base once over DATA and cache pooled embeddings in HDF5."""
+    from clothprobe.featurize import featurize as run_featurize
+
+    result = run_featurize(
+        data, backbone=backbone, out=out_path, features_dir=features_dir, weights=weights,
+        batch_size=batch_size, precision=precision, tta=tta is TTA.flip, strict=strict,
+        image_size=image_size, max_pixels=max_pixels, seed=seed, progress=sys.stderr.isatty(),
+    )
+    for change in result.invalidated:
+        err.print(f"[yellow]cache invalidated[/] ({change}): every image recomputed")
+    table = Table(title=f"{result.backbone} embeddings ({result.precision})")
+    for col in ("split", "images"):
+        table.add_column(col)
+    for split, n in result.images.items():
+        table.add_row(split, str(n))
+    out.print(table)
+    rate = f", {result.images_per_second:.1f} img/s" if result.computed else ""
+    out.print(
+        f"computed {result.computed}{rate}; reused {result.reused} (resumed {result.resumed}); "
+        f"removed {result.removed}; skipped {len(result.skipped)}; {result.seconds:.1f} s"
+    )
+    for path, reason in result.skipped:
+        err.print(f"[yellow]skipped[/] {path}: {reason}")
+    state = "up to date" if result.up_to_date else "written"
+    out.print(f"cache {state}: {result.cache_path}")
+
+
+def main() -> None:
+    """Entry point: user-facing errors become one clear message and exit code 2, never a traceback."""
+    try:
+        app()
+    except ClothprobeError as error:
+        err.print(Text("error: ", style="bold red") + Text(str(error)), highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted; finished batches are kept and the next run resumes")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny images and datasets the tests make themselves, and a tiny random backbone."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("CLOTHPROBE_OFFLINE", "1")  # tests never reach for the network
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "clothing-dataset-small"
+
+# A random-weights VGG16 on 32 px images: the real Keras model, small enough to run in a second.
+TINY = dict(backbone="vgg16", weights=None, image_size=32, batch_size=4, precision="float32")
+
+
+def make_image(path: Path, seed: int, size: tuple[int, int] = (40, 30), mode: str = "RGB", fmt: str | None = None) -> Path:
+    """A small image with seeded random pixels, so different seeds give different content hashes."""
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    im = Image.fromarray(arr, "RGB")
+    if mode != "RGB":
+        im = im.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path, format=fmt)
+    return path
+
+
+def make_dataset(root: Path, per_class: dict[str, int] | None = None, splits: tuple[str, ...] = ("train", "validation", "test"),
+                 seed: int = 0) -> Path:
+    """root/<split>/<class>/<n>.jpg with distinct random pixels."""
+    per_class = per_class or {"hat": 3, "shirt": 2, "t-shirt": 4}
+    k = seed * 10_000
+    for split in splits:
+        for cls, n in per_class.items():
+            for i in range(n):
+                k += 1
+                make_image(root / split / cls / f"{i}.png", seed=k)
+    return root
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "clothes")

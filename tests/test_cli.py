@@ -1,0 +1,113 @@
+"""The command line: help for every command, clear errors without tracebacks, and a run killed mid-way."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from clothprobe.cli import app
+from clothprobe.featurize import load_features
+from conftest import make_image
+
+runner = CliRunner()
+COMMANDS = [c.name or c.callback.__name__ for c in app.registered_commands]
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The installed entry point in a subprocess, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "clothprobe.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_help_of_every_command() -> None:
+    assert "featurize" in COMMANDS
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        assert command in result.output
+        sub = runner.invoke(app, [command, "--help"])
+        assert sub.exit_code == 0 and "Usage" in sub.output
+
+
+def test_featurize_cli_writes_cache_and_reports_skips(dataset: Path, tmp_path: Path) -> None:
+    (dataset / "train" / "hat" / "zero.jpg").write_bytes(b"")
+    out = tmp_path / "c.h5"
+    res = cli("featurize", "--data", str(dataset), "--backbone", "vgg16", "--weights", "none", "--image-size", "32",
+              "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "computed 27" in res.stdout and "skipped 1" in res.stdout
+    assert "train/hat/zero.jpg: empty file" in res.stderr
+    assert len(load_features(out).split("train")) == 9
+
+
+def test_default_cache_location(dataset: Path, tmp_path: Path) -> None:
+    res = cli("featurize", "--data", str(dataset), "--backbone", "vgg16", "--weights", "none", "--image-size", "32",
+              "--features-dir", str(tmp_path / "features"))
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "features" / "clothes" / "vgg16.h5").is_file()
+
+
+def test_offline_weights_error_is_one_clear_message(dataset: Path, tmp_path: Path) -> None:
+    res = cli("featurize", "--data", str(dataset), "--backbone", "xception", "--out", str(tmp_path / "c.h5"),
+              env={"CLOTHPROBE_OFFLINE": "1", "KERAS_HOME": str(tmp_path / "k"), "XDG_CONFIG_HOME": str(tmp_path / "c"),
+                   "CLOTHPROBE_WEIGHTS_DIR": ""})
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    assert "No ImageNet weights for backbone 'xception'" in res.stderr
+    assert "--weights PATH" in res.stderr and "CLOTHPROBE_WEIGHTS_DIR" in res.stderr
+    assert not (tmp_path / "c.h5").exists()
+
+
+def test_unknown_backbone_and_strict_exit_2(dataset: Path, tmp_path: Path) -> None:
+    res = cli("featurize", "--data", str(dataset), "--backbone", "resnet", "--weights", "none")
+    assert res.returncode == 2 and "choose one of: vgg16, xception, mobilenetv2" in res.stderr
+    (dataset / "test" / "hat" / "bad.jpg").write_bytes(b"nope")
+    res = cli("featurize", "--data", str(dataset), "--backbone", "vgg16", "--weights", "none", "--image-size", "32",
+              "--strict", "--out", str(tmp_path / "c.h5"))
+    assert res.returncode == 2 and "test/hat/bad.jpg" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_killed_run_leaves_cache_usable_and_resumes(tmp_path: Path) -> None:
+    data, out = tmp_path / "d", tmp_path / "c.h5"
+    for i in range(4):
+        make_image(data / "train" / "a" / f"first{i}.png", seed=i)
+    args = ["featurize", "--data", str(data), "--backbone", "vgg16", "--weights", "none", "--image-size", "96",
+            "--batch-size", "2", "--out", str(out)]
+    assert cli(*args).returncode == 0
+    before = load_features(out).split("train").embeddings
+    for i in range(300):
+        make_image(data / "train" / ("a" if i % 2 else "b") / f"more{i:03d}.png", seed=1000 + i)
+
+    proc = subprocess.Popen([sys.executable, "-m", "clothprobe.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    partial = out.with_name(out.name + ".partial")
+    deadline = time.time() + 120
+    while len(list(partial.glob("*.sha256.npy"))) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list(partial.glob("*.sha256.npy")))
+    assert 3 <= done < 150, "the run should have been killed part-way"
+
+    intact = load_features(out).split("train")  # the previous cache, untouched
+    assert np.array_equal(intact.embeddings, before) and len(intact) == 4
+
+    res = cli(*args)
+    assert res.returncode == 0, res.stderr
+    assert f"computed {300 - 2 * done}" in res.stdout.replace("\n", " ") or "resumed" in res.stdout
+    resumed = int(res.stdout.split("resumed ")[1].split(")")[0])
+    assert resumed >= 2 * done
+    assert not partial.exists()
+    full = load_features(out).split("train")
+    assert len(full) == 304
+    fresh = tmp_path / "fresh.h5"
+    assert cli(*args[:-1], str(fresh)).returncode == 0
+    assert np.array_equal(load_features(fresh).split("train").embeddings, full.embeddings)

@@ -1,0 +1,175 @@
+"""featurize() end to end on tiny images with a real (random-weights) Keras VGG16 and a real HDF5 file."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from clothprobe.errors import ClothprobeError
+from clothprobe.featurize import featurize, load_features
+from clothprobe.featurize.cache import SCHEMA_VERSION, writer_lock
+from conftest import TINY, make_image
+
+
+def run(data: Path, out: Path, **kw):
+    return featurize(data, out=out, **{**TINY, **kw})
+
+
+def test_schema_round_trip(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "f.h5"
+    result = run(dataset, out)
+    assert result.computed == 27 and result.reused == 0 and not result.skipped
+    cache = load_features(out)
+    assert cache.class_names == ["hat", "shirt", "t-shirt"]
+    assert set(cache.splits) == {"train", "validation", "test"}
+    train = cache.split("train")
+    assert train.embeddings.shape == (9, 512) and train.embeddings.dtype == np.float32
+    assert list(train.labels) == [0, 0, 0, 1, 1, 2, 2, 2, 2]
+    assert train.paths[0] == "train/hat/0.png" and len(train.sha256[0]) == 64
+    assert train.flip is None
+    assert cache.config.backbone == "vgg16" and cache.config.input_size == 32
+    assert cache.attrs["schema_version"] == SCHEMA_VERSION
+    for key in ("preprocessing", "pooling", "weights_sha256", "precision", "runtime", "versions", "fingerprint"):
+        assert key in cache.attrs
+    with pytest.raises(ClothprobeError, match="no 'extra' split"):
+        cache.split("extra")
+
+
+def test_embeddings_are_bit_identical_run_to_run(dataset: Path, tmp_path: Path) -> None:
+    run(dataset, tmp_path / "a.h5")
+    run(dataset, tmp_path / "b.h5")
+    a, b = load_features(tmp_path / "a.h5"), load_features(tmp_path / "b.h5")
+    for split in a.splits:
+        assert np.array_equal(a.split(split).embeddings, b.split(split).embeddings)
+
+
+def test_embedding_does_not_depend_on_batch_company(dataset: Path, tmp_path: Path) -> None:
+    run(dataset, tmp_path / "a.h5", batch_size=4)
+    only = tmp_path / "one"
+    shutil.copytree(dataset / "train" / "hat", only / "train" / "hat")
+    run(only, tmp_path / "b.h5", batch_size=4)
+    a, b = load_features(tmp_path / "a.h5").split("train"), load_features(tmp_path / "b.h5").split("train")
+    assert np.array_equal(a.embeddings[:3], b.embeddings)
+
+
+def test_flip_view(dataset: Path, tmp_path: Path) -> None:
+    run(dataset, tmp_path / "f.h5", tta=True)
+    train = load_features(tmp_path / "f.h5").split("train")
+    assert train.flip is not None and train.flip.shape == train.embeddings.shape
+    assert not np.allclose(train.flip, train.embeddings)
+
+
+def test_second_run_does_no_model_work(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "f.h5"
+    run(dataset, out)
+    before = out.stat().st_mtime_ns
+    import clothprobe.featurize.embed as embed
+
+    monkeypatch.setattr(embed, "Embedder", None)  # any model work would now fail
+    again = run(dataset, out)
+    assert again.computed == 0 and again.reused == 27 and again.up_to_date
+    assert out.stat().st_mtime_ns == before
+
+
+def test_incremental_add_change_remove(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "f.h5"
+    run(dataset, out)
+    old = load_features(out).split("train")
+    make_image(dataset / "train" / "hat" / "new.png", seed=777)  # added
+    make_image(dataset / "train" / "shirt" / "0.png", seed=778)  # changed content, same name
+    (dataset / "train" / "t-shirt" / "3.png").unlink()  # removed
+    result = run(dataset, out)
+    assert result.computed == 2 and result.removed == 1 and result.reused == 25
+    new = load_features(out).split("train")
+    assert "train/t-shirt/3.png" not in set(new.paths)
+    row = {p: i for i, p in enumerate(new.paths)}
+    old_row = {p: i for i, p in enumerate(old.paths)}
+    assert np.array_equal(new.embeddings[row["train/hat/0.png"]], old.embeddings[old_row["train/hat/0.png"]])
+    assert not np.array_equal(new.embeddings[row["train/shirt/0.png"]], old.embeddings[old_row["train/shirt/0.png"]])
+    # an image computed incrementally equals the same image computed in a fresh full run
+    fresh = run(dataset, tmp_path / "fresh.h5")
+    assert fresh.computed == 27
+    assert np.array_equal(load_features(tmp_path / "fresh.h5").split("train").embeddings, new.embeddings)
+
+
+def test_moved_image_keeps_embedding_takes_new_label(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "f.h5"
+    run(dataset, out)
+    (dataset / "train" / "hat" / "0.png").rename(dataset / "train" / "shirt" / "moved.png")
+    result = run(dataset, out)
+    assert result.computed == 0
+    train = load_features(out).split("train")
+    i = list(train.paths).index("train/shirt/moved.png")
+    assert train.labels[i] == 1
+
+
+def test_changed_weights_invalidate_everything(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "f.h5"
+    run(dataset, out, seed=0)
+    result = run(dataset, out, seed=1)  # random weights from another seed: different weights fingerprint
+    assert result.computed == 27 and any(c.startswith("weights_sha256") for c in result.invalidated)
+    result = run(dataset, out, seed=1, image_size=40)
+    assert result.computed == 27 and result.invalidated == ["input_size: 32 -> 40"]
+
+
+def test_adding_flip_view_recomputes(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "f.h5"
+    run(dataset, out)
+    assert run(dataset, out, tta=True).computed == 27
+    assert run(dataset, out, tta=True).computed == 0
+
+
+def test_bad_files_skipped_reported_and_kept(dataset: Path, tmp_path: Path) -> None:
+    (dataset / "train" / "hat" / "empty.jpg").write_bytes(b"")
+    (dataset / "test" / "shirt" / "notes.txt").write_text("not a photo")
+    (dataset / "train" / "hat" / ".DS_Store").write_bytes(b"\0\1")
+    out = tmp_path / "f.h5"
+    result = run(dataset, out)
+    assert dict(result.skipped) == {
+        "train/hat/empty.jpg": "empty file (0 bytes)",
+        "test/shirt/notes.txt": "not an image Pillow can read (unknown or corrupt format)",
+    }
+    cache = load_features(out)
+    assert cache.split("train").skipped == [("train/hat/empty.jpg", "empty file (0 bytes)")]
+    assert len(cache.split("train")) == 9 and len(cache.split("test")) == 9
+
+
+def test_strict_makes_a_skip_fatal_and_names_the_file(dataset: Path, tmp_path: Path) -> None:
+    (dataset / "validation" / "hat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    with pytest.raises(ClothprobeError, match="validation/hat/broken.png"):
+        run(dataset, tmp_path / "f.h5", strict=True)
+    assert not (tmp_path / "f.h5").exists()
+
+
+def test_second_writer_refused(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "f.h5"
+    with writer_lock(out):
+        with pytest.raises(ClothprobeError, match="Another clothprobe run"):
+            run(dataset, out)
+
+
+def test_corrupt_cache_is_rebuilt_not_fatal(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "f.h5"
+    out.write_bytes(b"garbage, not HDF5")
+    assert run(dataset, out).computed == 27
+    with h5py.File(out) as h5:
+        assert h5.attrs["schema_version"] == SCHEMA_VERSION
+
+
+def test_load_features_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ClothprobeError, match="No feature cache at .*nope.h5"):
+        load_features(tmp_path / "nope.h5")
+    (tmp_path / "bad.h5").write_bytes(b"garbage")
+    with pytest.raises(ClothprobeError, match="bad.h5"):
+        load_features(tmp_path / "bad.h5")
+
+
+def test_unknown_names_list_choices(dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(ClothprobeError, match="Unknown backbone 'resnet'; choose one of: vgg16, xception, mobilenetv2"):
+        run(dataset, tmp_path / "f.h5", backbone="resnet")
+    with pytest.raises(ClothprobeError, match="Unknown precision 'fp8'"):
+        run(dataset, tmp_path / "f.h5", precision="fp8")
