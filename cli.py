@@ -50,6 +50,8 @@ def featurize(
     batch_size: Annotated[int, typer.Option(help="Images per inference batch; memory grows with it.")] = 32,
     precision: Annotated[str, typer.Option(
         help="auto (bfloat16 where the CPU has bf16 units, else float32), float32 or bfloat16.")] = "auto",
+    runtime: Annotated[str, typer.Option(
+        help="auto (OpenVINO on a CPU-only machine, else Keras/TensorFlow), keras or openvino.")] = "auto",
     tta: Annotated[TTA, typer.Option(help="'flip' also caches the horizontally flipped view, for TTA in fit.")] = TTA.none,
     strict: Annotated[bool, typer.Option(help="Stop at the first file that cannot be used instead of skipping it.")] = False,
     image_size: Annotated[int | None, typer.Option(help="Override the backbone's input size (changes the cache).")] = None,
@@ -61,12 +63,12 @@ def featurize(
 
     result = run_featurize(
         data, backbone=backbone, out=out_path, features_dir=features_dir, weights=weights,
-        batch_size=batch_size, precision=precision, tta=tta is TTA.flip, strict=strict,
+        batch_size=batch_size, precision=precision, runtime=runtime, tta=tta is TTA.flip, strict=strict,
         image_size=image_size, max_pixels=max_pixels, seed=seed, progress=sys.stderr.isatty(),
     )
     for change in result.invalidated:
         err.print(f"[yellow]cache invalidated[/] ({change}): every image recomputed")
-    table = Table(title=f"{result.backbone} embeddings ({result.precision})")
+    table = Table(title=f"{result.backbone} embeddings ({result.runtime}, {result.precision})")
     for col in ("split", "images"):
         table.add_column(col)
     for split, n in result.images.items():

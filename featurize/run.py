@@ -13,7 +13,7 @@ from clothprobe.errors import ClothprobeError
 from clothprobe.featurize import cache as cache_mod
 from clothprobe.featurize.backbones import get_backbone
 from clothprobe.featurize.dataset import Dataset, ImageFile, scan
-from clothprobe.featurize.embed import RUNTIME, resolve_precision
+from clothprobe.featurize.embed import resolve_precision, resolve_runtime
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS, RESIZE
 from clothprobe.featurize.weights import file_sha256, resolve_weights
 from clothprobe.progress import progress_bar
@@ -26,6 +26,7 @@ class FeaturizeResult:
     cache_path: Path
     backbone: str
     precision: str
+    runtime: str
     images: dict[str, int]
     computed: int = 0
     reused: int = 0
@@ -91,6 +92,7 @@ def featurize(
     weights: str | Path | None = "imagenet",
     batch_size: int = 32,
     precision: str = "auto",
+    runtime: str = "auto",
     tta: bool = False,
     strict: bool = False,
     image_size: int | None = None,
@@ -106,6 +108,7 @@ def featurize(
     started = time.perf_counter()
     bb = get_backbone(backbone)
     precision = resolve_precision(precision)
+    runtime = resolve_runtime(runtime)
     if batch_size < 1:
         raise ClothprobeError(f"--batch-size must be at least 1, got {batch_size}.")
     resolved = resolve_weights(bb, weights)
@@ -118,11 +121,11 @@ def featurize(
         pooling="avg",
         resize=RESIZE,
         precision=precision,
-        runtime=RUNTIME,
+        runtime=runtime,
         weights_sha256=resolved.sha256 if resolved.path else f"random-init-seed-{seed}",
     )
     views = ("embeddings", "flip") if tta else ("embeddings",)
-    result = FeaturizeResult(out, bb.name, precision, {s: len(f) for s, f in dataset.files.items()})
+    result = FeaturizeResult(out, bb.name, precision, runtime, {s: len(f) for s, f in dataset.files.items()})
     skipped: dict[str, str] = {p: "not inside a class folder" for p in dataset.stray}
     split_of = {**dataset.stray, **{f.rel_path: f.split for fs in dataset.files.values() for f in fs}}
     if strict and skipped:
@@ -151,8 +154,8 @@ def featurize(
             if strict and skipped:
                 raise _strict_error(skipped, dataset.root)
             if todo:
-                _compute(list(todo.items()), bb, resolved.path, precision, config.input_size, batch_size, tta,
-                         seed, max_pixels, partial, skipped, strict, dataset, progress, result)
+                _compute(list(todo.items()), bb, resolved.path, precision, runtime, config.input_size, batch_size,
+                         tta, seed, max_pixels, partial, skipped, strict, dataset, progress, result)
                 known.update(partial.known())
 
             splits = _split_rows(dataset, hashes, known, skipped, split_of)
@@ -180,15 +183,15 @@ def featurize(
     return result
 
 
-def _compute(todo, bb, weights_path, precision, size, batch_size, tta, seed, max_pixels, partial, skipped,
+def _compute(todo, bb, weights_path, precision, runtime, size, batch_size, tta, seed, max_pixels, partial, skipped,
              strict, dataset: Dataset, progress: bool, result: FeaturizeResult) -> None:  # noqa: ANN001
     """Run the model over the images in ``todo`` (content hash, file), saving each finished batch."""
     from clothprobe.featurize.embed import Embedder
 
-    embedder = Embedder(bb, weights_path, precision, size, batch_size, tta, seed)
+    embedder = Embedder(bb, weights_path, precision, size, batch_size, tta, seed, runtime)
     files = [f.path for _, f in todo]
     started = time.perf_counter()
-    with progress_bar(f"{bb.name} ({precision})", len(files), progress, unit="img") as advance:
+    with progress_bar(f"{bb.name} ({runtime}, {precision})", len(files), progress, unit="img") as advance:
         for batch in embedder.run(files, max_pixels):
             for i, reason in batch.skipped.items():
                 skipped[todo[i][1].rel_path] = reason

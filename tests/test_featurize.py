@@ -173,3 +173,15 @@ def test_unknown_names_list_choices(dataset: Path, tmp_path: Path) -> None:
         run(dataset, tmp_path / "f.h5", backbone="resnet")
     with pytest.raises(ClothprobeError, match="Unknown precision 'fp8'"):
         run(dataset, tmp_path / "f.h5", precision="fp8")
+
+
+def test_keras_and_openvino_runtimes_agree(dataset: Path, tmp_path: Path) -> None:
+    keras_run = run(dataset, tmp_path / "f.h5", runtime="keras")
+    assert keras_run.runtime == "keras" and keras_run.computed == 27
+    ov_run = run(dataset, tmp_path / "f.h5", runtime="openvino")
+    assert ov_run.computed == 27 and ov_run.invalidated == ["runtime: keras -> openvino"]
+    run(dataset, tmp_path / "k.h5", runtime="keras")
+    a = load_features(tmp_path / "k.h5").split("test").embeddings
+    b = load_features(tmp_path / "f.h5").split("test").embeddings
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.9999
