@@ -154,6 +154,7 @@ class Embedder:
             self._infer = _openvino_runtime(model, rows, self.size, precision)
         else:
             self._infer = _keras_runtime(model, rows, self.size)
+        self.embed_array(np.zeros((1, self.size, self.size, 3), np.uint8))  # trace / first-run set-up now
 
     @property
     def view_names(self) -> tuple[str, ...]:
