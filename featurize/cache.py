@@ -398,3 +398,19 @@ def _gather(known: Known, hashes: Sequence[str], view: str, dim: int) -> np.ndar
         unique, inverse = np.unique(rows, return_inverse=True)
         out[dests] = source.read(view, unique)[inverse]
     return out
+
+
+def write_arrays(path: Path, config: CacheConfig, class_names: Sequence[str], dataset: str,
+                 splits: dict[str, SplitFeatures]) -> None:
+    """Write in-memory features as a cache (the same schema), e.g. synthetic caches for tests."""
+    views = ("embeddings", "flip") if all(s.flip is not None for s in splits.values()) else ("embeddings",)
+    known: Known = {}
+    rows = {}
+    for name, s in splits.items():
+        source = _NpySource({"embeddings": s.embeddings, "flip": s.flip})
+        for row, sha in enumerate(s.sha256):
+            known[str(sha)] = (source, row)
+        rows[name] = SplitRows(paths=list(s.paths), labels=[int(v) for v in s.labels],
+                               sha256=[str(v) for v in s.sha256], skipped=list(s.skipped))
+    dim = next(iter(splits.values())).embeddings.shape[1]
+    write_cache(path, config, class_names, dataset, views, dim, rows, known, extra_attrs={"versions": "{}"})
