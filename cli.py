@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from enum import Enum
@@ -83,6 +84,45 @@ def featurize(
         err.print(f"[yellow]skipped[/] {path}: {reason}")
     state = "up to date" if result.up_to_date else "written"
     out.print(f"cache {state}: {result.cache_path}")
+
+
+@app.command()
+def fit(
+    data: Annotated[Path | None, typer.Option(help="The dataset folder that was featurized (only its name is used).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset name under --features-dir (instead of --data).")] = None,
+    backbone: Annotated[str, typer.Option(help="Cache(s) to fit on: xception, vgg16, or several joined: vgg16+xception.")] = "xception",
+    clf: Annotated[str, typer.Option(help="logreg, lgbm, dense, or all.")] = "logreg",
+    balance: Annotated[str, typer.Option(help="Class imbalance: none, weights (balanced class weights), smote, or all.")] = "weights",
+    tta: Annotated[bool, typer.Option(help="Average probabilities of the original and flipped views (cache made with --tta flip).")] = False,
+    loss: Annotated[str, typer.Option(help="Dense head loss: categorical or focal.")] = "categorical",
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same model and metrics.")] = 0,
+    features_dir: Annotated[Path, typer.Option(help="Where the caches are.")] = Path("features"),
+    models_dir: Annotated[Path, typer.Option(help="Runs go to <models-dir>/<dataset>/<backbone>/<clf>-<balance>/.")] = Path("models"),
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory for a single --clf/--balance.")] = None,
+) -> None:
+    """Train classifiers on cached embeddings; settings chosen on validation data, test scored once."""
+    from clothprobe.classifiers import fit as run_fit
+
+    name = dataset or (data.expanduser().resolve().name if data else None)
+    if not name:
+        raise ClothprobeError("Say which dataset: --data DIR (the folder you featurized) or --dataset NAME.")
+    table = Table(title=f"{name}: {backbone}")
+    for col in ("run", "selection", "val acc", "test acc", "test macro-F1", "fit s", "settings"):
+        table.add_column(col)
+
+    def pct(split: dict | None, key: str) -> str:
+        return f"{100 * split[key]:.1f}" if split else "-"
+
+    def show(result) -> None:  # noqa: ANN001
+        m = result.metrics
+        err.print(f"{m['run']}: val {pct(m['validation'], 'accuracy')}%  ({m['fit_seconds']:.1f} s) -> {result.run_dir}")
+        table.add_row(m["run"], m["selection"], pct(m["validation"], "accuracy"), pct(m["test"], "accuracy"),
+                      pct(m["test"], "macro_f1"), f"{m['fit_seconds']:.1f}",
+                      json.dumps({**m["params"], **m["chosen"]}))
+
+    run_fit(name, backbone=backbone, clf=clf, balance=balance, tta=tta, loss=loss, seed=seed,
+            features_dir=features_dir, models_dir=models_dir, out=out_dir, on_result=show)
+    out.print(table)
 
 
 def main() -> None:

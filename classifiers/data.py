@@ -1,0 +1,96 @@
+"""Features for fitting: one backbone's cache, or several joined side by side by image path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clothprobe.errors import ClothprobeError
+from clothprobe.featurize.backbones import get_backbone
+from clothprobe.featurize.cache import FeatureCache, default_path, load_features
+
+
+@dataclass
+class SplitData:
+    """Rows aligned across ``X``, ``X_flip`` (None without a flipped view), ``y`` and ``paths``."""
+
+    X: np.ndarray
+    y: np.ndarray
+    paths: np.ndarray
+    X_flip: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class FeatureSet:
+    backbones: list[str]
+    class_names: list[str]
+    splits: dict[str, SplitData]
+    caches: dict[str, dict[str, str]]  # backbone -> {path, fingerprint}
+
+    @property
+    def name(self) -> str:
+        return "+".join(self.backbones)
+
+    @property
+    def has_flip(self) -> bool:
+        return all(s.X_flip is not None for s in self.splits.values())
+
+
+def parse_backbones(spec: str) -> list[str]:
+    """``"vgg16+xception"`` -> validated registry names, in the order given."""
+    names = [get_backbone(part.strip()).name for part in spec.split("+") if part.strip()]
+    if not names or len(set(names)) != len(names):
+        raise ClothprobeError(f"Backbone list {spec!r} must name each backbone once, e.g. vgg16+xception.")
+    return names
+
+
+def _load(path: Path, backbone: str, dataset: str) -> FeatureCache:
+    hint = f" Make it with: cli featurize --backbone {backbone} --data DIR/{dataset} --tta flip"
+    return load_features(path, hint=hint)
+
+
+def load_feature_set(backbones: str, dataset: str, features_dir: str | Path = "features") -> FeatureSet:
+    """Load ``features_dir/dataset/<backbone>.h5`` for each backbone; several are joined by image path."""
+    names = parse_backbones(backbones)
+    caches = [_load(default_path(features_dir, dataset, n), n, dataset) for n in names]
+    first = caches[0]
+    for other in caches[1:]:
+        if other.class_names != first.class_names:
+            raise ClothprobeError(
+                f"{other.path} has classes {other.class_names} but {first.path} has {first.class_names}; "
+                f"featurize both from the same dataset."
+            )
+        if set(other.splits) != set(first.splits):
+            raise ClothprobeError(f"{other.path} and {first.path} hold different splits; featurize both again.")
+    splits = {}
+    for split, base in first.splits.items():
+        order = {p: i for i, p in enumerate(base.paths)}
+        X, X_flip = [], []
+        for cache in caches:
+            part = cache.split(split)
+            if len(part) != len(base) or set(part.paths) != set(order):
+                missing = sorted(set(order) ^ set(part.paths))[:3]
+                raise ClothprobeError(
+                    f"{cache.path} and {first.path} do not hold the same {split} images "
+                    f"(for example {', '.join(missing)}); run cli featurize for both on the same folder."
+                )
+            rows = np.argsort([order[p] for p in part.paths])  # this cache's rows in the first cache's order
+            X.append(part.embeddings[rows])
+            X_flip.append(None if part.flip is None else part.flip[rows])
+        splits[split] = SplitData(
+            X=np.hstack(X),
+            y=base.labels,
+            paths=base.paths,
+            X_flip=None if any(f is None for f in X_flip) else np.hstack(X_flip),
+        )
+    return FeatureSet(
+        backbones=names,
+        class_names=first.class_names,
+        splits=splits,
+        caches={n: {"path": str(c.path), "fingerprint": c.fingerprint} for n, c in zip(names, caches)},
+    )

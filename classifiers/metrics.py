@@ -1,0 +1,27 @@
+"""The metrics every run records, in one place so `fit`, `e2e` and `report` agree on their meaning."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, log_loss,
+                             precision_recall_fscore_support)
+
+
+def classification_metrics(y: np.ndarray, proba: np.ndarray, class_names: list[str]) -> dict:
+    """Accuracy, macro-F1, balanced accuracy, log loss, per-class precision/recall/F1, confusion matrix."""
+    labels = list(range(len(class_names)))
+    pred = proba.argmax(1)
+    precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    return {
+        "n": int(len(y)),
+        "accuracy": float(accuracy_score(y, pred)),
+        "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "log_loss": float(log_loss(y, proba, labels=labels)),
+        "per_class": {
+            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                   "support": int(support[i])}
+            for i, name in enumerate(class_names)
+        },
+        "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
+    }

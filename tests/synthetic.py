@@ -1,0 +1,41 @@
+"""Synthetic feature caches for the fit tests, written with the featurize schema module (no model run)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from clothprobe.featurize.cache import CacheConfig, SplitFeatures, default_path, write_arrays
+
+CLASSES = ["dress", "hat", "t-shirt"]
+SIZES = {"train": (40, 10, 12), "validation": (14, 5, 6), "test": (14, 5, 6)}  # t-shirt-like imbalance
+
+
+def config(backbone: str, dim: int) -> CacheConfig:
+    return CacheConfig(backbone=backbone, input_size=32, preprocessing="tf", pooling="avg", resize="pil-bilinear",
+                       precision="float32", runtime="keras", weights_sha256=f"synthetic-{backbone}-{dim}")
+
+
+def make_cache(features_dir: Path, backbone: str = "xception", dim: int = 16, seed: int = 0,
+               dataset: str = "clothes", splits: dict = SIZES, shuffle_rows: bool = False,
+               separation: float = 1.5) -> Path:
+    """Blobs around a per-class centre (same centres for every backbone of the same seed), with a flip view."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, separation, size=(len(CLASSES), dim))
+    arrays = {}
+    for split, sizes in splits.items():
+        labels = np.concatenate([np.full(n, c) for c, n in enumerate(sizes)])
+        X = centres[labels] + rng.normal(0, 1, size=(len(labels), dim))
+        paths = np.array([f"{split}/{CLASSES[c]}/{i}.jpg" for i, c in enumerate(labels)], dtype=object)
+        order = rng.permutation(len(labels)) if shuffle_rows else np.arange(len(labels))
+        sha = np.array([hashlib.sha256(p.encode()).hexdigest() for p in paths], dtype=object)
+        arrays[split] = SplitFeatures(
+            embeddings=X[order].astype(np.float32), labels=labels[order], paths=paths[order], sha256=sha[order],
+            flip=(X[order] + rng.normal(0, 0.3, size=X.shape)).astype(np.float32),
+        )
+    path = default_path(features_dir, dataset, backbone)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_arrays(path, config(backbone, dim), CLASSES, dataset, arrays)
+    return path

@@ -1,0 +1,50 @@
+"""The Keras dense head is a proper scikit-learn estimator: scikit-learn's own checks, where they apply."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from clothprobe.classifiers.dense import DenseHeadClassifier
+
+# Checks that cannot hold for a small neural network trained by SGD, with the reason.
+EXPECTED_FAILURES = {
+    "check_methods_sample_order_invariance": "float32 batched matmul: probabilities differ by ~1e-7 with row order",
+    "check_sample_weight_equivalence_on_dense_data": "SGD with shuffled mini-batches: weights != repeated rows",
+    "check_sample_weight_equivalence_on_sparse_data": "sparse input is not supported",
+    "check_classifiers_train": "a tiny head does not reach the check's accuracy bar in few epochs",
+    "check_class_weight_classifiers": "same: 5 epochs do not reach the check's bar (weights are applied, see below)",
+}
+
+
+@parametrize_with_checks(
+    [DenseHeadClassifier(hidden=8, epochs=5, batch_size=16, patience=2)],
+    expected_failed_checks=lambda est: EXPECTED_FAILURES,
+)
+def test_sklearn_estimator_checks(estimator, check) -> None:  # noqa: ANN001
+    check(estimator)
+
+
+def test_params_only_in_init_and_fitted_state_in_underscored_attrs() -> None:
+    est = DenseHeadClassifier(hidden=4, epochs=3)
+    assert est.get_params()["hidden"] == 4 and not hasattr(est, "model_")
+    X = np.random.default_rng(0).normal(size=(40, 5)).astype(np.float32)
+    y = np.array([0, 1] * 20)
+    est.fit(X, y)
+    assert hasattr(est, "model_") and hasattr(est, "classes_") and est.n_features_in_ == 5
+    assert est.predict_proba(X).shape == (40, 2)
+
+
+def test_bad_loss_is_named() -> None:
+    with pytest.raises(ValueError, match="Unknown loss 'hinge'; choose one of: categorical, focal"):
+        DenseHeadClassifier(loss="hinge").fit(np.zeros((4, 2)), [0, 1, 0, 1])
+
+
+def test_class_weight_dict_shifts_predictions() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4)).astype(np.float32)
+    y = np.array([0, 1] * 100)  # labels unrelated to X: only the weights can decide
+    plain = DenseHeadClassifier(hidden=4, epochs=50, learning_rate=0.05, validation_fraction=0).fit(X, y).predict(X)
+    heavy = DenseHeadClassifier(hidden=4, epochs=50, learning_rate=0.05, validation_fraction=0, class_weight={0: 1.0, 1: 20.0}).fit(X, y).predict(X)
+    assert (heavy == 1).mean() > 0.9 and (heavy == 1).mean() > (plain == 1).mean()
