@@ -111,3 +111,24 @@ def test_killed_run_leaves_cache_usable_and_resumes(tmp_path: Path) -> None:
     fresh = tmp_path / "fresh.h5"
     assert cli(*args[:-1], str(fresh)).returncode == 0
     assert np.array_equal(load_features(fresh).split("train").embeddings, full.embeddings)
+
+
+def test_fit_cli_errors_name_the_cache_and_the_choices(tmp_path: Path) -> None:
+    res = cli("fit", "--dataset", "clothes", "--features-dir", str(tmp_path / "features"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "xception.h5" in res.stderr and "cli featurize --backbone xception" in res.stderr
+    res = cli("fit", "--dataset", "clothes", "--clf", "svm")
+    assert res.returncode == 2 and "choose one of: logreg, lgbm, dense" in res.stderr
+    res = cli("fit")
+    assert res.returncode == 2 and "--data DIR" in res.stderr
+
+
+def test_fit_cli_trains_on_a_cache(tmp_path: Path) -> None:
+    from synthetic import make_cache
+
+    make_cache(tmp_path / "features")
+    res = cli("fit", "--dataset", "clothes", "--clf", "logreg", "--features-dir", str(tmp_path / "features"),
+              "--models-dir", str(tmp_path / "models"))
+    assert res.returncode == 0, res.stderr
+    assert "logreg-weights" in res.stdout and "validation split" in res.stdout
+    assert (tmp_path / "models" / "clothes" / "xception" / "logreg-weights" / "model.skops").is_file()
