@@ -14,7 +14,6 @@ was fitted on, and refuses with a message naming the file otherwise.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,18 +25,11 @@ from typing import Any
 import numpy as np
 
 from clothprobe.errors import ClothprobeError
+from clothprobe.files import file_sha256 as sha256
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 SAMPLER_STEPS = ("smote",)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _dump_skops(obj: Any, path: Path) -> None:

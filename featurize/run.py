@@ -15,7 +15,8 @@ from clothprobe.featurize.backbones import get_backbone
 from clothprobe.featurize.dataset import Dataset, ImageFile, scan
 from clothprobe.featurize.embed import resolve_precision, resolve_runtime
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS, RESIZE
-from clothprobe.featurize.weights import file_sha256, resolve_weights
+from clothprobe.featurize.weights import resolve_weights
+from clothprobe.files import file_sha256
 from clothprobe.progress import progress_bar
 
 

@@ -8,7 +8,6 @@ a weights file or a directory holding one. ``weights=None`` gives a seeded rando
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import tomllib
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clothprobe.errors import ClothprobeError
+from clothprobe.files import file_sha256
 from clothprobe.featurize.backbones import Backbone
 
 ENV_DIR = "CLOTHPROBE_WEIGHTS_DIR"
@@ -54,14 +54,6 @@ def weights_dir() -> tuple[Path, str] | None:
 
 def keras_cache_dir() -> Path:
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser() / "models"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _in_dir(backbone: Backbone, directory: Path) -> Path | None:

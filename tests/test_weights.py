@@ -8,7 +8,8 @@ import pytest
 
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.backbones import get_backbone
-from clothprobe.featurize.weights import file_sha256, resolve_weights
+from clothprobe.featurize.weights import resolve_weights
+from clothprobe.files import file_sha256
 
 XCEPTION = get_backbone("xception")
 
