@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console(soft_wrap=True)
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)  # piped: no 80-column squeeze
 
 
 @app.callback()
@@ -108,7 +108,7 @@ def fit(
         raise ClothprobeError("Say which dataset: --data DIR (the folder you featurized) or --dataset NAME.")
     table = Table(title=f"{name}: {backbone}")
     for col in ("run", "selection", "val acc", "test acc", "test macro-F1", "fit s", "settings"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col != "settings")
 
     def pct(split: dict | None, key: str) -> str:
         return f"{100 * split[key]:.1f}" if split else "-"

@@ -130,4 +130,5 @@ def test_fit_cli_trains_on_a_cache(tmp_path: Path) -> None:
               "--models-dir", str(tmp_path / "models"))
     assert res.returncode == 0, res.stderr
     assert "logreg-weights" in res.stdout and "validation split" in res.stdout
+    assert "logreg-weights: val" in res.stderr
     assert (tmp_path / "models" / "clothes" / "xception" / "logreg-weights" / "model.skops").is_file()
