@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ class FeatureSet:
     backbones: list[str]
     class_names: list[str]
     splits: dict[str, SplitData]
-    caches: dict[str, dict[str, str]]  # backbone -> {path, fingerprint}
+    caches: dict[str, dict]  # backbone -> what a run's manifest records of its cache (see _cache_record)
 
     @property
     def name(self) -> str:
@@ -39,6 +39,21 @@ class FeatureSet:
     @property
     def has_flip(self) -> bool:
         return all(s.X_flip is not None for s in self.splits.values())
+
+
+def _cache_record(cache: FeatureCache) -> dict:
+    """Enough to embed new images exactly as the cache was made (predict) and to cost it (report)."""
+    n_images = sum(len(s) for s in cache.splits.values())
+    per_image = float(cache.attrs.get("seconds_per_image", 0.0))
+    return {
+        "path": str(cache.path),
+        "fingerprint": cache.fingerprint,
+        "config": asdict(cache.config),
+        "views": list(cache.views),
+        "data_root": cache.attrs.get("data_root"),
+        "images": n_images,
+        "featurize_seconds": per_image * n_images if per_image > 0 else None,
+    }
 
 
 def parse_backbones(spec: str) -> list[str]:
@@ -92,5 +107,5 @@ def load_feature_set(backbones: str, dataset: str, features_dir: str | Path = "f
         backbones=names,
         class_names=first.class_names,
         splits=splits,
-        caches={n: {"path": str(c.path), "fingerprint": c.fingerprint} for n, c in zip(names, caches)},
+        caches={n: _cache_record(c) for n, c in zip(names, caches)},
     )

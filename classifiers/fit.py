@@ -103,6 +103,7 @@ def fit_one(data: FeatureSet, dataset: str, clf: str, balance: str, tta: bool, l
         "balance": balance, "tta": tta, "loss": loss, "seed": seed, "kind": "cached-features",
         "selection": selection.mode, "params": selection.params, "chosen": selection.chosen,
         "candidates": [vars(c) for c in selection.candidates], "fit_seconds": fit_seconds,
+        "featurize_seconds": _featurize_seconds(data),
     }
     val = data.splits.get("validation")
     metrics["validation"] = (classification_metrics(val.y, predict_split(selection.model, val, n_classes, tta),
@@ -130,6 +131,12 @@ def fit_one(data: FeatureSet, dataset: str, clf: str, balance: str, tta: bool, l
     }
     write_run(run_dir, write_files, manifest)
     return FitResult(run_dir, metrics)
+
+
+def _featurize_seconds(data: FeatureSet) -> float | None:
+    """Model time to embed the whole dataset with every backbone used, when the caches recorded it."""
+    seconds = [c["featurize_seconds"] for c in data.caches.values()]
+    return None if None in seconds else float(sum(seconds))
 
 
 def _write_predictions(path: Path, paths: np.ndarray, y: np.ndarray, proba: np.ndarray, classes: list[str]) -> None:

@@ -33,8 +33,9 @@ def threads_for(X: np.ndarray) -> int:
 def _logreg(params: dict, balanced: bool, seed: int, loss: str) -> Any:
     from sklearn.linear_model import LogisticRegression
 
+    # warm_start: the grid is a path over C, each fit starting from the previous solution (~3x fewer steps)
     return LogisticRegression(C=params["C"], max_iter=3000, class_weight="balanced" if balanced else None,
-                              random_state=seed)
+                              random_state=seed, warm_start=True)
 
 
 def _lgbm(params: dict, balanced: bool, seed: int, loss: str) -> Any:
@@ -69,8 +70,8 @@ def _lgbm_fit_params(X_val: np.ndarray, y_val: np.ndarray) -> dict:
 
     stop = lightgbm.early_stopping(LGBM_PATIENCE, verbose=False, min_delta=LGBM_MIN_DELTA)
     if "eval_X" in inspect.signature(lightgbm.LGBMClassifier.fit).parameters:  # LightGBM >= 4.7
-        return {"clf__eval_X": (X_val,), "clf__eval_y": (y_val,), "clf__callbacks": [stop]}
-    return {"clf__eval_set": [(X_val, y_val)], "clf__callbacks": [stop]}
+        return {"eval_X": (X_val,), "eval_y": (y_val,), "callbacks": [stop]}
+    return {"eval_set": [(X_val, y_val)], "callbacks": [stop]}
 
 
 def _lgbm_chosen(estimator: Any) -> dict:
@@ -94,6 +95,7 @@ class ClassifierSpec:
 
     ``fit_params`` (optional) gives extra fit arguments that use the selection data (early stopping);
     ``chosen`` reports settings the fit itself chose (rounds, epochs). ``scale`` puts a StandardScaler first.
+    ``path``: the grid is fitted in order on one estimator that warm-starts from the previous entry.
     """
 
     name: str
@@ -101,6 +103,7 @@ class ClassifierSpec:
     grid: tuple[dict, ...]
     file_format: str  # "skops" | "lightgbm" | "keras": see classifiers/modelio.py
     scale: bool = True
+    path: bool = False
     fit_params: Callable[[np.ndarray, np.ndarray], dict] | None = None
     chosen: Callable[[Any], dict] = field(default=lambda est: {})
 
@@ -108,7 +111,8 @@ class ClassifierSpec:
 CLASSIFIERS: dict[str, ClassifierSpec] = {
     s.name: s
     for s in (
-        ClassifierSpec("logreg", _logreg, tuple({"C": c} for c in (0.003, 0.01, 0.03, 0.1)), "skops"),
+        ClassifierSpec("logreg", _logreg, tuple({"C": c} for c in (0.003, 0.01, 0.03, 0.1)), "skops",
+                       path=True),
         ClassifierSpec(
             "lgbm", _lgbm,
             tuple({"num_leaves": nl, "learning_rate": lr} for nl in (7, 15) for lr in (0.05, 0.1)),

@@ -3,10 +3,12 @@ split, or by stratified k-fold on train when there is no validation split."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from imblearn.pipeline import Pipeline
 from sklearn.metrics import accuracy_score, log_loss
 from sklearn.model_selection import StratifiedKFold
 
@@ -57,42 +59,66 @@ def _best(candidates: list[Candidate]) -> int:
     return max(range(len(candidates)), key=lambda i: (candidates[i].accuracy, -candidates[i].log_loss, -i))
 
 
+def _fit_grid(spec: ClassifierSpec, grid: tuple[dict, ...] | list[dict], X: np.ndarray, y: np.ndarray,
+              held: SplitData | None, balance: str, seed: int, loss: str) -> list[Any]:
+    """One fitted pipeline per grid entry. The preprocessing (scaling, SMOTE) is fitted once on ``X`` and
+    shared, since it does not depend on the entry; ``spec.path`` heads warm-start along the grid."""
+    min_count = int(np.bincount(y)[np.unique(y)].min())
+    template = make_pipeline(spec, grid[0], balance, seed, min_count, loss)
+    shared = template.steps[:-1]
+    for _, step in shared:
+        if hasattr(step, "fit_resample"):
+            X, y = step.fit_resample(X, y)
+        else:
+            X = step.fit_transform(X, y)
+    extra = {}
+    if spec.fit_params and held is not None:
+        X_held = held.X
+        for _, step in shared:
+            if not hasattr(step, "fit_resample"):  # samplers only act while fitting
+                X_held = step.transform(X_held)
+        extra = spec.fit_params(X_held, held.y)
+    models, warm = [], None
+    for params in grid:
+        estimator = make_pipeline(spec, {**params, "n_jobs": threads_for(X)}, balance, seed, min_count, loss)[-1]
+        if spec.path and warm is not None:
+            estimator = warm.set_params(**estimator.get_params())
+        estimator.fit(X, y, **extra)
+        if spec.path:
+            warm, estimator = estimator, copy.deepcopy(estimator)
+        models.append(Pipeline([*shared, ("clf", estimator)]))
+    return models
+
+
 def select(spec: ClassifierSpec, data: FeatureSet, balance: str, seed: int = 0, tta: bool = False,
            loss: str = "categorical") -> Selection:
     """Search ``spec.grid``; return the chosen settings and a model fitted on train with them."""
     train, n_classes = data.splits["train"], len(data.class_names)
     val = data.splits.get("validation")
-    min_count = int(np.bincount(train.y)[np.unique(train.y)].min())
 
-    def fitted(params: dict, X: np.ndarray, y: np.ndarray, held: tuple | None) -> Any:
-        pipe = make_pipeline(spec, {**params, "n_jobs": threads_for(X)}, balance, seed, min_count, loss)
-        extra = spec.fit_params(*held) if spec.fit_params and held is not None else {}
-        return pipe.fit(X, y, **extra)
+    def scored(models: list[Any], held: SplitData) -> list[Candidate]:
+        return [Candidate(params, *_score(held.y, predict_split(model, held, n_classes, tta)), spec.chosen(model[-1]))
+                for params, model in zip(spec.grid, models)]
 
-    candidates, models = [], []
     if val is not None and len(val):
-        for params in spec.grid:
-            model = fitted(params, train.X, train.y, (val.X, val.y))
-            acc, ll = _score(val.y, predict_split(model, val, n_classes, tta))
-            candidates.append(Candidate(params, acc, ll, spec.chosen(model[-1])))
-            models.append(model)
+        models = _fit_grid(spec, spec.grid, train.X, train.y, val, balance, seed, loss)
+        candidates = scored(models, val)
         best = _best(candidates)
         return Selection(spec.grid[best], candidates[best].chosen, "validation split", candidates, models[best])
 
     folds = StratifiedKFold(CV_FOLDS, shuffle=True, random_state=seed)
-    for params in spec.grid:
-        scores, chosen = [], []
-        for tr, te in folds.split(train.X, train.y):
-            fold = SplitData(train.X[te], train.y[te], train.paths[te],
-                             None if train.X_flip is None else train.X_flip[te])
-            model = fitted(params, train.X[tr], train.y[tr], (fold.X, fold.y))
-            scores.append(_score(fold.y, predict_split(model, fold, n_classes, tta)))
-            chosen.append(spec.chosen(model[-1]))
-        mean_chosen = {k: int(round(np.mean([c[k] for c in chosen]))) for k in chosen[0]}
-        candidates.append(Candidate(params, float(np.mean([s[0] for s in scores])),
-                                    float(np.mean([s[1] for s in scores])), mean_chosen))
+    per_fold = []
+    for tr, te in folds.split(train.X, train.y):
+        fold = SplitData(train.X[te], train.y[te], train.paths[te], None if train.X_flip is None else train.X_flip[te])
+        per_fold.append(scored(_fit_grid(spec, spec.grid, train.X[tr], train.y[tr], fold, balance, seed, loss), fold))
+    candidates = []
+    for i, params in enumerate(spec.grid):
+        runs = [fold[i] for fold in per_fold]
+        chosen = {k: int(round(np.mean([r.chosen[k] for r in runs]))) for k in runs[0].chosen}
+        candidates.append(Candidate(params, float(np.mean([r.accuracy for r in runs])),
+                                    float(np.mean([r.log_loss for r in runs])), chosen))
     best = _best(candidates)
     params = spec.grid[best]
     # Refit on all of train; settings the folds chose (rounds) are fixed now that no held-out data is left.
-    model = fitted({**params, **candidates[best].chosen}, train.X, train.y, None)
+    (model,) = _fit_grid(spec, [{**params, **candidates[best].chosen}], train.X, train.y, None, balance, seed, loss)
     return Selection(params, candidates[best].chosen, f"{CV_FOLDS}-fold CV on train", candidates, model)

@@ -4,7 +4,8 @@ Layout of ``features/<dataset>/<backbone>.h5`` (schema version 1)::
 
     /                 attrs: schema_version, fingerprint, backbone, input_size, preprocessing, pooling,
                              resize, precision, runtime, weights_sha256, weights_source, class_names (JSON),
-                             dataset, views (JSON), versions (JSON), created
+                             dataset, views (JSON), versions (JSON), created, data_root (absolute path of
+                             the image folder), seconds_per_image (model time of the last run that computed)
     /<split>/embeddings   float32 (n, d)   pooled embedding of each image
     /<split>/flip         float32 (n, d)   same, of the horizontally flipped image (only with --tta flip)
     /<split>/paths        utf-8 (n,)       path relative to the dataset root; rows are aligned with it
@@ -215,6 +216,9 @@ class ExistingCache:
     @property
     def readable(self) -> bool:
         return self.h5 is not None
+
+    def attr(self, name: str, default: Any) -> Any:
+        return self.h5.attrs.get(name, default) if self.h5 is not None else default
 
     def known(self, views: Sequence[str]) -> Known:
         """content hash -> (source, row) for every row that has all of ``views``."""

@@ -175,6 +175,9 @@ def featurize(
                         "weights_source": resolved.source,
                         "versions": json.dumps(library_versions(), sort_keys=True),
                         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "data_root": str(dataset.root.resolve()),
+                        "seconds_per_image": (result.model_seconds / result.computed if result.computed
+                                              else float(existing.attr("seconds_per_image", 0.0))),
                     },
                 )
             partial.remove()

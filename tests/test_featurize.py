@@ -35,6 +35,8 @@ def test_schema_round_trip(dataset: Path, tmp_path: Path) -> None:
     assert cache.attrs["schema_version"] == SCHEMA_VERSION
     for key in ("preprocessing", "pooling", "weights_sha256", "precision", "runtime", "versions", "fingerprint"):
         assert key in cache.attrs
+    assert cache.attrs["data_root"] == str(dataset.resolve())
+    assert cache.attrs["seconds_per_image"] == pytest.approx(result.model_seconds / 27)
     with pytest.raises(ClothprobeError, match="no 'extra' split"):
         cache.split("extra")
 
@@ -84,6 +86,7 @@ def test_incremental_add_change_remove(dataset: Path, tmp_path: Path) -> None:
     (dataset / "train" / "t-shirt" / "3.png").unlink()  # removed
     result = run(dataset, out)
     assert result.computed == 2 and result.removed == 1 and result.reused == 25
+    assert load_features(out).attrs["seconds_per_image"] == pytest.approx(result.model_seconds / 2)
     new = load_features(out).split("train")
     assert "train/t-shirt/3.png" not in set(new.paths)
     row = {p: i for i, p in enumerate(new.paths)}

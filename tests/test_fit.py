@@ -192,3 +192,18 @@ def test_focal_loss_dense(features: Path, tmp_path: Path) -> None:
     (result,) = run(features, tmp_path, clf="dense", loss="focal")
     assert result.run_dir.name == "dense-weights-focal" and result.metrics["loss"] == "focal"
     assert result.metrics["test"]["accuracy"] > 0.6
+
+
+def test_warm_started_path_matches_cold_fits(features: Path) -> None:
+    """logreg fits its C grid as a warm-started path; each entry must still be that C's solution."""
+    from dataclasses import replace as dc_replace
+
+    from clothprobe.classifiers.select import _fit_grid
+
+    spec = CLASSIFIERS["logreg"]
+    train = load_feature_set("xception", "clothes", features).splits["train"]
+    warm = _fit_grid(spec, spec.grid, train.X, train.y, None, "none", 0, "categorical")
+    for params, model in zip(spec.grid, warm):
+        (cold,) = _fit_grid(dc_replace(spec, path=False), [params], train.X, train.y, None, "none", 0, "categorical")
+        assert model[-1].C == params["C"]
+        assert np.allclose(model.predict_proba(train.X), cold.predict_proba(train.X), atol=1e-3)
