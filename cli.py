@@ -125,6 +125,30 @@ def fit(
     out.print(table)
 
 
+def _print_top(report, rows: int) -> None:  # noqa: ANN001 - a clothprobe.report.Report
+    board = report.tables[0]
+    keep = ["#", "run", "val acc", "test acc", "featurize s", "fit s", "note"]
+    table = Table(title=f"top {min(rows, len(board.rows))} of {len(board.rows)} runs, by validation accuracy")
+    for col in keep:
+        table.add_column(col, no_wrap=True)
+    for row in board.rows[:rows]:
+        table.add_row(*(row[board.header.index(col)] for col in keep))
+    out.print(table)
+    out.print(f"report: {report.html_path}\n        {report.md_path}")
+
+
+@app.command()
+def report(
+    models_dir: Annotated[Path, typer.Option(help="Where the runs are (cli fit and cli e2e write there).")] = Path("models"),
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for index.html, report.md and img/.")] = Path("reports"),
+    top: Annotated[int, typer.Option(help="Leaderboard rows to print.")] = 5,
+) -> None:
+    """Compare every finished run with the end-to-end results: reports/index.html and reports/report.md."""
+    from clothprobe.report import build_report
+
+    _print_top(build_report(models_dir, out_dir), top)
+
+
 def main() -> None:
     """Entry point: user-facing errors become one clear message and exit code 2, never a traceback."""
     try:

@@ -94,16 +94,17 @@ def fit(
 def fit_one(data: FeatureSet, dataset: str, clf: str, balance: str, tta: bool, loss: str, seed: int,
             run_dir: Path) -> FitResult:
     spec = get_classifier(clf)
+    n_classes = len(data.class_names)
     started = time.perf_counter()
     selection = select(spec, data, balance, seed, tta, loss)
     fit_seconds = time.perf_counter() - started
-    n_classes = len(data.class_names)
     metrics: dict = {
         "run": run_name(clf, balance, tta, loss), "dataset": dataset, "backbone": data.name, "classifier": clf,
         "balance": balance, "tta": tta, "loss": loss, "seed": seed, "kind": "cached-features",
         "selection": selection.mode, "params": selection.params, "chosen": selection.chosen,
         "candidates": [vars(c) for c in selection.candidates], "fit_seconds": fit_seconds,
         "featurize_seconds": _featurize_seconds(data),
+        "train_counts": dict(zip(data.class_names, np.bincount(data.splits["train"].y, minlength=n_classes).tolist())),
     }
     val = data.splits.get("validation")
     metrics["validation"] = (classification_metrics(val.y, predict_split(selection.model, val, n_classes, tta),

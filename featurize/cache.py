@@ -405,7 +405,7 @@ def _gather(known: Known, hashes: Sequence[str], view: str, dim: int) -> np.ndar
 
 
 def write_arrays(path: Path, config: CacheConfig, class_names: Sequence[str], dataset: str,
-                 splits: dict[str, SplitFeatures]) -> None:
+                 splits: dict[str, SplitFeatures], data_root: str | Path | None = None) -> None:
     """Write in-memory features as a cache (the same schema), e.g. synthetic caches for tests."""
     views = ("embeddings", "flip") if all(s.flip is not None for s in splits.values()) else ("embeddings",)
     known: Known = {}
@@ -417,4 +417,5 @@ def write_arrays(path: Path, config: CacheConfig, class_names: Sequence[str], da
         rows[name] = SplitRows(paths=list(s.paths), labels=[int(v) for v in s.labels],
                                sha256=[str(v) for v in s.sha256], skipped=list(s.skipped))
     dim = next(iter(splits.values())).embeddings.shape[1]
-    write_cache(path, config, class_names, dataset, views, dim, rows, known, extra_attrs={"versions": "{}"})
+    extra = {"versions": "{}", **({"data_root": str(data_root)} if data_root else {})}
+    write_cache(path, config, class_names, dataset, views, dim, rows, known, extra_attrs=extra)

@@ -20,8 +20,10 @@ def config(backbone: str, dim: int) -> CacheConfig:
 
 def make_cache(features_dir: Path, backbone: str = "xception", dim: int = 16, seed: int = 0,
                dataset: str = "clothes", splits: dict = SIZES, shuffle_rows: bool = False,
-               separation: float = 1.5) -> Path:
-    """Blobs around a per-class centre (same centres for every backbone of the same seed), with a flip view."""
+               separation: float = 1.5, images: Path | None = None) -> Path:
+    """Blobs around a per-class centre (same centres for every backbone of the same seed), with a flip view.
+
+    ``images``: also write a tiny image for every row there and record it as the cache's data root."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, separation, size=(len(CLASSES), dim))
     arrays = {}
@@ -37,5 +39,10 @@ def make_cache(features_dir: Path, backbone: str = "xception", dim: int = 16, se
         )
     path = default_path(features_dir, dataset, backbone)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_arrays(path, config(backbone, dim), CLASSES, dataset, arrays)
+    if images is not None:
+        from conftest import make_image
+
+        for k, rel in enumerate(p for s in arrays.values() for p in s.paths):
+            make_image(images / rel, seed=k)
+    write_arrays(path, config(backbone, dim), CLASSES, dataset, arrays, data_root=images)
     return path
