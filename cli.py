@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import nullcontext
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -147,6 +148,53 @@ def report(
     from clothprobe.report import build_report
 
     _print_top(build_report(models_dir, out_dir), top)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
+    model: Annotated[Path, typer.Option(help="A run directory written by cli fit (models/<dataset>/<backbone>/<run>).")],
+    weights: Annotated[str | None, typer.Option(
+        help="Weights file or directory, if not found as for featurize; checked against the run's sha256.")] = None,
+    top_k: Annotated[int, typer.Option(help="Classes to show per image.")] = 3,
+    fmt: Annotated[Format, typer.Option("--format", help="table, json or csv.")] = Format.table,
+    output: Annotated[Path | None, typer.Option(help="Write json/csv here instead of stdout.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 16,
+) -> None:
+    """Classify new photos with a finished run (its own backbone, weights and preprocessing)."""
+    from clothprobe.predict import predict as run_predict
+    from clothprobe.predict import to_records, write_csv
+
+    result = run_predict(images, model, weights=weights, batch_size=batch_size)
+    top_k = max(1, min(top_k, len(result.classes)))
+    for path, why in result.skipped:
+        err.print(f"skipped {path}: {why}")
+    err.print(f"{len(result.predictions)} image(s) with {result.run} in {result.seconds:.1f} s "
+              f"({1000 * result.seconds_per_image:.0f} ms per image, backbone build included)")
+    if fmt is Format.table:
+        table = Table(title=result.run)
+        table.add_column("image", overflow="fold")
+        for k in range(1, top_k + 1):
+            table.add_column(f"#{k}", no_wrap=True)
+        for p in result.predictions:
+            table.add_row(p.path, *(f"{c} {100 * v:.1f}%" for c, v in p.top(top_k)))
+        out.print(table)
+        return
+    with (open(output, "w", newline="") if output else nullcontext(sys.stdout)) as fh:
+        if fmt is Format.json:
+            json.dump({"run": result.run, "predictions": to_records(result, top_k),
+                       "skipped": [{"path": p, "reason": r} for p, r in result.skipped]}, fh, indent=2)
+            fh.write("\n")
+        else:
+            write_csv(result, fh, top_k)
+    if output:
+        err.print(f"wrote {output}")
 
 
 def main() -> None:
