@@ -150,6 +150,40 @@ def report(
     _print_top(build_report(models_dir, out_dir), top)
 
 
+@app.command("run")
+def run_job(
+    data: Annotated[Path, typer.Option(help="Dataset folder: DIR/<split>/<class>/<image>.")],
+    backbones: Annotated[str, typer.Option(help="Comma-separated backbones; each alone and all joined are fitted.")] = "vgg16,xception",
+    weights: Annotated[str, typer.Option(help="As for featurize: 'imagenet', a weights file or directory.")] = "imagenet",
+    clf: Annotated[str, typer.Option(help="logreg, lgbm, dense, or all.")] = "all",
+    balance: Annotated[str, typer.Option(help="none, weights, smote, or all.")] = "all",
+    tta: Annotated[bool, typer.Option(help="Cache the flipped view and average both views' probabilities.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed for every stage.")] = 0,
+    features_dir: Annotated[Path, typer.Option(help="Where caches go.")] = Path("features"),
+    models_dir: Annotated[Path, typer.Option(help="Where runs go.")] = Path("models"),
+    reports_dir: Annotated[Path, typer.Option(help="Where the report goes.")] = Path("reports"),
+    top: Annotated[int, typer.Option(help="Leaderboard rows to print.")] = 5,
+) -> None:
+    """The main job: featurize with each backbone, fit every classifier and balance mode, write the report."""
+    from clothprobe.job import run_all
+
+    def featurized(r) -> None:  # noqa: ANN001
+        err.print(f"featurized {r.backbone}: computed {r.computed}, reused {r.reused}, skipped {len(r.skipped)} "
+                  f"({r.seconds:.0f} s) -> {r.cache_path}")
+        for path, reason in r.skipped:
+            err.print(f"[yellow]skipped[/] {path}: {reason}")
+
+    def fitted(r) -> None:  # noqa: ANN001
+        m = r.metrics
+        val = f"{100 * m['validation']['accuracy']:.1f}%" if m["validation"] else "-"
+        err.print(f"fitted {m['backbone']}/{m['run']}: val {val} ({m['fit_seconds']:.1f} s)")
+
+    job = run_all(data, backbones=backbones, weights=weights, clf=clf, balance=balance, tta=tta, seed=seed,
+                  features_dir=features_dir, models_dir=models_dir, reports_dir=reports_dir,
+                  progress=sys.stderr.isatty(), on_featurized=featurized, on_fit=fitted)
+    _print_top(job.report, top)
+
+
 class Format(str, Enum):
     table = "table"
     json = "json"

@@ -132,3 +132,29 @@ def test_fit_cli_trains_on_a_cache(tmp_path: Path) -> None:
     assert "logreg-weights" in res.stdout and "validation split" in res.stdout
     assert "logreg-weights: val" in res.stderr
     assert (tmp_path / "models" / "clothes" / "xception" / "logreg-weights" / "model.skops").is_file()
+
+
+def test_run_is_the_whole_job(dataset: Path, tmp_path: Path) -> None:
+    res = cli("run", "--data", str(dataset), "--backbones", "mobilenetv2,vgg16", "--weights", "none",
+              "--clf", "logreg", "--balance", "none", "--features-dir", str(tmp_path / "f"),
+              "--models-dir", str(tmp_path / "m"), "--reports-dir", str(tmp_path / "r"))
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "f" / "clothes" / "mobilenetv2.h5").is_file() and (tmp_path / "f" / "clothes" / "vgg16.h5").is_file()
+    for features in ("mobilenetv2", "vgg16", "mobilenetv2+vgg16"):
+        assert (tmp_path / "m" / "clothes" / features / "logreg-none-tta" / "manifest.json").is_file()
+        assert f"fitted {features}/logreg-none-tta" in res.stderr
+    assert (tmp_path / "r" / "index.html").is_file() and (tmp_path / "r" / "report.md").is_file()
+    assert "top 3 of 3 runs" in res.stdout and "chosen on validation" in res.stdout and "report:" in res.stdout
+
+
+def test_report_cli(tmp_path: Path) -> None:
+    from synthetic import make_cache
+
+    res = cli("report", "--models-dir", str(tmp_path / "models"), "--out", str(tmp_path / "r"))
+    assert res.returncode == 2 and "Nothing to report" in res.stderr and "Traceback" not in res.stderr
+    make_cache(tmp_path / "features")
+    assert cli("fit", "--dataset", "clothes", "--clf", "logreg", "--balance", "all", "--features-dir",
+               str(tmp_path / "features"), "--models-dir", str(tmp_path / "models")).returncode == 0
+    res = cli("report", "--models-dir", str(tmp_path / "models"), "--out", str(tmp_path / "r"), "--top", "2")
+    assert res.returncode == 0, res.stderr
+    assert "top 2 of 3 runs" in res.stdout and (tmp_path / "r" / "index.html").is_file()

@@ -1,0 +1,59 @@
+"""``run_all()``: the main job in one call, featurize -> fit -> report, reusing each stage as it is."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clothprobe.classifiers import FitResult, fit
+from clothprobe.classifiers.data import parse_backbones
+from clothprobe.featurize import FeaturizeResult, featurize
+from clothprobe.report import Report, build_report
+
+DEFAULT_BACKBONES = "vgg16,xception"
+
+
+@dataclass
+class JobResult:
+    featurized: list[FeaturizeResult] = field(default_factory=list)
+    fits: list[FitResult] = field(default_factory=list)
+    report: Report | None = None
+
+
+def feature_sets(backbones: Sequence[str]) -> list[str]:
+    """Each backbone alone, and all of them joined when there are several (``vgg16+xception``)."""
+    return [*backbones, "+".join(backbones)] if len(backbones) > 1 else list(backbones)
+
+
+def run_all(
+    data: str | Path,
+    backbones: str = DEFAULT_BACKBONES,
+    weights: str = "imagenet",
+    clf: str = "all",
+    balance: str = "all",
+    tta: bool = True,
+    seed: int = 0,
+    features_dir: str | Path = "features",
+    models_dir: str | Path = "models",
+    reports_dir: str | Path = "reports",
+    progress: bool = False,
+    on_featurized: Callable[[FeaturizeResult], None] | None = None,
+    on_fit: Callable[[FitResult], None] | None = None,
+) -> JobResult:
+    """Featurize ``data`` with each backbone (comma-separated), fit ``clf`` x ``balance`` on each cache and
+    on their join, and write the report over every run under ``models_dir``."""
+    names = parse_backbones(backbones.replace(",", "+"))
+    job = JobResult()
+    for name in names:
+        result = featurize(data, backbone=name, weights=weights, features_dir=features_dir, tta=tta, seed=seed,
+                           progress=progress)
+        job.featurized.append(result)
+        if on_featurized:
+            on_featurized(result)
+    dataset = job.featurized[0].cache_path.parent.name
+    for backbone in feature_sets(names):
+        job.fits += fit(dataset, backbone=backbone, clf=clf, balance=balance, tta=tta, seed=seed,
+                        features_dir=features_dir, models_dir=models_dir, on_result=on_fit)
+    job.report = build_report(models_dir, reports_dir)
+    return job
