@@ -4,10 +4,4 @@ The heavy libraries (TensorFlow, LightGBM) are imported lazily, inside the funct
 so that `cli --help` and a fully cached `cli featurize` start in a fraction of a second.
 """
 
-import os
-
-# Idle OpenMP threads that spin made LightGBM several times slower on 2 busy cores. The OpenMP runtime
-# reads this once, when the first library using it loads, so it is set before anything else is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 __version__ = "0.1.0"

@@ -17,6 +17,7 @@ BALANCES = ("none", "weights", "smote")
 LOSSES = ("categorical", "focal")
 SMOTE_NEIGHBOURS = 5
 LGBM_MAX_ROUNDS = 2000
+LOGREG_TOL = 1e-3
 LGBM_PATIENCE = 50
 LGBM_MIN_DELTA = 1e-3
 
@@ -33,20 +34,22 @@ def threads_for(X: np.ndarray) -> int:
 def _logreg(params: dict, balanced: bool, seed: int, loss: str) -> Any:
     from sklearn.linear_model import LogisticRegression
 
-    # warm_start: the grid is a path over C, each fit starting from the previous solution (~3x fewer steps)
-    return LogisticRegression(C=params["C"], max_iter=3000, class_weight="balanced" if balanced else None,
+    # warm_start: the grid is a path over C, each fit starting from the previous solution. tol 1e-3 instead of
+    # 1e-4: 3-4x faster on 2,048-d embeddings, validation accuracy within 1-2 images (bench/fit.py history).
+    return LogisticRegression(C=params["C"], max_iter=3000, tol=LOGREG_TOL, class_weight="balanced" if balanced else None,
                               random_state=seed, warm_start=True)
 
 
 def _lgbm(params: dict, balanced: bool, seed: int, loss: str) -> Any:
     from lightgbm import LGBMClassifier
 
-    # Feature subsampling, few bins and early stopping keep 2,048-d embeddings fast (358 s -> seconds).
+    # Feature subsampling (5% of the columns per tree: 2x faster than 20%, the same validation accuracy within
+    # 1-2 images), few bins and early stopping keep 2,048-d embeddings fast: 358 s for 300 trees -> ~8 s.
     return LGBMClassifier(
         n_estimators=params.get("n_estimators", LGBM_MAX_ROUNDS),
         learning_rate=params["learning_rate"],
         num_leaves=params["num_leaves"],
-        colsample_bytree=0.2,
+        colsample_bytree=0.05,
         subsample=0.8,
         subsample_freq=1,
         max_bin=63,
