@@ -184,6 +184,45 @@ def run_job(
     _print_top(job.report, top)
 
 
+@app.command()
+def e2e(
+    data: Annotated[Path, typer.Option(help="Dataset folder: DIR/<split>/<class>/<image>.")],
+    backbone: Annotated[str, typer.Option(help="vgg16, xception or mobilenetv2.")] = "xception",
+    weights: Annotated[str, typer.Option(help="As for featurize: 'imagenet', a weights file or directory, 'none'.")] = "imagenet",
+    epochs: Annotated[int, typer.Option(help="Epochs of head training (the notebook: 12).")] = 12,
+    image_size: Annotated[int | None, typer.Option(help="Input size (default: the backbone's).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per training batch.")] = 32,
+    fine_tune: Annotated[int, typer.Option(help="After the head, unfreeze the top N layers of the base (0: no fine-tuning).")] = 0,
+    fine_tune_epochs: Annotated[int, typer.Option(help="Epochs of fine-tuning.")] = 4,
+    learning_rate: Annotated[float, typer.Option(help="Adam learning rate for the head.")] = 1e-3,
+    fine_tune_learning_rate: Annotated[float, typer.Option(help="Adam learning rate for fine-tuning.")] = 1e-5,
+    balance: Annotated[str, typer.Option(help="none or weights (balanced class weights).")] = "none",
+    loss: Annotated[str, typer.Option(help="categorical or focal.")] = "categorical",
+    seed: Annotated[int, typer.Option(help="Seed: shuffling, augmentation and initialisation.")] = 0,
+    models_dir: Annotated[Path, typer.Option(help="Runs go to <models-dir>/<dataset>/<backbone>/e2e-<balance>.../.")] = Path("models"),
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory.")] = None,
+) -> None:
+    """Train end to end on the images (the reference notebooks' approach), for the comparison in cli report."""
+    from clothprobe.e2e import e2e as run_e2e
+
+    def show(r: dict) -> None:
+        err.print(f"epoch {r['epoch']} ({r['phase']}): loss {r['loss']:.3f}, train acc {100 * r['accuracy']:.1f}%, "
+                  f"val acc {100 * r['val_accuracy']:.1f}% ({r['seconds']:.0f} s)")
+
+    result = run_e2e(data, backbone=backbone, weights=weights, epochs=epochs, image_size=image_size,
+                     batch_size=batch_size, fine_tune=fine_tune, fine_tune_epochs=fine_tune_epochs,
+                     learning_rate=learning_rate, fine_tune_learning_rate=fine_tune_learning_rate, balance=balance,
+                     loss=loss, seed=seed, models_dir=models_dir, out=out_dir, progress=sys.stderr.isatty(),
+                     on_epoch=show)
+    m = result.metrics
+    for path, reason in m["skipped"]:
+        err.print(f"[yellow]skipped[/] {path}: {reason}")
+    test = f"{100 * m['test']['accuracy']:.1f}%" if m["test"] else "-"
+    out.print(f"{m['backbone']}/{m['run']}: best epoch {m['chosen']['best_epoch']}, val "
+              f"{100 * m['validation']['accuracy']:.1f}%, test {test}, {m['fit_seconds']:.0f} s training "
+              f"-> {result.run_dir}")
+
+
 class Format(str, Enum):
     table = "table"
     json = "json"

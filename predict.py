@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clothprobe.classifiers.modelio import load_model
+from clothprobe.classifiers.modelio import load_model, read_manifest
 from clothprobe.classifiers.select import full_proba
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.backbones import get_backbone
@@ -92,6 +92,8 @@ def predict(
     from clothprobe.featurize.embed import Embedder
 
     started = time.perf_counter()
+    if read_manifest(Path(model_dir)).get("kind") == "end-to-end":
+        raise ClothprobeError(f"{model_dir} is an end-to-end run (cli e2e); cli predict takes runs from cli fit.")
     model = load_model(model_dir)  # checks every sha256 first
     manifest = model.manifest
     classes = list(manifest["classes"])

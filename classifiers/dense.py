@@ -15,6 +15,15 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 LOSSES = ("categorical", "focal")
 
 
+def make_loss(name: str):  # noqa: ANN201 - a keras Loss
+    """Categorical cross-entropy, or the focal variant one reference notebook used (shared with e2e)."""
+    import keras
+
+    if name not in LOSSES:
+        raise ValueError(f"Unknown loss {name!r}; choose one of: {', '.join(LOSSES)}")
+    return keras.losses.CategoricalFocalCrossentropy() if name == "focal" else keras.losses.CategoricalCrossentropy()
+
+
 class DenseHeadClassifier(ClassifierMixin, BaseEstimator):
     """Dense(hidden, relu) -> Dropout -> Dense(n_classes, softmax), trained with Adam.
 
@@ -58,9 +67,7 @@ class DenseHeadClassifier(ClassifierMixin, BaseEstimator):
                 keras.layers.Dense(n_classes, activation="softmax"),
             ]
         )
-        loss = (keras.losses.CategoricalFocalCrossentropy() if self.loss == "focal"
-                else keras.losses.CategoricalCrossentropy())
-        model.compile(optimizer=keras.optimizers.Adam(self.learning_rate), loss=loss)
+        model.compile(optimizer=keras.optimizers.Adam(self.learning_rate), loss=make_loss(self.loss))
         return model
 
     def fit(self, X, y, sample_weight=None):  # noqa: ANN001, ANN201 - scikit-learn signature

@@ -122,7 +122,7 @@ def fit_one(data: FeatureSet, dataset: str, clf: str, balance: str, tta: bool, l
     def write_files(directory: Path) -> dict:
         (directory / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         if test_proba is not None:
-            _write_predictions(directory / "predictions.csv", test.paths, test.y, test_proba, data.class_names)
+            write_predictions(directory / "predictions.csv", test.paths, test.y, test_proba, data.class_names)
         return {"model": save_model(selection.model, spec.file_format, directory)}
 
     manifest = {
@@ -140,7 +140,7 @@ def _featurize_seconds(data: FeatureSet) -> float | None:
     return None if None in seconds else float(sum(seconds))
 
 
-def _write_predictions(path: Path, paths: np.ndarray, y: np.ndarray, proba: np.ndarray, classes: list[str]) -> None:
+def write_predictions(path: Path, paths: np.ndarray, y: np.ndarray, proba: np.ndarray, classes: list[str]) -> None:
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "true", "predicted", *(f"p_{c}" for c in classes)])

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from clothprobe.classifiers.dense import LOSSES
 from clothprobe.errors import ClothprobeError
 
 BALANCES = ("none", "weights", "smote")
-LOSSES = ("categorical", "focal")
 SMOTE_NEIGHBOURS = 5
 LGBM_MAX_ROUNDS = 2000
 LOGREG_TOL = 1e-3

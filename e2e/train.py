@@ -1,0 +1,320 @@
+"""``e2e()``: the reference notebooks' end-to-end approach as one command, for the comparison.
+
+The frozen ImageNet base with a Dense + Dropout head, trained on the images with augmentation (shear,
+zoom, horizontal flip); the best epoch by validation accuracy is kept. ``fine_tune=N`` then unfreezes the
+top N layers of the base and continues at a low learning rate. It writes the same ``metrics.json``,
+``manifest.json`` and ``predictions.csv`` as ``fit``, so ``cli report`` shows both side by side.
+
+Resumable: after every epoch the model (with its optimizer state) and the history are saved in
+``<run>.partial/``; a killed run continues from the last finished epoch. Epoch ``k`` is seeded with
+``seed + k``, so a resumed run shuffles and augments exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clothprobe.classifiers.dense import make_loss
+from clothprobe.classifiers.fit import FitResult, write_predictions
+from clothprobe.classifiers.metrics import classification_metrics
+from clothprobe.classifiers.modelio import write_run
+from clothprobe.classifiers.registry import check_balance, check_loss
+from clothprobe.e2e.data import ImageSplit, batches, load_splits
+from clothprobe.errors import ClothprobeError
+from clothprobe.featurize.backbones import get_backbone
+from clothprobe.featurize.dataset import scan
+from clothprobe.featurize.images import DEFAULT_MAX_PIXELS
+from clothprobe.featurize.weights import resolve_weights
+from clothprobe.progress import progress_bar
+
+HELD_OUT = 0.1  # share of train held out for epoch selection when there is no validation split
+
+
+@dataclass(frozen=True)
+class E2EConfig:
+    """Every setting that shapes the training; a resume is refused if any differs."""
+
+    backbone: str
+    image_size: int
+    epochs: int
+    fine_tune: int
+    fine_tune_epochs: int
+    batch_size: int
+    learning_rate: float
+    fine_tune_learning_rate: float
+    hidden: int
+    dropout: float
+    balance: str
+    loss: str
+    seed: int
+    weights_sha256: str
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def phases(self) -> list[tuple[str, int]]:
+        return [("head", self.epochs)] + ([("fine-tune", self.fine_tune_epochs)] if self.fine_tune else [])
+
+
+def run_name(balance: str, fine_tune: int, loss: str, size: int, default_size: int) -> str:
+    return (f"e2e-{balance}" + (f"-ft{fine_tune}" if fine_tune else "") + ("-focal" if loss == "focal" else "")
+            + (f"-{size}px" if size != default_size else ""))
+
+
+def build_model(config: E2EConfig, weights_path: Path | None, n_classes: int):  # noqa: ANN201 - keras.Model
+    import keras
+
+    bb = get_backbone(config.backbone)
+    keras.utils.set_random_seed(config.seed)
+    base = bb.build(str(weights_path) if weights_path else None, config.image_size)
+    base.trainable = False
+    inputs = keras.Input((config.image_size, config.image_size, 3))
+    x = base(inputs, training=False)  # batch norm stays in inference mode, also once layers are unfrozen
+    x = keras.layers.Dense(config.hidden, activation="relu")(x)
+    x = keras.layers.Dropout(config.dropout)(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    _compile(model, config.learning_rate, config.loss)
+    return model
+
+
+def augmentation(seed: int):  # noqa: ANN201 - keras.Sequential
+    """Horizontal flip, zoom and shear as the notebooks' ImageDataGenerator, applied to training batches in
+    the data pipeline (not inside the model, which stays a plain base + head that saves and loads cleanly)."""
+    import keras
+
+    return keras.Sequential([
+        keras.layers.RandomFlip("horizontal", seed=seed),
+        keras.layers.RandomZoom(0.1, seed=seed + 1),
+        keras.layers.RandomShear(x_factor=0.1, y_factor=0.1, seed=seed + 2),
+    ])
+
+
+def _compile(model, learning_rate: float, loss: str) -> None:  # noqa: ANN001
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=make_loss(loss), metrics=["accuracy"])
+
+
+def conv_base(model):  # noqa: ANN001, ANN201
+    """The backbone inside the trained model: its only layer that is itself a model."""
+    import keras
+
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+
+def unfreeze_top(model, n: int, learning_rate: float, loss: str) -> int:  # noqa: ANN001
+    """Make exactly the top ``n`` layers of the base trainable (the rest stay frozen) and recompile."""
+    base = conv_base(model)
+    if not 0 < n <= len(base.layers):
+        raise ClothprobeError(f"--fine-tune must be between 1 and {len(base.layers)} (layers in the base), got {n}.")
+    base.trainable = True
+    for i, layer in enumerate(base.layers):
+        layer.trainable = i >= len(base.layers) - n
+    _compile(model, learning_rate, loss)
+    return sum(layer.trainable for layer in base.layers)
+
+
+class _Checkpoint:
+    """``<run>.partial/``: the last finished epoch (model with optimizer state), the best weights, history."""
+
+    def __init__(self, run_dir: Path, fingerprint: str) -> None:
+        self.dir = run_dir.with_name(run_dir.name + ".partial")
+        self.fingerprint = fingerprint
+        self.state: dict = {"fingerprint": fingerprint, "history": [], "best": None}
+        state_file = self.dir / "state.json"
+        if state_file.is_file():
+            saved = json.loads(state_file.read_text())
+            if saved.get("fingerprint") == fingerprint and (self.dir / "last.keras").is_file():
+                self.state = saved
+            else:  # other settings: start over rather than mix two trainings
+                shutil.rmtree(self.dir)
+
+    @property
+    def done(self) -> int:
+        return len(self.state["history"])
+
+    def load_last(self):  # noqa: ANN201
+        import keras
+
+        return keras.saving.load_model(self.dir / "last.keras", safe_mode=True)
+
+    def load_best(self, model) -> None:  # noqa: ANN001
+        with np.load(self.dir / "best.npz", allow_pickle=False) as arrays:
+            model.set_weights([arrays[f"arr_{i}"] for i in range(len(arrays.files))])
+
+    def save(self, model, record: dict, improved: bool) -> None:  # noqa: ANN001
+        self.dir.mkdir(parents=True, exist_ok=True)
+        model.save(self.dir / "last.tmp.keras")
+        os.replace(self.dir / "last.tmp.keras", self.dir / "last.keras")
+        if improved:  # the weights only (no optimizer state), as plain arrays: never a pickle
+            with open(self.dir / "best.tmp.npz", "wb") as fh:
+                np.savez(fh, *model.get_weights())
+            os.replace(self.dir / "best.tmp.npz", self.dir / "best.npz")
+            self.state["best"] = record
+        self.state["history"].append(record)
+        tmp = self.dir / "state.tmp.json"
+        tmp.write_text(json.dumps(self.state, indent=2))
+        os.replace(tmp, self.dir / "state.json")
+
+
+def _predict(model, split: ImageSplit, preprocess, n_classes: int, batch_size: int) -> np.ndarray:  # noqa: ANN001
+    proba = model.predict(batches(split, preprocess, n_classes, batch_size), verbose=0)
+    return np.asarray(proba, dtype=np.float64) / np.asarray(proba, dtype=np.float64).sum(1, keepdims=True)
+
+
+def e2e(
+    data: str | Path,
+    backbone: str = "xception",
+    weights: str | Path | None = "imagenet",
+    epochs: int = 12,
+    image_size: int | None = None,
+    batch_size: int = 32,
+    fine_tune: int = 0,
+    fine_tune_epochs: int = 4,
+    learning_rate: float = 1e-3,
+    fine_tune_learning_rate: float = 1e-5,
+    hidden: int = 100,
+    dropout: float = 0.5,
+    balance: str = "none",
+    loss: str = "categorical",
+    seed: int = 0,
+    models_dir: str | Path = "models",
+    out: str | Path | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = False,
+    on_epoch=None,  # noqa: ANN001 - called with each epoch's record
+) -> FitResult:
+    """Train end to end on the images under ``data``; return the run (same files as ``fit`` writes)."""
+    import keras
+
+    bb = get_backbone(backbone)
+    check_balance(balance)
+    check_loss(loss)
+    if balance == "smote":
+        raise ClothprobeError("--balance smote needs embeddings; end-to-end training takes none or weights.")
+    if epochs < 1 or batch_size < 1 or fine_tune < 0:
+        raise ClothprobeError(f"--epochs and --batch-size must be at least 1 and --fine-tune at least 0; got "
+                              f"{epochs}, {batch_size}, {fine_tune}.")
+    resolved = resolve_weights(bb, weights)  # before any work
+    dataset = scan(data)
+    size = image_size or bb.input_size
+    config = E2EConfig(bb.name, size, epochs, fine_tune, fine_tune_epochs if fine_tune else 0, batch_size,
+                       learning_rate, fine_tune_learning_rate, hidden, dropout, balance, loss, seed,
+                       resolved.sha256 if resolved.path else f"random-init-seed-{seed}")
+    name = run_name(balance, fine_tune, loss, size, bb.input_size)
+    run_dir = Path(out) if out else Path(models_dir) / dataset.name / bb.name / name
+    started = time.perf_counter()
+
+    skipped: dict[str, str] = {}
+    splits = load_splits(dataset, size, skipped, max_pixels, progress)
+    if "train" not in splits or not len(splits["train"]):
+        raise ClothprobeError(f"No usable training images under {dataset.root}; e2e needs DIR/train/<class>/.")
+    train, n_classes = splits["train"], len(dataset.class_names)
+    val, selection = splits.get("validation"), "validation split"
+    if val is None or not len(val):
+        from sklearn.model_selection import train_test_split
+
+        tr, va = train_test_split(np.arange(len(train)), test_size=HELD_OUT, stratify=train.y, random_state=seed)
+        train, val = (ImageSplit(train.images[idx], train.y[idx], [train.paths[i] for i in idx]) for idx in (tr, va))
+        selection = f"{int(HELD_OUT * 100)}% of train held out"
+    preprocess = bb.preprocess_fn()
+    weight = None
+    if balance == "weights":
+        from sklearn.utils.class_weight import compute_sample_weight
+
+        weight = compute_sample_weight("balanced", train.y).astype(np.float32)
+
+    ckpt = _Checkpoint(run_dir, config.fingerprint())
+    resumed = ckpt.done
+    model = ckpt.load_last() if resumed else build_model(config, resolved.path, n_classes)
+    epoch = 0
+    for phase, n_epochs in config.phases:
+        for k in range(n_epochs):
+            epoch += 1
+            if epoch <= ckpt.done:
+                continue
+            if phase == "fine-tune" and (k == 0):
+                ckpt.load_best(model)  # continue from the converged head
+                unfreeze_top(model, fine_tune, fine_tune_learning_rate, loss)
+            record = _train_epoch(model, phase, epoch, train, val, preprocess, n_classes, config, weight, progress)
+            best = ckpt.state["best"]
+            ckpt.save(model, record, improved=best is None or record["val_accuracy"] > best["val_accuracy"])
+            if on_epoch:
+                on_epoch(record)
+
+    ckpt.load_best(model)
+    train_seconds = sum(r["seconds"] for r in ckpt.state["history"])
+    metrics: dict = {
+        "run": name, "dataset": dataset.name, "backbone": bb.name, "classifier": "dense-head-e2e",
+        "balance": balance, "tta": False, "loss": loss, "seed": seed, "kind": "end-to-end", "selection": selection,
+        "params": {k: v for k, v in asdict(config).items() if k not in ("backbone", "seed", "balance", "loss",
+                                                                        "weights_sha256")},
+        "chosen": {"best_epoch": ckpt.state["best"]["epoch"], "best_phase": ckpt.state["best"]["phase"]},
+        "epochs": ckpt.state["history"], "resumed_from_epoch": resumed,
+        "fit_seconds": train_seconds, "featurize_seconds": None,
+        "train_counts": dict(zip(dataset.class_names, np.bincount(train.y, minlength=n_classes).tolist())),
+        "skipped": sorted(skipped.items()),
+        "validation": classification_metrics(val.y, _predict(model, val, preprocess, n_classes, batch_size),
+                                             dataset.class_names),
+    }
+    test = splits.get("test")
+    test_proba = None
+    if test is not None and len(test):
+        t = time.perf_counter()
+        test_proba = _predict(model, test, preprocess, n_classes, batch_size)
+        metrics["predict_seconds"] = time.perf_counter() - t
+        metrics["test"] = classification_metrics(test.y, test_proba, dataset.class_names)
+    else:
+        metrics["test"] = None
+    metrics["wall_seconds"] = time.perf_counter() - started
+
+    def write_files(directory: Path) -> dict:
+        (directory / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        if test_proba is not None:
+            write_predictions(directory / "predictions.csv", np.asarray(test.paths), test.y, test_proba,
+                              dataset.class_names)
+        model.save(directory / "model.keras")
+        return {"model": {"format": "keras-e2e", "file": "model.keras"}}
+
+    manifest = {
+        "run": name, "dataset": dataset.name, "classes": dataset.class_names, "backbones": [bb.name],
+        "kind": "end-to-end", "config": asdict(config), "weights_source": resolved.source,
+        "data_root": str(dataset.root.resolve()), "balance": balance, "tta": False, "loss": loss, "seed": seed,
+        "versions": {"keras": keras.__version__},
+    }
+    write_run(run_dir, write_files, manifest)
+    shutil.rmtree(ckpt.dir, ignore_errors=True)
+    return FitResult(run_dir, metrics)
+
+
+def _train_epoch(model, phase: str, epoch: int, train: ImageSplit, val: ImageSplit, preprocess, n_classes: int,  # noqa: ANN001
+                 config: E2EConfig, weight: np.ndarray | None, progress: bool) -> dict:
+    """One epoch, seeded with ``seed + epoch`` (shuffle and augmentation), then validation accuracy."""
+    import keras
+
+    keras.utils.set_random_seed(config.seed + epoch)
+    order = np.random.default_rng(config.seed + epoch).permutation(len(train))
+    data = batches(train, preprocess, n_classes, config.batch_size, weight, order, augmentation(config.seed + 7 * epoch))
+    started = time.perf_counter()
+    with progress_bar(f"epoch {epoch} ({phase})", len(train), progress) as advance:
+        class Advance(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+                advance(min(config.batch_size, len(train) - batch * config.batch_size))
+
+        history = model.fit(data, epochs=1, verbose=0, callbacks=[Advance()])
+    proba = _predict(model, val, preprocess, n_classes, config.batch_size)
+    return {
+        "epoch": epoch, "phase": phase, "seconds": time.perf_counter() - started,
+        "loss": float(history.history["loss"][-1]), "accuracy": float(history.history["accuracy"][-1]),
+        "val_accuracy": float(np.mean(proba.argmax(1) == val.y)),
+    }

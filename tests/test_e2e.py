@@ -1,0 +1,84 @@
+"""End-to-end training on tiny made-up images with a random-weights MobileNetV2: files the report reads,
+fine-tuning that unfreezes exactly N layers, and a resume after an interrupted run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clothprobe.e2e import e2e
+from clothprobe.e2e.train import E2EConfig, build_model, conv_base, unfreeze_top
+from clothprobe.errors import ClothprobeError
+from clothprobe.report import build_report
+from conftest import make_dataset
+
+TINY_E2E = dict(backbone="mobilenetv2", weights=None, image_size=32, batch_size=4)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "clothes")
+
+
+def test_tiny_run_writes_what_the_report_reads(data: Path, tmp_path: Path) -> None:
+    (data / "train" / "hat" / "broken.jpg").write_bytes(b"not an image")
+    result = e2e(data, epochs=2, models_dir=tmp_path / "models", **TINY_E2E)
+    assert result.run_dir == tmp_path / "models" / "clothes" / "mobilenetv2" / "e2e-none-32px"
+    m = json.loads((result.run_dir / "metrics.json").read_text())
+    assert m["kind"] == "end-to-end" and m["selection"] == "validation split"
+    assert [e["epoch"] for e in m["epochs"]] == [1, 2] and all(e["seconds"] > 0 for e in m["epochs"])
+    assert m["chosen"]["best_epoch"] in (1, 2) and m["fit_seconds"] == pytest.approx(sum(e["seconds"] for e in m["epochs"]))
+    assert m["skipped"] == [["train/hat/broken.jpg", m["skipped"][0][1]]]
+    assert np.array(m["test"]["confusion_matrix"]).sum() == 9
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert set(manifest["sha256"]) == {"metrics.json", "predictions.csv", "model.keras"}
+    assert not result.run_dir.with_name(result.run_dir.name + ".partial").exists()
+    report = build_report(tmp_path / "models", tmp_path / "reports")
+    comparison = report.tables[1]
+    assert any(row[1] == "measured here (end-to-end)" and row[0] == "mobilenetv2/e2e-none-32px" for row in comparison.rows)
+
+
+def test_fine_tune_unfreezes_exactly_n_layers() -> None:
+    config = E2EConfig("mobilenetv2", 32, 1, 5, 1, 4, 1e-3, 1e-5, 8, 0.5, "none", "categorical", 0, "random-init-seed-0")
+    model = build_model(config, None, 3)
+    base = conv_base(model)
+    assert not any(layer.trainable for layer in base.layers) and not base.trainable_weights
+    assert unfreeze_top(model, 5, 1e-5, "categorical") == 5
+    assert [layer.trainable for layer in base.layers] == [False] * (len(base.layers) - 5) + [True] * 5
+    assert base.trainable_weights  # the top layers of MobileNetV2 hold weights
+    with pytest.raises(ClothprobeError, match="--fine-tune must be between 1 and"):
+        unfreeze_top(model, len(base.layers) + 1, 1e-5, "categorical")
+
+
+def test_fine_tune_phase_runs_after_the_head(data: Path, tmp_path: Path) -> None:
+    result = e2e(data, epochs=1, fine_tune=3, fine_tune_epochs=1, balance="weights", loss="focal",
+                 models_dir=tmp_path / "m", **TINY_E2E)
+    phases = [e["phase"] for e in result.metrics["epochs"]]
+    assert phases == ["head", "fine-tune"] and result.run_dir.name == "e2e-weights-ft3-focal-32px"
+
+
+def test_resume_after_an_interrupted_run(data: Path, tmp_path: Path) -> None:
+    def stop_after_first(record: dict) -> None:
+        raise KeyboardInterrupt  # killed after epoch 1 was saved, during epoch 2
+
+    with pytest.raises(KeyboardInterrupt):
+        e2e(data, epochs=3, models_dir=tmp_path / "m", on_epoch=stop_after_first, **TINY_E2E)
+    partial = tmp_path / "m" / "clothes" / "mobilenetv2" / "e2e-none-32px.partial"
+    assert len(json.loads((partial / "state.json").read_text())["history"]) == 1
+    first = json.loads((partial / "state.json").read_text())["history"][0]
+    result = e2e(data, epochs=3, models_dir=tmp_path / "m", **TINY_E2E)
+    assert result.metrics["resumed_from_epoch"] == 1
+    assert [e["epoch"] for e in result.metrics["epochs"]] == [1, 2, 3] and result.metrics["epochs"][0] == first
+    # other settings do not resume from that checkpoint
+    other = e2e(data, epochs=2, models_dir=tmp_path / "m2", **TINY_E2E)
+    assert other.metrics["resumed_from_epoch"] == 0
+
+
+def test_errors_name_the_choices(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ClothprobeError, match="takes none or weights"):
+        e2e(data, balance="smote", **TINY_E2E)
+    with pytest.raises(ClothprobeError, match="Unknown backbone 'resnet'; choose one of"):
+        e2e(data, **{**TINY_E2E, "backbone": "resnet"})
