@@ -82,3 +82,12 @@ def test_errors_name_the_choices(data: Path, tmp_path: Path) -> None:
         e2e(data, balance="smote", **TINY_E2E)
     with pytest.raises(ClothprobeError, match="Unknown backbone 'resnet'; choose one of"):
         e2e(data, **{**TINY_E2E, "backbone": "resnet"})
+
+
+def test_same_seed_same_model(data: Path, tmp_path: Path) -> None:
+    a = e2e(data, epochs=2, models_dir=tmp_path / "a", **TINY_E2E)
+    b = e2e(data, epochs=2, models_dir=tmp_path / "b", **TINY_E2E)
+    drop = ("seconds",)
+    strip = [{k: v for k, v in e.items() if k not in drop} for e in a.metrics["epochs"]]
+    assert strip == [{k: v for k, v in e.items() if k not in drop} for e in b.metrics["epochs"]]
+    assert (a.run_dir / "predictions.csv").read_text() == (b.run_dir / "predictions.csv").read_text()
