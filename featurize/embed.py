@@ -139,7 +139,7 @@ class Embedder:
             import keras
 
         self.backbone = backbone
-        self.preprocess = backbone.preprocess_fn()
+        self.preprocess = backbone.preprocess.apply
         self.size = image_size or backbone.input_size
         self.batch_size = batch_size
         self.flip = flip
