@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,10 @@ from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CLOTHPROBE_OFFLINE", "1")  # tests never reach for the network
+# compiled models go to a store of this test session, never the user's ~/.cache/clothprobe
+if "CLOTHPROBE_HOME" not in os.environ:
+    os.environ["CLOTHPROBE_HOME"] = tempfile.mkdtemp(prefix="clothprobe-test-home-")
+    atexit.register(shutil.rmtree, os.environ["CLOTHPROBE_HOME"], True)
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "clothing-dataset-small"
 

@@ -1,0 +1,270 @@
+"""How a recipe's network becomes the files the store keeps, and how those files run.
+
+Export (once per recipe, into the store; needs TensorFlow only for Keras sources):
+- OpenVINO: a float IR with a dynamic batch axis. Keras models go through a TF SavedModel read by
+  ``openvino.Core.read_model``, ONNX files are read directly; clothprobe never calls OpenVINO's conversion
+  tool (``ov.convert_model``), which sends usage telemetry by default.
+- int8: NNCF post-training quantization of that float IR, calibrated on the recipe's photos.
+- Keras: the network saved as a ``.keras`` file.
+
+Load (every run; an OpenVINO entry loads without importing TensorFlow): a ``Runner`` maps a float32 batch
+of a fixed size to the network's output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clothprobe.errors import ClothprobeError
+from clothprobe.featurize.recipe import Recipe
+
+Runner = Callable[[np.ndarray], np.ndarray]
+OV_HINTS = {"float32": "f32", "bfloat16": "bf16", "int8": "f32"}  # int8: the layers left in float run f32
+IR_FILE = "model.xml"
+KERAS_FILE = "model.keras"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The network, from its source
+
+
+def random_init(model: Any, seed: int) -> None:
+    """Seeded random weights from a local generator (He-normal kernels, unit scales, zero shifts), so a
+    ``weights=None`` model is reproducible without touching any global seed. Non-trainable constants
+    (in-model normalisation) are kept; batch-norm statistics become mean 0, variance 1."""
+    rng = np.random.default_rng(seed)
+    for var in model.weights:
+        shape, name = tuple(var.shape), var.path.rsplit("/", 1)[-1]
+        if name == "moving_variance":
+            value = np.ones(shape)
+        elif name == "moving_mean" or (var.trainable and len(shape) <= 1 and name != "gamma"):
+            value = np.zeros(shape)
+        elif var.trainable and len(shape) <= 1:
+            value = np.ones(shape)
+        elif var.trainable:
+            fan_in = int(np.prod(shape[:-1])) or 1
+            value = rng.normal(0.0, np.sqrt(2.0 / fan_in), size=shape)
+        else:
+            continue
+        var.assign(value.astype(var.dtype))
+
+
+def _weights_file(recipe: Recipe, weights: Any) -> str | None:
+    """The weights file of a keras.applications recipe, checked against the recipe's hash."""
+    from clothprobe.featurize.backbones import get_backbone
+    from clothprobe.featurize.weights import resolve_weights
+
+    if recipe.random_init_seed is not None:
+        return None
+    bb = get_backbone(recipe.backbone)
+    if weights is None and recipe.model_path and Path(recipe.model_path).is_file():
+        weights = recipe.model_path
+    resolved = resolve_weights(bb, weights or "imagenet")
+    if resolved.sha256 != recipe.weights_sha256:
+        raise ClothprobeError(
+            f"The {bb.name} weights found ({resolved.source}) have sha256 {resolved.sha256[:16]}..., but these "
+            f"embeddings need weights with sha256 {recipe.weights_sha256[:16]}.... Point --weights at the file "
+            f"that was used for cli featurize."
+        )
+    return str(resolved.path)
+
+
+def _model_file(recipe: Recipe) -> Path:
+    from clothprobe.files import file_sha256
+
+    path = Path(recipe.model_path)
+    if not path.is_file():
+        raise ClothprobeError(f"The model file of {recipe.backbone} is not at {path} any more; put it back, or "
+                              f"featurize again with --backbone {recipe.backbone.split(':')[0]}:NEW_PATH.")
+    if file_sha256(path) != recipe.weights_sha256:
+        raise ClothprobeError(f"{path} has changed since these embeddings were made (its SHA-256 differs); "
+                              f"featurize again with it.")
+    return path
+
+
+def keras_model(recipe: Recipe, weights: Any = None) -> Any:
+    """The recipe's network as a Keras model whose output is the tensor to embed (imports TensorFlow)."""
+    import keras
+
+    from clothprobe.featurize.backbones import get_backbone
+
+    if recipe.source == "keras-applications":
+        path = _weights_file(recipe, weights)
+        try:
+            model = get_backbone(recipe.backbone).build(path, recipe.input_size)
+        except (ValueError, OSError) as err:
+            raise ClothprobeError(f"Cannot load weights {path} into backbone '{recipe.backbone}': {err}. "
+                                  f"Is it a no-top {recipe.backbone} weights file?") from None
+        if path is None:
+            random_init(model, recipe.random_init_seed or 0)
+        return model
+    path = _model_file(recipe)
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as err:  # Keras raises ValueError, TypeError, OSError... for a file it will not load
+        raise ClothprobeError(f"Cannot load {path} as a Keras model in safe mode ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:300]}). Lambda layers and pickled code are refused.") from None
+    if recipe.output:
+        try:
+            model = keras.Model(model.inputs, model.get_layer(recipe.output).output)
+        except ValueError:
+            names = ", ".join(layer.name for layer in model.layers[-8:])
+            raise ClothprobeError(f"{path} has no layer {recipe.output!r} (its last layers: {names}); fix "
+                                  f"`output` in its sidecar.") from None
+    return model
+
+
+def openvino_model(recipe: Recipe, weights: Any = None) -> Any:
+    """The recipe's network as a float OpenVINO model with a dynamic batch axis."""
+    import openvino as ov
+
+    core = ov.Core()
+    if recipe.source == "onnx":
+        model = _select_output(core.read_model(_model_file(recipe)), recipe)
+    else:
+        with tempfile.TemporaryDirectory(prefix="clothprobe-export-") as tmp:
+            keras_model(recipe, weights).export(f"{tmp}/saved_model", format="tf_saved_model", verbose=False)
+            model = core.read_model(f"{tmp}/saved_model")
+    shape = [-1, recipe.input_size, recipe.input_size, 3] if recipe.layout == "NHWC" else [-1, 3, recipe.input_size, recipe.input_size]
+    if len(model.inputs) != 1:
+        raise ClothprobeError(f"{recipe.backbone} has {len(model.inputs)} inputs; clothprobe feeds one image tensor.")
+    try:
+        model.reshape(shape)
+    except RuntimeError as err:
+        raise ClothprobeError(f"{recipe.backbone} does not take {recipe.layout} input of {shape[1:]} "
+                              f"({str(err).splitlines()[0][:200]}); check input_size and layout in its sidecar.") from None
+    return model
+
+
+def _select_output(model: Any, recipe: Recipe) -> Any:
+    """The ONNX model cut at the sidecar's ``output`` (an output or any intermediate tensor name)."""
+    import openvino as ov
+
+    if not recipe.output:
+        if len(model.outputs) != 1:
+            names = [o.any_name for o in model.outputs]
+            raise ClothprobeError(f"{recipe.backbone} has {len(names)} outputs ({', '.join(names)}); name one as "
+                                  f"`output` in its sidecar.")
+        return model
+    for op in model.get_ordered_ops():
+        for out in op.outputs():
+            if recipe.output in out.get_names():
+                return ov.Model([out], model.get_parameters(), "clothprobe-embedding")
+    raise ClothprobeError(f"{recipe.backbone} has no tensor named {recipe.output!r} (outputs: "
+                          f"{', '.join(o.any_name for o in model.outputs)}); fix `output` in its sidecar.")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Store entries
+
+
+def export_float(recipe: Recipe, directory: Path, weights: Any = None) -> None:
+    """Write the float model the store keeps for ``recipe`` into ``directory``."""
+    if recipe.runtime == "keras":
+        _export_keras(recipe, directory, weights)
+        return
+    import openvino as ov
+
+    ov.save_model(openvino_model(recipe, weights), directory / IR_FILE, compress_to_fp16=False)
+
+
+def _export_keras(recipe: Recipe, directory: Path, weights: Any) -> None:
+    import keras
+
+    previous = keras.config.dtype_policy()
+    if recipe.precision == "bfloat16":  # Keras has no per-call policy: set it for this build only
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = keras_model(recipe, weights)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    model.trainable = False
+    model.save(directory / KERAS_FILE)
+
+
+@contextlib.contextmanager
+def _nncf_telemetry_off() -> Iterator[None]:
+    """NNCF sends usage events by default; not for clothprobe's calls (restored afterwards)."""
+    from nncf.telemetry import decorator
+    from nncf.telemetry.wrapper import NNCFTelemetryStub
+
+    saved = decorator.telemetry
+    decorator.telemetry = NNCFTelemetryStub()
+    try:
+        yield
+    finally:
+        decorator.telemetry = saved
+
+
+class _CalibrationSet:
+    """The calibration photos as model inputs, one image per item, decoded again on every pass (NNCF
+    iterates more than once), so memory holds one image, not hundreds."""
+
+    def __init__(self, files: Sequence[Path], prepare: Callable[[np.ndarray], np.ndarray], size: int) -> None:
+        self.files, self.prepare, self.size = list(files), prepare, size
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        from clothprobe.featurize.embed import decoded_batches
+
+        for _, batch in decoded_batches(self.files, self.size, 8):
+            for image, _ in batch:
+                if image is not None:
+                    yield self.prepare(image[None])
+
+
+def quantize_int8(recipe: Recipe, float_ir: Path, directory: Path, calibration: Sequence[Path],
+                  prepare: Callable[[np.ndarray], np.ndarray]) -> None:
+    """NNCF post-training quantization of the float IR, calibrated on ``calibration`` photos."""
+    import nncf
+    import openvino as ov
+
+    data = _CalibrationSet(calibration, prepare, recipe.input_size)
+    usable = sum(1 for _ in data)
+    if usable == 0:
+        raise ClothprobeError(f"None of the {len(calibration)} calibration photos could be decoded; int8 needs "
+                              f"photos like the ones it will embed (--calibration DIR).")
+    with _nncf_telemetry_off():
+        quantized = nncf.quantize(ov.Core().read_model(float_ir), nncf.Dataset(data), subset_size=usable,
+                                  fast_bias_correction=True)
+    ov.save_model(quantized, directory / IR_FILE, compress_to_fp16=False)
+
+
+def load_runner(recipe: Recipe, files: Callable[[str], Path], rows: int, cache_dir: Path | None = None,
+                threads: int | None = None) -> Runner:
+    """The stored model compiled for batches of exactly ``rows`` (one shape: compiled once, and an
+    image's embedding does not depend on its batch neighbours)."""
+    if recipe.runtime == "keras":
+        return _keras_runner(files(KERAS_FILE), recipe, rows)
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(files(IR_FILE))
+    model.reshape([rows, *list(model.inputs[0].get_partial_shape())[1:]])
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": OV_HINTS[recipe.precision]}
+    if cache_dir is not None:
+        config["CACHE_DIR"] = str(cache_dir)
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    compiled = core.compile_model(model, "CPU", config)
+    request = compiled.create_infer_request()
+    return lambda x: np.array(request.infer([x])[0], dtype=np.float32)
+
+
+def _keras_runner(path: Path, recipe: Recipe, rows: int) -> Runner:
+    import keras
+    import tensorflow as tf
+
+    model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    shape = (rows, recipe.input_size, recipe.input_size, 3) if recipe.layout == "NHWC" else (rows, 3, recipe.input_size, recipe.input_size)
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)], reduce_retracing=True)
+    def forward(x):  # noqa: ANN001, ANN202
+        return tf.cast(model(x, training=False), tf.float32)
+
+    return lambda x: forward(x).numpy()
