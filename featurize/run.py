@@ -13,7 +13,7 @@ from clothprobe.errors import ClothprobeError
 from clothprobe.featurize import cache as cache_mod
 from clothprobe.featurize.backbones import get_backbone
 from clothprobe.featurize.dataset import Dataset, ImageFile, scan
-from clothprobe.featurize.embed import resolve_precision, resolve_runtime
+from clothprobe.featurize.recipe import resolve_precision, resolve_recipe, resolve_runtime
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS, RESIZE
 from clothprobe.featurize.weights import resolve_weights
 from clothprobe.files import file_sha256
@@ -108,8 +108,8 @@ def featurize(
     """
     started = time.perf_counter()
     bb = get_backbone(backbone)
-    precision = resolve_precision(precision)
     runtime = resolve_runtime(runtime)
+    precision = resolve_precision(precision, runtime)
     if batch_size < 1:
         raise ClothprobeError(f"--batch-size must be at least 1, got {batch_size}.")
     resolved = resolve_weights(bb, weights)
@@ -118,7 +118,7 @@ def featurize(
     config = cache_mod.CacheConfig(
         backbone=bb.name,
         input_size=image_size or bb.input_size,
-        preprocessing=bb.preprocessing,
+        preprocessing=json.dumps(bb.preprocess.to_dict()),
         pooling="avg",
         resize=RESIZE,
         precision=precision,
@@ -190,9 +190,11 @@ def featurize(
 def _compute(todo, bb, weights_path, precision, runtime, size, batch_size, tta, seed, max_pixels, partial, skipped,
              strict, dataset: Dataset, progress: bool, result: FeaturizeResult) -> None:  # noqa: ANN001
     """Run the model over the images in ``todo`` (content hash, file), saving each finished batch."""
-    from clothprobe.featurize.embed import Embedder
+    from clothprobe.featurize.embed import open_embedder
 
-    embedder = Embedder(bb, weights_path, precision, size, batch_size, tta, seed, runtime)
+    recipe = resolve_recipe(bb.name, weights=str(weights_path) if weights_path else None, image_size=size,
+                            runtime=runtime, precision=precision, seed=seed)
+    embedder = open_embedder(recipe, batch_size=batch_size, flip=tta)
     files = [f.path for _, f in todo]
     started = time.perf_counter()
     with progress_bar(f"{bb.name} ({runtime}, {precision})", len(files), progress, unit="img") as advance:
