@@ -14,6 +14,7 @@ of a fixed size to the network's output.
 from __future__ import annotations
 
 import contextlib
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -229,7 +230,7 @@ def quantize_int8(recipe: Recipe, float_ir: Path, directory: Path, calibration: 
     if usable == 0:
         raise ClothprobeError(f"None of the {len(calibration)} calibration photos could be decoded; int8 needs "
                               f"photos like the ones it will embed (--calibration DIR).")
-    with _nncf_telemetry_off():
+    with _nncf_telemetry_off(), contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars are progress
         quantized = nncf.quantize(ov.Core().read_model(float_ir), nncf.Dataset(data), subset_size=usable,
                                   fast_bias_correction=True)
     ov.save_model(quantized, directory / IR_FILE, compress_to_fp16=False)
