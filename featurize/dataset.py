@@ -3,6 +3,10 @@
 Two layouts: ``DIR/<split>/<class>/<image>`` (splits train, validation, test) and a single split
 ``DIR/<class>/<image>`` (read as ``train``, so ``fit`` cross-validates on it). Class names come from the
 training split, sorted, so their order is stable across machines and runs.
+
+Files the run must not use are listed in ``Dataset.stray`` with their reason in ``Dataset.stray_reasons``:
+files outside a class folder, and anything that is not a regular file after following symbolic links
+(a FIFO, a device, a socket, a broken link, a link to a folder). The scan never opens a file.
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clothprobe.errors import ClothprobeError
-from clothprobe.featurize.images import is_ignored
+from clothprobe.featurize.images import is_ignored, not_regular_reason
 
 SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"val": "validation", "valid": "validation"}
+OUTSIDE_CLASS = "not inside a class folder"
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,10 @@ class Dataset:
     root: Path
     class_names: list[str]
     files: dict[str, list[ImageFile]]
-    stray: dict[str, str] = field(default_factory=dict)  # rel_path -> split, for files outside class folders
+    # rel_path -> split, for every file the run must not use (outside class folders, not regular files) ...
+    stray: dict[str, str] = field(default_factory=dict)
+    # ... and rel_path -> why, for the same paths
+    stray_reasons: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -65,13 +73,46 @@ def _split_dirs(root: Path) -> dict[str, Path]:
     return found
 
 
-def _walk_class(directory: Path) -> list[Path]:
-    """Every visible file under a class folder (nested folders too), in sorted order."""
+def _walk_class(directory: Path, unusable: dict[Path, str]) -> list[Path]:
+    """Every visible regular file under a class folder (nested folders too), in sorted order; anything
+    else (FIFO, device, socket, broken link, link to a folder) goes to ``unusable`` with its reason."""
+    with os.scandir(directory) as it:
+        entries = _visible(list(it))
     out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(directory):
-        dirnames[:] = sorted(d for d in dirnames if not is_ignored(d))
-        out.extend(Path(dirpath) / f for f in sorted(filenames) if not is_ignored(f))
+    for entry in entries:
+        if not entry.is_dir(follow_symlinks=False):
+            if entry.is_file():  # follows links; no stat for plain files
+                out.append(Path(entry.path))
+            else:
+                unusable[Path(entry.path)] = not_regular_reason(entry.path) or "not a regular file"
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            out.extend(_walk_class(Path(entry.path), unusable))
     return out
+
+
+def _list_split(root: Path, split: str, splits: dict[str, Path], index: dict[str, int],
+                stray: dict[str, tuple[str, str]]) -> list[ImageFile]:
+    """The images of one split; the files it must not use go to ``stray`` as rel_path -> (split, why)."""
+    with os.scandir(splits[split]) as it:
+        entries = _visible(list(it))
+    unknown = [e.name for e in entries if e.is_dir() and e.name not in index]
+    if unknown:
+        raise ClothprobeError(
+            f"Class folder(s) {', '.join(unknown)} in {splits[split]} are not in the training split "
+            f"{splits['train']} (classes: {', '.join(index)}). Rename or remove them, or add them to train."
+        )
+
+    def rel(path: str | Path) -> str:
+        return Path(path).relative_to(root).as_posix()
+
+    stray.update((rel(e.path), (split, OUTSIDE_CLASS)) for e in entries if not e.is_dir())
+    images: list[ImageFile] = []
+    for entry in (e for e in entries if e.is_dir()):
+        unusable: dict[Path, str] = {}
+        images += [ImageFile(split, rel(p), index[entry.name], p) for p in _walk_class(Path(entry.path), unusable)]
+        stray.update((rel(p), (split, why)) for p, why in unusable.items())
+    return images
 
 
 def scan(root: str | Path) -> Dataset:
@@ -92,26 +133,7 @@ def scan(root: str | Path) -> Dataset:
     if not class_names:
         raise ClothprobeError(f"{splits['train']} has no class folders; expected {splits['train']}/<class>/<image>.")
     index = {name: i for i, name in enumerate(class_names)}
-    files: dict[str, list[ImageFile]] = {}
-    stray: dict[str, str] = {}
-    for split in SPLITS:
-        if split not in splits:
-            continue
-        split_dir = splits[split]
-        with os.scandir(split_dir) as it:
-            entries = _visible(list(it))
-        stray.update((Path(e.path).relative_to(root).as_posix(), split) for e in entries if not e.is_dir())
-        unknown = [e.name for e in entries if e.is_dir() and e.name not in index]
-        if unknown:
-            raise ClothprobeError(
-                f"Class folder(s) {', '.join(unknown)} in {split_dir} are not in the training split "
-                f"{splits['train']} (classes: {', '.join(class_names)}). Rename or remove them, or add "
-                f"them to train."
-            )
-        files[split] = [
-            ImageFile(split, p.relative_to(root).as_posix(), index[e.name], p)
-            for e in entries
-            if e.is_dir()
-            for p in _walk_class(Path(e.path))
-        ]
-    return Dataset(root=root, class_names=class_names, files=files, stray=stray)
+    stray: dict[str, tuple[str, str]] = {}
+    files = {split: _list_split(root, split, splits, index, stray) for split in SPLITS if split in splits}
+    return Dataset(root=root, class_names=class_names, files=files, stray={p: s for p, (s, _) in stray.items()},
+                   stray_reasons={p: why for p, (_, why) in stray.items()})

@@ -5,6 +5,8 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -19,10 +21,23 @@ if "CLOTHPROBE_HOME" not in os.environ:
     os.environ["CLOTHPROBE_HOME"] = tempfile.mkdtemp(prefix="clothprobe-test-home-")
     atexit.register(shutil.rmtree, os.environ["CLOTHPROBE_HOME"], True)
 
-REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "clothing-dataset-small"
+# The real photos next to the repository; CI, which runs the tests from the unpacked sdist, points
+# CLOTHPROBE_TEST_DATA at them.
+REAL_DATA = Path(os.environ.get("CLOTHPROBE_TEST_DATA")
+                 or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "clothing-dataset-small")
 
 # A random-weights VGG16 on 32 px images: the real Keras model, small enough to run in a second.
 TINY = dict(backbone="vgg16", weights=None, image_size=32, batch_size=4, precision="float32")
+
+
+def python_output(code: str, timeout: float = 120) -> str:
+    """Run ``code`` in a fresh Python and return its stdout; a run past ``timeout`` (a hang) fails the test."""
+    try:
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running after {timeout} s (killed): a hang")
+    assert res.returncode == 0, res.stderr
+    return res.stdout
 
 
 def make_image(path: Path, seed: int, size: tuple[int, int] = (40, 30), mode: str = "RGB", fmt: str | None = None) -> Path:

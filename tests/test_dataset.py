@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
 
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.dataset import scan
-from conftest import make_dataset, make_image
+from conftest import TINY, make_dataset, make_image, python_output
+
+needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
 
 
 def test_split_layout(dataset: Path) -> None:
@@ -49,7 +53,64 @@ def test_hidden_files_and_root_files_ignored(dataset: Path) -> None:
 
 def test_file_outside_class_folder_is_stray(dataset: Path) -> None:
     make_image(dataset / "train" / "loose.png", seed=5)
-    assert scan(dataset).stray == {"train/loose.png": "train"}
+    ds = scan(dataset)
+    assert ds.stray == {"train/loose.png": "train"}
+    assert ds.stray_reasons == {"train/loose.png": "not inside a class folder"}
+
+
+def _unusable_files(dataset: Path) -> None:
+    os.mkfifo(dataset / "train" / "hat" / "pipe.jpg")
+    (dataset / "validation" / "shirt" / "zero.jpg").symlink_to("/dev/zero")
+    (dataset / "test" / "hat" / "gone.jpg").symlink_to(dataset / "nowhere.jpg")
+    (dataset / "elsewhere").mkdir()
+    (dataset / "train" / "shirt" / "more").symlink_to(dataset / "elsewhere", target_is_directory=True)
+    (dataset / "train" / "shirt" / "0-link.png").symlink_to(dataset / "train" / "shirt" / "0.png")
+
+
+@needs_fifo
+def test_files_that_are_not_regular_are_stray_with_their_reason(dataset: Path) -> None:
+    """A FIFO (an open would block forever), a link to /dev/zero (a read would never end), a broken link
+    and a link to a folder are listed as stray with why, never as images; a link to an image is an image.
+    The scan runs in a subprocess with a timeout, so a regression fails instead of hanging."""
+    _unusable_files(dataset)
+    out = python_output(f"""
+import json
+from clothprobe.featurize.dataset import scan
+ds = scan({str(dataset)!r})
+print(json.dumps({{"files": [f.rel_path for fs in ds.files.values() for f in fs], "stray": ds.stray,
+                  "reasons": ds.stray_reasons}}))
+""", timeout=60)
+    found = json.loads(out)
+    assert found["stray"] == {"train/hat/pipe.jpg": "train", "train/shirt/more": "train",
+                              "validation/shirt/zero.jpg": "validation", "test/hat/gone.jpg": "test"}
+    reasons = found["reasons"]
+    assert reasons["train/hat/pipe.jpg"] == "not a regular file: a named pipe (FIFO); skipped without opening it"
+    assert reasons["validation/shirt/zero.jpg"].startswith("not a regular file: a symbolic link to /dev/zero, "
+                                                            "which is a character device")
+    assert reasons["test/hat/gone.jpg"] == "broken symbolic link"
+    assert "which is a directory" in reasons["train/shirt/more"]
+    assert "train/shirt/0-link.png" in found["files"] and len(found["files"]) == 28
+    assert not set(found["stray"]) & set(found["files"])
+
+
+@pytest.mark.slow
+@needs_fifo
+def test_featurize_skips_a_fifo_and_dev_zero_instead_of_hanging(dataset: Path, tmp_path: Path) -> None:
+    """The whole run (scan, hashing, decoding) over a FIFO and a link to /dev/zero finishes and reports
+    both with their reason. In a subprocess with a timeout: a regression fails instead of hanging."""
+    _unusable_files(dataset)
+    out = python_output(f"""
+import json
+from clothprobe.featurize import featurize
+result = featurize({str(dataset)!r}, out={str(tmp_path / "c.h5")!r}, **{TINY!r})
+print(json.dumps({{"computed": result.computed, "skipped": dict(result.skipped)}}))
+""", timeout=300)
+    result = json.loads(out.splitlines()[-1])
+    assert result["computed"] == 27  # the link to an image has the content of one already computed
+    assert result["skipped"]["train/hat/pipe.jpg"].startswith("not a regular file: a named pipe")
+    assert result["skipped"]["validation/shirt/zero.jpg"].startswith("not a regular file: a symbolic link")
+    assert set(result["skipped"]) == {"train/hat/pipe.jpg", "validation/shirt/zero.jpg", "test/hat/gone.jpg",
+                                      "train/shirt/more"}
 
 
 def test_missing_folder_and_missing_train(tmp_path: Path) -> None:

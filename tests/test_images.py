@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+import tracemalloc
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from clothprobe.featurize.images import BadImage, decode, is_ignored
+from clothprobe.featurize import images
+from clothprobe.featurize.images import BadImage, MemoryBudget, allow_pixels, decode, is_ignored
+from conftest import python_output
+
+PILLOW_DEFAULT_LIMIT = 1024 * 1024 * 1024 // 4 // 3  # PIL.Image.MAX_IMAGE_PIXELS as Pillow ships it
 
 
 def solid(mode: str, color, size=(8, 8)) -> Image.Image:
@@ -54,6 +63,36 @@ def test_sixteen_bit_is_scaled_not_clipped(tmp_path: Path) -> None:
     Image.fromarray(arr).save(tmp_path / "deep.png")
     out = decode(tmp_path / "deep.png", 8)
     assert abs(int(out[0, 0, 0]) - 128) <= 1
+
+
+def gradient16(height: int, width: int) -> np.ndarray:
+    """Every 16-bit value along a diagonal gradient: compresses well, and any wrong strip shows."""
+    rows = np.arange(height, dtype=np.uint32)[:, None] * 7
+    return ((rows + np.arange(width, dtype=np.uint32) * 3) % 65536).astype(np.uint16)
+
+
+def test_sixteen_bit_strips_match_whole_image_scaling(tmp_path: Path) -> None:
+    """Scaled strip by strip, a 16-bit image gives exactly what scaling it whole in float64 gives."""
+    arr = gradient16(1100, 700)  # several strips, the last one short
+    Image.fromarray(arr).save(tmp_path / "deep.png")
+    whole = np.clip(arr / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    expected = np.asarray(Image.fromarray(whole).convert("RGB").resize((64, 64), Image.BILINEAR))
+    assert np.array_equal(decode(tmp_path / "deep.png", 64), expected)
+
+
+def test_sixteen_bit_decode_makes_no_full_size_float_copy(tmp_path: Path) -> None:
+    """Python-side memory of decoding a 16 MP 16-bit PNG stays under the 16-bit image's own size (2 bytes a
+    pixel: the 8-bit result and one strip); a float64 copy alone would be 8 bytes a pixel."""
+    height = width = 4000
+    Image.fromarray(gradient16(height, width)).save(tmp_path / "big16.png")
+    tracemalloc.start()
+    try:
+        out = decode(tmp_path / "big16.png", 32)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (32, 32, 3)
+    assert peak < 2 * height * width, f"decode traced {peak / 1e6:.0f} MB for a {height * width / 1e6:.0f} MP image"
 
 
 def test_gif_first_frame(tmp_path: Path) -> None:
@@ -113,6 +152,101 @@ def test_pixel_limit_guards_against_bombs(tmp_path: Path) -> None:
     with pytest.raises(BadImage, match="above the limit"):
         decode(tmp_path / "big.png", 8, max_pixels=5_000)
     assert decode(tmp_path / "big.png", 8, max_pixels=10_000).shape == (8, 8, 3)
+
+
+@pytest.fixture(scope="module")
+def hundred_megapixels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 10000 x 10000 image (1-bit PNG: 30 kB on disk), above Pillow's default warning limit."""
+    path = tmp_path_factory.mktemp("huge") / "huge.png"
+    Image.new("1", (10_000, 10_000), 1).save(path)
+    return path
+
+
+def test_max_pixels_governs_above_pillows_own_limit(hundred_megapixels: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """100 MP with --max-pixels 200M decodes: Pillow only warns there, and the library leaves its warning
+    (and every process-wide setting) alone."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", PILLOW_DEFAULT_LIMIT)
+    with pytest.warns(Image.DecompressionBombWarning):
+        filters = list(warnings.filters)
+        out = decode(hundred_megapixels, 8, max_pixels=200_000_000)
+        assert warnings.filters == filters
+    assert (out == 255).all()
+    assert Image.MAX_IMAGE_PIXELS == PILLOW_DEFAULT_LIMIT
+    with pytest.warns(Image.DecompressionBombWarning), \
+            pytest.raises(BadImage, match="10000x10000 pixels is above the limit of 50,000,000"):
+        decode(hundred_megapixels, 8)
+
+
+def test_above_pillows_hard_limit_the_reason_says_so(hundred_megapixels: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above twice Pillow's limit Pillow refuses on open; the reason names it and the way to lift it."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000_000)  # restored after the test
+    with pytest.raises(BadImage, match=r"above Pillow's own limit.*allow_pixels\(200000000\)"):
+        decode(hundred_megapixels, 8, max_pixels=200_000_000)
+    with pytest.raises(BadImage, match="above the limit of 15,000,000"):
+        decode(hundred_megapixels, 8, max_pixels=15_000_000)
+    allow_pixels(5)  # never lowers
+    assert Image.MAX_IMAGE_PIXELS == 10_000_000
+    allow_pixels(200_000_000)
+    assert Image.MAX_IMAGE_PIXELS == 200_000_000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # raised to --max-pixels, Pillow does not even warn
+        assert decode(hundred_megapixels, 8, max_pixels=200_000_000).shape == (8, 8, 3)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_fifo_and_device_are_refused_without_reading(tmp_path: Path) -> None:
+    """A FIFO would block the open forever and /dev/zero never ends: both are refused before reading,
+    by the path check and again on the open descriptor (a FIFO put in place after a scan). In a
+    subprocess with a timeout, so a regression fails instead of hanging."""
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")
+    out = python_output(f"""
+from pathlib import Path
+from clothprobe.featurize import images
+for name in ("pipe.jpg", "zero.jpg"):
+    try:
+        images.decode(Path({str(tmp_path)!r}) / name, 8)
+    except images.BadImage as err:
+        print(name, "->", err)
+images.not_regular_reason = lambda path: None  # as if the FIFO appeared after the check
+try:
+    with images.open_regular(Path({str(tmp_path)!r}) / "pipe.jpg"):
+        print("opened")
+except images.BadImage as err:
+    print("descriptor ->", err)
+""", timeout=60)
+    assert "pipe.jpg -> not a regular file: a named pipe (FIFO)" in out
+    assert "zero.jpg -> not a regular file: a symbolic link to /dev/zero, which is a character device" in out
+    assert "descriptor -> not a regular file: a named pipe (FIFO)" in out
+
+
+def test_memory_budget_is_never_exceeded_and_a_large_request_runs_alone() -> None:
+    budget = MemoryBudget(100)
+    inside: list[tuple[int, int]] = []  # (bytes asked, bytes held by all at that moment)
+
+    def work(nbytes: int) -> None:
+        with budget.hold(nbytes):
+            inside.append((nbytes, budget.in_use))
+            time.sleep(0.01)
+
+    # no subset of the small requests sums to 100, so 100 held means the large one ran alone
+    threads = [threading.Thread(target=work, args=(n,)) for n in (30, 30, 250, 30, 20, 45)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads), "a request waited forever"
+    assert budget.peak <= 100 and budget.in_use == 0 and len(inside) == len(threads)
+    assert (250, 100) in inside
+
+
+def test_decode_waits_for_the_memory_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each decode holds its full-size pixel memory from the budget while it works."""
+    budget = MemoryBudget(10**9)
+    monkeypatch.setattr(images, "DECODE_BUDGET", budget)
+    solid("RGB", (1, 2, 3), size=(100, 50)).save(tmp_path / "x.png")
+    decode(tmp_path / "x.png", 8)
+    assert budget.peak == 100 * 50 * images.PEAK_BYTES_PER_PIXEL and budget.in_use == 0
 
 
 @pytest.mark.parametrize("name, ignored", [(".DS_Store", True), ("._x.jpg", True), ("Thumbs.db", True), ("x.jpg", False)])
