@@ -1,22 +1,26 @@
-"""``featurize()``: bring a dataset's embedding cache up to date, computing only what is new or changed."""
+"""``featurize()``: bring a dataset's embedding cache up to date, computing only what is new or changed.
+
+The driver plans (``plan.py``), an engine embeds the plan's shards (``worker.py``: the local engine by
+default, in this process), and the driver merges what comes back into the one cache (``merge.py``).
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize import cache as cache_mod
-from clothprobe.featurize.backbones import get_backbone
-from clothprobe.featurize.dataset import Dataset, ImageFile, scan
-from clothprobe.featurize.recipe import resolve_precision, resolve_recipe, resolve_runtime
-from clothprobe.featurize.images import DEFAULT_MAX_PIXELS, RESIZE
-from clothprobe.featurize.weights import resolve_weights
-from clothprobe.files import file_sha256
+from clothprobe.featurize.calibration import DEFAULT_SIZE
+from clothprobe.featurize.dataset import scan
+from clothprobe.featurize.images import DEFAULT_MAX_PIXELS
+from clothprobe.featurize.merge import Merger, PartialStore, strict_error
+from clothprobe.featurize.plan import SHARD_SIZE, EmbedTask, FileIndex, Plan, decode_settings, index_files, make_plan
+from clothprobe.featurize.recipe import Recipe, resolve_recipe
+from clothprobe.featurize.worker import Engine, LocalEngine
 from clothprobe.progress import progress_bar
 
 
@@ -38,6 +42,9 @@ class FeaturizeResult:
     up_to_date: bool = False
     seconds: float = 0.0
     model_seconds: float = 0.0
+    recipe: Recipe | None = None
+    damaged: str = ""  # what was wrong with the previous cache, which this run replaced
+    remembered: int = 0  # skipped files known from earlier runs not to decode (not tried again)
 
     @property
     def images_per_second(self) -> float:
@@ -53,36 +60,22 @@ def library_versions() -> dict[str, str]:
 
     versions = {"clothprobe": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
                 "h5py": h5py.__version__, "pillow": PIL.__version__}
-    try:  # recorded when the model ran; a cached run does not import TensorFlow just to say its version
-        import sys
-
-        if "tensorflow" in sys.modules:
-            versions["tensorflow"] = sys.modules["tensorflow"].__version__
-            versions["keras"] = sys.modules["keras"].__version__
-    except AttributeError:
-        pass
+    for name in ("openvino", "tensorflow", "keras"):  # recorded when they ran; never imported just to ask
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "__version__"):
+            versions[name] = module.__version__
     return versions
 
 
-def _hash_files(files: list[ImageFile], skipped: dict[str, str], show: bool) -> dict[str, str]:
-    hashes: dict[str, str] = {}
-    with progress_bar("hashing", len(files), show, unit="files") as advance:
-        for f in files:
-            try:
-                hashes[f.rel_path] = file_sha256(f.path)
-            except OSError as err:
-                skipped[f.rel_path] = f"cannot read: {err.strerror or err}"
-            advance(1)
-    return hashes
-
-
-def _strict_error(skipped: dict[str, str], root: Path) -> ClothprobeError:
-    lines = "\n".join(f"  {root / p}: {why}" for p, why in sorted(skipped.items()))
-    return ClothprobeError(
-        f"--strict: {len(skipped)} file(s) cannot be used:\n{lines}\n"
-        f"Fix or remove them, or run without --strict to skip and report them. "
-        f"Finished batches are kept; the next run resumes."
-    )
+@dataclass(frozen=True)
+class _Options:
+    out: Path
+    views: tuple[str, ...]
+    batch_size: int
+    max_pixels: int
+    strict: bool
+    progress: bool
+    shard_size: int
 
 
 def featurize(
@@ -100,134 +93,113 @@ def featurize(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     seed: int = 0,
     progress: bool = False,
+    *,
+    rebuild: bool = False,
+    engine: Engine | None = None,
+    calibration: str | Path | None = None,
+    calibration_size: int = DEFAULT_SIZE,
+    shard_size: int = SHARD_SIZE,
 ) -> FeaturizeResult:
     """Embed every image under ``data`` with ``backbone`` and cache the embeddings in HDF5.
 
     Only images whose content hash the cache lacks are computed; the cache is replaced atomically.
-    Weights are resolved first, so a missing weights file stops the run before any work.
+    Everything that can be checked is checked before any work: the recipe (weights found and hashed),
+    the dataset layout, and that ``out`` is a clothprobe cache or nothing. ``rebuild`` allows replacing
+    a cache of another schema version. ``engine``: where shards are embedded (default: this process).
+    ``calibration``: int8 only, a folder of photos to calibrate on instead of the training split.
     """
+    from clothprobe.featurize import catalog
+    from clothprobe.featurize.compiled import effective_recipe
+
     started = time.perf_counter()
-    bb = get_backbone(backbone)
-    runtime = resolve_runtime(runtime)
-    precision = resolve_precision(precision, runtime)
     if batch_size < 1:
         raise ClothprobeError(f"--batch-size must be at least 1, got {batch_size}.")
-    resolved = resolve_weights(bb, weights)
+    if max_pixels < 1:
+        raise ClothprobeError(f"--max-pixels must be at least 1, got {max_pixels}.")
+    recipe = resolve_recipe(backbone, weights=weights, image_size=image_size, runtime=runtime, precision=precision,
+                            seed=seed)
     dataset = scan(data)
-    out = Path(out) if out else cache_mod.default_path(features_dir, dataset.name, bb.name)
-    config = cache_mod.CacheConfig(
-        backbone=bb.name,
-        input_size=image_size or bb.input_size,
-        preprocessing=json.dumps(bb.preprocess.to_dict()),
-        pooling="avg",
-        resize=RESIZE,
-        precision=precision,
-        runtime=runtime,
-        weights_sha256=resolved.sha256 if resolved.path else f"random-init-seed-{seed}",
-    )
-    views = ("embeddings", "flip") if tta else ("embeddings",)
-    result = FeaturizeResult(out, bb.name, precision, runtime, {s: len(f) for s, f in dataset.files.items()})
-    skipped: dict[str, str] = {p: "not inside a class folder" for p in dataset.stray}
-    split_of = {**dataset.stray, **{f.rel_path: f.split for fs in dataset.files.values() for f in fs}}
-    if strict and skipped:
-        raise _strict_error(skipped, dataset.root)
-
+    out = Path(out) if out else cache_mod.default_path(features_dir, dataset.name, recipe.backbone)
+    cache_mod.check_target(out, rebuild)
+    opts = _Options(out=out, views=("embeddings", "flip") if tta else ("embeddings",), batch_size=batch_size,
+                    max_pixels=max_pixels, strict=strict, progress=progress, shard_size=shard_size)
+    engine = engine or LocalEngine()
     with cache_mod.writer_lock(out):
-        existing = cache_mod.ExistingCache(out)
-        try:
-            known: cache_mod.Known = {}
-            if existing.readable and existing.config != config:
-                result.invalidated = config.differences(existing.config)
-            elif existing.readable:
-                known = existing.known(views)
-            partial = cache_mod.PartialStore(out, config.fingerprint(), views)
-            resumed = {k: v for k, v in partial.known().items() if k not in known}
-            known.update(resumed)
-
-            all_files = [f for files in dataset.files.values() for f in files]
-            hashes = _hash_files(all_files, skipped, progress)
-            todo: dict[str, ImageFile] = {}
-            for f in all_files:
-                sha = hashes.get(f.rel_path)
-                if sha is not None and sha not in known:
-                    todo.setdefault(sha, f)
-            result.resumed = sum(1 for f in all_files if hashes.get(f.rel_path) in resumed)
-            if strict and skipped:
-                raise _strict_error(skipped, dataset.root)
-            if todo:
-                _compute(list(todo.items()), bb, resolved.path, precision, runtime, config.input_size, batch_size,
-                         tta, seed, max_pixels, partial, skipped, strict, dataset, progress, result)
-                known.update(partial.known())
-
-            splits = _split_rows(dataset, hashes, known, skipped, split_of)
-            result.skipped = sorted(skipped.items())
-            result.computed = len(todo) - sum(1 for sha, f in todo.items() if f.rel_path in skipped)
-            result.reused = sum(len(r.paths) for r in splits.values()) - result.computed
-            result.removed = len(set(existing.paths) - {p for r in splits.values() for p in r.paths})
-            digest = _content_digest(config, dataset.class_names, views, splits)
-            if existing.readable and existing.h5.attrs.get("content_digest") == digest:
-                result.up_to_date = True
-            else:
-                cache_mod.write_cache(
-                    out, config, dataset.class_names, dataset.name, views, bb.embedding_dim, splits, known,
-                    extra_attrs={
-                        "content_digest": digest,
-                        "weights_source": resolved.source,
-                        "versions": json.dumps(library_versions(), sort_keys=True),
-                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        "data_root": str(dataset.root.resolve()),
-                        "seconds_per_image": (result.model_seconds / result.computed if result.computed
-                                              else float(existing.attr("seconds_per_image", 0.0))),
-                    },
-                )
-            partial.remove()
-        finally:
-            existing.close()
+        cache_mod.check_target(out, rebuild)  # again, now that no other clothprobe writes it
+        index = index_files(dataset, engine.hash_files, progress)
+        if strict and index.unusable:
+            raise strict_error(index.unusable, dataset.root)
+        recipe, calibration_files = _calibrated(recipe, index, calibration, calibration_size, seed)
+        with cache_mod.ExistingCache(out) as existing:
+            result = _update(index, effective_recipe(recipe), calibration_files, existing, engine, opts)
+    catalog.record(features_dir, dataset=dataset.name, backbone=result.backbone, cache_path=out,
+                   data_root=dataset.root)
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _compute(todo, bb, weights_path, precision, runtime, size, batch_size, tta, seed, max_pixels, partial, skipped,
-             strict, dataset: Dataset, progress: bool, result: FeaturizeResult) -> None:  # noqa: ANN001
-    """Run the model over the images in ``todo`` (content hash, file), saving each finished batch."""
-    from clothprobe.featurize.embed import open_embedder
+def _calibrated(recipe: Recipe, index: FileIndex, calibration: str | Path | None, size: int,
+                seed: int) -> tuple[Recipe, tuple[str, ...]]:
+    """int8 only: the calibration photos (a seeded sample of the training split, or of ``calibration``);
+    their digest goes into the recipe, so another sample makes another cache."""
+    if recipe.precision != "int8":
+        if calibration is not None:
+            raise ClothprobeError(f"--calibration is for --precision int8; this run is {recipe.precision}.")
+        return recipe, ()
+    from clothprobe.featurize.calibration import calibration_from_folder, calibration_sample
 
-    recipe = resolve_recipe(bb.name, weights=str(weights_path) if weights_path else None, image_size=size,
-                            runtime=runtime, precision=precision, seed=seed)
-    embedder = open_embedder(recipe, batch_size=batch_size, flip=tta)
-    files = [f.path for _, f in todo]
+    if calibration is not None:
+        chosen = calibration_from_folder(calibration, size, seed)
+    else:
+        train = index.dataset.files.get("train", [])
+        chosen = calibration_sample([(f.path, index.hashes[f.rel_path]) for f in train if f.rel_path in index.hashes],
+                                    size, seed)
+    return recipe.with_precision("int8", chosen.digest), tuple(str(p) for p in chosen.files)
+
+
+def _update(index: FileIndex, recipe: Recipe, calibration_files: tuple[str, ...], existing: cache_mod.ExistingCache,
+            engine: Engine, o: _Options) -> FeaturizeResult:
+    """Plan against the verified cache, embed what is missing, merge, and say what happened."""
+    if existing.damage and o.strict:
+        raise ClothprobeError(f"Feature cache {o.out} is damaged ({existing.damage}); --strict will not rebuild it. "
+                              f"Run without --strict to rebuild it, or delete it.")
+    plan, merger, model_seconds = _embed(index, recipe, calibration_files, existing, engine, o)
+    recipe, dataset = plan.recipe, index.dataset
+    header = cache_mod.CacheHeader(recipe=recipe, class_names=tuple(dataset.class_names), dataset=dataset.name,
+                                   views=o.views, data_root=str(dataset.root.resolve()), decode=plan.decode,
+                                   versions=library_versions())
+    outcome = merger.write(existing, o.out, header, model_seconds)
+    old = existing.header
+    rows = sum(len(r.paths) for r in outcome.splits.values())
+    return FeaturizeResult(
+        cache_path=o.out, backbone=recipe.backbone, precision=recipe.precision, runtime=recipe.runtime,
+        images={s: len(f) for s, f in dataset.files.items()}, computed=outcome.computed,
+        reused=rows - outcome.computed, resumed=plan.resumed, removed=outcome.removed,
+        skipped=sorted(outcome.skipped.items()),
+        invalidated=recipe.differences(old.recipe) if old is not None and old.recipe != recipe else [],
+        up_to_date=not outcome.written, model_seconds=model_seconds, recipe=recipe, damaged=existing.damage,
+        remembered=sum(1 for sha in index.hashes.values() if sha in plan.failures),
+    )
+
+
+def _plan(index: FileIndex, recipe: Recipe, existing: cache_mod.ExistingCache, o: _Options) -> tuple[Plan, Merger]:
+    partial = PartialStore(o.out, recipe.fingerprint, o.views)
+    plan = make_plan(index, recipe, o.views, decode_settings(o.max_pixels), existing, partial, o.shard_size)
+    return plan, Merger(plan, partial, o.strict)
+
+
+def _embed(index: FileIndex, recipe: Recipe, calibration_files: tuple[str, ...], existing: cache_mod.ExistingCache,
+           engine: Engine, o: _Options) -> tuple[Plan, Merger, float]:
+    """Embed the plan's shards with ``engine``, each finished batch kept as it arrives. No model is loaded
+    when nothing is to be computed (a rerun, even over files that do not decode)."""
+    plan, merger = _plan(index, recipe, existing, o)
+    if not plan.todo:
+        return plan, merger, 0.0
+    ran = engine.open(EmbedTask(recipe, o.views, o.batch_size, o.max_pixels, calibration_files))
+    if ran != recipe:  # the runtime's self-check fell back to another precision here: plan for what runs
+        plan, merger = _plan(index, ran, existing, o)
     started = time.perf_counter()
-    with progress_bar(f"{bb.name} ({runtime}, {precision})", len(files), progress, unit="img") as advance:
-        for batch in embedder.run(files, max_pixels):
-            for i, reason in batch.skipped.items():
-                skipped[todo[i][1].rel_path] = reason
-            if strict and batch.skipped:
-                raise _strict_error({todo[i][1].rel_path: r for i, r in batch.skipped.items()}, dataset.root)
-            if batch.indices:
-                partial.add([todo[i][0] for i in batch.indices], batch.views)
-            advance(len(batch.indices) + len(batch.skipped))
-    result.model_seconds = time.perf_counter() - started
-
-
-def _split_rows(dataset: Dataset, hashes: dict[str, str], known: cache_mod.Known,
-                skipped: dict[str, str], split_of: dict[str, str]) -> dict[str, cache_mod.SplitRows]:
-    splits = {}
-    for split, files in dataset.files.items():
-        usable = [f for f in files if f.rel_path not in skipped and hashes.get(f.rel_path) in known]
-        splits[split] = cache_mod.SplitRows(
-            paths=[f.rel_path for f in usable],
-            labels=[f.label for f in usable],
-            sha256=[hashes[f.rel_path] for f in usable],
-            skipped=sorted((p, r) for p, r in skipped.items() if split_of[p] == split),
-        )
-    return splits
-
-
-def _content_digest(config: cache_mod.CacheConfig, class_names: list[str], views: tuple[str, ...],
-                    splits: dict[str, cache_mod.SplitRows]) -> str:
-    """A hash of everything a cache holds, so an unchanged dataset is not rewritten."""
-    digest = hashlib.sha256(json.dumps([config.fingerprint(), class_names, views]).encode())
-    for name in sorted(splits):
-        rows = splits[name]
-        digest.update(json.dumps([name, rows.paths, rows.labels, rows.sha256, rows.skipped]).encode())
-    return digest.hexdigest()
+    with progress_bar(ran.label, len(plan.todo), o.progress, unit="img") as advance:
+        for item in engine.embed(plan.shards()):
+            advance(merger.add(item))
+    return plan, merger, time.perf_counter() - started

@@ -7,15 +7,18 @@ from pathlib import Path
 
 import numpy as np
 
-from clothprobe.featurize.cache import CacheConfig, SplitFeatures, default_path, write_arrays
+from clothprobe.featurize.backbones import TF
+from clothprobe.featurize.cache import CacheHeader, SplitFeatures, default_path, write_arrays
+from clothprobe.featurize.recipe import Recipe
 
 CLASSES = ["dress", "hat", "t-shirt"]
 SIZES = {"train": (40, 10, 12), "validation": (14, 5, 6), "test": (14, 5, 6)}  # t-shirt-like imbalance
 
 
-def config(backbone: str, dim: int) -> CacheConfig:
-    return CacheConfig(backbone=backbone, input_size=32, preprocessing="tf", pooling="avg", resize="pil-bilinear",
-                       precision="float32", runtime="keras", weights_sha256=f"synthetic-{backbone}-{dim}")
+def recipe(backbone: str, dim: int) -> Recipe:
+    return Recipe(backbone=backbone, source="keras-applications", model=backbone, input_size=32,
+                  resize="pil-bilinear", preprocess=TF, pooling="avg", layout="NHWC", output="", runtime="keras",
+                  precision="float32", weights_sha256=f"synthetic-{backbone}-{dim}")
 
 
 def make_cache(features_dir: Path, backbone: str = "xception", dim: int = 16, seed: int = 0,
@@ -44,5 +47,7 @@ def make_cache(features_dir: Path, backbone: str = "xception", dim: int = 16, se
 
         for k, rel in enumerate(p for s in arrays.values() for p in s.paths):
             make_image(images / rel, seed=k)
-    write_arrays(path, config(backbone, dim), CLASSES, dataset, arrays, data_root=images)
+    header = CacheHeader(recipe=recipe(backbone, dim), class_names=tuple(CLASSES), dataset=dataset, views=(),
+                         data_root=str(images.resolve()) if images is not None else "")
+    write_arrays(path, header, arrays)
     return path

@@ -1,28 +1,37 @@
-"""featurize() end to end on tiny images with a real (random-weights) Keras VGG16 and a real HDF5 file."""
+"""featurize() end to end on tiny images with a real (random-weights) VGG16 and a real HDF5 file."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize import featurize, load_features
-from clothprobe.featurize.cache import SCHEMA_VERSION, writer_lock
+from clothprobe.featurize.cache import writer_lock
 from conftest import TINY, make_image
 
 
 def run(data: Path, out: Path, **kw):
-    return featurize(data, out=out, **{**TINY, **kw})
+    return featurize(data, out=out, **{"features_dir": out.parent / "features", **TINY, **kw})
+
+
+def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on, building a model fails the test."""
+    import clothprobe.featurize.embed as embed
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(embed, "open_embedder", refuse)
 
 
 def test_schema_round_trip(dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "f.h5"
     result = run(dataset, out)
-    assert result.computed == 27 and result.reused == 0 and not result.skipped
+    assert result.computed == 27 and result.reused == 0 and not result.skipped and not result.up_to_date
     cache = load_features(out)
     assert cache.class_names == ["hat", "shirt", "t-shirt"]
     assert set(cache.splits) == {"train", "validation", "test"}
@@ -31,12 +40,13 @@ def test_schema_round_trip(dataset: Path, tmp_path: Path) -> None:
     assert list(train.labels) == [0, 0, 0, 1, 1, 2, 2, 2, 2]
     assert train.paths[0] == "train/hat/0.png" and len(train.sha256[0]) == 64
     assert train.flip is None
-    assert cache.config.backbone == "vgg16" and cache.config.input_size == 32
-    assert cache.attrs["schema_version"] == SCHEMA_VERSION
-    for key in ("preprocessing", "pooling", "weights_sha256", "precision", "runtime", "versions", "fingerprint"):
-        assert key in cache.attrs
-    assert cache.attrs["data_root"] == str(dataset.resolve())
-    assert cache.attrs["seconds_per_image"] == pytest.approx(result.model_seconds / 27)
+    assert cache.recipe == result.recipe and cache.fingerprint == result.recipe.fingerprint
+    assert cache.recipe.backbone == "vgg16" and cache.recipe.input_size == 32 and cache.recipe.precision == "float32"
+    assert cache.header.data_root == str(dataset.resolve()) and "clothprobe" in cache.header.versions
+    assert cache.header.seconds_per_image == pytest.approx(result.model_seconds / 27)
+    info = cache.info()
+    assert info.images == 27 and info.featurize_seconds == pytest.approx(result.model_seconds)
+    assert info.recipe == result.recipe and info.views == ("embeddings",) and info.data_root == str(dataset.resolve())
     with pytest.raises(ClothprobeError, match="no 'extra' split"):
         cache.split("extra")
 
@@ -69,9 +79,7 @@ def test_second_run_does_no_model_work(dataset: Path, tmp_path: Path, monkeypatc
     out = tmp_path / "f.h5"
     run(dataset, out)
     before = out.stat().st_mtime_ns
-    import clothprobe.featurize.embed as embed
-
-    monkeypatch.setattr(embed, "Embedder", None)  # any model work would now fail
+    no_model(monkeypatch)
     again = run(dataset, out)
     assert again.computed == 0 and again.reused == 27 and again.up_to_date
     assert out.stat().st_mtime_ns == before
@@ -86,7 +94,7 @@ def test_incremental_add_change_remove(dataset: Path, tmp_path: Path) -> None:
     (dataset / "train" / "t-shirt" / "3.png").unlink()  # removed
     result = run(dataset, out)
     assert result.computed == 2 and result.removed == 1 and result.reused == 25
-    assert load_features(out).attrs["seconds_per_image"] == pytest.approx(result.model_seconds / 2)
+    assert load_features(out).header.seconds_per_image == pytest.approx(result.model_seconds / 2)
     new = load_features(out).split("train")
     assert "train/t-shirt/3.png" not in set(new.paths)
     row = {p: i for i, p in enumerate(new.paths)}
@@ -110,13 +118,15 @@ def test_moved_image_keeps_embedding_takes_new_label(dataset: Path, tmp_path: Pa
     assert train.labels[i] == 1
 
 
-def test_changed_weights_invalidate_everything(dataset: Path, tmp_path: Path) -> None:
+def test_changed_recipe_invalidates_everything_and_says_why(dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "f.h5"
     run(dataset, out, seed=0)
-    result = run(dataset, out, seed=1)  # random weights from another seed: different weights fingerprint
-    assert result.computed == 27 and any(c.startswith("weights_sha256") for c in result.invalidated)
+    result = run(dataset, out, seed=1)  # random weights from another seed: another weights fingerprint
+    assert result.computed == 27
+    assert result.invalidated == ["weights_sha256: random-init-seed-0 -> random-init-seed-1"]
     result = run(dataset, out, seed=1, image_size=40)
     assert result.computed == 27 and result.invalidated == ["input_size: 32 -> 40"]
+    assert load_features(out).recipe.input_size == 40
 
 
 def test_adding_flip_view_recomputes(dataset: Path, tmp_path: Path) -> None:
@@ -130,22 +140,63 @@ def test_bad_files_skipped_reported_and_kept(dataset: Path, tmp_path: Path) -> N
     (dataset / "train" / "hat" / "empty.jpg").write_bytes(b"")
     (dataset / "test" / "shirt" / "notes.txt").write_text("not a photo")
     (dataset / "train" / "hat" / ".DS_Store").write_bytes(b"\0\1")
+    (dataset / "train" / "stray.jpg").write_bytes(b"")
     out = tmp_path / "f.h5"
     result = run(dataset, out)
     assert dict(result.skipped) == {
         "train/hat/empty.jpg": "empty file (0 bytes)",
         "test/shirt/notes.txt": "not an image Pillow can read (unknown or corrupt format)",
+        "train/stray.jpg": "not inside a class folder",
     }
     cache = load_features(out)
-    assert cache.split("train").skipped == [("train/hat/empty.jpg", "empty file (0 bytes)")]
+    assert cache.split("train").skipped == [("train/hat/empty.jpg", "empty file (0 bytes)"),
+                                            ("train/stray.jpg", "not inside a class folder")]
     assert len(cache.split("train")) == 9 and len(cache.split("test")) == 9
 
 
-def test_strict_makes_a_skip_fatal_and_names_the_file(dataset: Path, tmp_path: Path) -> None:
+def test_unusable_files_are_remembered_and_each_reported(dataset: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three empty files and two copies of one truncated JPEG: five paths reported, every run; a rerun
+    does not try them again, so it builds no model."""
+    hat = dataset / "train" / "hat"
+    for name in ("e1.jpg", "e2.jpg", "e3.jpg"):
+        (hat / name).write_bytes(b"")
+    jpeg = make_image(tmp_path / "whole.jpg", seed=5, size=(64, 64)).read_bytes()
+    (hat / "cut1.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (dataset / "validation" / "shirt" / "cut2.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    out = tmp_path / "f.h5"
+    first = run(dataset, out)
+    bad = {"train/hat/e1.jpg", "train/hat/e2.jpg", "train/hat/e3.jpg", "train/hat/cut1.jpg", "validation/shirt/cut2.jpg"}
+    assert {p for p, _ in first.skipped} == bad and first.remembered == 0
+    assert {p for p, _ in load_features(out).split("train").skipped} == bad - {"validation/shirt/cut2.jpg"}
+    assert [p for p, _ in load_features(out).split("validation").skipped] == ["validation/shirt/cut2.jpg"]
+
+    no_model(monkeypatch)
+    again = run(dataset, out)
+    assert again.skipped == first.skipped and again.remembered == 5 and again.computed == 0 and again.up_to_date
+
+
+def test_failures_are_tried_again_under_other_decoder_settings(dataset: Path, tmp_path: Path) -> None:
+    big = make_image(dataset / "train" / "hat" / "big.png", seed=99, size=(60, 50))  # 3000 pixels
+    out = tmp_path / "f.h5"
+    first = run(dataset, out, max_pixels=2000)
+    assert "train/hat/big.png" in dict(first.skipped) and first.computed == 27
+    assert run(dataset, out, max_pixels=2000).remembered == 1
+    raised = run(dataset, out, max_pixels=5000)  # the failure held for 2000 pixels only
+    assert raised.computed == 1 and not raised.skipped and raised.remembered == 0
+    assert big.name in {Path(p).name for p in load_features(out).split("train").paths}
+
+
+def test_strict_makes_a_skip_fatal_and_names_the_file(dataset: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     (dataset / "validation" / "hat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     with pytest.raises(ClothprobeError, match="validation/hat/broken.png"):
         run(dataset, tmp_path / "f.h5", strict=True)
     assert not (tmp_path / "f.h5").exists()
+    run(dataset, tmp_path / "f.h5")
+    no_model(monkeypatch)  # a remembered failure is as fatal under --strict, and needs no model to say so
+    with pytest.raises(ClothprobeError, match="validation/hat/broken.png"):
+        run(dataset, tmp_path / "f.h5", strict=True)
 
 
 def test_second_writer_refused(dataset: Path, tmp_path: Path) -> None:
@@ -155,27 +206,13 @@ def test_second_writer_refused(dataset: Path, tmp_path: Path) -> None:
             run(dataset, out)
 
 
-def test_corrupt_cache_is_rebuilt_not_fatal(dataset: Path, tmp_path: Path) -> None:
-    out = tmp_path / "f.h5"
-    out.write_bytes(b"garbage, not HDF5")
-    assert run(dataset, out).computed == 27
-    with h5py.File(out) as h5:
-        assert h5.attrs["schema_version"] == SCHEMA_VERSION
-
-
-def test_load_features_errors_name_the_file(tmp_path: Path) -> None:
-    with pytest.raises(ClothprobeError, match="No feature cache at .*nope.h5"):
-        load_features(tmp_path / "nope.h5")
-    (tmp_path / "bad.h5").write_bytes(b"garbage")
-    with pytest.raises(ClothprobeError, match="bad.h5"):
-        load_features(tmp_path / "bad.h5")
-
-
 def test_unknown_names_list_choices(dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(ClothprobeError, match="Unknown backbone 'resnet'; choose one of: vgg16, xception, mobilenetv2"):
         run(dataset, tmp_path / "f.h5", backbone="resnet")
     with pytest.raises(ClothprobeError, match="Unknown precision 'fp8'"):
         run(dataset, tmp_path / "f.h5", precision="fp8")
+    with pytest.raises(ClothprobeError, match="--batch-size must be at least 1, got 0"):
+        run(dataset, tmp_path / "f.h5", batch_size=0)
 
 
 def test_keras_and_openvino_runtimes_agree(dataset: Path, tmp_path: Path) -> None:
@@ -188,3 +225,13 @@ def test_keras_and_openvino_runtimes_agree(dataset: Path, tmp_path: Path) -> Non
     b = load_features(tmp_path / "f.h5").split("test").embeddings
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.9999
+
+
+def test_the_catalog_records_the_cache(dataset: Path, tmp_path: Path) -> None:
+    from clothprobe.featurize.catalog import find_cache, last_data
+
+    out = tmp_path / "elsewhere" / "f.h5"
+    run(dataset, out, features_dir=tmp_path / "features")
+    assert last_data(tmp_path / "features") == dataset.resolve()
+    assert find_cache(tmp_path / "features", "clothes", "vgg16") == out.resolve()
+
