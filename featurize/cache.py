@@ -378,13 +378,24 @@ def _verify(ds: h5py.Dataset, blocks: Iterable[np.ndarray]) -> None:
 
 def _verify_streamed(ds: h5py.Dataset) -> None:
     n = ds.shape[0] if ds.shape else 0
-    _verify(ds, (ds[start : start + READ_ROWS] for start in range(0, n, READ_ROWS)))
+    with _naming(ds):
+        _verify(ds, (ds[start : start + READ_ROWS] for start in range(0, n, READ_ROWS)))
 
 
 def _read(ds: h5py.Dataset) -> np.ndarray:
-    values = ds[()]
-    _verify(ds, [values])
+    with _naming(ds):
+        values = ds[()]
+        _verify(ds, [values])
     return values
+
+
+@contextmanager
+def _naming(ds: h5py.Dataset) -> Iterator[None]:
+    """HDF5's read errors (fletcher32 included) as CacheDamaged naming the dataset."""
+    try:
+        yield
+    except (OSError, RuntimeError, ValueError, TypeError) as err:
+        raise CacheDamaged(f"{ds.name} cannot be read ({err})") from None
 
 
 def _strings(values: np.ndarray) -> np.ndarray:

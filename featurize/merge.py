@@ -67,7 +67,8 @@ class PartialStore:
         self.next_id = 1 + max((int(p.name.split(".")[0]) for p in self._files()), default=-1)
 
     def _files(self) -> list[Path]:
-        return [p for p in self.dir.iterdir() if p.name.split(".")[0].isdigit()]
+        """Batch files (temporaries of live writers excluded: ``remove_stale`` decides about those)."""
+        return [p for p in self.dir.iterdir() if p.name.split(".")[0].isdigit() and ".tmp-" not in p.name]
 
     def _remove_batches(self) -> None:
         for p in self._files():

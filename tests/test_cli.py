@@ -40,7 +40,7 @@ def test_featurize_cli_writes_cache_and_reports_skips(dataset: Path, tmp_path: P
     (dataset / "train" / "hat" / "zero.jpg").write_bytes(b"")
     out = tmp_path / "c.h5"
     res = cli("featurize", "--data", str(dataset), "--backbone", "vgg16", "--weights", "none", "--image-size", "32",
-              "--out", str(out))
+              "--out", str(out), "--features-dir", str(tmp_path / "features"))
     assert res.returncode == 0, res.stderr
     assert "computed 27" in res.stdout and "skipped 1" in res.stdout
     assert "train/hat/zero.jpg: empty file" in res.stderr
@@ -70,7 +70,7 @@ def test_unknown_backbone_and_strict_exit_2(dataset: Path, tmp_path: Path) -> No
     assert res.returncode == 2 and "choose one of: vgg16, xception, mobilenetv2" in res.stderr
     (dataset / "test" / "hat" / "bad.jpg").write_bytes(b"nope")
     res = cli("featurize", "--data", str(dataset), "--backbone", "vgg16", "--weights", "none", "--image-size", "32",
-              "--strict", "--out", str(tmp_path / "c.h5"))
+              "--strict", "--out", str(tmp_path / "c.h5"), "--features-dir", str(tmp_path / "features"))
     assert res.returncode == 2 and "test/hat/bad.jpg" in res.stderr and "Traceback" not in res.stderr
 
 
@@ -79,7 +79,7 @@ def test_killed_run_leaves_cache_usable_and_resumes(tmp_path: Path) -> None:
     for i in range(4):
         make_image(data / "train" / "a" / f"first{i}.png", seed=i)
     args = ["featurize", "--data", str(data), "--backbone", "vgg16", "--weights", "none", "--image-size", "96",
-            "--batch-size", "2", "--out", str(out)]
+            "--batch-size", "2", "--out", str(out), "--features-dir", str(tmp_path / "features")]
     assert cli(*args).returncode == 0
     before = load_features(out).split("train").embeddings
     for i in range(300):
@@ -89,11 +89,11 @@ def test_killed_run_leaves_cache_usable_and_resumes(tmp_path: Path) -> None:
                             stderr=subprocess.DEVNULL)
     partial = out.with_name(out.name + ".partial")
     deadline = time.time() + 120
-    while len(list(partial.glob("*.sha256.npy"))) < 3 and time.time() < deadline and proc.poll() is None:
+    while len(list(partial.glob("*.batch.json"))) < 3 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = len(list(partial.glob("*.sha256.npy")))
+    done = len(list(partial.glob("*.batch.json")))
     assert 3 <= done < 150, "the run should have been killed part-way"
 
     intact = load_features(out).split("train")  # the previous cache, untouched
@@ -101,15 +101,52 @@ def test_killed_run_leaves_cache_usable_and_resumes(tmp_path: Path) -> None:
 
     res = cli(*args)
     assert res.returncode == 0, res.stderr
-    assert f"computed {300 - 2 * done}" in res.stdout.replace("\n", " ") or "resumed" in res.stdout
-    resumed = int(res.stdout.split("resumed ")[1].split(")")[0])
-    assert resumed >= 2 * done
+    summary = " ".join(res.stdout.split())
+    assert f"computed {300 - 2 * done}," in summary and f"(resumed {2 * done})" in summary
     assert not partial.exists()
     full = load_features(out).split("train")
     assert len(full) == 304
     fresh = tmp_path / "fresh.h5"
-    assert cli(*args[:-1], str(fresh)).returncode == 0
+    assert cli(*[str(fresh) if a == str(out) else a for a in args]).returncode == 0
     assert np.array_equal(load_features(fresh).split("train").embeddings, full.embeddings)
+
+
+def test_featurize_without_data_reuses_the_last_folder(dataset: Path, tmp_path: Path) -> None:
+    features = str(tmp_path / "features")
+    args = ["featurize", "--backbone", "vgg16", "--weights", "none", "--image-size", "32", "--features-dir", features]
+    res = cli(*args)
+    assert res.returncode == 2 and "--data DIR (nothing featurized yet under" in res.stderr
+    assert cli(*args, "--data", str(dataset)).returncode == 0
+    res = cli(*args)
+    assert res.returncode == 0, res.stderr
+    assert f"--data {dataset.resolve()} (the folder featurized last" in " ".join(res.stderr.split())
+    assert "cache up to date" in res.stdout
+
+
+def test_featurize_refuses_to_replace_what_is_not_a_cache(dataset: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    res = cli("featurize", "--data", str(dataset), "--backbone", "vgg16", "--weights", "none", "--out", str(folder))
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "is a folder" in res.stderr
+    assert [p.name for p in folder.iterdir()] == ["keep.txt"]
+    notes = tmp_path / "notes.h5"
+    notes.write_text("my notes")
+    res = cli("featurize", "--data", str(dataset), "--backbone", "vgg16", "--weights", "none", "--out", str(notes))
+    assert res.returncode == 2 and "not a clothprobe feature cache" in res.stderr and notes.read_text() == "my notes"
+
+
+def test_export_cli(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from synthetic import make_cache
+
+    cache = make_cache(tmp_path / "features", dim=8)
+    res = cli("export", str(cache), "--out", str(tmp_path / "e.parquet"))
+    assert res.returncode == 0, res.stderr
+    df = pd.read_parquet(tmp_path / "e.parquet")
+    assert f"wrote {len(df)} rows" in res.stdout and len(df) == sum(len(s) for s in load_features(cache).splits.values())
+    assert np.stack(df["embedding"]).shape == (len(df), 8)
 
 
 def test_fit_cli_errors_name_the_cache_and_the_choices(tmp_path: Path) -> None:
