@@ -42,49 +42,90 @@ class TTA(str, Enum):
 
 @app.command()
 def featurize(
-    data: Annotated[Path, typer.Option(help="Dataset folder: DIR/<split>/<class>/<image> or DIR/<class>/<image>.")],
-    backbone: Annotated[str, typer.Option(help="vgg16, xception or mobilenetv2.")] = "xception",
+    data: Annotated[Path | None, typer.Option(
+        help="Dataset folder: DIR/<split>/<class>/<image> or DIR/<class>/<image> (default: the folder "
+             "featurized last under --features-dir).")] = None,
+    backbone: Annotated[str, typer.Option(
+        help="A registry name (vgg16, xception, mobilenetv2, efficientnetv2s, convnext_tiny), onnx:PATH or "
+             "keras:PATH.")] = "xception",
     weights: Annotated[str, typer.Option(
         help="'imagenet' (offline dir from CLOTHPROBE_WEIGHTS_DIR, Keras cache, then download), a weights "
              "file or directory, or 'none' (random, for smoke tests).")] = "imagenet",
-    out_path: Annotated[Path | None, typer.Option("--out", help="Cache file (default: features/<dataset>/<backbone>.h5).")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help=(
+        "Cache file (default: features/<dataset>/<backbone>.h5). Only a clothprobe cache is ever replaced."))] = None,
     features_dir: Annotated[Path, typer.Option(help="Root of the default cache location.")] = Path("features"),
     batch_size: Annotated[int, typer.Option(help="Images per inference batch; memory grows with it.")] = 32,
     precision: Annotated[str, typer.Option(
-        help="auto (bfloat16 where the CPU has bf16 units, else float32), float32 or bfloat16.")] = "auto",
+        help="auto (bfloat16 where the CPU has bf16 units, else float32), float32, bfloat16, or int8 "
+             "(OpenVINO, calibrated on a sample of the training photos).")] = "auto",
     runtime: Annotated[str, typer.Option(
         help="auto (OpenVINO on a CPU-only machine, else Keras/TensorFlow), keras or openvino.")] = "auto",
     tta: Annotated[TTA, typer.Option(help="'flip' also caches the horizontally flipped view, for TTA in fit.")] = TTA.none,
-    strict: Annotated[bool, typer.Option(help="Stop at the first file that cannot be used instead of skipping it.")] = False,
+    strict: Annotated[bool, typer.Option(
+        help="Stop at the first file that cannot be used instead of skipping it; refuse to rebuild a damaged "
+             "cache.")] = False,
     image_size: Annotated[int | None, typer.Option(help="Override the backbone's input size (changes the cache).")] = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse images above this many pixels (decompression bombs).")] = 50_000_000,
-    seed: Annotated[int, typer.Option(help="Seed for random weights (--weights none).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for random weights (--weights none) and the int8 calibration sample.")] = 0,
+    rebuild: Annotated[bool, typer.Option(help="Replace a cache of another clothprobe schema version.")] = False,
+    calibration: Annotated[Path | None, typer.Option(
+        help="int8: calibrate on the photos under this folder instead of the training split.")] = None,
 ) -> None:
     """Run a frozen ImageNet conv base once over DATA and cache pooled embeddings in HDF5."""
     from clothprobe.featurize import featurize as run_featurize
+    from clothprobe.featurize.catalog import last_data
 
+    if data is None:
+        data = last_data(features_dir)
+        if data is None:
+            raise ClothprobeError(f"Say which images to featurize: --data DIR (nothing featurized yet under "
+                                  f"{features_dir}).")
+        err.print(Text(f"--data {data} (the folder featurized last under {features_dir})"))
     result = run_featurize(
         data, backbone=backbone, out=out_path, features_dir=features_dir, weights=weights,
         batch_size=batch_size, precision=precision, runtime=runtime, tta=tta is TTA.flip, strict=strict,
-        image_size=image_size, max_pixels=max_pixels, seed=seed, progress=sys.stderr.isatty(),
+        image_size=image_size, max_pixels=max_pixels, seed=seed, progress=sys.stderr.isatty(), rebuild=rebuild,
+        calibration=calibration,
     )
+    _print_featurized(result)
+
+
+def _print_featurized(result) -> None:  # noqa: ANN001 - a clothprobe.featurize.FeaturizeResult
+    if result.damaged:
+        err.print(Text.assemble(("cache damaged", "yellow"), f" ({result.damaged}): rebuilt from the images"))
     for change in result.invalidated:
-        err.print(f"[yellow]cache invalidated[/] ({change}): every image recomputed")
-    table = Table(title=f"{result.backbone} embeddings ({result.runtime}, {result.precision})")
+        err.print(Text.assemble(("cache invalidated", "yellow"), f" ({change}): every image recomputed"))
+    table = Table(title=Text(f"{result.backbone} embeddings ({result.runtime}, {result.precision})"))
     for col in ("split", "images"):
         table.add_column(col)
     for split, n in result.images.items():
         table.add_row(split, str(n))
     out.print(table)
     rate = f", {result.images_per_second:.1f} img/s" if result.computed else ""
+    known = f" ({result.remembered} known from earlier runs, not tried again)" if result.remembered else ""
     out.print(
         f"computed {result.computed}{rate}; reused {result.reused} (resumed {result.resumed}); "
-        f"removed {result.removed}; skipped {len(result.skipped)}; {result.seconds:.1f} s"
+        f"removed {result.removed}; skipped {len(result.skipped)}{known}; {result.seconds:.1f} s"
     )
     for path, reason in result.skipped:
-        err.print(f"[yellow]skipped[/] {path}: {reason}")
+        err.print(Text.assemble(("skipped", "yellow"), f" {path}: {reason}"))
     state = "up to date" if result.up_to_date else "written"
-    out.print(f"cache {state}: {result.cache_path}")
+    out.print(Text(f"cache {state}: {result.cache_path}"))
+
+
+@app.command()
+def export(
+    cache: Annotated[Path, typer.Argument(help="A feature cache (.h5) written by cli featurize.")],
+    out_path: Annotated[Path, typer.Option("--out", help="The Parquet file to write.")],
+) -> None:
+    """A cache as Parquet: one row per image (split, path, label, class, sha256) with its embedding as a
+    fixed-size list of float32 (and the flipped view's, if cached); the recipe in the file's metadata."""
+    from clothprobe.featurize import load_features
+
+    features = load_features(cache)
+    features.to_parquet(out_path)
+    rows = sum(len(s) for s in features.splits.values())
+    out.print(Text(f"wrote {rows} rows to {out_path}"))
 
 
 @app.command()
