@@ -1,8 +1,11 @@
 """``predict()``: classify new photos with a finished run, embedding them exactly as its caches were made.
 
-The run's manifest says which backbone(s), weights fingerprint, input size, precision and runtime made
-the embeddings it was fitted on; the same are used here, and weights whose sha256 differs are refused.
-The model is loaded only after every file's sha256 matches the manifest.
+A cached-features run's manifest records, for each backbone, the cache it was fitted on and so its
+embedding recipe (weights fingerprint, input size, preprocessing, precision, runtime); new photos are
+embedded with the same recipe. An end-to-end run records its recipe too: photos are decoded at its size,
+preprocessed by it and fed to the saved network. Every file's sha256 is checked against the manifest
+before any model is loaded. ``calibrate=True`` applies the temperature fitted at fit time on the
+predictions the choice was made on (validation, or out of fold), never on test.
 """
 
 from __future__ import annotations
@@ -14,14 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from clothprobe.classifiers.modelio import load_model, read_manifest
 from clothprobe.classifiers.select import full_proba
+from clothprobe.classifiers.stats import apply_temperature
 from clothprobe.errors import ClothprobeError
-from clothprobe.featurize.backbones import get_backbone
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS, is_ignored
-from clothprobe.featurize.weights import resolve_weights
-
-RANDOM_INIT = "random-init-seed-"  # the weights fingerprint featurize records for weights=None
+from clothprobe.rundir import read_manifest, verify
 
 
 @dataclass
@@ -42,6 +42,7 @@ class PredictResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     model_seconds: float = 0.0  # building the backbone(s) and embedding
     seconds: float = 0.0
+    calibrated: bool = False
 
     @property
     def seconds_per_image(self) -> float:
@@ -66,19 +67,114 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
     return unique
 
 
-def _weights_for(cache: dict, backbone: str, weights: str | None) -> tuple[Path | None, int]:
-    """The weights file the run's cache was made with (checked by sha256), and the seed for random ones."""
-    expected = cache["config"]["weights_sha256"]
-    if expected.startswith(RANDOM_INIT):
-        return None, int(expected[len(RANDOM_INIT):])
-    resolved = resolve_weights(get_backbone(backbone), weights or "imagenet")
-    if resolved.sha256 != expected:
-        raise ClothprobeError(
-            f"The {backbone} weights found ({resolved.source}) have sha256 {resolved.sha256[:16]}..., but the run "
-            f"was fitted on embeddings from weights with sha256 {expected[:16]}.... Point --weights at the file "
-            f"that was used for cli featurize."
-        )
-    return resolved.path, 0
+@dataclass
+class Embedded:
+    """``views[v][k]`` (backbones side by side, in the run's order) belongs to ``files[good[k]]``; ``skipped``
+    maps the position of each file that could not be used to the reason."""
+
+    views: dict[str, np.ndarray]
+    good: list[int]
+    skipped: dict[int, str]
+
+
+def _embed(files: list[Path], caches: dict[str, dict], tta: bool, batch_size: int, max_pixels: int,
+           weights: str | None) -> Embedded:
+    """Embed ``files`` with the recipe of each cache a run was fitted on (the one place predict embeds)."""
+    from clothprobe.featurize.cache import CacheInfo
+    from clothprobe.featurize.embed import embed_files
+    from clothprobe.featurize.recipe import reproduce
+
+    parts, skipped = [], {}
+    for record in caches.values():
+        recipe = reproduce(CacheInfo.from_dict(record).recipe)
+        done = embed_files(recipe, files, flip=tta, batch_size=batch_size, max_pixels=max_pixels, weights=weights)
+        parts.append(done)
+        for i, why in done.skipped.items():
+            skipped.setdefault(i, why)
+    good = [i for i in range(len(files)) if i not in skipped]
+    where = [{g: k for k, g in enumerate(p.good)} for p in parts]
+    rows = [[w[i] for i in good] for w in where]  # each good file's row in each backbone's embeddings
+    views = {view: np.hstack([p.views[view][r] for p, r in zip(parts, rows)]) if good else np.empty((0, 0))
+             for view in (("embeddings", "flip") if tta else ("embeddings",))}
+    return Embedded(views, good, skipped)
+
+
+def _e2e_proba(files: list[Path], recipe_dict: dict, network, batch_size: int,  # noqa: ANN001
+               max_pixels: int) -> tuple[np.ndarray, list[int], dict[int, str]]:
+    """An end-to-end run: photos decoded at its recipe's size, preprocessed by it, fed to its network."""
+    from clothprobe.featurize.embed import decoded_batches
+    from clothprobe.featurize.recipe import Recipe, reproduce
+
+    recipe = reproduce(Recipe.from_dict(recipe_dict))
+    rows, good, skipped = [], [], {}
+    for start, decoded in decoded_batches(files, recipe.input_size, batch_size, max_pixels):
+        ok = [k for k, (image, _) in enumerate(decoded) if image is not None]
+        skipped.update({start + k: why for k, (image, why) in enumerate(decoded) if image is None})
+        if ok:
+            x = recipe.preprocess.apply(np.stack([decoded[k][0] for k in ok]))
+            rows.append(np.asarray(network.predict(x, batch_size=batch_size, verbose=0), np.float64))
+            good += [start + k for k in ok]
+    proba = np.vstack(rows) if rows else np.zeros((0, 1))
+    return proba / proba.sum(1, keepdims=True) if rows else proba, good, skipped
+
+
+class Predictor:
+    """A finished run opened for predictions: every file checked against its manifest, the model loaded once.
+
+    Reused by ``predict()`` and by the scikit-learn estimator (``clothprobe.load_run``)."""
+
+    def __init__(self, run_dir: str | Path, *, weights: str | None = None, batch_size: int = 16,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, calibrate: bool = False) -> None:
+        from clothprobe.classifiers.modelio import load_e2e_model, load_model
+
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ClothprobeError(f"--batch-size must be a whole number of at least 1, got {batch_size!r}.")
+        self.run_dir, self.weights, self.batch_size, self.max_pixels = Path(run_dir), weights, batch_size, max_pixels
+        self.manifest = read_manifest(self.run_dir)
+        verify(self.run_dir, self.manifest)  # before anything is loaded
+        self.temperature = None
+        if calibrate:
+            if self.manifest.calibration is None:
+                raise ClothprobeError(f"{self.run_dir} records no calibration temperature; fit it again to use "
+                                      f"--calibrate.")
+            self.temperature = self.manifest.calibration.temperature
+        if self.manifest.kind == "end-to-end":
+            self.model, self.network = None, load_e2e_model(self.run_dir)[1]
+        else:
+            self.model, self.network = load_model(self.run_dir), None
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest.classes)
+
+    def proba(self, files: list[Path]) -> tuple[np.ndarray, list[int], dict[int, str]]:
+        """Probabilities over the run's classes for the files that could be used, their positions, and why
+        the others could not."""
+        n = len(self.classes)
+        if self.network is not None:
+            proba, good, skipped = _e2e_proba(files, self.manifest.recipe or {}, self.network, self.batch_size,
+                                              self.max_pixels)
+        else:
+            done = _embed(files, self.manifest.caches, self.manifest.tta, self.batch_size, self.max_pixels,
+                          self.weights)
+            good, skipped = done.good, done.skipped
+            proba = full_proba(self.model, done.views["embeddings"], n) if good else np.zeros((0, n))
+            if good and self.manifest.tta:
+                proba = (proba + full_proba(self.model, done.views["flip"], n)) / 2
+        if self.temperature is not None and len(proba):
+            proba = apply_temperature(proba, self.temperature)
+        return proba, good, skipped
+
+    def predict(self, images: Sequence[str | Path]) -> PredictResult:
+        started = time.perf_counter()
+        files = list_images(images)
+        proba, good, skipped = self.proba(files)
+        model_seconds = time.perf_counter() - started
+        predictions = [Prediction(str(files[i]), dict(zip(self.classes, map(float, row)))) for i, row in zip(good, proba)]
+        return PredictResult(run=self.manifest.id, classes=self.classes, predictions=predictions,
+                             skipped=[(str(files[i]), why) for i, why in sorted(skipped.items())],
+                             model_seconds=model_seconds, seconds=time.perf_counter() - started,
+                             calibrated=self.temperature is not None)
 
 
 def predict(
@@ -87,52 +183,14 @@ def predict(
     weights: str | None = None,
     batch_size: int = 16,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    calibrate: bool = False,
 ) -> PredictResult:
     """Class probabilities for each image; files that cannot be decoded are skipped and reported."""
-    from clothprobe.featurize.embed import Embedder
-
     started = time.perf_counter()
-    if read_manifest(Path(model_dir)).get("kind") == "end-to-end":
-        raise ClothprobeError(f"{model_dir} is an end-to-end run (cli e2e); cli predict takes runs from cli fit.")
-    model = load_model(model_dir)  # checks every sha256 first
-    manifest = model.manifest
-    classes = list(manifest["classes"])
-    files = list_images(images)
-    tta = bool(manifest.get("tta"))
-    views: dict[str, list[np.ndarray]] = {"embeddings": [], "flip": []}
-    skipped: dict[int, str] = {}
-    model_started = time.perf_counter()
-    for backbone in manifest["backbones"]:
-        cache = manifest["caches"][backbone]
-        weights_path, seed = _weights_for(cache, backbone, weights)
-        config = cache["config"]
-        embedder = Embedder(get_backbone(backbone), weights_path, config["precision"], config["input_size"],
-                            min(batch_size, len(files)), tta, seed, config["runtime"])
-        rows: dict[str, dict[int, np.ndarray]] = {v: {} for v in embedder.view_names}
-        for batch in embedder.run(files, max_pixels):
-            skipped.update(batch.skipped)
-            for view, array in batch.views.items():
-                rows[view].update(zip(batch.indices, array))
-        for view, by_index in rows.items():
-            views[view].append(by_index)
-    model_seconds = time.perf_counter() - model_started
-    good = [i for i in range(len(files)) if i not in skipped]
-    predictions = []
-    if good:
-        X = np.hstack([np.stack([part[i] for i in good]) for part in views["embeddings"]])
-        proba = full_proba(model, X, len(classes))
-        if tta:
-            X_flip = np.hstack([np.stack([part[i] for i in good]) for part in views["flip"]])
-            proba = (proba + full_proba(model, X_flip, len(classes))) / 2
-        predictions = [Prediction(str(files[i]), dict(zip(classes, map(float, row)))) for i, row in zip(good, proba)]
-    return PredictResult(
-        run=f"{'+'.join(manifest['backbones'])}/{manifest['run']}",
-        classes=classes,
-        predictions=predictions,
-        skipped=[(str(files[i]), why) for i, why in sorted(skipped.items())],
-        model_seconds=model_seconds,
-        seconds=time.perf_counter() - started,
-    )
+    result = Predictor(model_dir, weights=weights, batch_size=batch_size, max_pixels=max_pixels,
+                       calibrate=calibrate).predict(images)
+    result.seconds = time.perf_counter() - started
+    return result
 
 
 def to_records(result: PredictResult, top_k: int) -> list[dict]:
@@ -150,4 +208,3 @@ def write_csv(result: PredictResult, fh, top_k: int) -> None:  # noqa: ANN001 - 
     for p in result.predictions:
         top = [x for c, v in p.top(top_k) for x in (c, f"{v:.6f}")]
         writer.writerow([p.path, *top, *(f"{p.probabilities[c]:.6f}" for c in result.classes)])
-

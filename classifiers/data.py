@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.backbones import get_backbone
-from clothprobe.featurize.cache import FeatureCache, default_path, load_features
+from clothprobe.featurize.cache import CacheInfo, FeatureCache, load_features
+from clothprobe.featurize.catalog import find_cache
 
 
 @dataclass
@@ -30,30 +31,27 @@ class FeatureSet:
     backbones: list[str]
     class_names: list[str]
     splits: dict[str, SplitData]
-    caches: dict[str, dict]  # backbone -> what a run's manifest records of its cache (see _cache_record)
+    caches: dict[str, dict]  # backbone -> what a run's manifest records of its cache (featurize's CacheInfo)
+    dataset: str = ""
 
     @property
     def name(self) -> str:
         return "+".join(self.backbones)
 
     @property
+    def data_root(self) -> str | None:
+        """The image folder the caches were made from (the first that recorded one)."""
+        return next((root for c in self.caches.values() if (root := CacheInfo.from_dict(c).data_root)), None)
+
+    @property
+    def featurize_seconds(self) -> float | None:
+        """Model time to embed the whole dataset with every backbone used, when the caches recorded it."""
+        seconds = [CacheInfo.from_dict(c).featurize_seconds for c in self.caches.values()]
+        return None if None in seconds else float(sum(seconds))
+
+    @property
     def has_flip(self) -> bool:
         return all(s.X_flip is not None for s in self.splits.values())
-
-
-def _cache_record(cache: FeatureCache) -> dict:
-    """Enough to embed new images exactly as the cache was made (predict) and to cost it (report)."""
-    n_images = sum(len(s) for s in cache.splits.values())
-    per_image = float(cache.attrs.get("seconds_per_image", 0.0))
-    return {
-        "path": str(cache.path),
-        "fingerprint": cache.fingerprint,
-        "config": asdict(cache.config),
-        "views": list(cache.views),
-        "data_root": cache.attrs.get("data_root"),
-        "images": n_images,
-        "featurize_seconds": per_image * n_images if per_image > 0 else None,
-    }
 
 
 def parse_backbones(spec: str) -> list[str]:
@@ -64,15 +62,16 @@ def parse_backbones(spec: str) -> list[str]:
     return names
 
 
-def _load(path: Path, backbone: str, dataset: str) -> FeatureCache:
+def _load(features_dir: str | Path, backbone: str, dataset: str) -> FeatureCache:
     hint = f" Make it with: cli featurize --backbone {backbone} --data DIR/{dataset} --tta flip"
-    return load_features(path, hint=hint)
+    return load_features(find_cache(features_dir, dataset, backbone), hint=hint)
 
 
 def load_feature_set(backbones: str, dataset: str, features_dir: str | Path = "features") -> FeatureSet:
-    """Load ``features_dir/dataset/<backbone>.h5`` for each backbone; several are joined by image path."""
+    """Load the cache of each backbone for ``dataset`` (``features_dir/dataset/<backbone>.h5``, or where the
+    catalog says ``featurize --out`` wrote it); several are joined by image path."""
     names = parse_backbones(backbones)
-    caches = [_load(default_path(features_dir, dataset, n), n, dataset) for n in names]
+    caches = [_load(features_dir, n, dataset) for n in names]
     first = caches[0]
     for other in caches[1:]:
         if other.class_names != first.class_names:
@@ -107,5 +106,6 @@ def load_feature_set(backbones: str, dataset: str, features_dir: str | Path = "f
         backbones=names,
         class_names=first.class_names,
         splits=splits,
-        caches={n: _cache_record(c) for n, c in zip(names, caches)},
+        caches={n: c.info().to_dict() for n, c in zip(names, caches)},
+        dataset=dataset,
     )

@@ -3,8 +3,6 @@ estimator, so it sits in the same pipelines, searches and model files as the cla
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
@@ -71,7 +69,6 @@ class DenseHeadClassifier(ClassifierMixin, BaseEstimator):
         return model
 
     def fit(self, X, y, sample_weight=None):  # noqa: ANN001, ANN201 - scikit-learn signature
-        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
         import keras
 
         if self.loss not in LOSSES:

@@ -1,9 +1,7 @@
-"""``fit()``: train heads on cached embeddings, choose settings on validation data, score test once, save."""
+"""``fit()``: train heads on cached embeddings, choose settings without the test split, score test once, save."""
 
 from __future__ import annotations
 
-import csv
-import json
 import platform
 import time
 from dataclasses import dataclass
@@ -11,22 +9,56 @@ from pathlib import Path
 
 import numpy as np
 
-from clothprobe.classifiers.data import FeatureSet, load_feature_set
+from clothprobe.classifiers.data import FeatureSet, load_feature_set, parse_backbones
 from clothprobe.classifiers.metrics import classification_metrics
-from clothprobe.classifiers.modelio import save_model, write_run
+from clothprobe.classifiers.modelio import save_model
 from clothprobe.classifiers.registry import BALANCES, CLASSIFIERS, check_balance, check_loss, get_classifier
-from clothprobe.classifiers.select import predict_split, select
+from clothprobe.classifiers.select import DEFAULT_SELECT, Held, check_select, predict_split, select
+from clothprobe.classifiers.stats import apply_temperature, expected_calibration_error, fit_temperature
 from clothprobe.errors import ClothprobeError
+from clothprobe.featurize.catalog import resolve_dataset
+from clothprobe.rundir import Calibration, Manifest, Metrics, Predictions, SplitMetrics, check_target, write_run
 
 
 @dataclass
 class FitResult:
     run_dir: Path
-    metrics: dict
+    metrics: Metrics
 
     @property
     def name(self) -> str:
-        return self.metrics["run"]
+        return self.metrics.run
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """Every option of a fit, checked before any work: the heads and balance modes to fit."""
+
+    clfs: list[str]
+    balances: list[str]
+    loss: str
+    select: str
+
+    def runs(self) -> list[tuple[str, str, str]]:
+        """(classifier, balance, loss) of each run; the loss only applies to the dense head."""
+        return [(c, b, self.loss if c == "dense" else "categorical") for c in self.clfs for b in self.balances]
+
+
+def plan_fit(backbone: str = "xception", clf: str = "logreg", balance: str = "weights", loss: str = "categorical",
+             select: str = DEFAULT_SELECT, out: str | Path | None = None) -> FitPlan:
+    """Check every option (before featurizing or loading anything) and expand ``all``."""
+    parse_backbones(backbone)
+    clfs = list(CLASSIFIERS) if clf == "all" else [get_classifier(clf).name]
+    balances = list(BALANCES) if balance == "all" else [check_balance(balance)]
+    check_loss(loss)
+    check_select(select)
+    if loss == "focal" and "dense" not in clfs:
+        raise ClothprobeError("--loss focal applies to the dense head only; use --clf dense (or all).")
+    if out is not None:
+        if len(clfs) * len(balances) > 1:
+            raise ClothprobeError("--out names one run directory; give one --clf and one --balance with it.")
+        check_target(out)
+    return FitPlan(clfs, balances, loss, select)
 
 
 def versions() -> dict[str, str]:
@@ -46,103 +78,95 @@ def run_name(clf: str, balance: str, tta: bool, loss: str) -> str:
     return f"{clf}-{balance}" + ("-tta" if tta else "") + ("-focal" if loss == "focal" else "")
 
 
-def _expand(value: str, choices: list[str] | tuple[str, ...], check) -> list[str]:  # noqa: ANN001
-    return list(choices) if value == "all" else [check(value)]
-
-
 def fit(
-    dataset: str,
+    dataset: str | None = None,
     backbone: str = "xception",
     clf: str = "logreg",
     balance: str = "weights",
     tta: bool = False,
     loss: str = "categorical",
     seed: int = 0,
+    select: str = DEFAULT_SELECT,
     features_dir: str | Path = "features",
     models_dir: str | Path = "models",
     out: str | Path | None = None,
     on_result=None,  # noqa: ANN001 - called with each FitResult as it finishes
 ) -> list[FitResult]:
-    """Fit ``clf`` (or ``all``) with ``balance`` (or ``all``) on the caches of ``backbone`` (``a+b`` joins)."""
-    clfs = _expand(clf, list(CLASSIFIERS), lambda c: get_classifier(c).name)
-    balances = _expand(balance, BALANCES, check_balance)
-    check_loss(loss)
-    if loss == "focal" and "dense" not in clfs:
-        raise ClothprobeError("--loss focal applies to the dense head only; use --clf dense (or all).")
-    if out is not None and len(clfs) * len(balances) > 1:
-        raise ClothprobeError("--out names one run directory; give one --clf and one --balance with it.")
+    """Fit ``clf`` (or ``all``) with ``balance`` (or ``all``) on the caches of ``backbone`` (``a+b`` joins) of
+    ``dataset`` (None: the only dataset featurized under ``features_dir``). ``select``: ``validation`` or
+    ``cv`` (see ``classifiers/select.py``)."""
+    plan = plan_fit(backbone, clf, balance, loss, select, out)
+    dataset = resolve_dataset(features_dir, dataset)
     data = load_feature_set(backbone, dataset, features_dir)
-    if "train" not in data.splits:
-        raise ClothprobeError(f"The caches of {data.name} have no train split; featurize a folder with train/.")
-    if tta and not data.has_flip:
-        raise ClothprobeError(
-            f"--tta needs the flipped view, which the {data.name} cache lacks; make it with: "
-            f"cli featurize --backbone {data.backbones[0]} --data DIR/{dataset} --tta flip"
-        )
+    _check_data(data, tta)
     results = []
-    for name in clfs:
-        for bal in balances:
-            run_loss = loss if name == "dense" else "categorical"
-            run_dir = Path(out) if out else Path(models_dir) / dataset / data.name / run_name(name, bal, tta, run_loss)
-            result = fit_one(data, dataset, name, bal, tta, run_loss, seed, run_dir)
-            if on_result:
-                on_result(result)
-            results.append(result)
+    for name, bal, run_loss in plan.runs():
+        run_dir = Path(out) if out else Path(models_dir) / dataset / data.name / run_name(name, bal, tta, run_loss)
+        check_target(run_dir)
+        result = fit_one(data, name, bal, tta, run_loss, seed, run_dir, plan.select)
+        if on_result:
+            on_result(result)
+        results.append(result)
     return results
 
 
-def fit_one(data: FeatureSet, dataset: str, clf: str, balance: str, tta: bool, loss: str, seed: int,
-            run_dir: Path) -> FitResult:
+def _check_data(data: FeatureSet, tta: bool) -> None:
+    train = data.splits.get("train")
+    if train is None or not len(train):
+        raise ClothprobeError(f"The caches of {data.name} have no training images; featurize a folder with train/.")
+    present = sorted({data.class_names[i] for i in np.unique(train.y)})
+    if len(present) < 2:
+        raise ClothprobeError(f"The {data.dataset} training split has images of {len(present)} class(es) "
+                              f"({', '.join(present) or 'none'}); a classifier needs at least 2 classes.")
+    if tta and not data.has_flip:
+        raise ClothprobeError(
+            f"--tta needs the flipped view, which the {data.name} cache lacks; make it with: "
+            f"cli featurize --backbone {data.backbones[0]} --data DIR/{data.dataset} --tta flip"
+        )
+
+
+def calibrate(held: Held, test_y: np.ndarray | None, test_proba: np.ndarray | None) -> tuple[Calibration, float | None]:
+    """A temperature fitted on the predictions the choice rested on (never test), and the test ECE after it."""
+    temperature = fit_temperature(held.calibration_y, held.calibration_proba)
+    fitted_on = "validation split" if held.source == "validation split" else "out-of-fold predictions"
+    after = None if test_proba is None else expected_calibration_error(test_y, apply_temperature(test_proba, temperature))
+    return Calibration(temperature, fitted_on, int(len(held.calibration_y))), after
+
+
+def fit_one(data: FeatureSet, clf: str, balance: str, tta: bool, loss: str, seed: int, run_dir: Path,
+            select_mode: str = DEFAULT_SELECT) -> FitResult:
     spec = get_classifier(clf)
     n_classes = len(data.class_names)
     started = time.perf_counter()
-    selection = select(spec, data, balance, seed, tta, loss)
+    selection = select(spec, data, balance, seed, tta, loss, select_mode)
     fit_seconds = time.perf_counter() - started
-    metrics: dict = {
-        "run": run_name(clf, balance, tta, loss), "dataset": dataset, "backbone": data.name, "classifier": clf,
-        "balance": balance, "tta": tta, "loss": loss, "seed": seed, "kind": "cached-features",
-        "selection": selection.mode, "params": selection.params, "chosen": selection.chosen,
-        "candidates": [vars(c) for c in selection.candidates], "fit_seconds": fit_seconds,
-        "featurize_seconds": _featurize_seconds(data),
-        "train_counts": dict(zip(data.class_names, np.bincount(data.splits["train"].y, minlength=n_classes).tolist())),
-    }
-    val = data.splits.get("validation")
-    metrics["validation"] = (classification_metrics(val.y, predict_split(selection.model, val, n_classes, tta),
-                                                    data.class_names) if val is not None and len(val) else None)
+    held = selection.held
+    validation = classification_metrics(held.y, held.proba, data.class_names, seed, held.source)
     test = data.splits.get("test")
-    test_proba = None
+    test_metrics: SplitMetrics | None = None
+    predictions, predict_seconds, test_proba = None, None, None
     if test is not None and len(test):  # touched once, after the choice
-        started = time.perf_counter()
+        t = time.perf_counter()
         test_proba = predict_split(selection.model, test, n_classes, tta)
-        metrics["predict_seconds"] = time.perf_counter() - started
-        metrics["test"] = classification_metrics(test.y, test_proba, data.class_names)
-    else:
-        metrics["test"] = None
-
-    def write_files(directory: Path) -> dict:
-        (directory / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        if test_proba is not None:
-            write_predictions(directory / "predictions.csv", test.paths, test.y, test_proba, data.class_names)
-        return {"model": save_model(selection.model, spec.file_format, directory)}
-
-    manifest = {
-        "run": metrics["run"], "dataset": dataset, "classes": data.class_names, "backbones": data.backbones,
-        "caches": data.caches, "classifier": clf, "balance": balance, "tta": tta, "loss": loss, "seed": seed,
-        "params": selection.params, "chosen": selection.chosen, "versions": versions(),
-    }
-    write_run(run_dir, write_files, manifest)
+        predict_seconds = time.perf_counter() - t
+        test_metrics = classification_metrics(test.y, test_proba, data.class_names, seed, "test split")
+        predictions = Predictions(list(test.paths), [data.class_names[i] for i in test.y], test_proba,
+                                  data.class_names)
+    calibration, calibrated_ece = calibrate(held, None if test is None else test.y, test_proba)
+    name = run_name(clf, balance, tta, loss)
+    metrics = Metrics(
+        run=name, dataset=data.dataset, backbone=data.name, classifier=clf, balance=balance, tta=tta, loss=loss,
+        seed=seed, kind="cached-features", selection=selection.mode, selection_n=len(held.y),
+        params=selection.params, chosen=selection.chosen, candidates=[vars(c) for c in selection.candidates],
+        fit_seconds=fit_seconds, featurize_seconds=data.featurize_seconds, predict_seconds=predict_seconds,
+        train_counts=dict(zip(data.class_names, np.bincount(data.splits["train"].y, minlength=n_classes).tolist())),
+        validation=validation, test=test_metrics, calibration=calibration, calibrated_test_ece=calibrated_ece,
+    )
+    manifest = Manifest(
+        run=name, dataset=data.dataset, kind="cached-features", classes=data.class_names, backbones=data.backbones,
+        classifier=clf, balance=balance, tta=tta, loss=loss, seed=seed, params=selection.params,
+        chosen=selection.chosen, versions=versions(), caches=data.caches, data_root=data.data_root,
+        calibration=calibration,
+    )
+    write_run(run_dir, manifest, metrics, predictions, lambda d: save_model(selection.model, spec.file_format, d))
     return FitResult(run_dir, metrics)
-
-
-def _featurize_seconds(data: FeatureSet) -> float | None:
-    """Model time to embed the whole dataset with every backbone used, when the caches recorded it."""
-    seconds = [c["featurize_seconds"] for c in data.caches.values()]
-    return None if None in seconds else float(sum(seconds))
-
-
-def write_predictions(path: Path, paths: np.ndarray, y: np.ndarray, proba: np.ndarray, classes: list[str]) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "true", "predicted", *(f"p_{c}" for c in classes)])
-        for p, t, row in zip(paths, y, proba):
-            writer.writerow([p, classes[t], classes[int(row.argmax())], *(f"{v:.6f}" for v in row)])

@@ -6,22 +6,30 @@ import numpy as np
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, log_loss,
                              precision_recall_fscore_support)
 
+from clothprobe.classifiers.stats import bootstrap_intervals, expected_calibration_error
+from clothprobe.rundir import SplitMetrics
 
-def classification_metrics(y: np.ndarray, proba: np.ndarray, class_names: list[str]) -> dict:
-    """Accuracy, macro-F1, balanced accuracy, log loss, per-class precision/recall/F1, confusion matrix."""
+
+def classification_metrics(y: np.ndarray, proba: np.ndarray, class_names: list[str], seed: int = 0,
+                           source: str = "") -> SplitMetrics:
+    """Accuracy, macro-F1, balanced accuracy (each with a seeded 95% bootstrap interval), log loss,
+    calibration error, per-class precision/recall/F1 and the confusion matrix."""
     labels = list(range(len(class_names)))
     pred = proba.argmax(1)
     precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
-    return {
-        "n": int(len(y)),
-        "accuracy": float(accuracy_score(y, pred)),
-        "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
-        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
-        "log_loss": float(log_loss(y, proba, labels=labels)),
-        "per_class": {
+    return SplitMetrics(
+        n=int(len(y)),
+        accuracy=float(accuracy_score(y, pred)),
+        macro_f1=float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        balanced_accuracy=float(balanced_accuracy_score(y, pred)),
+        log_loss=float(log_loss(y, proba, labels=labels)),
+        ece=expected_calibration_error(y, proba),
+        per_class={
             name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                    "support": int(support[i])}
             for i, name in enumerate(class_names)
         },
-        "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
-    }
+        confusion_matrix=confusion_matrix(y, pred, labels=labels).tolist(),
+        ci=bootstrap_intervals(y, pred, len(class_names), seed=seed),
+        source=source,
+    )

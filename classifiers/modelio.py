@@ -1,22 +1,21 @@
-"""Model files: the one module that writes and reads a run's directory. Never a pickle.
+"""Model files: the one module that writes and reads a run's model (the manifest's ``model`` entry).
+Never a pickle. The run directory around them is ``clothprobe/rundir.py``'s.
 
-A run directory holds ``manifest.json`` (classes, backbones, cache fingerprints, chosen settings, library
-versions and the sha256 of every other file), the model files, ``metrics.json`` and ``predictions.csv``.
 The fitted pipeline is stored without its sampler (SMOTE only acts while fitting) as:
 
 - ``model.skops``: the whole inference pipeline, for heads whose estimator skops stores (trusted types only);
 - ``preprocess.skops`` (when there is a scaler) plus the estimator in its own format:
-  ``model.lgbm.txt`` (LightGBM's text format) or ``model.keras`` (Keras's format, loaded in safe mode).
+  ``model.lgbm.txt`` (LightGBM's text format) or ``model.keras`` (Keras's format, loaded in safe mode);
+- an end-to-end run's whole network as ``model.keras`` (format ``keras-e2e``).
 
 Loading checks every sha256 in the manifest first, and that the caches it is used with are the ones it
-was fitted on, and refuses with a message naming the file otherwise.
+was fitted on, and refuses with one message naming the file otherwise: a file that is not what its
+format says (a pickle, a Keras model with a Lambda layer, a damaged LightGBM file, a LightGBM header
+whose class count differs from the run's) is refused before it is used.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +24,10 @@ from typing import Any
 import numpy as np
 
 from clothprobe.errors import ClothprobeError
-from clothprobe.files import file_sha256 as sha256
+from clothprobe.rundir import Manifest, read_manifest, verify
 
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
 SAMPLER_STEPS = ("smote",)
+LGBM_HEADER_BYTES = 1 << 20  # LightGBM's text header comes before the first tree
 
 
 def _dump_skops(obj: Any, path: Path) -> None:
@@ -41,10 +39,39 @@ def _dump_skops(obj: Any, path: Path) -> None:
 def _load_skops(path: Path) -> Any:
     import skops.io
 
-    untrusted = skops.io.get_untrusted_types(file=path)
-    if untrusted:
-        raise ClothprobeError(f"{path} contains types that are not trusted ({', '.join(untrusted)}); refusing to load it.")
-    return skops.io.load(path)
+    try:
+        untrusted = skops.io.get_untrusted_types(file=path)
+        if not untrusted:
+            return skops.io.load(path)
+    except Exception as err:  # noqa: BLE001 - any failure to read an untrusted file is a refusal
+        raise ClothprobeError(f"{path} is not a readable skops file ({type(err).__name__}); refusing to load it. "
+                              f"Fit the model again.") from None
+    raise ClothprobeError(f"{path} contains types that are not trusted ({', '.join(untrusted)}); refusing to load it.")
+
+
+def _lgbm_header(path: Path, n_classes: int) -> None:
+    """Check LightGBM's text header before LightGBM reads the file: a wrong class count (or a file that is
+    not a LightGBM model) is refused before LightGBM allocates anything for it."""
+    with open(path, "rb") as fh:
+        head = fh.read(LGBM_HEADER_BYTES).split(b"Tree=", 1)[0].decode("utf-8", "replace").splitlines()
+    values = dict(line.split("=", 1) for line in head if "=" in line)
+    expected = 1 if n_classes == 2 else n_classes  # LightGBM's binary objective has one output
+    if head[:1] != ["tree"] or values.get("num_class", "").strip() != str(expected):
+        raise ClothprobeError(f"{path} is not a LightGBM model of this run's {n_classes} classes (header: "
+                              f"num_class={values.get('num_class', 'missing')[:20]}); refusing to load it. "
+                              f"Fit the model again.")
+
+
+def load_keras(path: Path):  # noqa: ANN201 - a keras.Model
+    """A ``.keras`` file in safe mode (no Lambda layers or other code); any failure is one clear error."""
+    import keras
+
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as err:  # noqa: BLE001 - any failure to read an untrusted file is a refusal
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise ClothprobeError(f"Cannot load {path} as a safe Keras model ({reason}); refusing it. "
+                              f"Fit the model again.") from None
 
 
 def _save_estimator(estimator: Any, file_format: str, directory: Path) -> dict:
@@ -58,19 +85,26 @@ def _save_estimator(estimator: Any, file_format: str, directory: Path) -> dict:
     raise ValueError(f"unknown model file format {file_format!r}")
 
 
-def _load_estimator(file_format: str, directory: Path) -> Callable[[np.ndarray], np.ndarray]:
+def _binary_columns(p: np.ndarray) -> np.ndarray:
+    return np.column_stack([1 - p, p]) if p.ndim == 1 else p
+
+
+def _load_estimator(file_format: str, directory: Path, n_classes: int) -> Callable[[np.ndarray], np.ndarray]:
     if file_format == "lightgbm":
         import lightgbm
 
-        booster = lightgbm.Booster(model_file=str(directory / "model.lgbm.txt"))
-        return lambda X: np.asarray(booster.predict(X))
+        path = directory / "model.lgbm.txt"
+        _lgbm_header(path, n_classes)
+        try:
+            booster = lightgbm.Booster(model_file=str(path))
+        except lightgbm.basic.LightGBMError as err:
+            raise ClothprobeError(f"{path} is not a readable LightGBM model ({str(err)[:200]}); refusing it. "
+                                  f"Fit the model again.") from None
+        return lambda X: _binary_columns(np.asarray(booster.predict(X)))
     if file_format == "keras":
-        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-        import keras
-
-        model = keras.saving.load_model(directory / "model.keras", compile=False, safe_mode=True)
+        model = load_keras(directory / "model.keras")
         return lambda X: np.asarray(model.predict(np.asarray(X, np.float32), batch_size=1024, verbose=0), np.float64)
-    raise ClothprobeError(f"{directory / MANIFEST} names an unknown model format {file_format!r}.")
+    raise ClothprobeError(f"{directory / 'manifest.json'} names an unknown model format {file_format!r}.")
 
 
 def save_model(pipeline: Any, file_format: str, directory: Path) -> dict:
@@ -91,51 +125,28 @@ def save_model(pipeline: Any, file_format: str, directory: Path) -> dict:
     return entry
 
 
-def write_run(directory: Path, write_files: Callable[[Path], dict], manifest: dict) -> None:
-    """Fill a fresh temporary directory with ``write_files`` and the manifest, then move it into place."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        manifest = {**manifest, **write_files(tmp), "format_version": FORMAT_VERSION}
-        manifest["sha256"] = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.name != MANIFEST}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def save_e2e_model(model: Any, directory: Path) -> dict:
+    """An end-to-end network (base + head) as one ``.keras`` file; return the manifest's model entry."""
+    model.save(directory / "model.keras")
+    return {"format": "keras-e2e", "file": "model.keras"}
 
 
-def read_manifest(directory: Path) -> dict:
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        raise ClothprobeError(f"No {MANIFEST} in {directory}; is it a run directory written by cli fit?")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as err:
-        raise ClothprobeError(f"{path} is not valid JSON ({err}); fit the model again.") from None
-
-
-def verify(directory: Path, manifest: dict) -> None:
-    """Refuse a run whose files are missing or differ from the sha256 values in its manifest."""
-    for name, expected in sorted(manifest.get("sha256", {}).items()):
-        path = Path(directory) / name
-        if not path.is_file():
-            raise ClothprobeError(f"{path} is missing (listed in {MANIFEST}); fit the model again.")
-        if sha256(path) != expected:
-            raise ClothprobeError(
-                f"{path} does not match the sha256 in {MANIFEST}: it was changed after fitting. "
-                f"Refusing to load it; fit the model again."
-            )
+def load_e2e_model(directory: str | Path) -> tuple[Manifest, Any]:
+    """An end-to-end run's manifest and network, after checking every sha256."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    verify(directory, manifest)
+    if manifest.model.get("format") != "keras-e2e":
+        raise ClothprobeError(f"{directory} is not an end-to-end run (its model format is "
+                              f"{manifest.model.get('format')!r}).")
+    return manifest, load_keras(directory / "model.keras")
 
 
 @dataclass
 class LoadedModel:
-    """A run's model read back from its files: ``predict_proba`` over the run's class names."""
+    """A run's model read back from its files: ``predict_proba`` over the run's class indices."""
 
-    manifest: dict
+    manifest: Manifest
     _predict: Callable[[np.ndarray], np.ndarray]
     classes_: np.ndarray
 
@@ -149,18 +160,22 @@ def load_model(directory: str | Path, fingerprints: dict[str, str] | None = None
     manifest = read_manifest(directory)
     verify(directory, manifest)
     for backbone, fp in (fingerprints or {}).items():
-        fitted_on = manifest.get("caches", {}).get(backbone, {}).get("fingerprint")
+        fitted_on = manifest.caches.get(backbone, {}).get("fingerprint")
         if fitted_on != fp:
             raise ClothprobeError(
                 f"The model in {directory} was fitted on a {backbone} cache with fingerprint {fitted_on}, but the "
                 f"cache given has {fp} (other weights or settings). Fit again on this cache."
             )
-    entry = manifest["model"]
-    if entry["format"] == "skops":
+    entry = manifest.model
+    try:
+        file_format, classes = entry["format"], np.asarray(entry["classes"])
+    except KeyError as err:
+        raise ClothprobeError(f"{directory / 'manifest.json'}: the model entry lacks {err}; fit again.") from None
+    if file_format == "skops":
         pipeline = _load_skops(directory / entry["file"])
         predict = pipeline.predict_proba
     else:
-        estimator = _load_estimator(entry["format"], directory)
+        estimator = _load_estimator(file_format, directory, len(classes))
         pre = _load_skops(directory / entry["preprocess"]) if "preprocess" in entry else None
         predict = estimator if pre is None else (lambda X: estimator(pre.transform(X)))
-    return LoadedModel(manifest, predict, np.asarray(entry["classes"]))
+    return LoadedModel(manifest, predict, classes)

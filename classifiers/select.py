@@ -1,5 +1,14 @@
-"""Model selection that never looks at the test split: each candidate setting is scored on the validation
-split, or by stratified k-fold on train when there is no validation split."""
+"""Model selection that never looks at the test split, the same way for every head.
+
+- ``validation``: each candidate setting is fitted on train and scored on the validation split; the
+  chosen model is the one fitted on train.
+- ``cv``: repeated stratified k-fold over train + validation (scikit-learn's ``RepeatedStratifiedKFold``);
+  each candidate is scored out of fold, and the chosen setting is refitted on train + validation.
+
+Either way, a head that stops early (LightGBM's rounds; the dense head's epochs) stops on rows held out
+of the data it is fitted on, never on the rows it is then scored on. With no validation split,
+``validation`` falls back to ``cv`` over train.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +19,23 @@ from typing import Any
 import numpy as np
 from imblearn.pipeline import Pipeline
 from sklearn.metrics import accuracy_score, log_loss
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import RepeatedStratifiedKFold, train_test_split
 
 from clothprobe.classifiers.data import FeatureSet, SplitData
 from clothprobe.classifiers.registry import ClassifierSpec, make_pipeline, threads_for
+from clothprobe.errors import ClothprobeError
 
+SELECT_MODES = ("validation", "cv")
+DEFAULT_SELECT = "validation"  # see the README ("cli fit") for why
 CV_FOLDS = 5
+CV_REPEATS = 2
+EARLY_STOP_FRACTION = 0.1  # of the rows being fitted, held out for early stopping
+
+
+def check_select(select: str) -> str:
+    if select not in SELECT_MODES:
+        raise ClothprobeError(f"Unknown selection {select!r}; choose one of: {', '.join(SELECT_MODES)}")
+    return select
 
 
 def full_proba(model: Any, X: np.ndarray, n_classes: int) -> np.ndarray:
@@ -42,12 +62,26 @@ class Candidate:
 
 
 @dataclass
+class Held:
+    """The predictions the choice rested on (validation split, or out of fold): labels and probabilities.
+    ``calibration`` stacks every repeat's out-of-fold predictions (more rows for the temperature)."""
+
+    y: np.ndarray
+    proba: np.ndarray
+    source: str
+    calibration_y: np.ndarray
+    calibration_proba: np.ndarray
+
+
+@dataclass
 class Selection:
     params: dict  # the grid settings chosen
     chosen: dict  # settings the fit chose itself (early-stopped rounds, epochs)
-    mode: str
+    mode: str  # in words
+    select: str  # "validation" or "cv"
     candidates: list[Candidate]
-    model: Any  # fitted on the training split with the chosen settings
+    model: Any  # fitted with the chosen settings (on train, or on train + validation for cv)
+    held: Held
 
 
 def _score(y: np.ndarray, proba: np.ndarray) -> tuple[float, float]:
@@ -59,25 +93,36 @@ def _best(candidates: list[Candidate]) -> int:
     return max(range(len(candidates)), key=lambda i: (candidates[i].accuracy, -candidates[i].log_loss, -i))
 
 
+def _hold_out(X: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows to fit on and rows to stop early on: a stratified, seeded share of the rows given."""
+    rows = np.arange(len(y))
+    stratify = y if np.bincount(y)[np.unique(y)].min() >= 2 else None
+    n_held = max(int(round(EARLY_STOP_FRACTION * len(y))), len(np.unique(y)) if stratify is not None else 1)
+    return train_test_split(rows, test_size=n_held, stratify=stratify, random_state=seed)
+
+
 def _fit_grid(spec: ClassifierSpec, grid: tuple[dict, ...] | list[dict], X: np.ndarray, y: np.ndarray,
-              held: SplitData | None, balance: str, seed: int, loss: str) -> list[Any]:
-    """One fitted pipeline per grid entry. The preprocessing (scaling, SMOTE) is fitted once on ``X`` and
-    shared, since it does not depend on the entry; ``spec.path`` heads warm-start along the grid."""
+              balance: str, seed: int, loss: str, early_stop: bool = True) -> list[Any]:
+    """One fitted pipeline per grid entry, fitted on ``X``/``y`` only. A head with ``spec.fit_params``
+    (early stopping) stops on a seeded, stratified share of these rows, held out of its fitting. The
+    preprocessing (scaling, SMOTE) is fitted once and shared; ``spec.path`` heads warm-start along the grid."""
+    extra_rows = None
+    if spec.fit_params and early_stop:
+        fit_rows, extra_rows = _hold_out(X, y, seed)
+        X, y, X_stop, y_stop = X[fit_rows], y[fit_rows], X[extra_rows], y[extra_rows]
     min_count = int(np.bincount(y)[np.unique(y)].min())
-    template = make_pipeline(spec, grid[0], balance, seed, min_count, loss)
-    shared = template.steps[:-1]
+    shared = make_pipeline(spec, grid[0], balance, seed, min_count, loss).steps[:-1]
     for _, step in shared:
         if hasattr(step, "fit_resample"):
             X, y = step.fit_resample(X, y)
         else:
             X = step.fit_transform(X, y)
     extra = {}
-    if spec.fit_params and held is not None:
-        X_held = held.X
+    if extra_rows is not None:
         for _, step in shared:
             if not hasattr(step, "fit_resample"):  # samplers only act while fitting
-                X_held = step.transform(X_held)
-        extra = spec.fit_params(X_held, held.y)
+                X_stop = step.transform(X_stop)
+        extra = spec.fit_params(X_stop, y_stop)
     models, warm = [], None
     for params in grid:
         estimator = make_pipeline(spec, {**params, "n_jobs": threads_for(X)}, balance, seed, min_count, loss)[-1]
@@ -91,34 +136,66 @@ def _fit_grid(spec: ClassifierSpec, grid: tuple[dict, ...] | list[dict], X: np.n
 
 
 def select(spec: ClassifierSpec, data: FeatureSet, balance: str, seed: int = 0, tta: bool = False,
-           loss: str = "categorical") -> Selection:
-    """Search ``spec.grid``; return the chosen settings and a model fitted on train with them."""
-    train, n_classes = data.splits["train"], len(data.class_names)
+           loss: str = "categorical", mode: str = DEFAULT_SELECT) -> Selection:
+    """Search ``spec.grid`` as ``mode`` says; return the chosen settings and the model fitted with them."""
+    check_select(mode)
     val = data.splits.get("validation")
+    if mode == "validation" and val is not None and len(val):
+        return _on_validation(spec, data, balance, seed, tta, loss)
+    return _cross_validated(spec, data, balance, seed, tta, loss)
 
-    def scored(models: list[Any], held: SplitData) -> list[Candidate]:
-        return [Candidate(params, *_score(held.y, predict_split(model, held, n_classes, tta)), spec.chosen(model[-1]))
-                for params, model in zip(spec.grid, models)]
 
-    if val is not None and len(val):
-        models = _fit_grid(spec, spec.grid, train.X, train.y, val, balance, seed, loss)
-        candidates = scored(models, val)
-        best = _best(candidates)
-        return Selection(spec.grid[best], candidates[best].chosen, "validation split", candidates, models[best])
+def _on_validation(spec: ClassifierSpec, data: FeatureSet, balance: str, seed: int, tta: bool,
+                   loss: str) -> Selection:
+    train, val, n_classes = data.splits["train"], data.splits["validation"], len(data.class_names)
+    models = _fit_grid(spec, spec.grid, train.X, train.y, balance, seed, loss)
+    probas = [predict_split(model, val, n_classes, tta) for model in models]
+    candidates = [Candidate(params, *_score(val.y, proba), spec.chosen(model[-1]))
+                  for params, model, proba in zip(spec.grid, models, probas)]
+    best = _best(candidates)
+    held = Held(val.y, probas[best], "validation split", val.y, probas[best])
+    return Selection(spec.grid[best], candidates[best].chosen, "validation split", "validation", candidates,
+                     models[best], held)
 
-    folds = StratifiedKFold(CV_FOLDS, shuffle=True, random_state=seed)
-    per_fold = []
-    for tr, te in folds.split(train.X, train.y):
-        fold = SplitData(train.X[te], train.y[te], train.paths[te], None if train.X_flip is None else train.X_flip[te])
-        per_fold.append(scored(_fit_grid(spec, spec.grid, train.X[tr], train.y[tr], fold, balance, seed, loss), fold))
+
+def _joined(data: FeatureSet) -> SplitData:
+    parts = [s for name in ("train", "validation") if (s := data.splits.get(name)) is not None and len(s)]
+    flips = [s.X_flip for s in parts]
+    return SplitData(np.vstack([s.X for s in parts]), np.concatenate([s.y for s in parts]),
+                     np.concatenate([s.paths for s in parts]),
+                     None if any(f is None for f in flips) else np.vstack(flips))
+
+
+def _cross_validated(spec: ClassifierSpec, data: FeatureSet, balance: str, seed: int, tta: bool,
+                     loss: str) -> Selection:
+    rows, n_classes = _joined(data), len(data.class_names)
+    folds = min(CV_FOLDS, int(np.bincount(rows.y)[np.unique(rows.y)].min()))
+    if folds < 2:
+        raise ClothprobeError("Cross-validation needs at least 2 training images in every class; add images or "
+                              "give a validation split.")
+    splitter = RepeatedStratifiedKFold(n_splits=folds, n_repeats=CV_REPEATS, random_state=seed)
+    oof = np.zeros((len(spec.grid), CV_REPEATS, len(rows), n_classes))
+    scores: list[list[Candidate]] = []
+    for k, (fit_rows, out_rows) in enumerate(splitter.split(rows.X, rows.y)):
+        held = SplitData(rows.X[out_rows], rows.y[out_rows], rows.paths[out_rows],
+                         None if rows.X_flip is None else rows.X_flip[out_rows])
+        models = _fit_grid(spec, spec.grid, rows.X[fit_rows], rows.y[fit_rows], balance, seed, loss)
+        for i, model in enumerate(models):
+            oof[i, k // folds, out_rows] = predict_split(model, held, n_classes, tta)
+        scores.append([Candidate(p, *_score(held.y, oof[i, k // folds, out_rows]), spec.chosen(m[-1]))
+                       for i, (p, m) in enumerate(zip(spec.grid, models))])
     candidates = []
     for i, params in enumerate(spec.grid):
-        runs = [fold[i] for fold in per_fold]
-        chosen = {k: int(round(np.mean([r.chosen[k] for r in runs]))) for k in runs[0].chosen}
+        runs = [fold[i] for fold in scores]
+        chosen = {key: int(round(np.mean([r.chosen[key] for r in runs]))) for key in runs[0].chosen}
         candidates.append(Candidate(params, float(np.mean([r.accuracy for r in runs])),
                                     float(np.mean([r.log_loss for r in runs])), chosen))
     best = _best(candidates)
-    params = spec.grid[best]
-    # Refit on all of train; settings the folds chose (rounds) are fixed now that no held-out data is left.
-    (model,) = _fit_grid(spec, [{**params, **candidates[best].chosen}], train.X, train.y, None, balance, seed, loss)
-    return Selection(params, candidates[best].chosen, f"{CV_FOLDS}-fold CV on train", candidates, model)
+    params, chosen = spec.grid[best], candidates[best].chosen
+    # Refit on every row; settings the folds chose (rounds) are fixed now that no held-out data is left.
+    (model,) = _fit_grid(spec, [{**params, **chosen}], rows.X, rows.y, balance, seed, loss, early_stop=False)
+    where = "train + validation" if "validation" in data.splits and len(data.splits["validation"]) else "train"
+    mode = f"{folds}-fold CV x{CV_REPEATS} on {where}"
+    held = Held(rows.y, oof[best, 0], f"out of fold ({mode}, first repeat)", np.tile(rows.y, CV_REPEATS),
+                oof[best].reshape(-1, n_classes))
+    return Selection(params, chosen, mode, "cv", candidates, model, held)

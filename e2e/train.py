@@ -23,17 +23,19 @@ from pathlib import Path
 import numpy as np
 
 from clothprobe.classifiers.dense import make_loss
-from clothprobe.classifiers.fit import FitResult, write_predictions
+from clothprobe.classifiers.fit import FitResult, calibrate
 from clothprobe.classifiers.metrics import classification_metrics
-from clothprobe.classifiers.modelio import write_run
+from clothprobe.classifiers.modelio import save_e2e_model
 from clothprobe.classifiers.registry import check_balance, check_loss
+from clothprobe.classifiers.select import Held
 from clothprobe.e2e.data import ImageSplit, batches, load_splits
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.backbones import get_backbone
 from clothprobe.featurize.dataset import scan
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS
-from clothprobe.featurize.weights import resolve_weights
+from clothprobe.featurize.recipe import Recipe, resolve_recipe
 from clothprobe.progress import progress_bar
+from clothprobe.rundir import Manifest, Metrics, Predictions, check_target, write_run
 
 HELD_OUT = 0.1  # share of train held out for epoch selection when there is no validation split
 
@@ -70,12 +72,12 @@ def run_name(balance: str, fine_tune: int, loss: str, size: int, default_size: i
             + (f"-{size}px" if size != default_size else ""))
 
 
-def build_model(config: E2EConfig, weights_path: Path | None, n_classes: int):  # noqa: ANN201 - keras.Model
+def build_model(config: E2EConfig, weights_path: str | None, n_classes: int):  # noqa: ANN201 - keras.Model
     import keras
 
     bb = get_backbone(config.backbone)
     keras.utils.set_random_seed(config.seed)
-    base = bb.build(str(weights_path) if weights_path else None, config.image_size)
+    base = bb.build(weights_path or None, config.image_size)
     base.trainable = False
     inputs = keras.Input((config.image_size, config.image_size, 3))
     x = base(inputs, training=False)  # batch norm stays in inference mode, also once layers are unfrozen
@@ -132,11 +134,15 @@ class _Checkpoint:
         self.fingerprint = fingerprint
         self.state: dict = {"fingerprint": fingerprint, "history": [], "best": None}
         state_file = self.dir / "state.json"
-        if state_file.is_file():
-            saved = json.loads(state_file.read_text())
-            if saved.get("fingerprint") == fingerprint and (self.dir / "last.keras").is_file():
+        if self.dir.exists():
+            try:
+                saved = json.loads(state_file.read_text())
+            except (OSError, ValueError):
+                saved = {}
+            if (isinstance(saved, dict) and saved.get("fingerprint") == fingerprint
+                    and (self.dir / "last.keras").is_file() and (self.dir / "best.npz").is_file()):
                 self.state = saved
-            else:  # other settings: start over rather than mix two trainings
+            else:  # other settings or a damaged checkpoint: start over rather than mix two trainings
                 shutil.rmtree(self.dir)
 
     @property
@@ -172,6 +178,34 @@ def _predict(model, split: ImageSplit, preprocess, n_classes: int, batch_size: i
     return np.asarray(proba, dtype=np.float64) / np.asarray(proba, dtype=np.float64).sum(1, keepdims=True)
 
 
+@dataclass
+class _Job:
+    """What ``e2e`` trains on and writes, decided before any training."""
+
+    recipe: Recipe
+    config: E2EConfig
+    name: str
+    run_dir: Path
+
+
+def _plan(backbone: str, weights, image_size: int | None, batch_size: int, epochs: int, fine_tune: int,  # noqa: ANN001
+          balance: str, loss: str, seed: int, out: str | Path | None) -> tuple[Recipe, str | None]:
+    """Check every option and resolve the embedding recipe (weights found and hashed) before any work."""
+    check_balance(balance)
+    check_loss(loss)
+    if balance == "smote":
+        raise ClothprobeError("--balance smote needs embeddings; end-to-end training takes none or weights.")
+    if epochs < 1 or batch_size < 1 or fine_tune < 0:
+        raise ClothprobeError(f"--epochs and --batch-size must be at least 1 and --fine-tune at least 0; got "
+                              f"{epochs}, {batch_size}, {fine_tune}.")
+    get_backbone(backbone)  # end to end trains registry backbones (keras.applications) only
+    recipe = resolve_recipe(backbone, weights=weights, image_size=image_size, runtime="keras",
+                            precision="float32", seed=seed)
+    if out is not None:
+        check_target(out)
+    return recipe, recipe.model_path or None
+
+
 def e2e(
     data: str | Path,
     backbone: str = "xception",
@@ -195,106 +229,107 @@ def e2e(
     on_epoch=None,  # noqa: ANN001 - called with each epoch's record
 ) -> FitResult:
     """Train end to end on the images under ``data``; return the run (same files as ``fit`` writes)."""
-    import keras
-
-    bb = get_backbone(backbone)
-    check_balance(balance)
-    check_loss(loss)
-    if balance == "smote":
-        raise ClothprobeError("--balance smote needs embeddings; end-to-end training takes none or weights.")
-    if epochs < 1 or batch_size < 1 or fine_tune < 0:
-        raise ClothprobeError(f"--epochs and --batch-size must be at least 1 and --fine-tune at least 0; got "
-                              f"{epochs}, {batch_size}, {fine_tune}.")
-    resolved = resolve_weights(bb, weights)  # before any work
+    recipe, weights_path = _plan(backbone, weights, image_size, batch_size, epochs, fine_tune, balance, loss, seed, out)
     dataset = scan(data)
-    size = image_size or bb.input_size
-    config = E2EConfig(bb.name, size, epochs, fine_tune, fine_tune_epochs if fine_tune else 0, batch_size,
-                       learning_rate, fine_tune_learning_rate, hidden, dropout, balance, loss, seed,
-                       resolved.sha256 if resolved.path else f"random-init-seed-{seed}")
-    name = run_name(balance, fine_tune, loss, size, bb.input_size)
-    run_dir = Path(out) if out else Path(models_dir) / dataset.name / bb.name / name
+    bb = get_backbone(recipe.backbone)
+    config = E2EConfig(bb.name, recipe.input_size, epochs, fine_tune, fine_tune_epochs if fine_tune else 0,
+                       batch_size, learning_rate, fine_tune_learning_rate, hidden, dropout, balance, loss, seed,
+                       recipe.weights_sha256)
+    name = run_name(balance, fine_tune, loss, recipe.input_size, bb.input_size)
+    job = _Job(recipe, config, name, Path(out) if out else Path(models_dir) / dataset.name / bb.name / name)
+    check_target(job.run_dir)
     started = time.perf_counter()
-
     skipped: dict[str, str] = {}
-    splits = load_splits(dataset, size, skipped, max_pixels, progress)
+    splits = load_splits(dataset, recipe.input_size, skipped, max_pixels, progress)
     if "train" not in splits or not len(splits["train"]):
         raise ClothprobeError(f"No usable training images under {dataset.root}; e2e needs DIR/train/<class>/.")
-    train, n_classes = splits["train"], len(dataset.class_names)
-    val, selection = splits.get("validation"), "validation split"
-    if val is None or not len(val):
-        from sklearn.model_selection import train_test_split
+    train, val, selection = _selection_splits(splits, seed)
+    ckpt = _Checkpoint(job.run_dir, config.fingerprint())
+    resumed = ckpt.done
+    model = ckpt.load_last() if resumed else build_model(config, weights_path, len(dataset.class_names))
+    _train(model, ckpt, job, train, val, len(dataset.class_names), progress, on_epoch)
+    ckpt.load_best(model)
+    result = _write(model, ckpt, job, dataset, splits, train, val, selection, resumed, started, skipped)
+    shutil.rmtree(ckpt.dir, ignore_errors=True)
+    return result
 
-        tr, va = train_test_split(np.arange(len(train)), test_size=HELD_OUT, stratify=train.y, random_state=seed)
-        train, val = (ImageSplit(train.images[idx], train.y[idx], [train.paths[i] for i in idx]) for idx in (tr, va))
-        selection = f"{int(HELD_OUT * 100)}% of train held out"
-    preprocess = bb.preprocess_fn()
+
+def _selection_splits(splits: dict[str, ImageSplit], seed: int) -> tuple[ImageSplit, ImageSplit, str]:
+    """Train and the split the best epoch is chosen on: validation, or a held-out share of train."""
+    train, val = splits["train"], splits.get("validation")
+    if val is not None and len(val):
+        return train, val, "validation split"
+    from sklearn.model_selection import train_test_split
+
+    tr, va = train_test_split(np.arange(len(train)), test_size=HELD_OUT, stratify=train.y, random_state=seed)
+    train, val = (ImageSplit(train.images[idx], train.y[idx], [train.paths[i] for i in idx]) for idx in (tr, va))
+    return train, val, f"{int(HELD_OUT * 100)}% of train held out"
+
+
+def _train(model, ckpt: _Checkpoint, job: _Job, train: ImageSplit, val: ImageSplit, n_classes: int,  # noqa: ANN001
+           progress: bool, on_epoch) -> None:  # noqa: ANN001
+    """Every epoch not yet in the checkpoint: the head, then (optionally) fine-tuning from the best head."""
+    config, preprocess = job.config, job.recipe.preprocess.apply
     weight = None
-    if balance == "weights":
+    if config.balance == "weights":
         from sklearn.utils.class_weight import compute_sample_weight
 
         weight = compute_sample_weight("balanced", train.y).astype(np.float32)
-
-    ckpt = _Checkpoint(run_dir, config.fingerprint())
-    resumed = ckpt.done
-    model = ckpt.load_last() if resumed else build_model(config, resolved.path, n_classes)
     epoch = 0
     for phase, n_epochs in config.phases:
         for k in range(n_epochs):
             epoch += 1
-            if epoch <= ckpt.done:
+            if epoch <= ckpt.done:  # finished before a resume; the saved model carries its unfrozen layers
                 continue
-            if phase == "fine-tune" and (k == 0):
+            if phase == "fine-tune" and k == 0:
                 ckpt.load_best(model)  # continue from the converged head
-                unfreeze_top(model, fine_tune, fine_tune_learning_rate, loss)
+                unfreeze_top(model, config.fine_tune, config.fine_tune_learning_rate, config.loss)
             record = _train_epoch(model, phase, epoch, train, val, preprocess, n_classes, config, weight, progress)
             best = ckpt.state["best"]
             ckpt.save(model, record, improved=best is None or record["val_accuracy"] > best["val_accuracy"])
             if on_epoch:
                 on_epoch(record)
 
-    ckpt.load_best(model)
-    train_seconds = sum(r["seconds"] for r in ckpt.state["history"])
-    metrics: dict = {
-        "run": name, "dataset": dataset.name, "backbone": bb.name, "classifier": "dense-head-e2e",
-        "balance": balance, "tta": False, "loss": loss, "seed": seed, "kind": "end-to-end", "selection": selection,
-        "params": {k: v for k, v in asdict(config).items() if k not in ("backbone", "seed", "balance", "loss",
-                                                                        "weights_sha256")},
-        "chosen": {"best_epoch": ckpt.state["best"]["epoch"], "best_phase": ckpt.state["best"]["phase"]},
-        "epochs": ckpt.state["history"], "resumed_from_epoch": resumed,
-        "fit_seconds": train_seconds, "featurize_seconds": None,
-        "train_counts": dict(zip(dataset.class_names, np.bincount(train.y, minlength=n_classes).tolist())),
-        "skipped": sorted(skipped.items()),
-        "validation": classification_metrics(val.y, _predict(model, val, preprocess, n_classes, batch_size),
-                                             dataset.class_names),
-    }
+
+def _write(model, ckpt: _Checkpoint, job: _Job, dataset, splits: dict[str, ImageSplit], train: ImageSplit,  # noqa: ANN001
+           val: ImageSplit, selection: str, resumed: int, started: float, skipped: dict[str, str]) -> FitResult:
+    """Score validation and (once) test with the best epoch, and write the run."""
+    import keras
+
+    config, classes, preprocess = job.config, dataset.class_names, job.recipe.preprocess.apply
+    val_proba = _predict(model, val, preprocess, len(classes), config.batch_size)
     test = splits.get("test")
-    test_proba = None
+    test_proba, predictions, t = None, None, time.perf_counter()
     if test is not None and len(test):
-        t = time.perf_counter()
-        test_proba = _predict(model, test, preprocess, n_classes, batch_size)
-        metrics["predict_seconds"] = time.perf_counter() - t
-        metrics["test"] = classification_metrics(test.y, test_proba, dataset.class_names)
-    else:
-        metrics["test"] = None
-    metrics["wall_seconds"] = time.perf_counter() - started
-
-    def write_files(directory: Path) -> dict:
-        (directory / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        if test_proba is not None:
-            write_predictions(directory / "predictions.csv", np.asarray(test.paths), test.y, test_proba,
-                              dataset.class_names)
-        model.save(directory / "model.keras")
-        return {"model": {"format": "keras-e2e", "file": "model.keras"}}
-
-    manifest = {
-        "run": name, "dataset": dataset.name, "classes": dataset.class_names, "backbones": [bb.name],
-        "kind": "end-to-end", "config": asdict(config), "weights_source": resolved.source,
-        "data_root": str(dataset.root.resolve()), "balance": balance, "tta": False, "loss": loss, "seed": seed,
-        "versions": {"keras": keras.__version__},
-    }
-    write_run(run_dir, write_files, manifest)
-    shutil.rmtree(ckpt.dir, ignore_errors=True)
-    return FitResult(run_dir, metrics)
+        test_proba = _predict(model, test, preprocess, len(classes), config.batch_size)
+        predictions = Predictions(list(test.paths), [classes[i] for i in test.y], test_proba, classes)
+    predict_seconds = time.perf_counter() - t if test_proba is not None else None
+    held = Held(val.y, val_proba, selection, val.y, val_proba)
+    calibration, calibrated_ece = calibrate(held, None if test is None else test.y, test_proba)
+    params = {k: v for k, v in asdict(config).items() if k not in ("backbone", "seed", "balance", "loss", "weights_sha256")}
+    chosen = {"best_epoch": ckpt.state["best"]["epoch"], "best_phase": ckpt.state["best"]["phase"]}
+    metrics = Metrics(
+        run=job.name, dataset=dataset.name, backbone=config.backbone, classifier="dense-head-e2e",
+        balance=config.balance, tta=False, loss=config.loss, seed=config.seed, kind="end-to-end",
+        selection=selection, selection_n=len(val), params=params, chosen=chosen, candidates=[],
+        fit_seconds=sum(r["seconds"] for r in ckpt.state["history"]), featurize_seconds=None,
+        predict_seconds=predict_seconds,
+        train_counts=dict(zip(classes, np.bincount(train.y, minlength=len(classes)).tolist())),
+        validation=classification_metrics(val.y, val_proba, classes, config.seed, selection),
+        test=None if test_proba is None else classification_metrics(test.y, test_proba, classes, config.seed,
+                                                                     "test split"),
+        calibration=calibration, calibrated_test_ece=calibrated_ece, epochs=ckpt.state["history"],
+        resumed_from_epoch=resumed, skipped=[list(item) for item in sorted(skipped.items())],
+        wall_seconds=time.perf_counter() - started,
+    )
+    manifest = Manifest(
+        run=job.name, dataset=dataset.name, kind="end-to-end", classes=classes, backbones=[config.backbone],
+        classifier="dense-head-e2e", balance=config.balance, tta=False, loss=config.loss, seed=config.seed,
+        params=params, chosen=chosen, versions={"keras": keras.__version__}, recipe=job.recipe.to_dict(),
+        config=asdict(config), data_root=str(dataset.root.resolve()), calibration=calibration,
+    )
+    write_run(job.run_dir, manifest, metrics, predictions, lambda d: save_e2e_model(model, d))
+    return FitResult(job.run_dir, metrics)
 
 
 def _train_epoch(model, phase: str, epoch: int, train: ImageSplit, val: ImageSplit, preprocess, n_classes: int,  # noqa: ANN001

@@ -1,12 +1,16 @@
-"""Finished runs read back from a models directory, and the reference notebooks' reported figures."""
+"""Finished runs read back from a models directory (through ``clothprobe.rundir``), grouped by dataset, and
+the reference notebooks' reported figures."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from clothprobe.classifiers.stats import PairedTest, mcnemar
 from clothprobe.errors import ClothprobeError
+from clothprobe.rundir import Manifest, Metrics, Predictions, find_runs, read_manifest, read_metrics, read_predictions
 
 
 @dataclass(frozen=True)
@@ -32,62 +36,90 @@ BEST_REFERENCE_TEST = max(r.test for r in REFERENCES if r.test is not None)
 
 @dataclass
 class Run:
-    """One finished run: its directory, ``metrics.json`` and ``manifest.json``."""
+    """One finished run: its directory, metrics and manifest (read and checked by ``rundir``)."""
 
     directory: Path
-    metrics: dict
-    manifest: dict
+    metrics: Metrics
+    manifest: Manifest
+    _predictions: Predictions | None = None
 
     @property
     def id(self) -> str:
-        return f"{self.metrics.get('backbone', '?')}/{self.metrics['run']}"
+        return self.metrics.id
 
     @property
     def kind(self) -> str:
-        return self.metrics.get("kind", "cached-features")
+        return self.metrics.kind
+
+    @property
+    def dataset(self) -> str:
+        return self.metrics.dataset
 
     def score(self, split: str, key: str = "accuracy") -> float | None:
-        block = self.metrics.get(split)
-        return None if not block else block.get(key)
+        block = getattr(self.metrics, split)
+        return None if block is None else getattr(block, key)
+
+    def interval(self, split: str, key: str = "accuracy") -> tuple[float, float] | None:
+        block = getattr(self.metrics, split)
+        return None if block is None else block.interval(key)
 
     @property
     def val_accuracy(self) -> float | None:
-        """Validation accuracy; with no validation split, the cross-validated score the choice was made on."""
-        value = self.score("validation")
-        if value is None and self.metrics.get("candidates"):
-            value = max(c["accuracy"] for c in self.metrics["candidates"])
-        return value
+        """Accuracy on what the choice was made on: the validation split, or out of fold."""
+        return self.score("validation")
 
     @property
     def total_seconds(self) -> float | None:
-        fit_s, feat_s = self.metrics.get("fit_seconds"), self.metrics.get("featurize_seconds")
+        fit_s, feat_s = self.metrics.fit_seconds, self.metrics.featurize_seconds
         if self.kind != "cached-features":
             return fit_s
-        return None if fit_s is None or feat_s is None else fit_s + feat_s
+        return None if feat_s is None else fit_s + feat_s
+
+    def predictions(self) -> Predictions | None:
+        if self._predictions is None:
+            self._predictions = read_predictions(self.directory, self.manifest.classes)
+        return self._predictions
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ClothprobeError(f"Cannot read {path} ({err}); fit that run again or delete its directory.") from None
+def _read(directory: Path) -> Run:
+    run = Run(directory, read_metrics(directory), read_manifest(directory))
+    if run.metrics.run != run.manifest.run or run.metrics.dataset != run.manifest.dataset:
+        raise ClothprobeError(f"{directory}: metrics.json and manifest.json describe different runs; fit it again.")
+    run.predictions()  # a damaged predictions file is caught here, not halfway through the report
+    return run
 
 
-def collect_runs(models_dir: str | Path) -> list[Run]:
-    """Every finished run under ``models_dir``, best validation accuracy first (ties: by id).
+def collect_runs(models_dir: str | Path) -> tuple[dict[str, list[Run]], list[tuple[str, str]]]:
+    """Every finished run under ``models_dir`` by dataset, best validation accuracy first (ties: by id),
+    and the runs that could not be read, with the reason (skipped, not fatal).
 
     Sorting on validation is the honest order: test accuracy is shown, never used to rank.
     """
-    models_dir = Path(models_dir)
-    runs = []
-    for metrics_path in sorted(models_dir.rglob("metrics.json")):
-        directory = metrics_path.parent
-        if directory.name.startswith(".") or not (directory / "manifest.json").is_file():
-            continue  # a run being written (temporary directory) or not finished
-        runs.append(Run(directory, _read_json(metrics_path), _read_json(directory / "manifest.json")))
-    if not runs:
-        raise ClothprobeError(
-            f"Nothing to report: no finished runs (metrics.json + manifest.json) under {models_dir}. "
-            f"Make some with: cli fit --data DIR --clf all"
-        )
-    return sorted(runs, key=lambda r: (-(r.val_accuracy if r.val_accuracy is not None else -1.0), r.id))
+    by_dataset: dict[str, list[Run]] = {}
+    skipped: list[tuple[str, str]] = []
+    for directory in find_runs(models_dir):
+        try:
+            run = _read(directory)
+        except ClothprobeError as err:
+            skipped.append((str(directory), str(err)))
+            continue
+        by_dataset.setdefault(run.dataset, []).append(run)
+    if not by_dataset:
+        found = f" ({len(skipped)} unreadable: {skipped[0][1]})" if skipped else ""
+        raise ClothprobeError(f"Nothing to report: no finished runs (metrics.json + manifest.json) under "
+                              f"{models_dir}{found}. Make some with: cli fit --clf all")
+    order = lambda r: (-(r.val_accuracy if r.val_accuracy is not None else -1.0), r.id)  # noqa: E731
+    return {name: sorted(runs, key=order) for name, runs in sorted(by_dataset.items())}, skipped
+
+
+def paired(a: Run, b: Run) -> PairedTest | None:
+    """McNemar's test of ``a`` against ``b`` on the test photos both predicted (matched by path)."""
+    pa, pb = a.predictions(), b.predictions()
+    if pa is None or pb is None:
+        return None
+    rows_b = {p: i for i, p in enumerate(pb.paths)}
+    shared = [(i, rows_b[p]) for i, p in enumerate(pa.paths) if p in rows_b]
+    if not shared:
+        return None
+    ia, ib = (np.array(idx) for idx in zip(*shared))
+    return mcnemar(pa.correct[ia], pb.correct[ib])

@@ -1,0 +1,392 @@
+"""The run directory: the one module that defines, writes and reads a finished run.
+
+A run directory (``cli fit`` and ``cli e2e`` write them) holds::
+
+    manifest.json     Manifest: what the run is and how to use it (classes, backbones, the record of each
+                      cache it was fitted on, or the embedding recipe of an end-to-end run, the model
+                      entry, the calibration temperature) and the sha256 of every other file; written last
+    metrics.json      Metrics: validation and test figures with 95% bootstrap intervals, the candidates
+                      the choice was made among, timings
+    predictions.csv   Predictions: the test split, path, true and predicted class, every probability
+    model files       written and read by classifiers/modelio.py (never a pickle)
+
+Nothing else reads these files' keys: callers get the dataclasses below. Two records inside are owned
+elsewhere and kept opaque here: each cache record (featurize) and the embedding recipe
+(``featurize.recipe``), and the model entry (``classifiers.modelio``).
+
+Replacing a run is atomic: the new run is written to ``.<run>.tmp-<pid>/``, the old one renamed aside to
+``.<run>.old-<pid>/``, the new one renamed into place, the old one deleted. A kill at any moment leaves
+the old run or the new one; a run left aside by a killed writer is put back by the next reader or writer,
+and temporary folders of dead processes are removed. Only a folder that is a clothprobe run (it has a
+manifest) is ever replaced, and never ``.``, ``..`` or a folder holding the working directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clothprobe.errors import ClothprobeError
+from clothprobe.files import file_sha256
+
+FORMAT_VERSION = 2
+MANIFEST = "manifest.json"
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.csv"
+KINDS = ("cached-features", "end-to-end")
+_SIDE = re.compile(r"^\.(?P<name>.+)\.(?P<what>tmp|old)-(?P<pid>\d+)$")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The records
+
+
+@dataclass
+class Calibration:
+    """Temperature scaling fitted on the predictions the choice was made on (never on test)."""
+
+    temperature: float
+    fitted_on: str  # "validation split" or "out-of-fold"
+    n: int  # predictions it was fitted on
+
+
+@dataclass
+class Manifest:
+    run: str
+    dataset: str
+    kind: str  # one of KINDS
+    classes: list[str]
+    backbones: list[str]
+    classifier: str
+    balance: str
+    tta: bool
+    loss: str
+    seed: int
+    params: dict
+    chosen: dict
+    versions: dict
+    caches: dict[str, dict] = field(default_factory=dict)  # backbone -> featurize's record of the cache
+    recipe: dict | None = None  # end to end: featurize.recipe.Recipe.to_dict()
+    config: dict = field(default_factory=dict)  # end to end: the training settings
+    data_root: str | None = None  # the image folder the run was made from (report thumbnails)
+    calibration: Calibration | None = None
+    model: dict = field(default_factory=dict)  # classifiers.modelio's entry
+    sha256: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def id(self) -> str:
+        return f"{'+'.join(self.backbones)}/{self.run}"
+
+
+@dataclass
+class SplitMetrics:
+    """One split's figures; ``ci`` maps accuracy, macro_f1 and balanced_accuracy to a 95% interval."""
+
+    n: int
+    accuracy: float
+    macro_f1: float
+    balanced_accuracy: float
+    log_loss: float
+    ece: float  # expected calibration error (15 equal-width confidence bins)
+    per_class: dict[str, dict]  # class -> precision, recall, f1, support
+    confusion_matrix: list[list[int]]
+    ci: dict[str, list[float]]
+    source: str = ""  # "validation split", "out-of-fold (...)", "test split"
+
+    def interval(self, key: str) -> tuple[float, float] | None:
+        low_high = self.ci.get(key)
+        return None if low_high is None else (low_high[0], low_high[1])
+
+
+@dataclass
+class Metrics:
+    run: str
+    dataset: str
+    backbone: str
+    classifier: str
+    balance: str
+    tta: bool
+    loss: str
+    seed: int
+    kind: str
+    selection: str  # how the settings were chosen, in words
+    selection_n: int  # photos the choice rested on (validation split, or every row out of fold)
+    params: dict
+    chosen: dict
+    candidates: list[dict]
+    fit_seconds: float
+    train_counts: dict[str, int]
+    validation: SplitMetrics | None
+    test: SplitMetrics | None
+    featurize_seconds: float | None = None
+    predict_seconds: float | None = None
+    calibration: Calibration | None = None
+    calibrated_test_ece: float | None = None  # test ECE after temperature scaling
+    epochs: list[dict] = field(default_factory=list)  # end to end: one record per epoch
+    resumed_from_epoch: int = 0
+    skipped: list[list[str]] = field(default_factory=list)  # [path, reason]
+    wall_seconds: float | None = None
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def id(self) -> str:
+        return f"{self.backbone}/{self.run}"
+
+
+@dataclass
+class Predictions:
+    """Test predictions: rows aligned, ``proba`` over ``classes``; ``true`` holds class names."""
+
+    paths: list[str]
+    true: list[str]
+    proba: np.ndarray
+    classes: list[str]
+
+    @property
+    def predicted(self) -> list[str]:
+        return [self.classes[i] for i in self.proba.argmax(1)]
+
+    @property
+    def correct(self) -> np.ndarray:
+        return np.array([t == p for t, p in zip(self.true, self.predicted)], dtype=bool)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dicts to dataclasses, checking the shape (a damaged or foreign file is an error, never a KeyError)
+
+
+def _check(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [o for o in options if o is not type(None)]
+        return _check(value, inner, where)
+    if hint is Any:
+        return value
+    if isinstance(hint, type) and hasattr(hint, "__dataclass_fields__"):
+        return _from_dict(hint, value, where)
+    base = origin or hint
+    ok = {float: (int, float), int: (int,), bool: (bool,), str: (str,), list: (list,), dict: (dict,)}[base]
+    if not isinstance(value, ok) or (base in (int, float) and isinstance(value, bool)):
+        raise ValueError(f"{where} should be {getattr(base, '__name__', base)}, got {type(value).__name__}")
+    args = typing.get_args(hint)
+    if base is list and args:
+        return [_check(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if base is dict and args:
+        return {_check(k, args[0], where): _check(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    return float(value) if base is float else value
+
+
+def _from_dict(cls: type, data: Any, where: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or cls.__name__} should be an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in fields(cls):
+        if f.name in data:
+            values[f.name] = _check(data[f.name], hints[f.name], f"{where}{'.' if where else ''}{f.name}")
+        elif f.default is MISSING and f.default_factory is MISSING:
+            raise ValueError(f"{where}{'.' if where else ''}{f.name} is missing")
+    return cls(**values)
+
+
+def _load_json(path: Path, cls: type, what: str) -> Any:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ClothprobeError(f"No {path.name} in {path.parent}; is it a run directory written by cli fit or "
+                              f"cli e2e?") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ClothprobeError(f"Cannot read {path} ({err}); fit that run again or delete its folder.") from None
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if version != FORMAT_VERSION:
+        raise ClothprobeError(f"{path} is a run {what} of format version {version!r}; this clothprobe reads "
+                              f"version {FORMAT_VERSION}. Fit that run again.")
+    try:
+        return _from_dict(cls, data)
+    except (ValueError, TypeError) as err:
+        raise ClothprobeError(f"{path} is not a clothprobe run {what} ({err}); fit that run again.") from None
+
+
+def _dump(record: Any) -> str:
+    return json.dumps(asdict(record), indent=2, sort_keys=True) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_manifest(directory: str | Path) -> Manifest:
+    directory = Path(directory)
+    recover(directory)
+    return _load_json(directory / MANIFEST, Manifest, "manifest")
+
+
+def read_metrics(directory: str | Path) -> Metrics:
+    directory = Path(directory)
+    recover(directory)
+    return _load_json(directory / METRICS, Metrics, "metrics file")
+
+
+def verify(directory: str | Path, manifest: Manifest) -> None:
+    """Refuse a run whose files are missing or differ from the sha256 values in its manifest."""
+    for name, expected in sorted(manifest.sha256.items()):
+        path = Path(directory) / name
+        if Path(name).name != name or not path.is_file():
+            raise ClothprobeError(f"{path} is missing (listed in {MANIFEST}); fit the model again.")
+        if file_sha256(path) != expected:
+            raise ClothprobeError(f"{path} does not match the sha256 in {MANIFEST}: it was changed after fitting. "
+                                  f"Refusing to load it; fit the model again.")
+
+
+def read_predictions(directory: str | Path, classes: list[str]) -> Predictions | None:
+    """The run's test predictions, or None when it has none; an error for a file of the wrong shape."""
+    path = Path(directory) / PREDICTIONS
+    if not path.is_file():
+        return None
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        proba = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows], dtype=np.float64).reshape(-1, len(classes))
+        return Predictions([r["path"] for r in rows], [r["true"] for r in rows], proba, list(classes))
+    except (OSError, UnicodeDecodeError, KeyError, ValueError, TypeError, csv.Error) as err:
+        raise ClothprobeError(f"Cannot read {path} ({type(err).__name__}: {err}); fit that run again.") from None
+
+
+def find_runs(models_dir: str | Path) -> list[Path]:
+    """Every folder under ``models_dir`` holding a manifest (not temporary ones), sorted."""
+    models_dir = Path(models_dir)
+    for parent in sorted({p.parent for p in models_dir.rglob(".*-*") if _SIDE.match(p.name)}):
+        recover_siblings(parent)
+    return sorted(p.parent for p in models_dir.rglob(MANIFEST)
+                  if not any(part.startswith(".") for part in p.parent.relative_to(models_dir).parts))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (POSIX and Windows; an unknown answer counts as alive)."""
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill would terminate it on Windows
+        import ctypes
+
+        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        code = ctypes.c_ulong()
+        ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        ctypes.windll.kernel32.CloseHandle(handle)
+        return code.value == 259  # STILL_ACTIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_siblings(parent: Path) -> None:
+    """Put back runs a killed writer left aside; delete temporary folders of dead processes."""
+    if not parent.is_dir():
+        return
+    found = sorted((m, p) for p in parent.iterdir() if (m := _SIDE.match(p.name)) and p.is_dir())
+    for match, path in sorted(found, key=lambda mp: mp[0]["what"]):  # "old" before "tmp"
+        if pid_alive(int(match["pid"])):
+            continue
+        target = parent / match["name"]
+        if match["what"] == "old" and not target.exists() and (path / MANIFEST).is_file():
+            os.replace(path, target)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def recover(directory: Path) -> None:
+    """Before reading ``directory``: a run a killed writer left aside is put back."""
+    if not directory.exists():
+        recover_siblings(directory.parent)
+
+
+def is_run(directory: Path) -> bool:
+    return (directory / MANIFEST).is_file()
+
+
+def check_target(directory: str | Path) -> Path:
+    """Refuse a run folder that is not ours to replace; call it before any work."""
+    given = Path(directory)
+    resolved = given.expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    if given.name in ("", ".", "..") or resolved == cwd or cwd.is_relative_to(resolved):
+        raise ClothprobeError(f"Refusing to write a run into {given}: it is or contains the working folder. "
+                              f"Name a new folder, e.g. --out runs/my-run.")
+    recover(resolved)
+    if resolved.exists():
+        if not resolved.is_dir():
+            raise ClothprobeError(f"{given} exists and is not a folder; name a new folder for the run.")
+        if any(resolved.iterdir()) and not is_run(resolved):
+            raise ClothprobeError(f"{given} exists and is not a clothprobe run (no {MANIFEST}); refusing to replace "
+                                  f"what it holds. Name a new folder for the run.")
+    return resolved
+
+
+def write_predictions(path: Path, predictions: Predictions) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "true", "predicted", *(f"p_{c}" for c in predictions.classes)])
+        for p, t, guess, row in zip(predictions.paths, predictions.true, predictions.predicted, predictions.proba):
+            writer.writerow([p, t, guess, *(f"{v:.6f}" for v in row)])
+
+
+def write_run(directory: str | Path, manifest: Manifest, metrics: Metrics, predictions: Predictions | None,
+              save_model: Callable[[Path], dict]) -> Path:
+    """Write a complete run into a temporary folder (``save_model`` writes the model files and returns the
+    manifest's model entry; the manifest goes last), then replace ``directory`` with it atomically."""
+    directory = check_target(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    recover_siblings(directory.parent)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        (tmp / METRICS).write_text(_dump(metrics))
+        if predictions is not None:
+            write_predictions(tmp / PREDICTIONS, predictions)
+        manifest.model = save_model(tmp)
+        manifest.sha256 = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.name != MANIFEST}
+        (tmp / MANIFEST).write_text(_dump(manifest))
+        _swap(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def _swap(new: Path, directory: Path) -> None:
+    """Old run aside, new run in, old run deleted: at every moment one of them is complete on disk."""
+    from filelock import FileLock
+
+    with FileLock(directory.parent / ".clothprobe-runs.lock"):
+        aside = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+        shutil.rmtree(aside, ignore_errors=True)
+        if directory.exists():
+            if any(directory.iterdir()) and not is_run(directory):  # appeared while we worked
+                raise ClothprobeError(f"{directory} is no longer a clothprobe run; leaving it as it is.")
+            os.replace(directory, aside)
+        os.replace(new, directory)
+        shutil.rmtree(aside, ignore_errors=True)
