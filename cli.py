@@ -128,9 +128,15 @@ def export(
     out.print(Text(f"wrote {rows} rows to {out_path}"))
 
 
+def _pct(block, key: str = "accuracy") -> str:  # noqa: ANN001 - a rundir.SplitMetrics or None
+    return f"{100 * getattr(block, key):.1f}" if block is not None else "-"
+
+
 @app.command()
 def fit(
-    data: Annotated[Path | None, typer.Option(help="The dataset folder that was featurized (only its name is used).")] = None,
+    data: Annotated[Path | None, typer.Option(
+        help="The dataset folder that was featurized (its name picks the caches). Default: the only dataset "
+             "featurized under --features-dir.")] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset name under --features-dir (instead of --data).")] = None,
     backbone: Annotated[str, typer.Option(help="Cache(s) to fit on: xception, vgg16, or several joined: vgg16+xception.")] = "xception",
     clf: Annotated[str, typer.Option(help="logreg, lgbm, dense, or all.")] = "logreg",
@@ -138,54 +144,59 @@ def fit(
     tta: Annotated[bool, typer.Option(help="Average probabilities of the original and flipped views (cache made with --tta flip).")] = False,
     loss: Annotated[str, typer.Option(help="Dense head loss: categorical or focal.")] = "categorical",
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same model and metrics.")] = 0,
+    select: Annotated[str | None, typer.Option(
+        help="How settings are chosen: validation (fitted on train, scored on the validation split) or cv "
+             "(repeated stratified 5-fold over train + validation, then refitted on both). Default: validation.")] = None,
     features_dir: Annotated[Path, typer.Option(help="Where the caches are.")] = Path("features"),
     models_dir: Annotated[Path, typer.Option(help="Runs go to <models-dir>/<dataset>/<backbone>/<clf>-<balance>/.")] = Path("models"),
     out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory for a single --clf/--balance.")] = None,
 ) -> None:
-    """Train classifiers on cached embeddings; settings chosen on validation data, test scored once."""
+    """Train classifiers on cached embeddings; settings chosen without the test split, test scored once."""
     from clothprobe.classifiers import fit as run_fit
+    from clothprobe.classifiers.select import DEFAULT_SELECT
 
     name = dataset or (data.expanduser().resolve().name if data else None)
-    if not name:
-        raise ClothprobeError("Say which dataset: --data DIR (the folder you featurized) or --dataset NAME.")
-    table = Table(title=f"{name}: {backbone}")
+    table = Table(title=Text(f"{name or 'dataset'}: {backbone}"))
     for col in ("run", "selection", "val acc", "test acc", "test macro-F1", "fit s", "settings"):
         table.add_column(col, no_wrap=col != "settings")
 
-    def pct(split: dict | None, key: str) -> str:
-        return f"{100 * split[key]:.1f}" if split else "-"
-
-    def show(result) -> None:  # noqa: ANN001
+    def show(result) -> None:  # noqa: ANN001 - a FitResult
         m = result.metrics
-        err.print(f"{m['run']}: val {pct(m['validation'], 'accuracy')}%  ({m['fit_seconds']:.1f} s) -> {result.run_dir}")
-        table.add_row(m["run"], m["selection"], pct(m["validation"], "accuracy"), pct(m["test"], "accuracy"),
-                      pct(m["test"], "macro_f1"), f"{m['fit_seconds']:.1f}",
-                      json.dumps({**m["params"], **m["chosen"]}))
+        err.print(Text(f"{m.run}: val {_pct(m.validation)}%  ({m.fit_seconds:.1f} s) -> {result.run_dir}"))
+        table.add_row(*(Text(c) for c in (m.run, m.selection, _pct(m.validation), _pct(m.test),
+                                          _pct(m.test, "macro_f1"), f"{m.fit_seconds:.1f}",
+                                          json.dumps({**m.params, **m.chosen}))))
 
     run_fit(name, backbone=backbone, clf=clf, balance=balance, tta=tta, loss=loss, seed=seed,
-            features_dir=features_dir, models_dir=models_dir, out=out_dir, on_result=show)
+            select=select or DEFAULT_SELECT, features_dir=features_dir, models_dir=models_dir, out=out_dir,
+            on_result=show)
     out.print(table)
 
 
 def _print_top(report, rows: int) -> None:  # noqa: ANN001 - a clothprobe.report.Report
-    board = report.tables[0]
-    keep = ["#", "run", "val acc", "test acc", "featurize s", "fit s", "note"]
-    table = Table(title=f"top {min(rows, len(board.rows))} of {len(board.rows)} runs, by validation accuracy")
-    for col in keep:
-        table.add_column(col, no_wrap=True)
-    for row in board.rows[:rows]:
-        table.add_row(*(row[board.header.index(col)] for col in keep))
-    out.print(table)
-    out.print(f"report: {report.html_path}\n        {report.md_path}")
+    for folder, why in report.skipped:
+        err.print(Text.assemble(("skipped run", "yellow"), f" {folder}: {why}"))
+    for section in report.sections:
+        board = section.tables[0]
+        keep = ["#", "run", "val acc", "test acc", "test vs chosen (paired)", "fit s", "note"]
+        table = Table(title=Text(f"{section.dataset}: top {min(rows, len(board.rows))} of {len(board.rows)} runs, "
+                                 f"by validation accuracy"))
+        for col in keep:
+            table.add_column(col, no_wrap=True)
+        for row in board.rows[:rows]:
+            table.add_row(*(Text(str(row[board.header.index(col)])) for col in keep))
+        out.print(table)
+    out.print(Text(f"report: {report.html_path}\n        {report.md_path}"))
 
 
 @app.command()
 def report(
     models_dir: Annotated[Path, typer.Option(help="Where the runs are (cli fit and cli e2e write there).")] = Path("models"),
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for index.html, report.md and img/.")] = Path("reports"),
-    top: Annotated[int, typer.Option(help="Leaderboard rows to print.")] = 5,
+    top: Annotated[int, typer.Option(help="Leaderboard rows to print per dataset.")] = 5,
 ) -> None:
-    """Compare every finished run with the end-to-end results: reports/index.html and reports/report.md."""
+    """Compare every finished run with the end-to-end results, one leaderboard per dataset:
+    reports/index.html and reports/report.md."""
     from clothprobe.report import build_report
 
     _print_top(build_report(models_dir, out_dir), top)
@@ -200,28 +211,30 @@ def run_job(
     balance: Annotated[str, typer.Option(help="none, weights, smote, or all.")] = "all",
     tta: Annotated[bool, typer.Option(help="Cache the flipped view and average both views' probabilities.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for every stage.")] = 0,
+    select: Annotated[str | None, typer.Option(help="validation or cv, as for cli fit. Default: validation.")] = None,
     features_dir: Annotated[Path, typer.Option(help="Where caches go.")] = Path("features"),
     models_dir: Annotated[Path, typer.Option(help="Where runs go.")] = Path("models"),
     reports_dir: Annotated[Path, typer.Option(help="Where the report goes.")] = Path("reports"),
     top: Annotated[int, typer.Option(help="Leaderboard rows to print.")] = 5,
 ) -> None:
-    """The main job: featurize with each backbone, fit every classifier and balance mode, write the report."""
+    """The main job: featurize with each backbone, fit every classifier and balance mode, write the report.
+    Every option is checked before any featurizing."""
+    from clothprobe.classifiers.select import DEFAULT_SELECT
     from clothprobe.job import run_all
 
     def featurized(r) -> None:  # noqa: ANN001
-        err.print(f"featurized {r.backbone}: computed {r.computed}, reused {r.reused}, skipped {len(r.skipped)} "
-                  f"({r.seconds:.0f} s) -> {r.cache_path}")
+        err.print(Text(f"featurized {r.backbone}: computed {r.computed}, reused {r.reused}, skipped {len(r.skipped)} "
+                       f"({r.seconds:.0f} s) -> {r.cache_path}"))
         for path, reason in r.skipped:
-            err.print(f"[yellow]skipped[/] {path}: {reason}")
+            err.print(Text.assemble(("skipped", "yellow"), f" {path}: {reason}"))
 
     def fitted(r) -> None:  # noqa: ANN001
         m = r.metrics
-        val = f"{100 * m['validation']['accuracy']:.1f}%" if m["validation"] else "-"
-        err.print(f"fitted {m['backbone']}/{m['run']}: val {val} ({m['fit_seconds']:.1f} s)")
+        err.print(Text(f"fitted {m.backbone}/{m.run}: val {_pct(m.validation)}% ({m.fit_seconds:.1f} s)"))
 
     job = run_all(data, backbones=backbones, weights=weights, clf=clf, balance=balance, tta=tta, seed=seed,
-                  features_dir=features_dir, models_dir=models_dir, reports_dir=reports_dir,
-                  progress=sys.stderr.isatty(), on_featurized=featurized, on_fit=fitted)
+                  select=select or DEFAULT_SELECT, features_dir=features_dir, models_dir=models_dir,
+                  reports_dir=reports_dir, progress=sys.stderr.isatty(), on_featurized=featurized, on_fit=fitted)
     _print_top(job.report, top)
 
 
@@ -250,18 +263,16 @@ def e2e(
         err.print(f"epoch {r['epoch']} ({r['phase']}): loss {r['loss']:.3f}, train acc {100 * r['accuracy']:.1f}%, "
                   f"val acc {100 * r['val_accuracy']:.1f}% ({r['seconds']:.0f} s)")
 
-    result = run_e2e(data, backbone=backbone, weights=weights, epochs=epochs, image_size=image_size,
-                     batch_size=batch_size, fine_tune=fine_tune, fine_tune_epochs=fine_tune_epochs,
-                     learning_rate=learning_rate, fine_tune_learning_rate=fine_tune_learning_rate, balance=balance,
-                     loss=loss, seed=seed, models_dir=models_dir, out=out_dir, progress=sys.stderr.isatty(),
-                     on_epoch=show)
+    result = run_e2e(data, backbone=backbone, weights=weights, epochs=epochs,
+                     image_size=image_size, batch_size=batch_size, fine_tune=fine_tune,
+                     fine_tune_epochs=fine_tune_epochs, learning_rate=learning_rate,
+                     fine_tune_learning_rate=fine_tune_learning_rate, balance=balance, loss=loss, seed=seed,
+                     models_dir=models_dir, out=out_dir, progress=sys.stderr.isatty(), on_epoch=show)
     m = result.metrics
-    for path, reason in m["skipped"]:
-        err.print(f"[yellow]skipped[/] {path}: {reason}")
-    test = f"{100 * m['test']['accuracy']:.1f}%" if m["test"] else "-"
-    out.print(f"{m['backbone']}/{m['run']}: best epoch {m['chosen']['best_epoch']}, val "
-              f"{100 * m['validation']['accuracy']:.1f}%, test {test}, {m['fit_seconds']:.0f} s training "
-              f"-> {result.run_dir}")
+    for path, reason in m.skipped:
+        err.print(Text.assemble(("skipped", "yellow"), f" {path}: {reason}"))
+    out.print(Text(f"{m.id}: best epoch {m.chosen['best_epoch']}, val {_pct(m.validation)}%, test {_pct(m.test)}%, "
+                   f"{m.fit_seconds:.0f} s training -> {result.run_dir}"))
 
 
 class Format(str, Enum):
@@ -270,45 +281,61 @@ class Format(str, Enum):
     csv = "csv"
 
 
+def _check_output(output: Path | None) -> None:
+    """Before any work: the output file's folder must exist and the path must not be a folder."""
+    if output is None:
+        return
+    if output.is_dir():
+        raise ClothprobeError(f"--output {output} is a folder; give a file name, e.g. {output / 'predictions.json'}.")
+    parent = output.expanduser().absolute().parent
+    if not parent.is_dir():
+        raise ClothprobeError(f"--output {output}: the folder {parent} does not exist; create it or choose another path.")
+
+
 @app.command()
 def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
-    model: Annotated[Path, typer.Option(help="A run directory written by cli fit (models/<dataset>/<backbone>/<run>).")],
+    model: Annotated[Path, typer.Option(help="A run directory written by cli fit or cli e2e (models/<dataset>/<backbone>/<run>).")],
     weights: Annotated[str | None, typer.Option(
         help="Weights file or directory, if not found as for featurize; checked against the run's sha256.")] = None,
     top_k: Annotated[int, typer.Option(help="Classes to show per image.")] = 3,
     fmt: Annotated[Format, typer.Option("--format", help="table, json or csv.")] = Format.table,
     output: Annotated[Path | None, typer.Option(help="Write json/csv here instead of stdout.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 16,
+    calibrate: Annotated[bool, typer.Option(
+        help="Temperature-scaled probabilities (the temperature was fitted at fit time on validation or "
+             "out-of-fold predictions, never on test).")] = False,
 ) -> None:
     """Classify new photos with a finished run (its own backbone, weights and preprocessing)."""
     from clothprobe.predict import predict as run_predict
     from clothprobe.predict import to_records, write_csv
 
-    result = run_predict(images, model, weights=weights, batch_size=batch_size)
+    _check_output(output)
+    result = run_predict(images, model, weights=weights, batch_size=batch_size, calibrate=calibrate)
     top_k = max(1, min(top_k, len(result.classes)))
     for path, why in result.skipped:
-        err.print(f"skipped {path}: {why}")
-    err.print(f"{len(result.predictions)} image(s) with {result.run} in {result.seconds:.1f} s "
-              f"({1000 * result.seconds_per_image:.0f} ms per image, backbone build included)")
+        err.print(Text(f"skipped {path}: {why}"))
+    err.print(Text(f"{len(result.predictions)} image(s) with {result.run} in {result.seconds:.1f} s "
+                   f"({1000 * result.seconds_per_image:.0f} ms per image, backbone build included)"
+                   + (", calibrated" if result.calibrated else "")))
     if fmt is Format.table:
-        table = Table(title=result.run)
+        table = Table(title=Text(result.run))
         table.add_column("image", overflow="fold")
         for k in range(1, top_k + 1):
             table.add_column(f"#{k}", no_wrap=True)
         for p in result.predictions:
-            table.add_row(p.path, *(f"{c} {100 * v:.1f}%" for c, v in p.top(top_k)))
+            table.add_row(Text(p.path), *(Text(f"{c} {100 * v:.1f}%") for c, v in p.top(top_k)))
         out.print(table)
         return
     with (open(output, "w", newline="") if output else nullcontext(sys.stdout)) as fh:
         if fmt is Format.json:
-            json.dump({"run": result.run, "predictions": to_records(result, top_k),
+            json.dump({"run": result.run, "calibrated": result.calibrated, "predictions": to_records(result, top_k),
                        "skipped": [{"path": p, "reason": r} for p, r in result.skipped]}, fh, indent=2)
             fh.write("\n")
         else:
             write_csv(result, fh, top_k)
     if output:
-        err.print(f"wrote {output}")
+        err.print(Text(f"wrote {output}"))
 
 
 def main() -> None:
@@ -316,6 +343,9 @@ def main() -> None:
     try:
         app()
     except ClothprobeError as error:
+        err.print(Text("error: ", style="bold red") + Text(str(error)), highlight=False)
+        sys.exit(2)
+    except OSError as error:  # a disk full, a folder not writable: the system's own message, one line
         err.print(Text("error: ", style="bold red") + Text(str(error)), highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:

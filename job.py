@@ -8,7 +8,12 @@ from pathlib import Path
 
 from clothprobe.classifiers import FitResult, fit
 from clothprobe.classifiers.data import parse_backbones
+from clothprobe.classifiers.fit import plan_fit
+from clothprobe.classifiers.select import DEFAULT_SELECT
+from clothprobe.errors import ClothprobeError
 from clothprobe.featurize import FeaturizeResult, featurize
+from clothprobe.featurize.dataset import scan
+from clothprobe.featurize.recipe import resolve_recipe
 from clothprobe.report import Report, build_report
 
 DEFAULT_BACKBONES = "vgg16,xception"
@@ -34,6 +39,7 @@ def run_all(
     balance: str = "all",
     tta: bool = True,
     seed: int = 0,
+    select: str = DEFAULT_SELECT,
     features_dir: str | Path = "features",
     models_dir: str | Path = "models",
     reports_dir: str | Path = "reports",
@@ -42,8 +48,16 @@ def run_all(
     on_fit: Callable[[FitResult], None] | None = None,
 ) -> JobResult:
     """Featurize ``data`` with each backbone (comma-separated), fit ``clf`` x ``balance`` on each cache and
-    on their join, and write the report over every run under ``models_dir``."""
+    on their join, and write the report over every run under ``models_dir``. Every option is checked
+    before any featurizing."""
     names = parse_backbones(backbones.replace(",", "+"))
+    plan_fit("+".join(names), clf, balance, select=select)
+    scan(data)  # the folder's layout, before an hour of featurizing
+    for name in names:  # each backbone's weights found (and hashed) now, not after the first is featurized
+        resolve_recipe(name, weights=weights, seed=seed)
+    for folder, what in ((models_dir, "--models-dir"), (reports_dir, "--reports-dir"), (features_dir, "--features-dir")):
+        if Path(folder).exists() and not Path(folder).is_dir():
+            raise ClothprobeError(f"{what} {folder} exists and is not a folder.")
     job = JobResult()
     for name in names:
         result = featurize(data, backbone=name, weights=weights, features_dir=features_dir, tta=tta, seed=seed,
@@ -53,7 +67,7 @@ def run_all(
             on_featurized(result)
     dataset = job.featurized[0].cache_path.parent.name
     for backbone in feature_sets(names):
-        job.fits += fit(dataset, backbone=backbone, clf=clf, balance=balance, tta=tta, seed=seed,
+        job.fits += fit(dataset, backbone=backbone, clf=clf, balance=balance, tta=tta, seed=seed, select=select,
                         features_dir=features_dir, models_dir=models_dir, on_result=on_fit)
     job.report = build_report(models_dir, reports_dir)
     return job
