@@ -173,7 +173,7 @@ class Merger:
         self.failures: dict[str, str] = dict(plan.failures)  # remembered in the cache
         self.faults: dict[str, str] = {}  # not the file's fault (a model or a worker): tried again next run
         self.computed = 0
-        self.shards = {s.index: s for s in plan.shards()}
+        self.shards = {s.index: s for s in plan.shards}
         present = set(plan.index.hashes.values())
         self._check_strict({sha: why for sha, why in plan.failures.items() if sha in present})
 

@@ -15,8 +15,10 @@ engine may pickle it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -146,8 +148,9 @@ class Plan:
     resumed: int = 0  # files whose embeddings come from the partial store of a killed run
     shard_size: int = SHARD_SIZE
 
+    @cached_property
     def shards(self) -> list[Shard]:
-        """``todo`` cut into shards of ``shard_size`` (the same shards, and indices, every time)."""
+        """``todo`` cut into shards of ``shard_size``."""
         size = self.shard_size
         return [Shard(k, tuple(self.todo[start : start + size])) for k, start in enumerate(range(0, len(self.todo), size))]
 
@@ -173,7 +176,7 @@ def make_plan(index: FileIndex, recipe: Recipe, views: tuple[str, ...], decode: 
     for f in index.files():
         sha = index.hashes.get(f.rel_path)
         if sha is not None and sha not in known and sha not in failures and sha not in todo:
-            todo[sha] = WorkItem(sha, str(f.path))
+            todo[sha] = WorkItem(sha, os.path.abspath(f.path))  # workers may run elsewhere
     resumed = sum(1 for sha in index.hashes.values() if sha in fresh)
     return Plan(index=index, recipe=recipe, views=views, decode=decode, known=known, failures=failures,
                 todo=list(todo.values()), resumed=resumed, shard_size=shard_size)

@@ -200,6 +200,6 @@ def _embed(index: FileIndex, recipe: Recipe, calibration_files: tuple[str, ...],
         plan, merger = _plan(index, ran, existing, o)
     started = time.perf_counter()
     with progress_bar(ran.label, len(plan.todo), o.progress, unit="img") as advance:
-        for item in engine.embed(plan.shards()):
+        for item in engine.embed(plan.shards):
             advance(merger.add(item))
     return plan, merger, time.perf_counter() - started
