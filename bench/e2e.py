@@ -46,7 +46,7 @@ def featurize_seconds(run, data: Path, weights: str, sample: int) -> tuple[float
             how.append(f"{backbone}: recorded by the cache")
             continue
         recorded = load_features(cache["path"])
-        config = recorded.config
+        config = recorded.recipe
         files = sorted((data / "validation").rglob("*.jpg"))[:sample]
         with tempfile.TemporaryDirectory() as tmp:
             subset = Path(tmp) / "subset" / "train"
