@@ -187,12 +187,22 @@ class Merger:
             return len(lost)
         if item.fingerprint != self.plan.recipe.fingerprint:
             raise ClothprobeError(
-                f"A worker embedded shard {item.shard} with recipe {item.fingerprint}, not the planned "
+                f"A worker embedded a batch of shard {item.shard} with recipe {item.fingerprint}, not the planned "
                 f"{self.plan.recipe.fingerprint} (its runtime fell back to another precision?); every worker "
-                f"must run the same recipe. Nothing of that shard was kept."
+                f"must run the same recipe. That batch was not kept; the batches before it were."
             )
+        hashes, arrays, bad = self._finite_rows(item)
+        self.known.update(self.partial.add(hashes, arrays, item.failed, self.plan.decode))
+        self.failures.update(item.failed)
+        self.faults.update(bad)
+        self.computed += len(hashes)
+        self._check_strict({**item.failed, **bad})
+        return len(item.sha256) + len(item.failed)
+
+    def _finite_rows(self, item: ShardBatch) -> tuple[list[str], dict[str, np.ndarray], dict[str, str]]:
+        """The batch's rows whose every view is finite, and the others with their reason."""
         n = len(item.sha256)
-        arrays = {view: np.asarray(item.views.get(view, np.empty((0, 0))), dtype=np.float32) for view in self.plan.views}
+        arrays = {v: np.asarray(item.views.get(v, np.empty((0, 0))), dtype=np.float32) for v in self.plan.views}
         if n and any(values.ndim != 2 or len(values) != n for values in arrays.values()):
             raise ClothprobeError(f"A worker returned a batch of shard {item.shard} without one row per image in "
                                   f"each of the views {', '.join(self.plan.views)}.")
@@ -201,13 +211,7 @@ class Merger:
             good &= np.isfinite(values).all(axis=1)
         bad = {sha: NOT_FINITE for sha, ok in zip(item.sha256, good) if not ok}
         hashes = [sha for sha, ok in zip(item.sha256, good) if ok]
-        arrays = {view: values[good] for view, values in arrays.items()} if n else arrays
-        self.known.update(self.partial.add(hashes, arrays, item.failed, self.plan.decode))
-        self.failures.update(item.failed)
-        self.faults.update(bad)
-        self.computed += len(hashes)
-        self._check_strict({**item.failed, **bad})
-        return len(item.sha256) + len(item.failed)
+        return hashes, ({view: values[good] for view, values in arrays.items()} if n else arrays), bad
 
     def _check_strict(self, failed: dict[str, str]) -> None:
         if self.strict and failed:

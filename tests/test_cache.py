@@ -283,6 +283,22 @@ def test_a_failed_shard_is_reported_and_the_rest_kept(dataset: Path, tmp_path: P
     assert again.computed == 10 and not again.skipped and again.remembered == 0
 
 
+def test_a_non_finite_embedding_is_reported_not_cached(dataset: Path, tmp_path: Path) -> None:
+    class Overflows(OtherEngine):
+        def embed(self, shards: Iterable[Shard]) -> Iterator[ShardBatch | ShardFailed]:
+            for k, batch in enumerate(super().embed(shards)):
+                if k == 0:
+                    batch.views["embeddings"][1, 3] = np.nan
+                yield batch
+
+    out = tmp_path / "f.h5"
+    result = run(dataset, out, engine=Overflows())
+    (reason,) = {why for _, why in result.skipped}
+    assert len(result.skipped) == 1 and "non-finite embedding" in reason and result.computed == 26
+    assert sum(len(s) for s in load_features(out).splits.values()) == 26
+    assert run(dataset, out).computed == 1  # the model's fault, not the file's: tried again
+
+
 def test_a_batch_of_another_recipe_is_refused(dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(ClothprobeError, match="every worker must run the same recipe"):
         run(dataset, tmp_path / "f.h5", engine=OtherEngine(fingerprint="0000000000000000"))
