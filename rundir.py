@@ -307,8 +307,8 @@ def recover_siblings(parent: Path) -> None:
     """Put back runs a killed writer left aside; delete temporary folders of dead processes."""
     if not parent.is_dir():
         return
-    found = sorted((m, p) for p in parent.iterdir() if (m := _SIDE.match(p.name)) and p.is_dir())
-    for match, path in sorted(found, key=lambda mp: mp[0]["what"]):  # "old" before "tmp"
+    found = [(m, p) for p in parent.iterdir() if (m := _SIDE.match(p.name)) and p.is_dir()]
+    for match, path in sorted(found, key=lambda mp: (mp[0]["what"], mp[1].name)):  # "old" before "tmp"
         if pid_alive(int(match["pid"])):
             continue
         target = parent / match["name"]

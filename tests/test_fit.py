@@ -5,16 +5,22 @@ from __future__ import annotations
 import csv
 import json
 import pickle
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from clothprobe import rundir
 from clothprobe.classifiers import fit, load_feature_set, load_model
 from clothprobe.classifiers.registry import BALANCES, CLASSIFIERS
 from clothprobe.errors import ClothprobeError
-from synthetic import CLASSES, make_cache
+from synthetic import CLASSES, SIZES, make_cache
+
+
+def majority(split: str) -> float:
+    """What predicting the largest class scores on a synthetic split: the bar any honest head must clear."""
+    return max(SIZES[split]) / sum(SIZES[split])
 
 
 @pytest.fixture(autouse=True)
@@ -39,11 +45,15 @@ def test_every_classifier_and_balance(features: Path, tmp_path: Path, clf: str, 
     (result,) = run(features, tmp_path, clf=clf, balance=balance)
     m = result.metrics
     assert result.run_dir == tmp_path / "models" / "clothes" / "xception" / f"{clf}-{balance}"
-    assert m["selection"] == "validation split"
-    assert m["validation"]["accuracy"] > 0.6 and m["test"]["accuracy"] > 0.6  # well-separated blobs
-    assert m["params"] in [c["params"] for c in m["candidates"]]
-    assert set(m["test"]["per_class"]) == set(CLASSES)
-    assert np.array(m["test"]["confusion_matrix"]).sum() == 25
+    assert m.selection == "validation split" and m.selection_n == 25
+    # well-separated blobs: far above predicting the majority class (56% here), on both splits
+    assert m.validation.accuracy >= majority("validation") + 0.3 and m.test.accuracy >= majority("test") + 0.3
+    assert m.test.macro_f1 > 0.8 and m.test.balanced_accuracy > 0.8  # the majority class would give 0.24 / 0.33
+    assert m.params in [c["params"] for c in m.candidates]
+    assert set(m.test.per_class) == set(CLASSES)
+    assert np.array(m.test.confusion_matrix).sum() == 25
+    assert m.test.interval("accuracy")[0] <= m.test.accuracy <= m.test.interval("accuracy")[1]
+    assert m.calibration.fitted_on == "validation split" and m.calibration.temperature > 0
     for name in ("manifest.json", "metrics.json", "predictions.csv"):
         assert (result.run_dir / name).is_file()
     loaded = load_model(result.run_dir)
@@ -85,28 +95,31 @@ def test_smote_sees_training_rows_only(features: Path, tmp_path: Path, monkeypat
 @pytest.mark.parametrize("clf", ["logreg", "lgbm"])
 def test_selection_never_looks_at_test(tmp_path: Path, clf: str) -> None:
     make_cache(tmp_path / "a", seed=3)
-    make_cache(tmp_path / "b", seed=3)
     # b: the same cache with the test labels shuffled and the test features replaced by noise
-    import h5py
+    from clothprobe.featurize.cache import load_features, write_arrays
 
-    with h5py.File(tmp_path / "b" / "clothes" / "xception.h5", "r+") as h5:
-        rng = np.random.default_rng(0)
-        h5["test/labels"][...] = rng.permutation(h5["test/labels"][()])
-        h5["test/embeddings"][...] = rng.normal(size=h5["test/embeddings"].shape)
+    cache = load_features(tmp_path / "a" / "clothes" / "xception.h5")
+    rng = np.random.default_rng(0)
+    test = cache.splits["test"]
+    splits = {**cache.splits, "test": replace(test, labels=rng.permutation(test.labels),
+                                              embeddings=rng.normal(size=test.embeddings.shape).astype(np.float32))}
+    (tmp_path / "b" / "clothes").mkdir(parents=True)
+    write_arrays(tmp_path / "b" / "clothes" / "xception.h5", cache.header, splits)
     (a,) = fit("clothes", clf=clf, features_dir=tmp_path / "a", models_dir=tmp_path / "ma")
     (b,) = fit("clothes", clf=clf, features_dir=tmp_path / "b", models_dir=tmp_path / "mb")
-    assert a.metrics["params"] == b.metrics["params"] and a.metrics["chosen"] == b.metrics["chosen"]
-    assert a.metrics["candidates"] == b.metrics["candidates"]
-    assert a.metrics["validation"] == b.metrics["validation"]
-    assert a.metrics["test"] != b.metrics["test"]
+    assert a.metrics.params == b.metrics.params and a.metrics.chosen == b.metrics.chosen
+    assert a.metrics.candidates == b.metrics.candidates
+    assert a.metrics.validation == b.metrics.validation and a.metrics.calibration == b.metrics.calibration
+    assert a.metrics.test != b.metrics.test
 
 
 def test_cross_validation_without_validation_split(tmp_path: Path) -> None:
     make_cache(tmp_path / "f", splits={"train": (40, 12, 14), "test": (10, 5, 5)})
     (result,) = fit("clothes", clf="lgbm", features_dir=tmp_path / "f", models_dir=tmp_path / "m")
-    assert result.metrics["selection"] == "5-fold CV on train"
-    assert result.metrics["validation"] is None and result.metrics["test"]["accuracy"] > 0.6
-    assert result.metrics["chosen"]["n_estimators"] >= 1
+    m = result.metrics
+    assert m.selection == "5-fold CV x2 on train" and m.selection_n == 66
+    assert m.validation.source.startswith("out of fold") and m.calibration.fitted_on == "out-of-fold predictions"
+    assert m.test.accuracy >= 0.5 + 0.3 and m.chosen["n_estimators"] >= 1  # majority class: 50%
 
 
 @pytest.mark.parametrize("clf", list(CLASSIFIERS))
@@ -114,7 +127,8 @@ def test_same_seed_same_model_and_metrics(features: Path, tmp_path: Path, clf: s
     (a,) = fit("clothes", clf=clf, features_dir=features, models_dir=tmp_path / "a")
     (b,) = fit("clothes", clf=clf, features_dir=features, models_dir=tmp_path / "b")
     drop = ("fit_seconds", "predict_seconds")
-    assert {k: v for k, v in a.metrics.items() if k not in drop} == {k: v for k, v in b.metrics.items() if k not in drop}
+    same = [{k: v for k, v in asdict(r.metrics).items() if k not in drop} for r in (a, b)]
+    assert same[0] == same[1]
     assert (a.run_dir / "predictions.csv").read_text() == (b.run_dir / "predictions.csv").read_text()
 
 
@@ -129,8 +143,7 @@ def test_tta_and_joined_backbones(tmp_path: Path) -> None:
     (result,) = fit("clothes", backbone="vgg16+xception", tta=True, features_dir=tmp_path / "f",
                     models_dir=tmp_path / "m")
     assert result.run_dir.name == "logreg-weights-tta" and result.run_dir.parent.name == "vgg16+xception"
-    manifest = json.loads((result.run_dir / "manifest.json").read_text())
-    assert set(manifest["caches"]) == {"vgg16", "xception"}
+    assert set(rundir.read_manifest(result.run_dir).caches) == {"vgg16", "xception"}
 
 
 def test_joined_caches_with_different_images_refused(tmp_path: Path) -> None:
@@ -176,7 +189,8 @@ def test_no_pickle_written_or_read(features: Path, tmp_path: Path, monkeypatch: 
 
 
 def test_errors_name_file_and_choices(features: Path, tmp_path: Path) -> None:
-    with pytest.raises(ClothprobeError, match=r"No feature cache at .*vgg16.h5\. Make it with: cli featurize --backbone vgg16"):
+    with pytest.raises(ClothprobeError, match=r"No vgg16 cache for dataset 'clothes': not at .*vgg16.h5.*"
+                                              r"Make it with: cli featurize --backbone vgg16"):
         run(features, tmp_path, backbone="vgg16")
     with pytest.raises(ClothprobeError, match="Unknown classifier 'svm'; choose one of: logreg, lgbm, dense"):
         run(features, tmp_path, clf="svm")
@@ -190,8 +204,8 @@ def test_errors_name_file_and_choices(features: Path, tmp_path: Path) -> None:
 
 def test_focal_loss_dense(features: Path, tmp_path: Path) -> None:
     (result,) = run(features, tmp_path, clf="dense", loss="focal")
-    assert result.run_dir.name == "dense-weights-focal" and result.metrics["loss"] == "focal"
-    assert result.metrics["test"]["accuracy"] > 0.6
+    assert result.run_dir.name == "dense-weights-focal" and result.metrics.loss == "focal"
+    assert result.metrics.test.accuracy >= majority("test") + 0.3
 
 
 def test_warm_started_path_matches_cold_fits(features: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -206,8 +220,95 @@ def test_warm_started_path_matches_cold_fits(features: Path, monkeypatch: pytest
 
     spec = CLASSIFIERS["logreg"]
     train = load_feature_set("xception", "clothes", features).splits["train"]
-    warm = _fit_grid(spec, spec.grid, train.X, train.y, None, "none", 0, "categorical")
+    warm = _fit_grid(spec, spec.grid, train.X, train.y, "none", 0, "categorical")
     for params, model in zip(spec.grid, warm):
-        (cold,) = _fit_grid(dc_replace(spec, path=False), [params], train.X, train.y, None, "none", 0, "categorical")
+        (cold,) = _fit_grid(dc_replace(spec, path=False), [params], train.X, train.y, "none", 0, "categorical")
         assert model[-1].C == params["C"]
         assert np.allclose(model.predict_proba(train.X), cold.predict_proba(train.X), atol=1e-3)
+
+
+def test_one_class_dataset_is_refused(tmp_path: Path) -> None:
+    make_cache(tmp_path / "f", splits={"train": (10, 0, 0), "validation": (3, 0, 0)})
+    with pytest.raises(ClothprobeError, match="images of 1 class.*dress.*at least 2 classes"):
+        fit("clothes", features_dir=tmp_path / "f", models_dir=tmp_path / "m")
+
+
+def test_the_only_dataset_needs_no_flag(tmp_path: Path) -> None:
+    make_cache(tmp_path / "f")
+    (result,) = fit(features_dir=tmp_path / "f", models_dir=tmp_path / "m")
+    assert result.metrics.dataset == "clothes"
+    make_cache(tmp_path / "f", dataset="shop")
+    with pytest.raises(ClothprobeError, match="Several datasets are featurized under .*: clothes, shop.*--dataset"):
+        fit(features_dir=tmp_path / "f", models_dir=tmp_path / "m")
+    with pytest.raises(ClothprobeError, match="No feature caches under .*cli featurize --data DIR"):
+        fit(features_dir=tmp_path / "none", models_dir=tmp_path / "m")
+
+
+def test_cache_written_elsewhere_is_found_through_the_catalog(tmp_path: Path) -> None:
+    from clothprobe.featurize import catalog
+
+    path = make_cache(tmp_path / "elsewhere")
+    moved = tmp_path / "my-cache.h5"
+    path.rename(moved)
+    catalog.record(tmp_path / "features", dataset="clothes", backbone="xception", cache_path=moved,
+                   data_root=tmp_path)
+    (result,) = fit(features_dir=tmp_path / "features", models_dir=tmp_path / "m")
+    assert result.metrics.dataset == "clothes" and catalog.last_data(tmp_path / "features") == tmp_path
+    assert catalog.datasets(tmp_path / "features") == ["clothes"]
+
+
+def test_options_checked_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(ClothprobeError, match="Unknown selection 'holdout'; choose one of: validation, cv"):
+        fit("clothes", select="holdout", features_dir=tmp_path / "nothing-here")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(b"x")
+    with pytest.raises(ClothprobeError, match="is not a clothprobe run"):
+        fit("clothes", out=tmp_path / "photos", features_dir=tmp_path / "nothing-here")
+
+
+def _rehash(run_dir: Path) -> None:
+    """Make the manifest's hashes match the files again, as an attacker who can write the folder would."""
+    manifest = rundir.read_manifest(run_dir)
+    manifest.sha256 = {name: rundir.file_sha256(run_dir / name) for name in manifest.sha256}
+    (run_dir / "manifest.json").write_text(rundir._dump(manifest))
+
+
+def test_a_pickle_behind_a_matching_hash_is_refused(features: Path, tmp_path: Path) -> None:
+    (result,) = run(features, tmp_path, clf="logreg")
+    (result.run_dir / "model.skops").write_bytes(pickle.dumps({"a": 1}))
+    _rehash(result.run_dir)
+    with pytest.raises(ClothprobeError, match="model.skops is not a readable skops file"):
+        load_model(result.run_dir)
+
+
+def test_a_keras_lambda_behind_a_matching_hash_is_refused(features: Path, tmp_path: Path) -> None:
+    import keras
+
+    (result,) = run(features, tmp_path, clf="dense", balance="none")
+    inputs = keras.Input((16,))
+    evil = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(keras.layers.Dense(3)(inputs)))
+    evil.save(result.run_dir / "model.keras")
+    _rehash(result.run_dir)
+    with pytest.raises(ClothprobeError, match="Cannot load .*model.keras as a safe Keras model"):
+        load_model(result.run_dir)
+
+
+def test_damaged_lightgbm_files_are_refused_before_lightgbm_reads_them(features: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import lightgbm
+
+    (result,) = run(features, tmp_path, clf="lgbm")
+    model = result.run_dir / "model.lgbm.txt"
+    text = model.read_text()
+    assert "num_class=3" in text
+    model.write_text(text.replace("num_class=3", "num_class=999999999"))
+    _rehash(result.run_dir)
+    real = lightgbm.Booster
+    monkeypatch.setattr(lightgbm, "Booster", lambda *a, **k: pytest.fail("LightGBM read a header it should not"))
+    with pytest.raises(ClothprobeError, match="not a LightGBM model of this run's 3 classes.*num_class=999999999"):
+        load_model(result.run_dir)
+    monkeypatch.setattr(lightgbm, "Booster", real)
+    model.write_text("tree\nversion=v4\nnum_class=3\n" + "garbage " * 100)
+    _rehash(result.run_dir)
+    with pytest.raises(ClothprobeError, match="is not a readable LightGBM model"):
+        load_model(result.run_dir)
