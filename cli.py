@@ -17,8 +17,6 @@ from rich.text import Text
 
 from clothprobe.errors import ClothprobeError
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 app = typer.Typer(
     help="clothprobe: classify clothing photos from frozen CNN embeddings.",
     no_args_is_help=True,
@@ -28,11 +26,20 @@ app = typer.Typer(
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)  # piped: no 80-column squeeze
 
 
-@app.callback()
-def _group() -> None:
-    """clothprobe: classify clothing photos from frozen CNN embeddings."""
-
 err = Console(stderr=True, soft_wrap=True)
+
+
+@app.callback()
+def _group(
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show TensorFlow's and OpenVINO's own start-up and "
+                                                            "log lines.")] = False,
+) -> None:
+    """clothprobe: classify clothing photos from frozen CNN embeddings."""
+    from clothprobe.appsetup import one_line_warnings, quiet_tensorflow
+
+    if not verbose:
+        quiet_tensorflow()
+    one_line_warnings(lambda line: err.print(Text("warning: ", style="yellow") + Text(line)))
 
 
 class TTA(str, Enum):
@@ -336,6 +343,48 @@ def predict(
             write_csv(result, fh, top_k)
     if output:
         err.print(Text(f"wrote {output}"))
+
+
+cache_app = typer.Typer(help="The compiled-model store ($CLOTHPROBE_HOME, default ~/.cache/clothprobe).",
+                        no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("list")
+def cache_list() -> None:
+    """List the stored models: recipe, size, last use, and the runtime self-checks done on each machine."""
+    import datetime
+
+    from clothprobe.featurize.store import ModelStore
+
+    store = ModelStore()
+    table = Table(title=f"compiled models in {store.root}")
+    for col in ("key", "backbone", "runtime", "precision", "input", "MB", "last used", "self-checks"):
+        table.add_column(col, no_wrap=col != "self-checks")
+    for e in store.entries():
+        checks = "; ".join(f"{'ok' if c['passed'] else 'FAILED'} {k} (cosine {c['cosine_min']:.4f})"
+                           for k, c in e.checks.items())
+        used = datetime.datetime.fromtimestamp(e.last_used).strftime("%Y-%m-%d %H:%M")
+        table.add_row(e.key, e.recipe.backbone, e.recipe.runtime, e.recipe.precision, str(e.recipe.input_size),
+                      f"{e.size_bytes / 1e6:.1f}", used, Text(checks or "-"))
+    out.print(table)
+    for path in store.damaged():
+        err.print(Text(f"damaged or left by a killed build: {path} (cli cache prune removes it)"))
+
+
+@cache_app.command("prune")
+def cache_prune(
+    key: Annotated[str | None, typer.Option(help="Remove this entry (a key from `cli cache list`).")] = None,
+    unused_days: Annotated[float | None, typer.Option(help="Remove entries not used for this many days.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Remove every stored model.")] = False,
+) -> None:
+    """Remove stored models (they are rebuilt when needed); damaged entries and leftovers always go."""
+    from clothprobe.featurize.store import ModelStore
+
+    removed = ModelStore().prune(key=key, unused_days=unused_days, everything=all_)
+    for path in removed:
+        out.print(Text(f"removed {path}"))
+    out.print(f"{len(removed)} removed")
 
 
 def main() -> None:

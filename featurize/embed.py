@@ -119,6 +119,35 @@ def decoded_batches(files: Sequence[Path], size: int, batch_size: int, max_pixel
             yield start, [f.result() for f in futures]
 
 
+@dataclass
+class Embedded:
+    """Embeddings of a list of files: ``views[v][k]`` belongs to ``files[good[k]]``; ``skipped`` maps the
+    position of each file that could not be decoded to the reason; ``recipe`` is the one that ran."""
+
+    recipe: Recipe
+    views: dict[str, np.ndarray]
+    good: list[int]
+    skipped: dict[int, str]
+
+
+def embed_files(recipe: Recipe, files: Sequence[Path], *, flip: bool = False, batch_size: int = 32,
+                max_pixels: int = DEFAULT_MAX_PIXELS, weights: object = None) -> Embedded:
+    """Embed ``files`` with ``recipe`` (compiled model from the store), in memory: for predictions and
+    scikit-learn pipelines, where ``featurize`` is for datasets and caches."""
+    embedder = open_embedder(recipe, batch_size=max(1, min(batch_size, len(files))), flip=flip, weights=weights)
+    parts: dict[str, list[np.ndarray]] = {v: [] for v in embedder.view_names}
+    good: list[int] = []
+    skipped: dict[int, str] = {}
+    for batch in embedder.run(files, max_pixels):
+        good += batch.indices
+        skipped.update(batch.skipped)
+        for view, array in batch.views.items():
+            if len(array):
+                parts[view].append(array)
+    views = {v: np.concatenate(a) if a else np.empty((0, 0), np.float32) for v, a in parts.items()}
+    return Embedded(embedder.recipe, views, good, skipped)
+
+
 def open_embedder(recipe: Recipe, *, batch_size: int = 32, flip: bool = False,
                   calibration_files: Sequence[Path] = (), weights: object = None, store: object = None,
                   threads: int | None = None) -> Embedder:

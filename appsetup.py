@@ -1,0 +1,71 @@
+"""What the ``cli`` application sets up for its own process, and only there: the library never changes
+environment variables, file descriptors or warning filters behind its caller's back, an application may.
+
+- TensorFlow start-up chatter: ``TF_CPP_MIN_LOG_LEVEL=3`` silences its C++ logging once initialised, but
+  absl prints a few lines straight to file descriptor 2 while ``import tensorflow`` runs (CUDA probing,
+  oneDNN notes). An import hook silences descriptor 2 for exactly that import, then turns TensorFlow's
+  Python logger (tf.function retracing warnings) down to errors. ``cli --verbose`` skips all of this.
+- ``ClothprobeWarning``s are printed as one line each.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from types import ModuleType
+
+from clothprobe.errors import ClothprobeWarning
+
+
+class _QuietTensorFlow(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds ``tensorflow`` with the normal machinery and runs its import with descriptor 2 silenced."""
+
+    def find_spec(self, name, path, target=None):  # noqa: ANN001, ANN201 - the importlib protocol
+        if name != "tensorflow":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return None
+        self._real = spec.loader
+        spec.loader = self
+        return spec
+
+    def create_module(self, spec):  # noqa: ANN001, ANN201
+        return self._real.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        sys.stderr.flush()
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        try:
+            self._real.exec_module(module)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+        sys.meta_path[:] = [f for f in sys.meta_path if f is not self]
+        module.get_logger().setLevel("ERROR")
+
+
+def quiet_tensorflow() -> None:
+    """Keep TensorFlow's start-up lines and retracing warnings away from users (before it is imported)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlow) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlow())
+
+
+def one_line_warnings(print_line: Callable[[str], None]) -> None:
+    """Show ``ClothprobeWarning``s as ``warning: <message>``; leave every other warning as Python shows it."""
+    show = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202
+        if issubclass(category, ClothprobeWarning):
+            print_line(str(message))
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = showwarning

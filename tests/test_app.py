@@ -1,0 +1,53 @@
+"""What the `cli` application sets up for its process: quiet TensorFlow start-up (unless --verbose), one-line
+warnings, and the `cli cache` commands over the compiled-model store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_dataset
+
+CHATTER = ("absl::InitializeLog", "oneDNN custom operations", "cudart_stub", "cpu_feature_guard", "retracing")
+
+
+def cli(*args: str, home: Path, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user's shell has it
+    env.update(CLOTHPROBE_HOME=str(home), **(extra_env or {}))
+    return subprocess.run([sys.executable, "-m", "clothprobe.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_tensorflow_start_up_lines_only_with_verbose(tmp_path: Path, verbose: bool) -> None:
+    data = make_dataset(tmp_path / "clothes", per_class={"hat": 2, "shirt": 2})
+    args = ["featurize", "--data", str(data), "--backbone", "vgg16", "--weights", "none", "--image-size", "32",
+            "--runtime", "keras", "--precision", "float32", "--out", str(tmp_path / "c.h5")]
+    res = cli(*(["--verbose"] if verbose else []), *args, home=tmp_path / "home")
+    assert res.returncode == 0, res.stderr
+    shown = [c for c in CHATTER if c in res.stderr]
+    if verbose:
+        assert shown, "--verbose should let TensorFlow's own start-up lines through"
+    else:
+        assert shown == [], res.stderr
+
+
+def test_cache_list_and_prune(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "clothes", per_class={"hat": 2, "shirt": 2})
+    home = tmp_path / "home"
+    assert cli("featurize", "--data", str(data), "--backbone", "vgg16", "--weights", "none", "--image-size", "32",
+               "--runtime", "openvino", "--precision", "float32", "--out", str(tmp_path / "c.h5"),
+               home=home).returncode == 0
+    listed = cli("cache", "list", home=home)
+    assert listed.returncode == 0 and "vgg16" in listed.stdout and "openvino" in listed.stdout
+    (key,) = [p.name for p in (home / "models").iterdir() if p.is_dir()]
+    assert key in listed.stdout
+    res = cli("cache", "prune", "--key", "0123456789abcdef", home=home)
+    assert res.returncode == 2 and "No stored model 0123456789abcdef" in res.stderr and "Traceback" not in res.stderr
+    res = cli("cache", "prune", "--all", home=home)
+    assert res.returncode == 0 and "1 removed" in res.stdout
+    assert not [p for p in (home / "models").iterdir() if p.is_dir()]
