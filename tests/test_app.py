@@ -51,3 +51,40 @@ def test_cache_list_and_prune(tmp_path: Path) -> None:
     res = cli("cache", "prune", "--all", home=home)
     assert res.returncode == 0 and "1 removed" in res.stdout
     assert not [p for p in (home / "models").iterdir() if p.is_dir()]
+
+
+PREDICT_WITHOUT_TF = """
+import sys
+from clothprobe.predict import predict
+result = predict([sys.argv[1]], sys.argv[2])
+assert len(result.predictions) == 1, result
+heavy = sorted(m for m in ("tensorflow", "keras", "jax", "torch") if m in sys.modules)
+print("imported:", heavy)
+"""
+
+
+def test_predict_with_a_warm_store_never_imports_tensorflow(tmp_path: Path) -> None:
+    from clothprobe.classifiers import fit
+
+    data = make_dataset(tmp_path / "clothes", per_class={"hat": 3, "shirt": 3})
+    home = tmp_path / "home"
+    env = {**os.environ, "CLOTHPROBE_HOME": str(home)}
+    build = ("import sys; from clothprobe.featurize import featurize; r = featurize(sys.argv[1], backbone='vgg16', "
+             "weights=None, image_size=32, batch_size=4, precision='float32', runtime='openvino', "
+             "features_dir=sys.argv[2]); print('computed', r.computed, 'tensorflow' in sys.modules)")
+    first = subprocess.run([sys.executable, "-c", build, str(data), str(tmp_path / "f")], capture_output=True,
+                           text=True, env=env, timeout=600)
+    assert "computed 18 True" in first.stdout, first.stderr  # cold store: the network is exported once
+    from conftest import make_image
+
+    make_image(data / "train" / "hat" / "new.png", seed=99)
+    again = subprocess.run([sys.executable, "-c", build, str(data), str(tmp_path / "f")], capture_output=True,
+                           text=True, env=env, timeout=600)
+    assert "computed 1 False" in again.stdout, again.stderr  # warm store: new photos without TensorFlow
+    (run,) = fit("clothes", backbone="vgg16", clf="logreg", balance="none", features_dir=tmp_path / "f",
+                 models_dir=tmp_path / "m")
+    photo = data / "test" / "hat" / "0.png"
+    res = subprocess.run([sys.executable, "-c", PREDICT_WITHOUT_TF, str(photo), str(run.run_dir)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "imported: []" in res.stdout
