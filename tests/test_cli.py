@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from clothprobe.cli import app
@@ -74,6 +75,7 @@ def test_unknown_backbone_and_strict_exit_2(dataset: Path, tmp_path: Path) -> No
     assert res.returncode == 2 and "test/hat/bad.jpg" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_killed_run_leaves_cache_usable_and_resumes(tmp_path: Path) -> None:
     data, out = tmp_path / "d", tmp_path / "c.h5"
     for i in range(4):
