@@ -129,8 +129,8 @@ def featurize(
         index = index_files(dataset, engine.hash_files, progress)
         if strict and index.unusable:
             raise strict_error(index.unusable, dataset.root)
-        recipe, calibration_files = _calibrated(recipe, index, calibration, calibration_size, seed)
         with cache_mod.ExistingCache(out) as existing:
+            recipe, calibration_files = _calibrated(recipe, index, calibration, calibration_size, seed, existing)
             result = _update(index, effective_recipe(recipe), calibration_files, existing, engine, opts)
     catalog.record(features_dir, dataset=dataset.name, backbone=result.backbone, cache_path=out,
                    data_root=dataset.root)
@@ -138,16 +138,21 @@ def featurize(
     return result
 
 
-def _calibrated(recipe: Recipe, index: FileIndex, calibration: str | Path | None, size: int,
-                seed: int) -> tuple[Recipe, tuple[str, ...]]:
+def _calibrated(recipe: Recipe, index: FileIndex, calibration: str | Path | None, size: int, seed: int,
+                existing: cache_mod.ExistingCache) -> tuple[Recipe, tuple[str, ...]]:
     """int8 only: the calibration photos (a seeded sample of the training split, or of ``calibration``);
-    their digest goes into the recipe, so another sample makes another cache."""
+    their digest goes into the recipe, so another sample makes another cache. An int8 cache keeps the
+    calibration it was made with while its model is in the store, so adding training photos (which may
+    change the sample) computes only the new photos."""
     if recipe.precision != "int8":
         if calibration is not None:
             raise ClothprobeError(f"--calibration is for --precision int8; this run is {recipe.precision}.")
         return recipe, ()
     from clothprobe.featurize.calibration import calibration_from_folder, calibration_sample
 
+    kept = _kept_calibration(recipe, existing)
+    if calibration is None and kept is not None:
+        return kept, ()
     if calibration is not None:
         chosen = calibration_from_folder(calibration, size, seed)
     else:
@@ -155,6 +160,17 @@ def _calibrated(recipe: Recipe, index: FileIndex, calibration: str | Path | None
         chosen = calibration_sample([(f.path, index.hashes[f.rel_path]) for f in train if f.rel_path in index.hashes],
                                     size, seed)
     return recipe.with_precision("int8", chosen.digest), tuple(str(p) for p in chosen.files)
+
+
+def _kept_calibration(recipe: Recipe, existing: cache_mod.ExistingCache) -> Recipe | None:
+    """The existing cache's int8 recipe, when it differs from ``recipe`` only in its calibration sample and
+    its quantized model is still in the store."""
+    from clothprobe.featurize.store import ModelStore, artifact_recipe
+
+    previous = existing.header.recipe if existing.usable else None
+    if previous is None or previous.precision != "int8" or previous.with_precision("int8") != recipe.with_precision("int8"):
+        return None
+    return previous if ModelStore().read(artifact_recipe(previous).fingerprint) is not None else None
 
 
 def _update(index: FileIndex, recipe: Recipe, calibration_files: tuple[str, ...], existing: cache_mod.ExistingCache,

@@ -165,3 +165,22 @@ def test_self_check_passes_for_a_working_runtime(store: ModelStore) -> None:
     (entry,) = store.entries()  # bfloat16 shares the float IR
     (check,) = entry.checks.values()
     assert check["passed"] and check["cosine_min"] >= compiled.THRESHOLDS["bfloat16"]
+
+
+def test_featurize_int8_records_it_and_keeps_its_calibration(dataset: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from clothprobe.featurize import featurize, load_features
+    from conftest import TINY, make_image
+
+    kw = {**TINY, "precision": "int8", "runtime": "openvino", "calibration_size": 5,
+          "features_dir": tmp_path / "features", "out": tmp_path / "c.h5"}
+    first = featurize(dataset, **kw)
+    recipe = load_features(tmp_path / "c.h5").recipe
+    assert first.computed == 27 and recipe.precision == "int8" and recipe.calibration
+    # new training photos may change the seeded sample; the cache keeps the calibration it was made with
+    for i in range(6):
+        make_image(dataset / "train" / "hat" / f"extra{i}.png", seed=500 + i)
+    monkeypatch.setattr(compiled, "quantize_int8", lambda *a, **k: pytest.fail("quantized again"))
+    again = featurize(dataset, **kw)
+    assert again.computed == 6 and not again.invalidated
+    assert load_features(tmp_path / "c.h5").recipe == recipe

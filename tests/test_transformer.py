@@ -57,7 +57,7 @@ def test_in_a_pipeline(data: Path) -> None:
 def test_reads_a_featurize_cache_and_computes_the_rest(data: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     cache = tmp_path / "c.h5"
-    featurize(data, out=cache, **{**TINY, "runtime": "openvino"})
+    featurize(data, out=cache, features_dir=tmp_path / "features", **{**TINY, "runtime": "openvino"})
     embedder = ImageEmbedder(resolve_recipe("vgg16", **SETTINGS), cache=cache).fit()
     X, _ = paths_and_labels(data, "validation")
     from clothprobe.featurize import embed
@@ -86,6 +86,6 @@ def test_bad_paths_are_named(data: Path, tmp_path: Path) -> None:
         embedder.transform([str(tmp_path / "nope.jpg")])
     other = ImageEmbedder("vgg16", **{**SETTINGS, "image_size": 40}, cache=None).fit()
     cache = tmp_path / "c.h5"
-    featurize(data, out=cache, **{**TINY, "runtime": "openvino"})
+    featurize(data, out=cache, features_dir=tmp_path / "features", **{**TINY, "runtime": "openvino"})
     with pytest.raises(ClothprobeError, match="another recipe .*input_size"):
         other.set_params(cache=cache).fit()
