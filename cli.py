@@ -77,6 +77,8 @@ def featurize(
     rebuild: Annotated[bool, typer.Option(help="Replace a cache of another clothprobe schema version.")] = False,
     calibration: Annotated[Path | None, typer.Option(
         help="int8: calibrate on the photos under this folder instead of the training split.")] = None,
+    calibration_size: Annotated[int | None, typer.Option(
+        help="int8: how many photos calibrate the quantization [default: 300].")] = None,
 ) -> None:
     """Run a frozen ImageNet conv base once over DATA and cache pooled embeddings in HDF5."""
     from clothprobe.featurize import featurize as run_featurize
@@ -92,7 +94,7 @@ def featurize(
         data, backbone=backbone, out=out_path, features_dir=features_dir, weights=weights,
         batch_size=batch_size, precision=precision, runtime=runtime, tta=tta is TTA.flip, strict=strict,
         image_size=image_size, max_pixels=max_pixels, seed=seed, progress=sys.stderr.isatty(), rebuild=rebuild,
-        calibration=calibration,
+        calibration=calibration, **({"calibration_size": calibration_size} if calibration_size is not None else {}),
     )
     _print_featurized(result)
 
