@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clothprobe import rundir
 from clothprobe.e2e import e2e
 from clothprobe.e2e.train import E2EConfig, build_model, conv_base, unfreeze_top
 from clothprobe.errors import ClothprobeError
+from clothprobe.featurize.recipe import Recipe
 from clothprobe.report import build_report
 from conftest import make_dataset
 
@@ -27,18 +29,22 @@ def test_tiny_run_writes_what_the_report_reads(data: Path, tmp_path: Path) -> No
     (data / "train" / "hat" / "broken.jpg").write_bytes(b"not an image")
     result = e2e(data, epochs=2, models_dir=tmp_path / "models", **TINY_E2E)
     assert result.run_dir == tmp_path / "models" / "clothes" / "mobilenetv2" / "e2e-none-32px"
-    m = json.loads((result.run_dir / "metrics.json").read_text())
-    assert m["kind"] == "end-to-end" and m["selection"] == "validation split"
-    assert [e["epoch"] for e in m["epochs"]] == [1, 2] and all(e["seconds"] > 0 for e in m["epochs"])
-    assert m["chosen"]["best_epoch"] in (1, 2) and m["fit_seconds"] == pytest.approx(sum(e["seconds"] for e in m["epochs"]))
-    assert m["skipped"] == [["train/hat/broken.jpg", m["skipped"][0][1]]]
-    assert np.array(m["test"]["confusion_matrix"]).sum() == 9
-    manifest = json.loads((result.run_dir / "manifest.json").read_text())
-    assert set(manifest["sha256"]) == {"metrics.json", "predictions.csv", "model.keras"}
+    m = rundir.read_metrics(result.run_dir)
+    assert m.kind == "end-to-end" and m.selection == "validation split" and m.selection_n == 9
+    assert [e["epoch"] for e in m.epochs] == [1, 2] and all(e["seconds"] > 0 for e in m.epochs)
+    assert m.chosen["best_epoch"] in (1, 2) and m.fit_seconds == pytest.approx(sum(e["seconds"] for e in m.epochs))
+    assert m.skipped == [["train/hat/broken.jpg", m.skipped[0][1]]]
+    assert np.array(m.test.confusion_matrix).sum() == 9 and set(m.test.ci) == {"accuracy", "macro_f1", "balanced_accuracy"}
+    manifest = rundir.read_manifest(result.run_dir)
+    assert set(manifest.sha256) == {"metrics.json", "predictions.csv", "model.keras"}
+    recipe = Recipe.from_dict(manifest.recipe)  # what predict needs to feed new photos to the network
+    assert (recipe.backbone, recipe.input_size, recipe.runtime, recipe.precision) == ("mobilenetv2", 32, "keras", "float32")
+    assert manifest.calibration.fitted_on == "validation split"
     assert not result.run_dir.with_name(result.run_dir.name + ".partial").exists()
     report = build_report(tmp_path / "models", tmp_path / "reports")
-    comparison = report.tables[1]
-    assert any(row[1] == "measured here (end-to-end)" and row[0] == "mobilenetv2/e2e-none-32px" for row in comparison.rows)
+    comparison = report.sections[0].tables[1]
+    assert any(row[1].text == "measured here (end-to-end)" and row[0].text == "mobilenetv2/e2e-none-32px"
+               for row in comparison.rows)
 
 
 def test_fine_tune_unfreezes_exactly_n_layers() -> None:
@@ -56,7 +62,7 @@ def test_fine_tune_unfreezes_exactly_n_layers() -> None:
 def test_fine_tune_phase_runs_after_the_head(data: Path, tmp_path: Path) -> None:
     result = e2e(data, epochs=1, fine_tune=3, fine_tune_epochs=1, balance="weights", loss="focal",
                  models_dir=tmp_path / "m", **TINY_E2E)
-    phases = [e["phase"] for e in result.metrics["epochs"]]
+    phases = [e["phase"] for e in result.metrics.epochs]
     assert phases == ["head", "fine-tune"] and result.run_dir.name == "e2e-weights-ft3-focal-32px"
 
 
@@ -70,11 +76,36 @@ def test_resume_after_an_interrupted_run(data: Path, tmp_path: Path) -> None:
     assert len(json.loads((partial / "state.json").read_text())["history"]) == 1
     first = json.loads((partial / "state.json").read_text())["history"][0]
     result = e2e(data, epochs=3, models_dir=tmp_path / "m", **TINY_E2E)
-    assert result.metrics["resumed_from_epoch"] == 1
-    assert [e["epoch"] for e in result.metrics["epochs"]] == [1, 2, 3] and result.metrics["epochs"][0] == first
+    assert result.metrics.resumed_from_epoch == 1
+    assert [e["epoch"] for e in result.metrics.epochs] == [1, 2, 3] and result.metrics.epochs[0] == first
     # other settings do not resume from that checkpoint
     other = e2e(data, epochs=2, models_dir=tmp_path / "m2", **TINY_E2E)
-    assert other.metrics["resumed_from_epoch"] == 0
+    assert other.metrics.resumed_from_epoch == 0
+
+
+def test_resume_in_the_middle_of_fine_tuning(data: Path, tmp_path: Path) -> None:
+    """Killed after the first fine-tuning epoch: the resumed run fine-tunes on from the saved model (its
+    unfrozen layers and optimizer state), as the uninterrupted run does (up to float noise in the loss)."""
+    settings = dict(epochs=1, fine_tune=3, fine_tune_epochs=2, **TINY_E2E)
+
+    def stop_in_fine_tuning(record: dict) -> None:
+        if record["phase"] == "fine-tune":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        e2e(data, models_dir=tmp_path / "m", on_epoch=stop_in_fine_tuning, **settings)
+    resumed = e2e(data, models_dir=tmp_path / "m", **settings)
+    straight = e2e(data, models_dir=tmp_path / "s", **settings)
+    assert resumed.metrics.resumed_from_epoch == 2
+    assert [e["phase"] for e in resumed.metrics.epochs] == ["head", "fine-tune", "fine-tune"]
+    strip = lambda m: [{k: v for k, v in e.items() if k != "seconds"} for e in m.epochs]  # noqa: E731
+    assert strip(resumed.metrics)[:2] == strip(straight.metrics)[:2]
+    assert resumed.metrics.epochs[2]["loss"] == pytest.approx(straight.metrics.epochs[2]["loss"], rel=1e-2)
+    from clothprobe.classifiers.modelio import load_e2e_model
+
+    for run in (resumed, straight):  # exactly the top 3 layers of the base hold trainable weights
+        base = conv_base(load_e2e_model(run.run_dir)[1])
+        assert [bool(layer.trainable_weights) for layer in base.layers[:-3]] == [False] * (len(base.layers) - 3)
 
 
 def test_errors_name_the_choices(data: Path, tmp_path: Path) -> None:
@@ -88,6 +119,6 @@ def test_same_seed_same_model(data: Path, tmp_path: Path) -> None:
     a = e2e(data, epochs=2, models_dir=tmp_path / "a", **TINY_E2E)
     b = e2e(data, epochs=2, models_dir=tmp_path / "b", **TINY_E2E)
     drop = ("seconds",)
-    strip = [{k: v for k, v in e.items() if k not in drop} for e in a.metrics["epochs"]]
-    assert strip == [{k: v for k, v in e.items() if k not in drop} for e in b.metrics["epochs"]]
+    strip = [{k: v for k, v in e.items() if k not in drop} for e in a.metrics.epochs]
+    assert strip == [{k: v for k, v in e.items() if k not in drop} for e in b.metrics.epochs]
     assert (a.run_dir / "predictions.csv").read_text() == (b.run_dir / "predictions.csv").read_text()

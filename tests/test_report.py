@@ -1,4 +1,5 @@
-"""cli report on real runs fitted on small synthetic caches: sections, order, determinism, the browser."""
+"""cli report on real runs: cached-feature runs on small synthetic caches and a real tiny end-to-end run,
+two datasets; sections, intervals, paired tests, order, determinism, escaping, and a real browser."""
 
 from __future__ import annotations
 
@@ -6,82 +7,177 @@ import json
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import synthetic
 from clothprobe.classifiers import fit
+from clothprobe.e2e import e2e
 from clothprobe.errors import ClothprobeError
 from clothprobe.report import REFERENCES, build_report, collect_runs
+from clothprobe.report import plots
 from synthetic import make_cache
+
+FIGURES = {"confusion", "per_class", "accuracy_vs_time", "reliability", "mistakes"}
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three cached-feature runs and one end-to-end run (an e2e metrics file, same format)."""
+    """Dataset 'clothes': three logistic-regression runs and a real end-to-end run (a random MobileNetV2 on
+    the same images); dataset 'shop': one run."""
     root = tmp_path_factory.mktemp("runs")
-    make_cache(root / "features", separation=0.6, images=root / "images")
+    make_cache(root / "features", separation=0.6, images=root / "clothes")
     for balance in ("none", "weights", "smote"):
         fit("clothes", clf="logreg", balance=balance, features_dir=root / "features", models_dir=root / "models")
-    e2e = root / "models" / "clothes" / "xception" / "e2e-weights"
-    shutil.copytree(root / "models" / "clothes" / "xception" / "logreg-none", e2e)
-    metrics = json.loads((e2e / "metrics.json").read_text())
-    metrics.update(run="e2e-weights", kind="end-to-end", classifier="dense-e2e", fit_seconds=1234.0)
-    (e2e / "metrics.json").write_text(json.dumps(metrics))
+    e2e(root / "clothes", backbone="mobilenetv2", weights=None, image_size=32, batch_size=8, epochs=1,
+        models_dir=root / "models")
+    make_cache(root / "features", dataset="shop", seed=5)
+    fit("shop", clf="logreg", balance="none", features_dir=root / "features", models_dir=root / "models")
     return root / "models"
 
 
-def test_report_has_every_section(models: Path, tmp_path: Path) -> None:
+def test_report_has_every_section_per_dataset(models: Path, tmp_path: Path) -> None:
     report = build_report(models, tmp_path)
+    assert [s.dataset for s in report.sections] == ["clothes", "shop"]
+    clothes, shop = report.sections
+    assert len(clothes.runs) == 4 and len(shop.runs) == 1 and not report.skipped
+    assert {r.dataset for r in clothes.runs} == {"clothes"}  # never mixed
     html = (tmp_path / "index.html").read_text()
     md = (tmp_path / "report.md").read_text()
     for text in (html, md):
-        assert "Leaderboard" in text and "Against end-to-end training" in text
+        assert text.count("Leaderboard") == 2 and text.count("Against end-to-end training") == 2
         for ref in REFERENCES:
             assert ref.name in text
-        assert text.count("reference notebook, reported (not measured here)") == len(REFERENCES)
         assert "chosen on validation" in text and "best test" in text
-        assert "measured here (end-to-end)" in text and "1234" in text
+        assert "measured here (end-to-end)" in text and "mobilenetv2/e2e-none-32px" in text
         assert "recall t-shirt" in text and "recall hat" in text  # the largest and the smallest class
-    names = {f.name for f in report.figures}
-    assert names == {"confusion", "per_class", "accuracy_vs_time", "mistakes"}
-    assert html.count('src="data:image/png;base64,') == 4
-    for name in names:
-        assert (tmp_path / "img" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert f"](img/{name}.png)" in md
+        assert "one photo = 4.00 pp" in text  # the choice rested on 25 validation photos
+        assert "after temperature scaling" in text
+    assert {f.name for f in clothes.figures} == FIGURES
+    assert html.count('src="data:image/png;base64,') == len(clothes.figures) + len(shop.figures)
+    for i, section in enumerate(report.sections, 1):
+        for f in section.figures:
+            name = f"{i}-{section.dataset}-{f.name}.png"
+            assert (tmp_path / "img" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"](img/{name})" in md
     assert 'class="best"' in html and 'class="ref"' in html
 
 
+def test_intervals_and_paired_tests(models: Path, tmp_path: Path) -> None:
+    board, comparison = build_report(models, tmp_path).sections[0].tables
+    col = board.header.index("test acc")
+    for row in board.rows:
+        low, high = (float(v) for v in row[col].sub.split("-"))
+        assert low <= float(row[col].text) <= high
+    vs = board.header.index("test vs chosen (paired)")
+    assert board.rows[0][vs].text == "-"
+    for row in board.rows[1:]:
+        assert re.fullmatch(r"[+-]\d+\.\d pp", row[vs].text) and re.fullmatch(r"p=\S+, (within noise|better|worse)", row[vs].sub)
+    e2e_row = next(r for r in comparison.rows if r[0].text == "mobilenetv2/e2e-none-32px")
+    assert re.fullmatch(r"p=\S+, (within noise|better|worse)", e2e_row[-1].sub)  # chosen vs end to end, same photos
+
+
 def test_leaderboard_is_ordered_by_validation_and_marks_the_best(models: Path, tmp_path: Path) -> None:
-    report = build_report(models, tmp_path)
-    board = report.tables[0]
-    vals = [float(r[board.header.index("val acc")]) for r in board.rows]
+    section = build_report(models, tmp_path).sections[0]
+    board = section.tables[0]
+    vals = [float(r[board.header.index("val acc")].text) for r in board.rows]
     assert vals == sorted(vals, reverse=True)
-    assert "chosen on validation" in board.rows[0][-1]
-    tests = [float(r[board.header.index("test acc")]) for r in board.rows]
-    best_rows = [r for r in board.rows if "best test" in r[-1]]
-    assert len(best_rows) == 1 and float(best_rows[0][board.header.index("test acc")]) == max(tests)
-    assert report.best.id == board.rows[0][1]
+    assert "chosen on validation" in board.rows[0][-1].text
+    tests = [float(r[board.header.index("test acc")].text) for r in board.rows]
+    best_rows = [r for r in board.rows if "best test" in r[-1].text]
+    assert len(best_rows) == 1 and float(best_rows[0][board.header.index("test acc")].text) == max(tests)
+    assert section.best.id == board.rows[0][1].text
 
 
 def test_report_is_deterministic(models: Path, tmp_path: Path) -> None:
     build_report(models, tmp_path / "a")
     build_report(models, tmp_path / "b")
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert len(files) == 6
+    assert len(files) == 2 + len(FIGURES) + 4  # shop: no end-to-end run, no mistakes on its easy blobs... at most
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
 
 
 def test_gallery_shows_the_wrong_images(models: Path) -> None:
-    from clothprobe.report import plots
-
-    best = collect_runs(models)[0]
+    best = collect_runs(models)[0]["clothes"][0]
     wrong = plots.mistakes(best)
     assert wrong, "the blobs overlap enough for some test mistakes"
     assert all(m.true != m.predicted for m in wrong)
     assert [m.confidence for m in wrong] == sorted((m.confidence for m in wrong), reverse=True)
     assert plots.data_root(best) is not None and (plots.data_root(best) / wrong[0].path).is_file()
+
+
+def test_unreadable_runs_are_skipped_with_a_warning(models: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "models"
+    shutil.copytree(models, copy)
+    run = copy / "clothes" / "xception"
+    (run / "logreg-none" / "metrics.json").write_text("{not json")
+    manifest = json.loads((run / "logreg-weights" / "manifest.json").read_text())
+    (run / "logreg-weights" / "manifest.json").write_text(json.dumps({**manifest, "classes": "a,b"}))
+    report = build_report(copy, tmp_path / "r")
+    assert sorted(Path(folder).name for folder, _ in report.skipped) == ["logreg-none", "logreg-weights"]
+    assert len(report.sections[0].runs) == 2
+    html = (tmp_path / "r" / "index.html").read_text()
+    assert "Skipped (unreadable)" in html and "logreg-none" in html
+
+
+def test_markdown_escapes_every_user_string(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hostile = ["a|b", "<img src=x onerror=alert(1)>", "[x](javascript:alert(1))"]
+    monkeypatch.setattr(synthetic, "CLASSES", hostile)
+    dataset = "shop_[y](javascript:z)"
+    make_cache(tmp_path / "f", dataset=dataset, splits={"train": (12, 10, 40), "validation": (5, 5, 14),
+                                                       "test": (5, 5, 14)})
+    fit(dataset, clf="logreg", balance="none", features_dir=tmp_path / "f", models_dir=tmp_path / "m")
+    md = build_report(tmp_path / "m", tmp_path / "r").md_path.read_text()
+    assert "<img" not in md and not re.search(r"(?<!\\)\]\(javascript:", md) and "a|b" not in md
+    assert "&lt;img src=x onerror=alert\\(1\\)&gt;" in md or "&lt;img src=x onerror=alert(1)&gt;" in md
+    lines = md.splitlines() + [""]
+    pipes = lambda line: len(re.findall(r"(?<!\\)\|", line))  # noqa: E731
+    width = None
+    for line, following in zip(lines, lines[1:]):  # every table row keeps its columns: no unescaped | in a cell
+        if following.startswith("|---"):
+            width = pipes(line)
+        elif line.startswith("| "):
+            assert pipes(line) == width, line
+
+
+def test_cost_plot_labels_never_overlap_and_name_the_backbone(models: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    runs = collect_runs(models)[0]["clothes"]
+    crowd = []  # 24 runs within half a point of each other, at nearly the same cost
+    for k in range(24):
+        r = runs[k % 3]
+        test = replace(r.metrics.test, accuracy=0.9 + 0.0002 * k)
+        backbone = ("vgg16", "xception", "vgg16+xception")[k % 3]
+        crowd.append(replace(r, metrics=replace(r.metrics, run=f"logreg-weights-tta-{k}", backbone=backbone,
+                                                test=test, fit_seconds=10 + 0.01 * k, featurize_seconds=100)))
+    fig = plots.accuracy_vs_time_figure(crowd, [("ref a", 0.9), ("ref b", 0.905)])
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()  # lays the labels out where the PNG has them
+    renderer = canvas.get_renderer()
+    texts = [t for t in fig.axes[0].texts]
+    assert len(texts) == 24 + 2
+    boxes = [Text.get_window_extent(t, renderer) for t in texts]  # the label itself, not its leader line
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            assert not boxes[i].overlaps(boxes[j]), (texts[i].get_text(), texts[j].get_text())
+    labels = {t.get_text() for t in texts}
+    assert {f"{r.metrics.backbone}/{r.metrics.run}" for r in crowd} <= labels
+
+
+def test_thumbnails_never_decode_a_decompression_bomb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image, ImageFile
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (12000, 12000)).save(bomb)  # 144 MP, a few kB on disk
+    assert bomb.stat().st_size < 100_000
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded a bomb"))
+    with pytest.raises(ValueError, match="above the limit"):
+        plots.thumbnail(bomb)
 
 
 def test_nothing_to_report(tmp_path: Path) -> None:
@@ -92,10 +188,14 @@ def test_nothing_to_report(tmp_path: Path) -> None:
 CHECK = """<script>
 window.addEventListener("load", () => {
   const imgs = [...document.images];
-  document.body.dataset.images = imgs.length;
-  document.body.dataset.decoded = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
-  document.body.dataset.tables = document.querySelectorAll("table").length;
-  document.body.dataset.rows = document.querySelectorAll("tr").length;
+  const b = document.body.dataset;
+  b.images = imgs.length;
+  b.decoded = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  b.tables = document.querySelectorAll("table").length;
+  b.rows = document.querySelectorAll("tr").length;
+  b.scrollwidth = document.documentElement.scrollWidth;
+  b.innerwidth = window.innerWidth;
+  b.widest = Math.max(...[...document.querySelectorAll("table")].map(t => Math.ceil(t.getBoundingClientRect().right)));
 });
 </script></body>"""
 
@@ -105,17 +205,21 @@ def _chromium() -> str | None:
 
 
 @pytest.mark.skipif(_chromium() is None, reason="no Chromium here (.ci/run installs Debian's chromium)")
-def test_html_renders_in_a_real_browser(models: Path, tmp_path: Path) -> None:
+def test_html_renders_and_fits_1400_px_in_a_real_browser(models: Path, tmp_path: Path) -> None:
     report = build_report(models, tmp_path / "reports")
-    probe = tmp_path / "probe.html"  # the report plus a script that counts what the browser decoded
+    probe = tmp_path / "probe.html"  # the report plus a script that measures what the browser laid out
     probe.write_text(report.html_path.read_text().replace("</body>", CHECK))
     res = subprocess.run(
-        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
-         "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120,
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1400,1000",
+         "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     body = re.search(r"<body([^>]*)>", res.stdout)
     assert body, res.stdout[:500]
-    attrs = dict(re.findall(r'data-(\w+)="(\d+)"', body.group(1)))
-    n_rows = sum(len(t.rows) + 1 for t in report.tables)
-    assert attrs == {"images": "4", "decoded": "4", "tables": str(len(report.tables)), "rows": str(n_rows)}
+    attrs = {k: int(v) for k, v in re.findall(r'data-(\w+)="(\d+)"', body.group(1))}
+    n_images = sum(len(s.figures) for s in report.sections)
+    n_rows = sum(len(t.rows) + 1 for s in report.sections for t in s.tables)
+    assert attrs["images"] == attrs["decoded"] == n_images
+    assert attrs["tables"] == sum(len(s.tables) for s in report.sections) and attrs["rows"] == n_rows
+    assert attrs["innerwidth"] == 1400
+    assert attrs["scrollwidth"] <= attrs["innerwidth"] and attrs["widest"] <= 1400, attrs  # nothing cut at 1400 px
