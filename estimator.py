@@ -75,6 +75,7 @@ class RunClassifier(ClassifierMixin, BaseEstimator):
         return proba
 
     def predict(self, X) -> np.ndarray:  # noqa: ANN001
+        check_is_fitted(self, "predictor_")
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
     def __sklearn_tags__(self):  # noqa: ANN204
