@@ -1,29 +1,29 @@
-"""Benchmark: `cli featurize` against the reference notebooks' pipeline, side by side in one run.
+"""Benchmark: `cli featurize` at each precision against the reference notebooks' pipeline, side by side in
+one run, and what the model store buys `cli predict`.
 
-For each backbone, on the same images and the same ImageNet base:
-  reference   ImageDataGenerator(preprocessing_function=preprocess_input).flow_from_directory(...)
-              + model.predict, float32 (the notebooks' own pipeline)
-  clothprobe  featurize() with its defaults (runtime and precision chosen for this machine)
-  clothprobe-keras   featurize() with --runtime keras --precision float32 (separates pipeline from runtime)
-  cached rerun       `cli featurize` again on the unchanged folder (whole command, Python start-up included)
-Each runs in its own process, so peak memory (ru_maxrss) is that pipeline's alone.
+For each backbone, on the same photos (a split of the real dataset) and the same ImageNet weights:
+  reference       ImageDataGenerator(preprocessing_function=preprocess_input).flow_from_directory(...)
+                  + model.predict, Keras float32 (the notebooks' own pipeline)
+  float32 / bfloat16 / int8    featurize() on OpenVINO at that precision (bfloat16 only where the CPU has
+                  bfloat16 units; int8 calibrated on 300 training photos); `auto` is marked
+Each pipeline runs in its own process; img/s is the embedding loop after the model is built (a stored
+model for clothprobe, a built one for the reference). Then, on full caches of the whole dataset at each
+precision: cosine to float32, and logistic regression (C chosen on validation, test touched once) with
+95% bootstrap intervals and an exact McNemar test of each precision against float32 on the same test photos.
+Then `cli predict` of one photo with a cold and a warm model store, against `python -c "import tensorflow"`,
+and a cached rerun of a folder holding undecodable files. Names the CPU; writes bench/results/featurize.md.
 
-Prints a table with images/s (steady state: after model build and one warm-up batch, for every pipeline),
-the ratio to the reference, wall seconds of the whole process after interpreter start-up (imports, model
-build, conversion included), peak memory and the cached rerun time; the cosine
-between the default embeddings and float32 Keras ones; and, when full caches exist, logistic-regression
-accuracy on them (C chosen on validation, test touched once). Writes the table to --report.
-
-    python bench/featurize.py --weights ~/.cache/offline-imagenet            # validation split (341 images)
-    python bench/featurize.py --weights DIR --split train --limit 640 --backbones xception
+    python bench/featurize.py --weights ~/.cache/offline-imagenet
+    python bench/featurize.py --backbones xception --limit 64 --no-full      # a quick look
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
-import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,18 +32,24 @@ from pathlib import Path
 
 import numpy as np
 
-STARTED = time.perf_counter()
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "clothing-dataset-small"
+PRECISIONS = ("float32", "bfloat16", "int8")
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def cpu_line() -> str:
+    info = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    field = {ln.split(":", 1)[0].strip(): ln.split(":", 1)[1].strip() for ln in info.splitlines() if ":" in ln}
+    flags = field.get("Flags", "").split()
+    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
+    return (f"{field.get('Model name', '?')} (CPU family {field.get('CPU family', '?')}), {os.cpu_count()} cores, "
+            f"flags: {' '.join(wanted)}")
 
 
-def child(args: list[str]) -> dict:
-    """Run this script in a fresh process for one measurement; it prints one JSON line last."""
-    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+def child(args: list[str], env: dict | None = None) -> dict:
+    """This script in a fresh process for one measurement; it prints one JSON line last."""
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         sys.exit(f"child {args} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -51,7 +57,6 @@ def child(args: list[str]) -> dict:
 
 def run_reference(backbone: str, data: str, weights: str, batch: int) -> dict:
     """The notebooks' pipeline: ImageDataGenerator + flow_from_directory + model.predict."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
     from keras.src.legacy.preprocessing.image import ImageDataGenerator  # Keras 3 keeps it as legacy
 
@@ -59,32 +64,28 @@ def run_reference(backbone: str, data: str, weights: str, batch: int) -> dict:
 
     bb = get_backbone(backbone)
     size = bb.input_size
-    make = getattr(keras.applications, bb.constructor)
-    base = make(weights=weights, include_top=False, input_shape=(size, size, 3))
+    base = getattr(keras.applications, bb.constructor)(weights=weights, include_top=False, input_shape=(size, size, 3))
     model = keras.Sequential([base, keras.layers.GlobalAveragePooling2D()])
-    model.predict(np.zeros((batch, size, size, 3), np.float32), verbose=0)  # warm-up, as featurize does
-    gen = ImageDataGenerator(preprocessing_function=bb.preprocess_fn()).flow_from_directory(
+    model.predict(np.zeros((batch, size, size, 3), np.float32), verbose=0)  # warm-up
+    preprocess = importlib.import_module(f"keras.applications.{bb.keras_dir}").preprocess_input
+    gen = ImageDataGenerator(preprocessing_function=preprocess).flow_from_directory(
         data, target_size=(size, size), batch_size=batch, shuffle=False, class_mode="categorical")
     start = time.perf_counter()
     emb = model.predict(gen, verbose=0)
-    seconds = time.perf_counter() - start
-    return {"images": len(emb), "seconds": seconds, "wall": time.perf_counter() - STARTED,
-            "peak_rss_mb": peak_rss_mb()}
+    return {"images": len(emb), "seconds": time.perf_counter() - start}
 
 
-def run_clothprobe(backbone: str, data: str, weights: str, batch: int, out: str, runtime: str, precision: str) -> dict:
+def run_clothprobe(backbone: str, data: str, weights: str, batch: int, out: str, precision: str) -> dict:
     from clothprobe.featurize import featurize
 
-    r = featurize(data, backbone=backbone, weights=weights, batch_size=batch, out=out, runtime=runtime,
-                  precision=precision)
-    return {"images": r.computed, "seconds": r.model_seconds, "wall": time.perf_counter() - STARTED, "runtime": r.runtime,
-            "precision": r.precision, "peak_rss_mb": peak_rss_mb()}
+    r = featurize(data, backbone=backbone, weights=weights, batch_size=batch, out=out, runtime="openvino",
+                  precision=precision, features_dir=str(Path(out).parent / "catalog"))
+    return {"images": r.computed, "seconds": r.model_seconds, "precision": r.precision}
 
 
 def subset(data: Path, split: str, limit: int | None, dest: Path) -> int:
     """A single-split copy (symlinks) of one split, the first ``limit`` images in sorted order."""
-    files = sorted((data / split).glob("*/*"))
-    files = [f for f in files if not f.name.startswith(".")][:limit]
+    files = [f for f in sorted((data / split).glob("*/*")) if not f.name.startswith(".")][:limit]
     for f in files:
         link = dest / "train" / f.parent.name / f.name
         link.parent.mkdir(parents=True, exist_ok=True)
@@ -92,101 +93,182 @@ def subset(data: Path, split: str, limit: int | None, dest: Path) -> int:
     return len(files)
 
 
+def speed_rows(a: argparse.Namespace, tmp: Path, backbone: str, precisions: list[str], auto: str, home: Path) -> list:
+    weights = str(a.weights / f"{backbone}_notop.weights.h5")
+    env = {"CLOTHPROBE_HOME": str(home)}
+    ref = child(["--_reference", backbone, str(tmp / "data" / "train"), weights, "--batch-size", str(a.batch_size)], env)
+    ref_rate = ref["images"] / ref["seconds"]
+    rows = [(backbone, "reference (IDG + predict, Keras float32)", ref["images"], f"{ref_rate:.1f}", "1.00x")]
+    for p in precisions:
+        # a first run fills the store (export, quantization); the measured run loads the stored model
+        child(["--_clothprobe", backbone, str(tmp / "data"), weights, str(tmp / f"warm-{backbone}-{p}.h5"), p,
+               "--batch-size", str(a.batch_size)], env)
+        r = child(["--_clothprobe", backbone, str(tmp / "data"), weights, str(tmp / f"{backbone}-{p}.h5"), p,
+                   "--batch-size", str(a.batch_size)], env)
+        rate = r["images"] / r["seconds"]
+        label = f"clothprobe OpenVINO {r['precision']}" + (" (default here)" if p == auto else "")
+        rows.append((backbone, label, r["images"], f"{rate:.1f}", f"{rate / ref_rate:.2f}x"))
+    return rows
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
-def logreg_accuracy(cache_path: Path) -> tuple[float, float, float] | None:
-    """Standardised logistic regression; C chosen on validation; returns (C, val acc, test acc)."""
+def logreg(cache_path: Path) -> dict:
+    """Standardised logistic regression, C chosen on validation; test predicted once."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from clothprobe.classifiers.stats import bootstrap_intervals
     from clothprobe.featurize import load_features
 
-    if not cache_path.is_file():
-        return None
     c = load_features(cache_path)
-    if not {"train", "validation", "test"} <= set(c.splits):
-        return None
     tr, va, te = c.split("train"), c.split("validation"), c.split("test")
     best = None
-    for C in (0.01, 0.03, 0.1, 0.3, 1.0):
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
-        model.fit(tr.embeddings, tr.labels)
+    for C in (0.003, 0.01, 0.03, 0.1, 0.3):
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000)).fit(tr.embeddings, tr.labels)
         val = model.score(va.embeddings, va.labels)
         if best is None or val > best[1]:
             best = (C, val, model)
     C, val, model = best
-    return C, val, model.score(te.embeddings, te.labels)
+    pred = model.predict(te.embeddings)
+    n = len(c.class_names)
+    return {"C": C, "val": val, "test": float((pred == te.labels).mean()), "paths": list(te.paths),
+            "correct": (pred == te.labels).tolist(),
+            "test_ci": bootstrap_intervals(te.labels, pred, n)["accuracy"],
+            "val_ci": bootstrap_intervals(va.labels, model.predict(va.embeddings), n)["accuracy"]}
+
+
+def accuracy_rows(a: argparse.Namespace, backbone: str, precisions: list[str], home: Path) -> list:
+    """Full caches of the whole dataset at each precision (kept under --features for reruns)."""
+    from clothprobe.classifiers.stats import mcnemar
+    from clothprobe.featurize import load_features
+
+    weights = str(a.weights / f"{backbone}_notop.weights.h5")
+    results, rows = {}, []
+    for p in precisions:
+        out = a.features / f"{backbone}-{p}.h5"
+        child(["--_clothprobe", backbone, str(a.data), weights, str(out), p, "--batch-size", str(a.batch_size)],
+              {"CLOTHPROBE_HOME": str(home)})
+        results[p] = logreg(out)
+    ref = load_features(a.features / f"{backbone}-float32.h5")
+    for p in precisions:
+        r = results[p]
+        cos = cosine(load_features(a.features / f"{backbone}-{p}.h5").split("test").embeddings, ref.split("test").embeddings)
+        test = mcnemar(np.array(r["correct"]), np.array(results["float32"]["correct"]))
+        vs = "-" if p == "float32" else f"{100 * (r['test'] - results['float32']['test']):+.1f} pp (McNemar p={test.p_value:.2f})"
+        rows.append((backbone, p, f"{cos.min():.4f} / {cos.mean():.4f}", r["C"],
+                     f"{100 * r['val']:.1f} [{100 * r['val_ci'][0]:.1f}, {100 * r['val_ci'][1]:.1f}]",
+                     f"{100 * r['test']:.1f} [{100 * r['test_ci'][0]:.1f}, {100 * r['test_ci'][1]:.1f}]", vs))
+    return rows
+
+
+def timed(cmd: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    return time.perf_counter() - start, proc
+
+
+def predict_rows(a: argparse.Namespace, tmp: Path, backbone: str, precision: str) -> list:
+    """`cli predict` of one photo, cold and warm store, against importing TensorFlow."""
+    from clothprobe.classifiers import fit
+
+    cache = a.features / f"{backbone}-{precision}.h5"
+    features = tmp / "fit-features"
+    (features / "clothing-dataset-small").mkdir(parents=True, exist_ok=True)
+    shutil.copy(cache, features / "clothing-dataset-small" / f"{backbone}.h5")
+    (run,) = fit("clothing-dataset-small", backbone=backbone, clf="logreg", balance="weights",
+                 features_dir=features, models_dir=tmp / "models")
+    photo = next(iter(sorted((a.data / "test" / "shirt").glob("*.jpg"))))
+    home = tmp / "predict-home"
+    env = {"CLOTHPROBE_HOME": str(home), "CLOTHPROBE_WEIGHTS_DIR": str(a.weights)}
+    cmd = [sys.executable, "-m", "clothprobe.cli", "predict", str(photo), "--model", str(run.run_dir)]
+    cold, proc = timed(cmd, env)
+    assert proc.returncode == 0, proc.stderr
+    warm = min(timed(cmd, env)[0] for _ in range(3))
+    tf_import = min(timed([sys.executable, "-c", "import tensorflow"])[0] for _ in range(3))
+    return [(f"cli predict, 1 photo, cold store ({backbone} {precision}: export + compile)", f"{cold:.2f}"),
+            ("cli predict, 1 photo, warm store (best of 3)", f"{warm:.2f}"),
+            ('python -c "import tensorflow" (best of 3)', f"{tf_import:.2f}")]
+
+
+def rerun_row(a: argparse.Namespace, tmp: Path, backbone: str, home: Path) -> list:
+    """A cached rerun of a folder holding undecodable files: no model may load."""
+    data = tmp / "with-bad-files"
+    subset(a.data, "validation", 64, data)
+    (data / "train" / "hat" / "empty.jpg").write_bytes(b"")
+    good = next(iter(sorted((a.data / "validation" / "hat").glob("*.jpg"))))
+    (data / "train" / "hat" / "truncated.jpg").write_bytes(good.read_bytes()[:2000])
+    (data / "train" / "hat" / "notes.txt").write_text("not a photo")
+    cmd = [sys.executable, "-m", "clothprobe.cli", "featurize", "--data", str(data), "--backbone", backbone,
+           "--weights", str(a.weights), "--out", str(tmp / "bad.h5"), "--features-dir", str(tmp / "catalog")]
+    env = {"CLOTHPROBE_HOME": str(home)}
+    first = timed(cmd, env)[1]
+    assert first.returncode == 0, first.stderr
+    seconds, proc = timed(cmd, env)
+    assert "computed 0" in proc.stdout and "skipped 3" in proc.stdout, proc.stdout + proc.stderr
+    return [("cached rerun of 64 photos + 3 undecodable files, whole command", f"{seconds:.2f}")]
+
+
+def table(header: tuple, rows: list) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+           ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--weights", type=Path, default=Path(os.environ.get("CLOTHPROBE_WEIGHTS_DIR", "~/.cache/offline-imagenet")).expanduser(),
-                   help="directory with <backbone>_notop.weights.h5 (see offline_weights.py)")
-    p.add_argument("--backbones", default="vgg16,xception")
-    p.add_argument("--split", default="validation", help="split whose images are featurized")
-    p.add_argument("--limit", type=int, default=None, help="at most this many images")
+    p.add_argument("--weights", type=Path, default=Path(os.environ.get("CLOTHPROBE_WEIGHTS_DIR", "~/.cache/offline-imagenet")).expanduser())
+    p.add_argument("--backbones", default="xception,vgg16")
+    p.add_argument("--split", default="validation", help="split whose photos are timed")
+    p.add_argument("--limit", type=int, default=None, help="at most this many photos timed")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--features", type=Path, default=ROOT / "features" / "clothing-dataset-small",
-                   help="full caches to score with logistic regression, if present")
+    p.add_argument("--no-full", action="store_true", help="skip full caches (accuracy) and predict timings")
+    p.add_argument("--features", type=Path, default=ROOT / "features" / "bench", help="full caches, kept for reruns")
     p.add_argument("--report", type=Path, default=ROOT / "bench" / "results" / "featurize.md")
     p.add_argument("--_reference", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--_clothprobe", nargs=5, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a._reference:
-        bb, data, weights = a._reference
-        print(json.dumps(run_reference(bb, data, weights, a.batch_size)))
+        print(json.dumps(run_reference(*a._reference, a.batch_size)))
         return
     if a._clothprobe:
-        bb, data, weights, out, runtime = a._clothprobe
-        precision = "float32" if runtime == "keras" else "auto"
-        print(json.dumps(run_clothprobe(bb, data, weights, a.batch_size, out, runtime, precision)))
+        backbone, data, weights, out, precision = a._clothprobe
+        print(json.dumps(run_clothprobe(backbone, data, weights, a.batch_size, out, precision)))
         return
 
-    from clothprobe.featurize import load_features
+    from clothprobe.featurize.recipe import cpu_has_bf16, resolve_precision
 
-    rows, notes = [], []
+    precisions = [q for q in PRECISIONS if q != "bfloat16" or cpu_has_bf16()]
+    auto = resolve_precision("auto", "openvino")
+    a.features.mkdir(parents=True, exist_ok=True)
+    speed, accuracy, other = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        home = tmp / "home"  # a store of this run: compiled models and the int8 quantization are made here
         n = subset(a.data, a.split, a.limit, tmp / "data")
-        print(f"{n} images from {a.data / a.split}, batch {a.batch_size}, {os.cpu_count()} CPU cores", flush=True)
+        print(f"{n} photos from {a.data / a.split}, batch {a.batch_size}; {cpu_line()}", flush=True)
         for bb in a.backbones.split(","):
-            weights = str(a.weights / f"{bb}_notop.weights.h5")
-            ref = child(["--_reference", bb, str(tmp / "data" / "train"), weights, "--batch-size", str(a.batch_size)])
-            ours = child(["--_clothprobe", bb, str(tmp / "data"), weights, str(tmp / f"{bb}.h5"), "auto",
-                          "--batch-size", str(a.batch_size)])
-            keras_fp32 = child(["--_clothprobe", bb, str(tmp / "data"), weights, str(tmp / f"{bb}-keras.h5"), "keras",
-                                "--batch-size", str(a.batch_size)])
-            start = time.perf_counter()
-            rerun = subprocess.run([sys.executable, "-m", "clothprobe.cli", "featurize", "--data", str(tmp / "data"),
-                                    "--backbone", bb, "--weights", weights, "--out", str(tmp / f"{bb}.h5")],
-                                   capture_output=True, text=True)
-            rerun_s = time.perf_counter() - start
-            assert rerun.returncode == 0 and "computed 0" in rerun.stdout, rerun.stdout + rerun.stderr
-            ref_rate = ref["images"] / ref["seconds"]
-            for name, r in (("reference (IDG + predict, keras fp32)", ref),
-                            (f"clothprobe ({ours['runtime']}, {ours['precision']})", ours),
-                            ("clothprobe (keras, float32)", keras_fp32)):
-                rate = r["images"] / r["seconds"]
-                rows.append((bb, name, r["images"], f"{rate:.2f}", f"{rate / ref_rate:.2f}x", f"{r['wall']:.1f}",
-                             f"{r['peak_rss_mb']:.0f}"))
-            rows.append((bb, "clothprobe cached rerun (whole command)", n, "", "", f"{rerun_s:.2f}", ""))
-            cos = cosine(load_features(tmp / f"{bb}.h5").split("train").embeddings,
-                         load_features(tmp / f"{bb}-keras.h5").split("train").embeddings)
-            notes.append(f"{bb}: cosine(default, keras float32) min {cos.min():.6f}, mean {cos.mean():.6f}")
-            acc = logreg_accuracy(a.features / f"{bb}.h5")
-            if acc:
-                notes.append(f"{bb}: logistic regression on full cache {a.features / f'{bb}.h5'}: C={acc[0]} "
-                             f"(chosen on validation), validation {acc[1]:.4f}, test {acc[2]:.4f}")
-            print(f"{bb} done", flush=True)
-
-    header = ("backbone", "pipeline", "images", "img/s", "vs reference", "wall s", "peak MB")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    text = "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
+            speed += speed_rows(a, tmp, bb, precisions, auto, home)
+            print(f"{bb}: speed done", flush=True)
+            if not a.no_full:
+                accuracy += accuracy_rows(a, bb, precisions, home)
+                print(f"{bb}: accuracy done", flush=True)
+        first = a.backbones.split(",")[0]
+        if not a.no_full:
+            other += predict_rows(a, tmp, first, auto)
+        other += rerun_row(a, tmp, first, home)
+    lines = [f"CPU: {cpu_line()}. Photos timed: {n} ({a.split}), batch {a.batch_size}.", ""]
+    lines += table(("backbone", "pipeline", "photos", "img/s", "vs reference"), speed) + [""]
+    if accuracy:
+        lines += ["Full caches of all 3,781 photos; logistic regression with C chosen on validation (95% bootstrap "
+                  "intervals; test touched once):", ""]
+        lines += table(("backbone", "precision", "test cosine to float32 (min / mean)", "C", "val acc %",
+                        "test acc %", "test vs float32"), accuracy) + [""]
+    lines += table(("what", "wall seconds"), other)
+    text = "\n".join(lines) + "\n"
     print(text)
     a.report.parent.mkdir(parents=True, exist_ok=True)
     a.report.write_text(f"`python bench/featurize.py {' '.join(sys.argv[1:])}`\n\n{text}")
