@@ -1,0 +1,394 @@
+"""Featurize (and batch-predict) on a Ray cluster: ``RayEngine``, an ``Engine`` built on Ray Data.
+
+The driver plans and merges exactly as with the local engine (``plan.py``, ``merge.py``); the cluster
+does the middle part:
+
+- **hashing** (``hash_files``): Ray tasks hash the files where they live once a dataset has
+  ``hash_threshold`` files or more (fewer are hashed by threads on the driver, faster than starting tasks);
+- **decoding**: Ray Data tasks run featurize's own decoder (``images.decode``) with the same skip-and-report
+  rules, under the driver's Pillow limit, each reserving ``DECODE_CPUS``;
+- **embedding**: an actor pool (``map_batches`` over ``_EmbedActor``), one loaded model per actor, opened
+  by ``embed.open_embedder`` from the compiled-model store of its node (made there the first time), with
+  ``threads`` inference threads and as many reserved CPUs, so actors sharing a node do not oversubscribe it.
+
+The driver reads the results as a stream (``iter_batches``), so it never holds more than a few batches; the
+``Merger`` keeps each on disk as it arrives. An actor whose process dies (killed, out of memory, node lost)
+is restarted by Ray and its batch given to it again (Ray Data's actor fault tolerance: ``max_restarts`` and
+``max_task_retries`` unlimited); a decoding task whose process dies is retried by Ray (3 times). A batch
+that still fails, or whose code raises, is dropped by Ray Data and its shard reported as ``ShardFailed``:
+what finished is kept, and its files are tried again next run.
+
+Every path (images, calibration photos, weights, ``store_home``) must be readable at the same path on every
+node: a shared file system (NFS, EFS, Lustre, or object storage mounted with a FUSE driver). Ray is an
+optional dependency: ``pip install "clothprobe[ray]"``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import socket
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clothprobe.errors import ClothprobeError, ClothprobeWarning
+from clothprobe.featurize.images import BadImage, decode
+from clothprobe.featurize.plan import EmbedTask, FileHash, Shard, ShardBatch, ShardFailed
+from clothprobe.featurize.recipe import Recipe
+from clothprobe.featurize.worker import Engine, LocalEngine
+
+INSTALL = 'pip install "clothprobe[ray]"'
+HASH_ON_CLUSTER = 20_000  # files: from this many on, Ray tasks hash them (the driver alone is too slow)
+HASH_BLOCK = 1024  # files per hashing task
+DECODE_CPUS = 0.5  # CPUs a decoding task reserves
+LOST = ("its batch failed on the Ray cluster (the error is in the log above, and in the Ray logs); it is tried "
+        "again next run")
+RESUME = "Batches finished so far are kept; the next run resumes from them."
+
+
+def import_ray() -> Any:
+    """The ``ray`` module with Ray Data, or a ClothprobeError that says how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401 - Ray Data is the part clothprobe uses
+    except ImportError:
+        raise ClothprobeError(f"The Ray engine needs Ray Data, which is not installed: {INSTALL}") from None
+    return ray
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """How many model actors, and inference threads (= reserved CPUs) each."""
+
+    workers: int
+    threads: int
+
+
+def _check_count(name: str, value: int | None) -> None:
+    if value is not None and (not isinstance(value, int) or value < 1):
+        raise ClothprobeError(f"{name} must be a whole number of at least 1, got {value!r}.")
+
+
+def size_pool(nodes: Sequence[float], workers: int | None, threads: int | None) -> Sizing:
+    """Actors and threads for a cluster whose nodes have ``nodes`` CPUs each: by default one actor per
+    node; threads fill each node but one CPU, left for decoding. Refuses a pool that leaves no CPU to
+    decode on (the pipeline would stall)."""
+    if not nodes:
+        raise ClothprobeError("The Ray cluster has no node with CPUs; start one with `ray start`.")
+    workers = workers or len(nodes)
+    per_node = math.ceil(workers / len(nodes))
+    threads = threads or max(1, int(min(nodes) - 1) // per_node)
+    total = sum(nodes)
+    if workers * threads + DECODE_CPUS > total:
+        raise ClothprobeError(
+            f"{workers} worker(s) with {threads} thread(s) each reserve {workers * threads} CPUs, and decoding "
+            f"needs at least {DECODE_CPUS} more; the Ray cluster has {total:g}. Ask for fewer workers or threads, "
+            f"or add nodes.")
+    return Sizing(workers, threads)
+
+
+@contextmanager
+def _pillow_limit(limit: int | None) -> Iterator[None]:
+    """Decode under the driver's Pillow bomb limit (the same rules as a local run), restored after."""
+    from PIL import Image
+
+    before = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = limit
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
+
+
+def _image_column(size: int) -> str:
+    return f"image_{size}"
+
+
+def view_column(task: int, view: str) -> str:
+    """The column holding task ``task``'s embeddings of ``view`` in the pipeline's output."""
+    return f"v{task}_{view}"
+
+
+def decode_rows(batch: dict[str, np.ndarray], sizes: tuple[int, ...], max_pixels: int,
+                pillow_limit: int | None) -> dict[str, np.ndarray]:
+    """A Ray Data task: each row's file decoded at each size; ``error`` says why a file cannot be used."""
+    n = len(batch["path"])
+    images = {size: np.zeros((n, size, size, 3), np.uint8) for size in sizes}
+    errors = [""] * n
+    with _pillow_limit(pillow_limit):
+        for i, path in enumerate(batch["path"]):
+            try:
+                for size in sizes:
+                    images[size][i] = decode(path, size, max_pixels)
+            except BadImage as err:
+                errors[i] = str(err)
+    return {"block": batch["block"], "key": batch["key"], "error": np.array(errors, dtype=object),
+            **{_image_column(size): images[size] for size in sizes}}
+
+
+class _EmbedActor:
+    """One actor of the pool: a loaded model per task (a run's backbones), reused for every batch."""
+
+    def __init__(self, tasks: tuple[EmbedTask, ...], threads: int, store_home: str | None,
+                 weights: str | None) -> None:
+        from clothprobe.featurize.embed import open_embedder
+        from clothprobe.featurize.store import ModelStore
+
+        store = ModelStore(store_home) if store_home else None
+        self.embedders = [open_embedder(t.recipe, batch_size=t.batch_size, flip=t.flip, weights=weights,
+                                        calibration_files=[Path(p) for p in t.calibration_files], store=store,
+                                        threads=threads) for t in tasks]
+        self.fingerprint = "+".join(e.recipe.fingerprint for e in self.embedders)
+        self.label = " + ".join(e.recipe.label for e in self.embedders)
+        self.where = f"{socket.gethostname()} (pid {os.getpid()})"
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["key"])
+        good = np.array([not e for e in batch["error"]], bool)
+        out = {"block": batch["block"], "key": batch["key"], "error": batch["error"],
+               "worker": np.full(n, self.where, dtype=object), "fingerprint": np.full(n, self.fingerprint, dtype=object),
+               "label": np.full(n, self.label, dtype=object)}
+        for k, embedder in enumerate(self.embedders):
+            out.update(self._views(k, embedder, batch[_image_column(embedder.recipe.input_size)][good], good))
+        return out
+
+    @staticmethod
+    def _views(k: int, embedder: Any, images: np.ndarray, good: np.ndarray) -> dict[str, np.ndarray]:
+        """Each view's embeddings, one row per input row (zeros where the file did not decode)."""
+        parts: dict[str, list[np.ndarray]] = {v: [] for v in embedder.view_names}
+        for start in range(0, len(images), embedder.batch_size):
+            for view, values in embedder.embed_array(images[start : start + embedder.batch_size]).items():
+                parts[view].append(values)
+        out = {}
+        for view, chunks in parts.items():
+            values = np.concatenate(chunks) if chunks else np.zeros((0, 1), np.float32)
+            full = np.zeros((len(good), values.shape[1]), np.float32)
+            full[good] = values
+            out[view_column(k, view)] = full
+        return out
+
+
+def _opened_recipe(task: EmbedTask, threads: int, store_home: str | None) -> tuple[Recipe, str]:
+    """A Ray task: the recipe a worker really runs for ``task`` (its self-check may fall back), and where."""
+    actor = _EmbedActor((task,), threads, store_home, None)
+    return actor.embedders[0].recipe, actor.where
+
+
+def hash_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A Ray task: the content hash of each row's file, with the local engine's hashing."""
+    found = sorted(LocalEngine().hash_files([Path(p) for p in batch["path"]]))  # by position in the batch
+    return {"index": batch["index"], "sha256": np.array([f.sha256 for f in found], dtype=object),
+            "error": np.array([f.error for f in found], dtype=object)}
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_OURS = "clothprobe.errors.ClothprobeError: "
+
+
+def cluster_error(err: Exception, then: str) -> ClothprobeError:
+    """A Ray failure as one clothprobe error: a worker's own ClothprobeError keeps its message."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, ClothprobeError):
+        return ClothprobeError(f"On a Ray worker: {cause}")
+    text = _ANSI.sub("", str(err))
+    if _OURS in text:
+        return ClothprobeError(f"On a Ray worker: {text.split(_OURS, 1)[1].strip()}")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return ClothprobeError(f"The Ray cluster failed ({type(err).__name__}: {first}). {then}".rstrip())
+
+
+@dataclass(frozen=True)
+class Block:
+    """Files that travel together (a shard): their keys (content hashes, or positions) and paths."""
+
+    index: int
+    keys: tuple[str, ...]
+    paths: tuple[str, ...]
+
+
+class RayEngine(Engine):
+    """Featurize's middle part on Ray (see the module docstring). Use it as a context manager:
+
+    ``with RayEngine(workers=4) as engine: featurize(data, engine=engine)``
+
+    ``address``: join that cluster (``HOST:PORT``, ``auto``, ``ray://...``); without it a local Ray runtime
+    is started, sized for the workers. When this process is already connected to Ray, that connection is
+    used and left open. ``close()`` disconnects (and stops the local runtime) only if this engine started it.
+    ``workers``: model actors (default: 1 locally, one per node on a cluster); ``threads``: inference threads
+    (and reserved CPUs) per actor (default: each node's CPUs but one, shared by its actors).
+    ``store_home``: the compiled-model store the actors use (default: each node's own, ``CLOTHPROBE_HOME``
+    or ``~/.cache/clothprobe`` there); a shared folder lets one node's compiled model serve all.
+    ``init_options``: more arguments for ``ray.init`` when this engine calls it (``runtime_env``,
+    ``logging_level``...).
+    """
+
+    def __init__(self, address: str | None = None, *, workers: int | None = None, threads: int | None = None,
+                 hash_threshold: int = HASH_ON_CLUSTER, store_home: str | Path | None = None,
+                 init_options: dict[str, Any] | None = None) -> None:
+        _check_count("--workers", workers)
+        _check_count("threads", threads)
+        self._ray = import_ray()
+        self.address, self.workers, self.threads = address, workers, threads
+        self.hash_threshold = hash_threshold
+        self.init_options = dict(init_options or {})
+        self.store_home = str(Path(store_home).expanduser().absolute()) if store_home else None
+        self._started = False
+        self._sizing: Sizing | None = None
+        self._task: EmbedTask | None = None
+
+    def __enter__(self) -> RayEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Disconnect from Ray if this engine connected (a local runtime it started stops with it)."""
+        if self._started and self._ray.is_initialized():
+            self._ray.shutdown()
+        self._started, self._sizing = False, None
+
+    def connect(self) -> Sizing:
+        """Connect to the cluster (or start the local runtime) if not yet done; the pool's size."""
+        if self._sizing is None:
+            ray = self._ray
+            if not ray.is_initialized():
+                if self.address:
+                    ray.init(address=self.address, **self.init_options)
+                else:
+                    workers = self.workers or 1
+                    threads = self.threads or max(1, (os.cpu_count() or 1) // workers)
+                    ray.init(address="local", num_cpus=workers * threads + 1, include_dashboard=False,
+                             **self.init_options)
+                self._started = True
+            nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+            self._sizing = size_pool([c for c in nodes if c > 0], self.workers, self.threads)
+        return self._sizing
+
+    def _dataset(self, tables: list[Any]) -> Any:
+        """A Ray dataset of ``tables`` (one block each) whose settings are its own, never the process's."""
+        ds = self._ray.data.from_arrow(tables)
+        ds.context.enable_progress_bars = False  # the driver's bar counts merged images across the cluster
+        return ds
+
+    # --- hashing ------------------------------------------------------------------------------------
+
+    def hash_files(self, paths: Sequence[Path]) -> Iterator[FileHash]:
+        """Threads on the driver below ``hash_threshold`` files; Ray tasks where the files live above."""
+        if len(paths) < self.hash_threshold:
+            yield from super().hash_files(paths)
+            return
+        import pyarrow as pa
+
+        self.connect()
+        tables = [pa.table({"index": np.arange(start, min(start + HASH_BLOCK, len(paths))),
+                            "path": [os.path.abspath(p) for p in paths[start : start + HASH_BLOCK]]})
+                  for start in range(0, len(paths), HASH_BLOCK)]
+        hashed = self._dataset(tables).map_batches(hash_rows, batch_size=None, num_cpus=DECODE_CPUS)
+        try:
+            for batch in hashed.iter_batches(batch_size=None, batch_format="numpy"):
+                for i, sha, error in zip(batch["index"], batch["sha256"], batch["error"]):
+                    yield FileHash(int(i), str(sha), str(error))
+        except self._ray.exceptions.RayError as err:
+            raise cluster_error(err, "") from None
+
+    # --- embedding ----------------------------------------------------------------------------------
+
+    def open(self, task: EmbedTask) -> Recipe:
+        """Ready the pool for ``task``. A float32 recipe cannot fall back; for another precision one worker
+        opens the model first (running the runtime's self-check on its node, and making the model in the
+        store there) and the recipe it really runs is returned, so the driver plans for it."""
+        task = replace(task, calibration_files=tuple(os.path.abspath(p) for p in task.calibration_files))
+        threads = self.connect().threads
+        if task.recipe.precision != "float32":
+            probe = self._ray.remote(_opened_recipe).options(num_cpus=threads)
+            try:
+                ran, where = self._ray.get(probe.remote(task, threads, self.store_home))
+            except self._ray.exceptions.RayError as err:
+                raise cluster_error(err, "") from None
+            if ran != task.recipe:
+                warnings.warn(ClothprobeWarning(
+                    f"{task.recipe.label} failed the runtime self-check on the Ray worker {where}: every worker "
+                    f"runs {ran.label} instead."), stacklevel=2)
+            task = replace(task, recipe=ran)
+        self._task = task
+        return task.recipe
+
+    def embed(self, shards: Iterable[Shard]) -> Iterator[ShardBatch | ShardFailed]:
+        if self._task is None:
+            raise RuntimeError("RayEngine.embed called before open")
+        task = self._task
+        shards = [s for s in shards if s.items]
+        blocks = [Block(s.index, tuple(i.sha256 for i in s.items), tuple(i.path for i in s.items)) for s in shards]
+        seen: Counter[int] = Counter()
+        for batch in self.stream(blocks, (task,), then=RESUME):
+            for shard in np.unique(batch["block"]):
+                rows = batch["block"] == shard
+                seen[int(shard)] += int(rows.sum())
+                yield _shard_batch(int(shard), batch, rows, task.views)
+        for s in shards:  # after the stream: a shard's batches may come from several workers, in any order
+            if seen[s.index] < len(s.items):
+                yield ShardFailed(s.index, LOST)
+
+    def stream(self, blocks: Sequence[Block], tasks: tuple[EmbedTask, ...], *, weights: str | None = None,
+               then: str = "") -> Iterator[dict[str, np.ndarray]]:
+        """Decode and embed ``blocks`` on the cluster; output batches as they finish (numpy columns
+        ``block``, ``key``, ``error``, ``worker``, ``fingerprint``, ``label`` and one
+        ``view_column(k, view)`` per task and view). Every batch was made by ``tasks``' recipes: a worker
+        whose runtime fell back to another one stops the run with an error naming it."""
+        if not blocks:
+            return
+        import pyarrow as pa
+        from PIL import Image
+
+        sizing = self.connect()
+        tables = [pa.table({"block": np.full(len(b.keys), b.index), "key": list(b.keys), "path": list(b.paths)})
+                  for b in blocks]
+        ds = self._dataset(tables)
+        ds.context.max_errored_blocks = -1  # a batch whose retries are spent is dropped (reported), not fatal
+        sizes = tuple(sorted({t.recipe.input_size for t in tasks}))
+        decoded = ds.map_batches(decode_rows, batch_size=tasks[0].batch_size, num_cpus=DECODE_CPUS,
+                                 fn_kwargs={"sizes": sizes, "max_pixels": tasks[0].max_pixels,
+                                            "pillow_limit": Image.MAX_IMAGE_PIXELS})
+        embedded = decoded.map_batches(
+            _EmbedActor, batch_size=max(t.batch_size for t in tasks), num_cpus=sizing.threads,
+            compute=self._ray.data.ActorPoolStrategy(size=sizing.workers),
+            fn_constructor_kwargs={"tasks": tasks, "threads": sizing.threads, "store_home": self.store_home,
+                                   "weights": weights})
+        expected = "+".join(t.recipe.fingerprint for t in tasks)
+        try:
+            for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
+                _check_recipe(batch, expected, " + ".join(t.recipe.label for t in tasks), then)
+                yield batch
+        except self._ray.exceptions.RayError as err:
+            raise cluster_error(err, then) from None
+
+
+def _check_recipe(batch: dict[str, np.ndarray], expected: str, planned: str, then: str) -> None:
+    other = batch["fingerprint"] != expected
+    if other.any():
+        k = int(np.argmax(other))
+        raise ClothprobeError(
+            f"The Ray worker on {batch['worker'][k]} runs {batch['label'][k]}, not the planned {planned}: its "
+            f"runtime failed the self-check on that machine and fell back (the nodes' CPUs differ; `cli cache "
+            f"list` there shows the check). Every worker must run the same recipe: use --precision float32, or "
+            f"nodes of one CPU type. {then}".rstrip())
+
+
+def _shard_batch(shard: int, batch: dict[str, np.ndarray], rows: np.ndarray, views: tuple[str, ...]) -> ShardBatch:
+    """The rows of ``batch`` from ``shard``, as the Merger takes them."""
+    bad = rows & (batch["error"] != "")
+    ok = rows & ~bad
+    return ShardBatch(shard=shard, fingerprint=str(batch["fingerprint"][np.argmax(rows)]),
+                      sha256=[str(k) for k in batch["key"][ok]],
+                      views={v: np.asarray(batch[view_column(0, v)][ok], np.float32) for v in views} if ok.any()
+                      else {v: np.empty((0, 0), np.float32) for v in views},
+                      failed={str(k): str(e) for k, e in zip(batch["key"][bad], batch["error"][bad])})
