@@ -97,12 +97,15 @@ def fit(
     ``cv`` (see ``classifiers/select.py``)."""
     plan = plan_fit(backbone, clf, balance, loss, select, out)
     dataset = resolve_dataset(features_dir, dataset)
+    joined = "+".join(parse_backbones(backbone))
+    run_dirs = [Path(out) if out else Path(models_dir) / dataset / joined / run_name(name, bal, tta, run_loss)
+                for name, bal, run_loss in plan.runs()]
+    for run_dir in run_dirs:  # every folder is ours to write, before any fitting
+        check_target(run_dir)
     data = load_feature_set(backbone, dataset, features_dir)
     _check_data(data, tta)
     results = []
-    for name, bal, run_loss in plan.runs():
-        run_dir = Path(out) if out else Path(models_dir) / dataset / data.name / run_name(name, bal, tta, run_loss)
-        check_target(run_dir)
+    for (name, bal, run_loss), run_dir in zip(plan.runs(), run_dirs):
         result = fit_one(data, name, bal, tta, run_loss, seed, run_dir, plan.select)
         if on_result:
             on_result(result)

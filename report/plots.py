@@ -4,6 +4,7 @@ timestamps in the files, so the same runs give byte-identical images."""
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,7 +210,10 @@ def thumbnail(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(path)
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # the size is checked below, before any decoding
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
             if im.width * im.height > max_pixels:
                 raise ValueError(f"{im.width}x{im.height} pixels is above the limit of {max_pixels:,}")
             im.draft("RGB", (THUMB_PX, THUMB_PX))
