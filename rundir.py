@@ -281,26 +281,10 @@ def find_runs(models_dir: str | Path) -> list[Path]:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` still runs (POSIX and Windows; an unknown answer counts as alive)."""
-    if pid == os.getpid():
-        return True
-    if os.name == "nt":  # os.kill would terminate it on Windows
-        import ctypes
+    """Whether process ``pid`` still runs (psutil: POSIX and Windows alike)."""
+    import psutil
 
-        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-        if not handle:
-            return False
-        code = ctypes.c_ulong()
-        ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
-        ctypes.windll.kernel32.CloseHandle(handle)
-        return code.value == 259  # STILL_ACTIVE
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid == os.getpid() or psutil.pid_exists(pid)
 
 
 def recover_siblings(parent: Path) -> None:
