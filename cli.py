@@ -47,8 +47,37 @@ class TTA(str, Enum):
     flip = "flip"
 
 
+class EngineKind(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+ENGINE_HELP = "local (this process) or ray (a Ray cluster; needs pip install \"clothprobe[ray]\")."
+ADDRESS_HELP = "--engine ray: join this Ray cluster (HOST:PORT, or auto) instead of starting a local Ray runtime."
+WORKERS_HELP = "--engine ray: model workers, one loaded model each [default: 1 locally, one per node on a cluster]."
+
+
+def _engine(ctx: typer.Context, kind: EngineKind, address: str | None, workers: int | None):  # noqa: ANN202
+    """The engine the options ask for, as a context manager: None (the library's default, local) or a
+    ``RayEngine`` that disconnects at the end. Ray's own INFO lines are kept off the terminal unless --verbose."""
+    if kind is EngineKind.local:
+        if address is not None or workers is not None:
+            raise ClothprobeError("--address and --workers are for --engine ray.")
+        return nullcontext(None)
+    import logging
+
+    from clothprobe.featurize.ray_engine import RayEngine
+
+    verbose = ctx.find_root().params.get("verbose")
+    engine = RayEngine(address, workers=workers, init_options={} if verbose else {"logging_level": logging.WARNING})
+    if not verbose:  # Ray Data's notices; a batch that fails is still logged (an error)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+    return engine
+
+
 @app.command()
 def featurize(
+    ctx: typer.Context,
     data: Annotated[Path | None, typer.Option(
         help="Dataset folder: DIR/<split>/<class>/<image> or DIR/<class>/<image> (default: the folder "
              "featurized last under --features-dir).")] = None,
@@ -79,6 +108,9 @@ def featurize(
         help="int8: calibrate on the photos under this folder instead of the training split.")] = None,
     calibration_size: Annotated[int | None, typer.Option(
         help="int8: how many photos calibrate the quantization [default: 300].")] = None,
+    engine: Annotated[EngineKind, typer.Option(help=ENGINE_HELP)] = EngineKind.local,
+    address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
+    workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
 ) -> None:
     """Run a frozen ImageNet conv base once over DATA and cache pooled embeddings in HDF5."""
     from clothprobe.featurize import featurize as run_featurize
@@ -90,12 +122,14 @@ def featurize(
             raise ClothprobeError(f"Say which images to featurize: --data DIR (nothing featurized yet under "
                                   f"{features_dir}).")
         err.print(Text(f"--data {data} (the folder featurized last under {features_dir})"))
-    result = run_featurize(
-        data, backbone=backbone, out=out_path, features_dir=features_dir, weights=weights,
-        batch_size=batch_size, precision=precision, runtime=runtime, tta=tta is TTA.flip, strict=strict,
-        image_size=image_size, max_pixels=max_pixels, seed=seed, progress=sys.stderr.isatty(), rebuild=rebuild,
-        calibration=calibration, **({"calibration_size": calibration_size} if calibration_size is not None else {}),
-    )
+    with _engine(ctx, engine, address, workers) as chosen:
+        result = run_featurize(
+            data, backbone=backbone, out=out_path, features_dir=features_dir, weights=weights,
+            batch_size=batch_size, precision=precision, runtime=runtime, tta=tta is TTA.flip, strict=strict,
+            image_size=image_size, max_pixels=max_pixels, seed=seed, progress=sys.stderr.isatty(), rebuild=rebuild,
+            calibration=calibration, engine=chosen,
+            **({"calibration_size": calibration_size} if calibration_size is not None else {}),
+        )
     _print_featurized(result)
 
 
@@ -288,6 +322,7 @@ class Format(str, Enum):
     table = "table"
     json = "json"
     csv = "csv"
+    parquet = "parquet"
 
 
 def _check_output(output: Path | None) -> None:
@@ -301,25 +336,62 @@ def _check_output(output: Path | None) -> None:
         raise ClothprobeError(f"--output {output}: the folder {parent} does not exist; create it or choose another path.")
 
 
+def _score(ctx: typer.Context, images: list[Path], model: Path, output: Path | None, fmt: Format, top_k: int,
+           *, engine: EngineKind, address: str | None, workers: int | None, **options: object) -> None:
+    """cli predict into a CSV or Parquet file, one row per photo: on Ray (a catalogue), or locally for Parquet."""
+    from clothprobe.predict import predict as run_predict
+    from clothprobe.predict import score_catalogue, write_scores
+
+    if output is None:
+        raise ClothprobeError("--engine ray and --format parquet write a file: give --output FILE.csv or FILE.parquet.")
+    if fmt not in (Format.table, Format.csv, Format.parquet):
+        raise ClothprobeError(f"--engine ray writes csv or parquet, not {fmt.value}.")
+    chosen_fmt = None if fmt is Format.table else fmt.value
+    with _engine(ctx, engine, address, workers) as chosen:
+        if chosen is None:  # the local engine, Parquet
+            result = run_predict(images, model, **options)
+            write_scores(result, output, top_k, chosen_fmt)
+            scored, skipped, seconds = len(result.predictions), result.skipped, result.seconds
+        else:
+            done = score_catalogue(images, model, output, engine=chosen, top_k=top_k, fmt=chosen_fmt,
+                                   progress=sys.stderr.isatty(), **options)
+            scored, skipped, seconds = done.scored, done.skipped, done.seconds
+    for path, why in skipped:
+        err.print(Text(f"skipped {path}: {why}"))
+    err.print(Text(f"{scored} image(s) scored in {seconds:.1f} s ({scored / seconds if seconds else 0:.1f} img/s); "
+                   f"wrote {output}"))
+
+
 @app.command()
 def predict(
+    ctx: typer.Context,
     images: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
     model: Annotated[Path, typer.Option(help="A run directory written by cli fit or cli e2e (models/<dataset>/<backbone>/<run>).")],
     weights: Annotated[str | None, typer.Option(
         help="Weights file or directory, if not found as for featurize; checked against the run's sha256.")] = None,
     top_k: Annotated[int, typer.Option(help="Classes to show per image.")] = 3,
-    fmt: Annotated[Format, typer.Option("--format", help="table, json or csv.")] = Format.table,
+    fmt: Annotated[Format, typer.Option("--format", help=(
+        "table, json, csv or parquet (parquet: with --output). --engine ray writes csv or parquet, by default "
+        "as --output's name ends."))] = Format.table,
     output: Annotated[Path | None, typer.Option(help="Write json/csv here instead of stdout.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 16,
     calibrate: Annotated[bool, typer.Option(
         help="Temperature-scaled probabilities (the temperature was fitted at fit time on validation or "
              "out-of-fold predictions, never on test).")] = False,
+    engine: Annotated[EngineKind, typer.Option(help=ENGINE_HELP + " ray: batch scoring of a large folder into "
+                                                                  "--output (CSV or Parquet).")] = EngineKind.local,
+    address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
+    workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
 ) -> None:
     """Classify new photos with a finished run (its own backbone, weights and preprocessing)."""
     from clothprobe.predict import predict as run_predict
     from clothprobe.predict import to_records, write_csv
 
     _check_output(output)
+    if engine is EngineKind.ray or fmt is Format.parquet:
+        _score(ctx, images, model, output, fmt, top_k, weights=weights, batch_size=batch_size, calibrate=calibrate,
+               engine=engine, address=address, workers=workers)
+        return
     result = run_predict(images, model, weights=weights, batch_size=batch_size, calibrate=calibrate)
     top_k = max(1, min(top_k, len(result.classes)))
     for path, why in result.skipped:

@@ -10,10 +10,12 @@ predictions the choice was made on (validation, or out of fold), never on test.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,7 +23,12 @@ from clothprobe.classifiers.select import full_proba
 from clothprobe.classifiers.stats import apply_temperature
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS, is_ignored
+from clothprobe.progress import progress_bar
 from clothprobe.rundir import read_manifest, verify
+
+if TYPE_CHECKING:
+    from clothprobe.featurize.ray_engine import RayEngine
+    from clothprobe.featurize.recipe import Recipe
 
 
 @dataclass
@@ -77,16 +84,21 @@ class Embedded:
     skipped: dict[int, str]
 
 
+def run_recipes(caches: dict[str, dict]) -> list[Recipe]:
+    """The recipe of each cache a run was fitted on, in the run's order, as this installation reproduces it."""
+    from clothprobe.featurize.cache import CacheInfo
+    from clothprobe.featurize.recipe import reproduce
+
+    return [reproduce(CacheInfo.from_dict(record).recipe) for record in caches.values()]
+
+
 def _embed(files: list[Path], caches: dict[str, dict], tta: bool, batch_size: int, max_pixels: int,
            weights: str | None) -> Embedded:
     """Embed ``files`` with the recipe of each cache a run was fitted on (the one place predict embeds)."""
-    from clothprobe.featurize.cache import CacheInfo
     from clothprobe.featurize.embed import embed_files
-    from clothprobe.featurize.recipe import reproduce
 
     parts, skipped = [], {}
-    for record in caches.values():
-        recipe = reproduce(CacheInfo.from_dict(record).recipe)
+    for recipe in run_recipes(caches):
         done = embed_files(recipe, files, flip=tta, batch_size=batch_size, max_pixels=max_pixels, weights=weights)
         parts.append(done)
         for i, why in done.skipped.items():
@@ -116,6 +128,18 @@ def _e2e_proba(files: list[Path], recipe_dict: dict, network, batch_size: int,  
             good += [start + k for k in ok]
     proba = np.vstack(rows) if rows else np.zeros((0, 1))
     return proba / proba.sum(1, keepdims=True) if rows else proba, good, skipped
+
+
+def head_proba(predictor: Predictor, views: dict[str, np.ndarray]) -> np.ndarray:
+    """A cached-features run's classifier over embeddings (its backbones side by side, in its order), the
+    flipped view averaged in when the run uses TTA; not calibrated."""
+    n = len(predictor.classes)
+    if not len(views["embeddings"]):
+        return np.zeros((0, n))
+    proba = full_proba(predictor.model, views["embeddings"], n)
+    if predictor.manifest.tta:
+        proba = (proba + full_proba(predictor.model, views["flip"], n)) / 2
+    return proba
 
 
 class Predictor:
@@ -150,7 +174,6 @@ class Predictor:
     def proba(self, files: list[Path]) -> tuple[np.ndarray, list[int], dict[int, str]]:
         """Probabilities over the run's classes for the files that could be used, their positions, and why
         the others could not."""
-        n = len(self.classes)
         if self.network is not None:
             proba, good, skipped = _e2e_proba(files, self.manifest.recipe or {}, self.network, self.batch_size,
                                               self.max_pixels)
@@ -158,9 +181,7 @@ class Predictor:
             done = _embed(files, self.manifest.caches, self.manifest.tta, self.batch_size, self.max_pixels,
                           self.weights)
             good, skipped = done.good, done.skipped
-            proba = full_proba(self.model, done.views["embeddings"], n) if good else np.zeros((0, n))
-            if good and self.manifest.tta:
-                proba = (proba + full_proba(self.model, done.views["flip"], n)) / 2
+            proba = head_proba(self, done.views)
         if self.temperature is not None and len(proba):
             proba = apply_temperature(proba, self.temperature)
         return proba, good, skipped
@@ -191,6 +212,148 @@ def predict(
                        calibrate=calibrate).predict(images)
     result.seconds = time.perf_counter() - started
     return result
+
+
+# --- batch scoring of a catalogue (a large folder), on a Ray cluster ----------------------------------------
+
+SCORE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+class ScoreWriter:
+    """One row per photo, written as batches come: ``path``, the top-k classes and their probabilities
+    (``top1``, ``top1_p``...), every class's probability (``p_<class>``) and ``skipped`` (why a photo could not
+    be scored; empty otherwise, and then the other columns are null). CSV or Parquet (Arrow's writers), into a
+    temporary file renamed into place once complete: a failed run leaves no half file."""
+
+    def __init__(self, path: str | Path, classes: Sequence[str], top_k: int, fmt: str | None = None) -> None:
+        import pyarrow as pa
+
+        self.path, self.classes, self.top_k = Path(path), list(classes), max(1, min(top_k, len(classes)))
+        self.fmt = fmt or SCORE_FORMATS.get(self.path.suffix.lower())
+        if self.fmt not in ("csv", "parquet"):
+            raise ClothprobeError(f"{self.path}: write scores as CSV or Parquet (a name ending in .csv or .parquet), "
+                                  f"not {fmt or self.path.suffix or 'a file without a suffix'}.")
+        tops = [f for k in range(1, self.top_k + 1) for f in (pa.field(f"top{k}", pa.string()),
+                                                              pa.field(f"top{k}_p", pa.float64()))]
+        self.schema = pa.schema([pa.field("path", pa.string()), *tops,
+                                 *(pa.field(f"p_{c}", pa.float64()) for c in self.classes),
+                                 pa.field("skipped", pa.string())])
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._writer: Any = None
+
+    def __enter__(self) -> ScoreWriter:
+        import pyarrow.csv as pcsv
+        import pyarrow.parquet as pq
+
+        self._writer = (pq.ParquetWriter(self._tmp, self.schema) if self.fmt == "parquet"
+                        else pcsv.CSVWriter(str(self._tmp), self.schema))
+        return self
+
+    def __exit__(self, kind: type | None, *rest: object) -> None:
+        self._writer.close()
+        if kind is None:
+            os.replace(self._tmp, self.path)
+        else:
+            self._tmp.unlink(missing_ok=True)
+
+    def write(self, paths: Sequence[str], proba: np.ndarray, skipped: Sequence[tuple[str, str]] = ()) -> None:
+        """Rows for ``paths`` (``proba``: one row each, the run's class order) and for ``skipped`` photos."""
+        import pyarrow as pa
+
+        n, m = len(paths), len(skipped)
+        order = np.argsort(-proba, axis=1, kind="stable")[:, : self.top_k]  # ties: the run's class order
+        columns: dict[str, list] = {"path": [*paths, *(p for p, _ in skipped)]}
+        for k in range(self.top_k):
+            columns[f"top{k + 1}"] = [*(self.classes[i] for i in order[:, k]), *[None] * m]
+            columns[f"top{k + 1}_p"] = [*np.take_along_axis(proba, order[:, k : k + 1], 1)[:, 0].tolist(), *[None] * m]
+        for j, c in enumerate(self.classes):
+            columns[f"p_{c}"] = [*proba[:, j].tolist(), *[None] * m]
+        columns["skipped"] = [*[""] * n, *(why for _, why in skipped)]
+        self._writer.write_table(pa.table(columns, schema=self.schema))
+
+
+def write_scores(result: PredictResult, output: str | Path, top_k: int, fmt: str | None = None) -> None:
+    """A local ``predict`` result as ``ScoreWriter`` rows (the same file ``score_catalogue`` writes)."""
+    proba = np.array([[p.probabilities[c] for c in result.classes] for p in result.predictions], np.float64)
+    with ScoreWriter(output, result.classes, top_k, fmt) as writer:
+        writer.write([p.path for p in result.predictions], proba.reshape(-1, len(result.classes)), result.skipped)
+
+
+@dataclass
+class ScoreResult:
+    output: Path
+    run: str
+    classes: list[str]
+    scored: int
+    skipped: list[tuple[str, str]]
+    seconds: float
+    calibrated: bool
+
+    @property
+    def images_per_second(self) -> float:
+        return self.scored / self.seconds if self.seconds > 0 else 0.0
+
+
+def score_catalogue(images: Sequence[str | Path], model_dir: str | Path, output: str | Path, *, engine: RayEngine,
+                    weights: str | None = None, batch_size: int = 16, max_pixels: int = DEFAULT_MAX_PIXELS,
+                    calibrate: bool = False, top_k: int = 3, fmt: str | None = None,
+                    progress: bool = False) -> ScoreResult:
+    """Score every photo under ``images`` with a run fitted on cached embeddings, on a Ray cluster, into
+    ``output`` (CSV or Parquet: ``ScoreWriter``), rows in the order they finish.
+
+    The cluster decodes the photos and embeds them with the run's own recipes (an actor per worker holding
+    each backbone); the run's classifier (``Predictor``: files checked against the manifest, model loaded
+    once) turns each batch of embeddings into probabilities here, on the driver, as it arrives: a linear or
+    tree head costs microseconds per photo against tens of milliseconds for the backbone, so one driver keeps
+    up with many workers, and the run directory is read on this machine only. Memory stays bounded: batches
+    are written as they come."""
+    started = time.perf_counter()
+    if read_manifest(model_dir).kind == "end-to-end":
+        raise ClothprobeError(f"{model_dir} is an end-to-end run; batch scoring on Ray takes a run fitted on cached "
+                              f"embeddings (cli fit). Score it with the local engine.")
+    predictor = Predictor(model_dir, weights=weights, batch_size=batch_size, max_pixels=max_pixels,
+                          calibrate=calibrate)
+    writer = ScoreWriter(output, predictor.classes, top_k, fmt)
+    files = list_images(images)
+    skipped: list[tuple[str, str]] = []
+    with writer, progress_bar("scoring", len(files), progress, unit="img") as advance:
+        for paths, proba, bad in _score_batches(files, predictor, engine):
+            writer.write(paths, proba, bad)
+            skipped += bad
+            advance(len(paths) + len(bad))
+    return ScoreResult(output=writer.path, run=predictor.manifest.id, classes=predictor.classes,
+                       scored=len(files) - len(skipped), skipped=skipped, seconds=time.perf_counter() - started,
+                       calibrated=predictor.temperature is not None)
+
+
+def _score_batches(files: list[Path], predictor: Predictor,
+                   engine: RayEngine) -> Iterator[tuple[list[str], np.ndarray, list[tuple[str, str]]]]:
+    """(paths, probabilities, skipped photos with why) per batch the cluster finishes; at the end, the photos
+    whose batch failed."""
+    from clothprobe.featurize.plan import EmbedTask
+    from clothprobe.featurize.ray_engine import LOST, Block, view_column
+
+    views = ("embeddings", "flip") if predictor.manifest.tta else ("embeddings",)
+    tasks = tuple(EmbedTask(recipe, views, predictor.batch_size, predictor.max_pixels)
+                  for recipe in run_recipes(predictor.manifest.caches))
+    rows = predictor.batch_size * engine.block_batches
+    blocks = [Block(k, tuple(str(i) for i in range(start, min(start + rows, len(files)))),
+                    tuple(os.path.abspath(f) for f in files[start : start + rows]))
+              for k, start in enumerate(range(0, len(files), rows))]
+    done = np.zeros(len(files), bool)
+    for batch in engine.stream(blocks, tasks, weights=predictor.weights):
+        position = batch["key"].astype(int)
+        done[position] = True
+        good = batch["error"] == ""
+        joined = {v: np.hstack([np.asarray(batch[view_column(k, v)][good]) for k in range(len(tasks))]) for v in views}
+        proba = head_proba(predictor, joined)
+        if predictor.temperature is not None and len(proba):
+            proba = apply_temperature(proba, predictor.temperature)
+        yield ([str(files[i]) for i in position[good]], proba,
+               [(str(files[i]), str(why)) for i, why in zip(position[~good], batch["error"][~good])])
+    lost = [(str(files[i]), f"not scored: {LOST}") for i in np.flatnonzero(~done)]
+    if lost:
+        yield [], np.zeros((0, len(predictor.classes))), lost
 
 
 def to_records(result: PredictResult, top_k: int) -> list[dict]:

@@ -49,8 +49,8 @@ INSTALL = 'pip install "clothprobe[ray]"'
 HASH_ON_CLUSTER = 20_000  # files: from this many on, Ray tasks hash them (the driver alone is too slow)
 HASH_BLOCK = 1024  # files per hashing task
 DECODE_CPUS = 0.5  # CPUs a decoding task reserves
-LOST = ("its batch failed on the Ray cluster (the error is in the log above, and in the Ray logs); it is tried "
-        "again next run")
+BLOCK_BATCHES = 4  # model batches per Ray Data block: the unit a worker takes, and sends back, at once
+LOST = "its batch failed on the Ray cluster (the error is in the log above, and in the Ray logs)"
 RESUME = "Batches finished so far are kept; the next run resumes from them."
 
 
@@ -149,6 +149,7 @@ class _EmbedActor:
         self.fingerprint = "+".join(e.recipe.fingerprint for e in self.embedders)
         self.label = " + ".join(e.recipe.label for e in self.embedders)
         self.where = f"{socket.gethostname()} (pid {os.getpid()})"
+        self.dims: dict[int, int] = {}  # embedding width of each task's model, once known
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["key"])
@@ -160,16 +161,20 @@ class _EmbedActor:
             out.update(self._views(k, embedder, batch[_image_column(embedder.recipe.input_size)][good], good))
         return out
 
-    @staticmethod
-    def _views(k: int, embedder: Any, images: np.ndarray, good: np.ndarray) -> dict[str, np.ndarray]:
-        """Each view's embeddings, one row per input row (zeros where the file did not decode)."""
+    def _views(self, k: int, embedder: Any, images: np.ndarray, good: np.ndarray) -> dict[str, np.ndarray]:
+        """Each view's embeddings, one row per input row (zeros where the file did not decode: every batch
+        has the same columns and shapes, whatever decoded)."""
         parts: dict[str, list[np.ndarray]] = {v: [] for v in embedder.view_names}
         for start in range(0, len(images), embedder.batch_size):
             for view, values in embedder.embed_array(images[start : start + embedder.batch_size]).items():
                 parts[view].append(values)
+        if not len(images) and k not in self.dims:  # nothing decoded yet: the model says its width
+            size = embedder.recipe.input_size
+            self.dims[k] = embedder.embed_array(np.zeros((1, size, size, 3), np.uint8))["embeddings"].shape[1]
         out = {}
         for view, chunks in parts.items():
-            values = np.concatenate(chunks) if chunks else np.zeros((0, 1), np.float32)
+            values = np.concatenate(chunks) if chunks else np.zeros((0, self.dims[k]), np.float32)
+            self.dims[k] = values.shape[1]
             full = np.zeros((len(good), values.shape[1]), np.float32)
             full[good] = values
             out[view_column(k, view)] = full
@@ -207,7 +212,8 @@ def cluster_error(err: Exception, then: str) -> ClothprobeError:
 
 @dataclass(frozen=True)
 class Block:
-    """Files that travel together (a shard): their keys (content hashes, or positions) and paths."""
+    """Files that travel together (a Ray Data block: decoded, embedded and sent back at once; one of a
+    shard's blocks): their keys (content hashes, or positions) and paths. ``index``: the shard's."""
 
     index: int
     keys: tuple[str, ...]
@@ -226,18 +232,20 @@ class RayEngine(Engine):
     (and reserved CPUs) per actor (default: each node's CPUs but one, shared by its actors).
     ``store_home``: the compiled-model store the actors use (default: each node's own, ``CLOTHPROBE_HOME``
     or ``~/.cache/clothprobe`` there); a shared folder lets one node's compiled model serve all.
-    ``init_options``: more arguments for ``ray.init`` when this engine calls it (``runtime_env``,
+    ``block_batches``: model batches per Ray Data block, the unit a worker takes and sends back at once
+    (smaller: finer progress and resume, more scheduling overhead). ``init_options``: more arguments for ``ray.init`` when this engine calls it (``runtime_env``,
     ``logging_level``...).
     """
 
     def __init__(self, address: str | None = None, *, workers: int | None = None, threads: int | None = None,
                  hash_threshold: int = HASH_ON_CLUSTER, store_home: str | Path | None = None,
-                 init_options: dict[str, Any] | None = None) -> None:
+                 block_batches: int = BLOCK_BATCHES, init_options: dict[str, Any] | None = None) -> None:
         _check_count("--workers", workers)
         _check_count("threads", threads)
+        _check_count("block_batches", block_batches)
         self._ray = import_ray()
         self.address, self.workers, self.threads = address, workers, threads
-        self.hash_threshold = hash_threshold
+        self.hash_threshold, self.block_batches = hash_threshold, block_batches
         self.init_options = dict(init_options or {})
         self.store_home = str(Path(store_home).expanduser().absolute()) if store_home else None
         self._started = False
@@ -327,7 +335,9 @@ class RayEngine(Engine):
             raise RuntimeError("RayEngine.embed called before open")
         task = self._task
         shards = [s for s in shards if s.items]
-        blocks = [Block(s.index, tuple(i.sha256 for i in s.items), tuple(i.path for i in s.items)) for s in shards]
+        rows = task.batch_size * self.block_batches
+        blocks = [Block(s.index, tuple(i.sha256 for i in part), tuple(i.path for i in part))
+                  for s in shards for part in (s.items[k : k + rows] for k in range(0, len(s.items), rows))]
         seen: Counter[int] = Counter()
         for batch in self.stream(blocks, (task,), then=RESUME):
             for shard in np.unique(batch["block"]):
