@@ -6,9 +6,8 @@
 The end-to-end side is `cli e2e` (frozen base + Dense 100 + Dropout, augmentation, best epoch by validation
 accuracy). The cache-first side is the run with the best validation accuracy under --models (made by
 `bench/fit.py` or `cli run`); its cost is its fit seconds plus the model time of featurizing the dataset
-with its backbone(s). Caches record that time (`seconds_per_image`); for a cache made before they did, it
-is measured here on --sample validation images with the cache's own settings and scaled to the dataset,
-and the table says so. Test accuracy of each, wall time of each and their ratio are printed and written to
+with its backbone(s), as its caches recorded it. Test accuracy of each (95% bootstrap intervals), an exact
+McNemar test on the same test photos, the wall time of each and their ratio are printed and written to
 bench/results/e2e.md.
 """
 
@@ -18,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,38 +27,20 @@ DATA = ROOT.parent / "shared" / "data" / "clothing-dataset-small"
 def best_cached_run(models: Path, dataset: str):  # noqa: ANN201 - clothprobe.report.Run
     from clothprobe.report import collect_runs
 
-    runs = [r for r in collect_runs(models / dataset) if r.kind == "cached-features"]
+    by_dataset, _ = collect_runs(models)
+    runs = [r for r in by_dataset.get(dataset, []) if r.kind == "cached-features"]
     if not runs:
-        sys.exit(f"No cache-first runs under {models / dataset}; run bench/fit.py first.")
+        sys.exit(f"No cache-first runs of {dataset} under {models}; run bench/fit.py first.")
+    if runs[0].metrics.featurize_seconds is None:
+        sys.exit(f"{runs[0].directory}: its caches recorded no featurize time; featurize them again.")
     return runs[0]
 
 
-def featurize_seconds(run, data: Path, weights: str, sample: int) -> tuple[float, str]:  # noqa: ANN001
-    """The model time of featurizing the whole dataset with the run's backbone(s), and how it was had."""
-    from clothprobe.featurize import featurize, load_features
-
-    total, how = 0.0, []
-    for backbone, cache in run.manifest["caches"].items():
-        if cache.get("featurize_seconds"):
-            total += cache["featurize_seconds"]
-            how.append(f"{backbone}: recorded by the cache")
-            continue
-        recorded = load_features(cache["path"])
-        config = recorded.recipe
-        files = sorted((data / "validation").rglob("*.jpg"))[:sample]
-        with tempfile.TemporaryDirectory() as tmp:
-            subset = Path(tmp) / "subset" / "train"
-            for f in files:
-                dest = subset / f.parent.name / f.name
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.symlink(f, dest)
-            result = featurize(subset.parent, backbone=backbone, weights=weights, features_dir=Path(tmp) / "f",
-                               precision=config.precision, runtime=config.runtime, tta="flip" in recorded.views)
-        n_images = cache["images"]
-        total += result.model_seconds / result.computed * n_images
-        how.append(f"{backbone}: measured on {result.computed} images ({config.runtime}, {config.precision}, "
-                   f"views {'+'.join(recorded.views)}), scaled to {n_images}")
-    return total, "; ".join(how)
+def acc(split) -> str:  # noqa: ANN001 - a rundir.SplitMetrics or None
+    if split is None:
+        return "-"
+    low, high = split.interval("accuracy") or (float("nan"), float("nan"))
+    return f"{100 * split.accuracy:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
 
 
 def main() -> None:
@@ -76,11 +56,14 @@ def main() -> None:
     a = p.parse_args()
 
     from clothprobe.e2e import e2e
+    from clothprobe.report import Run
+    from clothprobe.report.runs import paired as paired_test
+    from clothprobe.rundir import read_manifest
 
     dataset = a.data.resolve().name
     cached = best_cached_run(a.models, dataset)
-    feat_s, feat_how = featurize_seconds(cached, a.data, a.weights, a.sample)
-    cached_cost = feat_s + cached.metrics["fit_seconds"]
+    cm = cached.metrics
+    cached_cost = cm.featurize_seconds + cm.fit_seconds
 
     started = time.perf_counter()
     run = e2e(a.data, backbone="xception", weights=a.weights, epochs=a.epochs, image_size=a.image_size,
@@ -89,29 +72,26 @@ def main() -> None:
                                        flush=True))
     e2e_wall = time.perf_counter() - started
     m = run.metrics
-
-    def acc(split: dict | None) -> str:
-        return f"{100 * split['accuracy']:.1f}%" if split else "-"
-
     rows = [
-        ("cache-first: " + cached.id + " (best on validation)", acc(cached.metrics["validation"]),
-         acc(cached.metrics["test"]), f"{feat_s:.0f} + {cached.metrics['fit_seconds']:.0f}", f"{cached_cost:.0f}"),
-        (f"end to end: xception, {a.image_size} px, {a.epochs} epoch(s), best epoch {m['chosen']['best_epoch']}",
-         acc(m["validation"]), acc(m["test"]), f"{m['fit_seconds']:.0f} (wall {e2e_wall:.0f})",
-         f"{m['fit_seconds']:.0f}"),
+        ("cache-first: " + cached.id + " (best on validation)", acc(cm.validation), acc(cm.test),
+         f"{cm.featurize_seconds:.0f} + {cm.fit_seconds:.0f}", f"{cached_cost:.0f}"),
+        (f"end to end: xception, {a.image_size} px, {a.epochs} epoch(s), best epoch {m.chosen['best_epoch']}",
+         acc(m.validation), acc(m.test), f"{m.fit_seconds:.0f} (wall {e2e_wall:.0f})", f"{m.fit_seconds:.0f}"),
     ]
-    header = ("approach", "val acc", "test acc", "seconds (featurize + fit | training)", "total s")
+    header = ("approach", "val acc [95% CI]", "test acc [95% CI]", "seconds (featurize + fit | training)", "total s")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    gain = 100 * (cached.metrics["test"]["accuracy"] - m["test"]["accuracy"])
-    lines += ["", f"- Cost ratio, end to end / cache-first: {m['fit_seconds'] / cached_cost:.2f}x; "
-                  f"test accuracy, cache-first minus end to end: {gain:+.1f} pp.",
-              f"- Featurize time of the cache-first run: {feat_how}.",
+    paired = paired_test(cached, Run(run.run_dir, m, read_manifest(run.run_dir)))
+    lines += ["", f"- Cost ratio, end to end / cache-first: {m.fit_seconds / cached_cost:.2f}x; test accuracy, "
+                  f"cache-first minus end to end: {100 * (cm.test.accuracy - m.test.accuracy):+.1f} pp"
+                  + (f" (exact McNemar on the same {paired.n} test photos: p = {paired.p_value:.3f})" if paired else "")
+                  + ".",
+              "- Featurize time of the cache-first run: as its caches recorded it (model time of the whole dataset).",
               f"- {os.cpu_count()} CPU cores"
               + (f"; a shortened end-to-end run ({a.epochs} epochs at {a.image_size} px, the notebook: 12 at 299)"
                  if (a.epochs, a.image_size) != (12, 299) else "") + ".",
               "- Epochs: " + json.dumps([{k: round(v, 4) if isinstance(v, float) else v for k, v in e.items()}
-                                          for e in m["epochs"]])]
+                                          for e in m.epochs])]
     text = "\n".join(lines) + "\n"
     print(text)
     a.report.parent.mkdir(parents=True, exist_ok=True)
