@@ -226,7 +226,11 @@ class ScoreWriter:
     temporary file renamed into place once complete: a failed run leaves no half file."""
 
     def __init__(self, path: str | Path, classes: Sequence[str], top_k: int, fmt: str | None = None) -> None:
-        import pyarrow as pa
+        try:
+            import pyarrow as pa
+        except ImportError:
+            raise ClothprobeError('Writing scores to a file needs pyarrow: pip install pyarrow (it comes with '
+                                  'pip install "clothprobe[ray]").') from None
 
         self.path, self.classes, self.top_k = Path(path), list(classes), max(1, min(top_k, len(classes)))
         self.fmt = fmt or SCORE_FORMATS.get(self.path.suffix.lower())
