@@ -348,13 +348,14 @@ def _score_batches(files: list[Path], predictor: Predictor,
     for batch in engine.stream(blocks, tasks, weights=predictor.weights):
         position = batch["key"].astype(int)
         done[position] = True
-        good = batch["error"] == ""
+        why = np.where(batch["fault"] != "", batch["fault"], batch["error"])
+        good = why == ""
         joined = {v: np.hstack([np.asarray(batch[view_column(k, v)][good]) for k in range(len(tasks))]) for v in views}
         proba = head_proba(predictor, joined)
         if predictor.temperature is not None and len(proba):
             proba = apply_temperature(proba, predictor.temperature)
         yield ([str(files[i]) for i in position[good]], proba,
-               [(str(files[i]), str(why)) for i, why in zip(position[~good], batch["error"][~good])])
+               [(str(files[i]), str(reason)) for i, reason in zip(position[~good], why[~good])])
     lost = [(str(files[i]), f"not scored: {LOST}") for i in np.flatnonzero(~done)]
     if lost:
         yield [], np.zeros((0, len(predictor.classes))), lost

@@ -119,19 +119,24 @@ def view_column(task: int, view: str) -> str:
 
 def decode_rows(batch: dict[str, np.ndarray], sizes: tuple[int, ...], max_pixels: int,
                 pillow_limit: int | None) -> dict[str, np.ndarray]:
-    """A Ray Data task: each row's file decoded at each size; ``error`` says why a file cannot be used."""
+    """A Ray Data task: each row's file decoded at each size; ``error`` says why a file cannot be used, and
+    ``fault`` why this worker could not read a file the driver could (the cluster's fault, not the file's)."""
     n = len(batch["path"])
     images = {size: np.zeros((n, size, size, 3), np.uint8) for size in sizes}
-    errors = [""] * n
+    errors, faults = [""] * n, [""] * n
     with _pillow_limit(pillow_limit):
         for i, path in enumerate(batch["path"]):
+            if not os.access(path, os.R_OK):
+                faults[i] = (f"{path} is not readable on the Ray worker {socket.gethostname()} (is the shared file "
+                             f"system mounted at the same path on every node?)")
+                continue
             try:
                 for size in sizes:
                     images[size][i] = decode(path, size, max_pixels)
             except BadImage as err:
                 errors[i] = str(err)
     return {"block": batch["block"], "key": batch["key"], "error": np.array(errors, dtype=object),
-            **{_image_column(size): images[size] for size in sizes}}
+            "fault": np.array(faults, dtype=object), **{_image_column(size): images[size] for size in sizes}}
 
 
 class _EmbedActor:
@@ -153,8 +158,8 @@ class _EmbedActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["key"])
-        good = np.array([not e for e in batch["error"]], bool)
-        out = {"block": batch["block"], "key": batch["key"], "error": batch["error"],
+        good = np.array([not e and not f for e, f in zip(batch["error"], batch["fault"])], bool)
+        out = {"block": batch["block"], "key": batch["key"], "error": batch["error"], "fault": batch["fault"],
                "worker": np.full(n, self.where, dtype=object), "fingerprint": np.full(n, self.fingerprint, dtype=object),
                "label": np.full(n, self.label, dtype=object)}
         for k, embedder in enumerate(self.embedders):
@@ -339,19 +344,24 @@ class RayEngine(Engine):
         blocks = [Block(s.index, tuple(i.sha256 for i in part), tuple(i.path for i in part))
                   for s in shards for part in (s.items[k : k + rows] for k in range(0, len(s.items), rows))]
         seen: Counter[int] = Counter()
+        faults: dict[int, str] = {}
         for batch in self.stream(blocks, (task,), then=RESUME):
-            for shard in np.unique(batch["block"]):
+            for shard in (int(k) for k in np.unique(batch["block"])):
                 rows = batch["block"] == shard
-                seen[int(shard)] += int(rows.sum())
-                yield _shard_batch(int(shard), batch, rows, task.views)
+                seen[shard] += int(rows.sum())
+                fault = rows & (batch["fault"] != "")
+                if fault.any():
+                    faults.setdefault(shard, str(batch["fault"][np.argmax(fault)]))
+                if (rows & ~fault).any():
+                    yield _shard_batch(shard, batch, rows & ~fault, task.views)
         for s in shards:  # after the stream: a shard's batches may come from several workers, in any order
-            if seen[s.index] < len(s.items):
-                yield ShardFailed(s.index, LOST)
+            if s.index in faults or seen[s.index] < len(s.items):
+                yield ShardFailed(s.index, faults.get(s.index, LOST))
 
     def stream(self, blocks: Sequence[Block], tasks: tuple[EmbedTask, ...], *, weights: str | None = None,
                then: str = "") -> Iterator[dict[str, np.ndarray]]:
         """Decode and embed ``blocks`` on the cluster; output batches as they finish (numpy columns
-        ``block``, ``key``, ``error``, ``worker``, ``fingerprint``, ``label`` and one
+        ``block``, ``key``, ``error``, ``fault``, ``worker``, ``fingerprint``, ``label`` and one
         ``view_column(k, view)`` per task and view). Every batch was made by ``tasks``' recipes: a worker
         whose runtime fell back to another one stops the run with an error naming it."""
         if not blocks:

@@ -150,6 +150,31 @@ def test_incremental_update_through_ray(cluster: str, dataset: Path, tmp_path: P
 
 
 @needs_ray
+def test_a_file_the_workers_cannot_read_is_reported_not_remembered(cluster: str, dataset: Path,
+                                                                    tmp_path: Path) -> None:
+    """The driver hashed it, the workers do not see it (a node without the shared mount): the cluster's
+    fault, not the file's, so it is tried again next run, unlike a file that does not decode."""
+    from clothprobe.featurize.ray_engine import RayEngine
+
+    moved, aside = dataset / "train" / "hat" / "1.png", tmp_path / "aside.png"
+
+    class LosesAFile(RayEngine):
+        def open(self, task):  # noqa: ANN001, ANN202 - after the plan, before any worker reads
+            moved.rename(aside)
+            return super().open(task)
+
+    out = tmp_path / "f.h5"
+    with LosesAFile() as eng:
+        result = run(dataset, out, engine=eng)
+    assert result.computed == 26 and [p for p, _ in result.skipped] == ["train/hat/1.png"]
+    assert "not readable on the Ray worker" in result.skipped[0][1] and "same path on every node" in result.skipped[0][1]
+    aside.rename(moved)
+    with engine() as eng:
+        again = run(dataset, out, engine=eng)
+    assert again.computed == 1 and not again.skipped and again.remembered == 0
+
+
+@needs_ray
 def test_a_runtime_fallback_on_the_workers_is_planned_for(cluster: str, dataset: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """The workers' store records a failed bfloat16 self-check (their CPU disagrees), the driver's does not:
