@@ -52,9 +52,9 @@ class EngineKind(str, Enum):
     ray = "ray"
 
 
-ENGINE_HELP = "local (this process) or ray (a Ray cluster; needs pip install \"clothprobe[ray]\")."
+ENGINE_HELP = "local (this process) or ray (a Ray cluster; needs pip install \"clothprobe\\[ray]\")."
 ADDRESS_HELP = "--engine ray: join this Ray cluster (HOST:PORT, or auto) instead of starting a local Ray runtime."
-WORKERS_HELP = "--engine ray: model workers, one loaded model each [default: 1 locally, one per node on a cluster]."
+WORKERS_HELP = "--engine ray: model workers, one loaded model each (default: 1 locally, one per node on a cluster)."
 
 
 def _engine(ctx: typer.Context, kind: EngineKind, address: str | None, workers: int | None):  # noqa: ANN202
@@ -340,13 +340,13 @@ def _score(ctx: typer.Context, images: list[Path], model: Path, output: Path | N
            *, engine: EngineKind, address: str | None, workers: int | None, **options: object) -> None:
     """cli predict into a CSV or Parquet file, one row per photo: on Ray (a catalogue), or locally for Parquet."""
     from clothprobe.predict import predict as run_predict
-    from clothprobe.predict import score_catalogue, write_scores
+    from clothprobe.predict import score_catalogue, score_format, write_scores
 
     if output is None:
         raise ClothprobeError("--engine ray and --format parquet write a file: give --output FILE.csv or FILE.parquet.")
     if fmt not in (Format.table, Format.csv, Format.parquet):
         raise ClothprobeError(f"--engine ray writes csv or parquet, not {fmt.value}.")
-    chosen_fmt = None if fmt is Format.table else fmt.value
+    chosen_fmt = score_format(output, None if fmt is Format.table else fmt.value)
     with _engine(ctx, engine, address, workers) as chosen:
         if chosen is None:  # the local engine, Parquet
             result = run_predict(images, model, **options)

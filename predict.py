@@ -219,6 +219,15 @@ def predict(
 SCORE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
+def score_format(path: str | Path, fmt: str | None = None) -> str:
+    """``csv`` or ``parquet``: ``fmt``, else from the file name; checked before any work."""
+    chosen = fmt or SCORE_FORMATS.get(Path(path).suffix.lower())
+    if chosen not in ("csv", "parquet"):
+        raise ClothprobeError(f"{path}: write scores as CSV or Parquet (a name ending in .csv or .parquet), "
+                              f"not {fmt or Path(path).suffix or 'a file without a suffix'}.")
+    return chosen
+
+
 class ScoreWriter:
     """One row per photo, written as batches come: ``path``, the top-k classes and their probabilities
     (``top1``, ``top1_p``...), every class's probability (``p_<class>``) and ``skipped`` (why a photo could not
@@ -233,10 +242,7 @@ class ScoreWriter:
                                   'pip install "clothprobe[ray]").') from None
 
         self.path, self.classes, self.top_k = Path(path), list(classes), max(1, min(top_k, len(classes)))
-        self.fmt = fmt or SCORE_FORMATS.get(self.path.suffix.lower())
-        if self.fmt not in ("csv", "parquet"):
-            raise ClothprobeError(f"{self.path}: write scores as CSV or Parquet (a name ending in .csv or .parquet), "
-                                  f"not {fmt or self.path.suffix or 'a file without a suffix'}.")
+        self.fmt = score_format(path, fmt)
         tops = [f for k in range(1, self.top_k + 1) for f in (pa.field(f"top{k}", pa.string()),
                                                               pa.field(f"top{k}_p", pa.float64()))]
         self.schema = pa.schema([pa.field("path", pa.string()), *tops,
@@ -312,6 +318,7 @@ def score_catalogue(images: Sequence[str | Path], model_dir: str | Path, output:
     up with many workers, and the run directory is read on this machine only. Memory stays bounded: batches
     are written as they come."""
     started = time.perf_counter()
+    score_format(output, fmt)
     if read_manifest(model_dir).kind == "end-to-end":
         raise ClothprobeError(f"{model_dir} is an end-to-end run; batch scoring on Ray takes a run fitted on cached "
                               f"embeddings (cli fit). Score it with the local engine.")
