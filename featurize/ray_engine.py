@@ -12,11 +12,12 @@ does the middle part:
   ``threads`` inference threads and as many reserved CPUs, so actors sharing a node do not oversubscribe it.
 
 The driver reads the results as a stream (``iter_batches``), so it never holds more than a few batches; the
-``Merger`` keeps each on disk as it arrives. An actor whose process dies (killed, out of memory, node lost)
-is restarted by Ray and its batch given to it again (Ray Data's actor fault tolerance: ``max_restarts`` and
-``max_task_retries`` unlimited); a decoding task whose process dies is retried by Ray (3 times). A batch
-that still fails, or whose code raises, is dropped by Ray Data and its shard reported as ``ShardFailed``:
-what finished is kept, and its files are tried again next run.
+``Merger`` keeps each on disk as it arrives. A worker whose process dies (killed, out of memory, node lost)
+is restarted by Ray and its block given to it again, as often as it takes: Ray Data's own fault tolerance
+(``max_restarts``, ``max_task_retries`` and tasks' ``max_retries`` unlimited; bounding them in Ray 2.60 takes
+``map_batches``' deprecated ``**ray_remote_args``). A block whose code raises is dropped by Ray Data and its
+shard reported as ``ShardFailed``, as is a file a worker cannot read: what finished is kept, and their
+files are tried again next run.
 
 Every path (images, calibration photos, weights, ``store_home``) must be readable at the same path on every
 node: a shared file system (NFS, EFS, Lustre, or object storage mounted with a FUSE driver). Ray is an
