@@ -175,6 +175,27 @@ def test_a_file_the_workers_cannot_read_is_reported_not_remembered(cluster: str,
 
 
 @needs_ray
+def test_a_block_the_cluster_drops_is_reported_and_tried_again(cluster: str, dataset: Path, tmp_path: Path) -> None:
+    """Ray Data drops a block whose code raised (logged); its shard is reported, the rest kept."""
+    from clothprobe.featurize.ray_engine import LOST, RayEngine
+
+    class DropsABlock(RayEngine):
+        def stream(self, *args, **kwargs) -> Iterator[dict[str, np.ndarray]]:  # noqa: ANN002, ANN003
+            for k, batch in enumerate(super().stream(*args, **kwargs)):
+                if k != 1:
+                    yield batch
+
+    out = tmp_path / "f.h5"
+    with DropsABlock() as eng:
+        result = run(dataset, out, engine=eng, shard_size=5)
+    lost = [p for p, why in result.skipped if why == f"not embedded: {LOST}"]
+    assert lost and len(lost) == len(result.skipped) <= 5 and result.computed == 27 - len(lost)
+    with engine() as eng:
+        again = run(dataset, out, engine=eng)
+    assert again.computed == len(lost) and not again.skipped and again.remembered == 0
+
+
+@needs_ray
 def test_a_runtime_fallback_on_the_workers_is_planned_for(cluster: str, dataset: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """The workers' store records a failed bfloat16 self-check (their CPU disagrees), the driver's does not:
