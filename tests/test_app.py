@@ -23,6 +23,7 @@ def cli(*args: str, home: Path, extra_env: dict | None = None) -> subprocess.Com
 
 
 @pytest.mark.parametrize("verbose", [False, True])
+@pytest.mark.slow
 def test_tensorflow_start_up_lines_only_with_verbose(tmp_path: Path, verbose: bool) -> None:
     data = make_dataset(tmp_path / "clothes", per_class={"hat": 2, "shirt": 2})
     args = ["featurize", "--data", str(data), "--backbone", "vgg16", "--weights", "none", "--image-size", "32",
@@ -36,6 +37,7 @@ def test_tensorflow_start_up_lines_only_with_verbose(tmp_path: Path, verbose: bo
         assert shown == [], res.stderr
 
 
+@pytest.mark.slow
 def test_cache_list_and_prune(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "clothes", per_class={"hat": 2, "shirt": 2})
     home = tmp_path / "home"
@@ -63,6 +65,7 @@ print("imported:", heavy)
 """
 
 
+@pytest.mark.slow
 def test_predict_with_a_warm_store_never_imports_tensorflow(tmp_path: Path) -> None:
     from clothprobe.classifiers import fit
 

@@ -67,6 +67,7 @@ def edit_bytes(path: Path, offset: int, count: int, how) -> None:  # noqa: ANN00
 # --- damaged caches: found on every read, reported by name, rebuilt (or refused with --strict) -------------
 
 @pytest.mark.parametrize("how", [lambda b: b ^ 0xA5, lambda b: 0], ids=["flipped", "zeroed"])
+@pytest.mark.slow
 def test_damaged_embedding_bytes_are_found_and_rebuilt(dataset: Path, cached, how) -> None:  # noqa: ANN001
     out, before = cached
     offset, size = chunk(out, "train/embeddings")

@@ -151,6 +151,7 @@ def test_export_cli(tmp_path: Path) -> None:
     assert np.stack(df["embedding"]).shape == (len(df), 8)
 
 
+@pytest.mark.slow
 def test_fit_cli_errors_name_the_cache_and_the_choices(tmp_path: Path) -> None:
     res = cli("fit", "--dataset", "clothes", "--features-dir", str(tmp_path / "features"))
     assert res.returncode == 2 and "Traceback" not in res.stderr
@@ -173,6 +174,7 @@ def test_fit_cli_trains_on_a_cache(tmp_path: Path) -> None:
     assert (tmp_path / "models" / "clothes" / "xception" / "logreg-weights" / "model.skops").is_file()
 
 
+@pytest.mark.slow
 def test_run_is_the_whole_job(dataset: Path, tmp_path: Path) -> None:
     res = cli("run", "--data", str(dataset), "--backbones", "mobilenetv2,vgg16", "--weights", "none",
               "--clf", "logreg", "--balance", "none", "--features-dir", str(tmp_path / "f"),
@@ -186,6 +188,7 @@ def test_run_is_the_whole_job(dataset: Path, tmp_path: Path) -> None:
     assert "top 3 of 3 runs" in res.stdout and "chosen on validation" in res.stdout and "report:" in res.stdout
 
 
+@pytest.mark.slow
 def test_report_cli(tmp_path: Path) -> None:
     from synthetic import make_cache
 

@@ -22,6 +22,7 @@ EXPECTED_FAILURES = {
     [DenseHeadClassifier(hidden=8, epochs=5, batch_size=16, patience=2)],
     expected_failed_checks=lambda est: EXPECTED_FAILURES,
 )
+@pytest.mark.slow
 def test_sklearn_estimator_checks(estimator, check) -> None:  # noqa: ANN001
     check(estimator)
 
@@ -41,6 +42,7 @@ def test_bad_loss_is_named() -> None:
         DenseHeadClassifier(loss="hinge").fit(np.zeros((4, 2)), [0, 1, 0, 1])
 
 
+@pytest.mark.slow
 def test_class_weight_dict_shifts_predictions() -> None:
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 4)).astype(np.float32)

@@ -25,6 +25,7 @@ def data(tmp_path: Path) -> Path:
     return make_dataset(tmp_path / "clothes")
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_what_the_report_reads(data: Path, tmp_path: Path) -> None:
     (data / "train" / "hat" / "broken.jpg").write_bytes(b"not an image")
     result = e2e(data, epochs=2, models_dir=tmp_path / "models", **TINY_E2E)
@@ -59,6 +60,7 @@ def test_fine_tune_unfreezes_exactly_n_layers() -> None:
         unfreeze_top(model, len(base.layers) + 1, 1e-5, "categorical")
 
 
+@pytest.mark.slow
 def test_fine_tune_phase_runs_after_the_head(data: Path, tmp_path: Path) -> None:
     result = e2e(data, epochs=1, fine_tune=3, fine_tune_epochs=1, balance="weights", loss="focal",
                  models_dir=tmp_path / "m", **TINY_E2E)
@@ -66,6 +68,7 @@ def test_fine_tune_phase_runs_after_the_head(data: Path, tmp_path: Path) -> None
     assert phases == ["head", "fine-tune"] and result.run_dir.name == "e2e-weights-ft3-focal-32px"
 
 
+@pytest.mark.slow
 def test_resume_after_an_interrupted_run(data: Path, tmp_path: Path) -> None:
     def stop_after_first(record: dict) -> None:
         raise KeyboardInterrupt  # killed after epoch 1 was saved, during epoch 2
@@ -83,6 +86,7 @@ def test_resume_after_an_interrupted_run(data: Path, tmp_path: Path) -> None:
     assert other.metrics.resumed_from_epoch == 0
 
 
+@pytest.mark.slow
 def test_resume_in_the_middle_of_fine_tuning(data: Path, tmp_path: Path) -> None:
     """Killed after the first fine-tuning epoch: the resumed run fine-tunes on from the saved model (its
     unfrozen layers and optimizer state), as the uninterrupted run does (up to float noise in the loss)."""
@@ -115,6 +119,7 @@ def test_errors_name_the_choices(data: Path, tmp_path: Path) -> None:
         e2e(data, **{**TINY_E2E, "backbone": "resnet"})
 
 
+@pytest.mark.slow
 def test_same_seed_same_model(data: Path, tmp_path: Path) -> None:
     a = e2e(data, epochs=2, models_dir=tmp_path / "a", **TINY_E2E)
     b = e2e(data, epochs=2, models_dir=tmp_path / "b", **TINY_E2E)

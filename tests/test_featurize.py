@@ -118,6 +118,7 @@ def test_moved_image_keeps_embedding_takes_new_label(dataset: Path, tmp_path: Pa
     assert train.labels[i] == 1
 
 
+@pytest.mark.slow
 def test_changed_recipe_invalidates_everything_and_says_why(dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "f.h5"
     run(dataset, out, seed=0)

@@ -41,6 +41,7 @@ def run(features: Path, tmp_path: Path, **kw):
 
 @pytest.mark.parametrize("clf", list(CLASSIFIERS))
 @pytest.mark.parametrize("balance", BALANCES)
+@pytest.mark.slow
 def test_every_classifier_and_balance(features: Path, tmp_path: Path, clf: str, balance: str) -> None:
     (result,) = run(features, tmp_path, clf=clf, balance=balance)
     m = result.metrics
@@ -113,6 +114,7 @@ def test_selection_never_looks_at_test(tmp_path: Path, clf: str) -> None:
     assert a.metrics.test != b.metrics.test
 
 
+@pytest.mark.slow
 def test_cross_validation_without_validation_split(tmp_path: Path) -> None:
     make_cache(tmp_path / "f", splits={"train": (40, 12, 14), "test": (10, 5, 5)})
     (result,) = fit("clothes", clf="lgbm", features_dir=tmp_path / "f", models_dir=tmp_path / "m")
@@ -123,6 +125,7 @@ def test_cross_validation_without_validation_split(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("clf", list(CLASSIFIERS))
+@pytest.mark.slow
 def test_same_seed_same_model_and_metrics(features: Path, tmp_path: Path, clf: str) -> None:
     (a,) = fit("clothes", clf=clf, features_dir=features, models_dir=tmp_path / "a")
     (b,) = fit("clothes", clf=clf, features_dir=features, models_dir=tmp_path / "b")
@@ -170,6 +173,7 @@ def test_wrong_cache_fingerprint_refused(features: Path, tmp_path: Path) -> None
     assert load_model(result.run_dir, fingerprints={"xception": fp}).classes_.tolist() == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_no_pickle_written_or_read(features: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def forbidden(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("pickle used")
@@ -202,6 +206,7 @@ def test_errors_name_file_and_choices(features: Path, tmp_path: Path) -> None:
         run(features, tmp_path, clf="logreg", loss="focal")
 
 
+@pytest.mark.slow
 def test_focal_loss_dense(features: Path, tmp_path: Path) -> None:
     (result,) = run(features, tmp_path, clf="dense", loss="focal")
     assert result.run_dir.name == "dense-weights-focal" and result.metrics.loss == "focal"
@@ -281,6 +286,7 @@ def test_a_pickle_behind_a_matching_hash_is_refused(features: Path, tmp_path: Pa
         load_model(result.run_dir)
 
 
+@pytest.mark.slow
 def test_a_keras_lambda_behind_a_matching_hash_is_refused(features: Path, tmp_path: Path) -> None:
     import keras
 

@@ -17,6 +17,7 @@ pytestmark = [
 ]
 
 
+@pytest.mark.slow
 def test_real_photos(tmp_path: Path) -> None:
     data = tmp_path / "real"
     for split in ("train", "test"):

@@ -55,6 +55,7 @@ def _saved(run_dir: Path) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("run", RUNS)
+@pytest.mark.slow
 def test_predict_matches_the_runs_own_test_predictions(runs: dict[str, Path], run: str) -> None:
     run_dir = runs[run]
     data = run_dir.parents[3] / "clothes"
@@ -129,6 +130,7 @@ def test_missing_input_is_named(tmp_path: Path) -> None:
         list_images([tmp_path / "nope.jpg"])
 
 
+@pytest.mark.slow
 def test_cli_json_and_csv(runs: dict[str, Path], tmp_path: Path) -> None:
     run_dir = runs["vgg16/logreg-none-tta"]
     images = run_dir.parents[3] / "clothes" / "validation"
@@ -149,6 +151,7 @@ def test_cli_json_and_csv(runs: dict[str, Path], tmp_path: Path) -> None:
     assert len(rows) == 13
 
 
+@pytest.mark.slow
 def test_cli_prints_bracketed_names_whole(runs: dict[str, Path], tmp_path: Path) -> None:
     make_image(tmp_path / "new" / "shirt [blue].jpg", seed=3)
     make_image(tmp_path / "new" / "a[" / "b].jpg", seed=4)  # a path with "[/b]": rich markup would crash on it
@@ -158,6 +161,7 @@ def test_cli_prints_bracketed_names_whole(runs: dict[str, Path], tmp_path: Path)
     assert "shirt[blue].jpg" in flat and "a[/b].jpg" in flat and "#1" in res.stdout
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line_and_come_first(runs: dict[str, Path], tmp_path: Path) -> None:
     run_dir = str(runs["vgg16/lgbm-none"])
     res = cli("predict", str(tmp_path), "--model", run_dir, "--format", "json", "--output",

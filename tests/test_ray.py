@@ -120,6 +120,7 @@ def test_a_worker_running_another_recipe_is_named() -> None:
 # --- featurize on the module's cluster --------------------------------------------------------------------
 
 @needs_ray
+@pytest.mark.slow
 def test_ray_cache_equals_the_local_one(cluster: str, dataset: Path, tmp_path: Path) -> None:
     """Hashing too on the cluster (threshold 0), several shards, bad and duplicate files."""
     with_bad_files(dataset)
@@ -133,6 +134,7 @@ def test_ray_cache_equals_the_local_one(cluster: str, dataset: Path, tmp_path: P
 
 
 @needs_ray
+@pytest.mark.slow
 def test_incremental_update_through_ray(cluster: str, dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "f.h5"
     with engine() as eng:
@@ -150,6 +152,7 @@ def test_incremental_update_through_ray(cluster: str, dataset: Path, tmp_path: P
 
 
 @needs_ray
+@pytest.mark.slow
 def test_a_file_the_workers_cannot_read_is_reported_not_remembered(cluster: str, dataset: Path,
                                                                     tmp_path: Path) -> None:
     """The driver hashed it, the workers do not see it (a node without the shared mount): the cluster's
@@ -175,6 +178,7 @@ def test_a_file_the_workers_cannot_read_is_reported_not_remembered(cluster: str,
 
 
 @needs_ray
+@pytest.mark.slow
 def test_a_block_the_cluster_drops_is_reported_and_tried_again(cluster: str, dataset: Path, tmp_path: Path) -> None:
     """Ray Data drops a block whose code raised (logged); its shard is reported, the rest kept."""
     from clothprobe.featurize.ray_engine import LOST, RayEngine
@@ -196,6 +200,7 @@ def test_a_block_the_cluster_drops_is_reported_and_tried_again(cluster: str, dat
 
 
 @needs_ray
+@pytest.mark.slow
 def test_a_runtime_fallback_on_the_workers_is_planned_for(cluster: str, dataset: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """The workers' store records a failed bfloat16 self-check (their CPU disagrees), the driver's does not:

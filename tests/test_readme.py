@@ -9,6 +9,8 @@ import pytest
 
 from conftest import make_image
 
+pytestmark = pytest.mark.slow  # each example trains and featurizes for tens of seconds
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 

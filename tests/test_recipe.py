@@ -77,6 +77,7 @@ def test_registry_preprocessing_matches_keras() -> None:
 
 
 @pytest.mark.parametrize("name", ["efficientnetv2s", "convnext_tiny"])
+@pytest.mark.slow
 def test_new_registry_backbones_embed(name: str) -> None:
     recipe = resolve_recipe(name, weights=None, image_size=32, precision="float32", runtime="openvino")
     images = np.stack([np.asarray(make_image_array(seed)) for seed in range(3)])

@@ -39,6 +39,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "models"
 
 
+@pytest.mark.slow
 def test_report_has_every_section_per_dataset(models: Path, tmp_path: Path) -> None:
     report = build_report(models, tmp_path)
     assert [s.dataset for s in report.sections] == ["clothes", "shop"]
@@ -205,6 +206,7 @@ def _chromium() -> str | None:
 
 
 @pytest.mark.skipif(_chromium() is None, reason="no Chromium here (.ci/run installs Debian's chromium)")
+@pytest.mark.slow
 def test_html_renders_and_fits_1400_px_in_a_real_browser(models: Path, tmp_path: Path) -> None:
     report = build_report(models, tmp_path / "reports")
     probe = tmp_path / "probe.html"  # the report plus a script that measures what the browser laid out

@@ -84,6 +84,7 @@ def test_validation_rows_never_reach_a_fit(tmp_path: Path, monkeypatch: pytest.M
 
 
 @pytest.mark.parametrize("clf", ["logreg", "lgbm"])
+@pytest.mark.slow
 def test_cross_validation_never_fits_on_the_rows_it_scores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                            clf: str) -> None:
     make_cache(tmp_path / "f")

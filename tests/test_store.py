@@ -102,6 +102,7 @@ def dataset(tmp_path: Path) -> Path:
     return make_dataset(tmp_path / "clothes")
 
 
+@pytest.mark.slow
 def test_int8_quantizes_once_and_reuses_the_stored_file(dataset: Path, store: ModelStore,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     cal = calibration_from_folder(dataset / "train", size=6, seed=0)
@@ -167,6 +168,7 @@ def test_self_check_passes_for_a_working_runtime(store: ModelStore) -> None:
     assert check["passed"] and check["cosine_min"] >= compiled.THRESHOLDS["bfloat16"]
 
 
+@pytest.mark.slow
 def test_featurize_int8_records_it_and_keeps_its_calibration(dataset: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     from clothprobe.featurize import featurize, load_features

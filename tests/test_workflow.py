@@ -9,7 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import make_dataset
+
+pytestmark = pytest.mark.slow  # both run the real CLI end to end
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
