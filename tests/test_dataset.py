@@ -93,7 +93,6 @@ print(json.dumps({{"files": [f.rel_path for fs in ds.files.values() for f in fs]
     assert not set(found["stray"]) & set(found["files"])
 
 
-@pytest.mark.slow
 @needs_fifo
 def test_featurize_skips_a_fifo_and_dev_zero_instead_of_hanging(dataset: Path, tmp_path: Path) -> None:
     """The whole run (scan, hashing, decoding) over a FIFO and a link to /dev/zero finishes and reports
