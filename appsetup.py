@@ -6,6 +6,8 @@ environment variables, file descriptors or warning filters behind its caller's b
   oneDNN notes). An import hook silences descriptor 2 for exactly that import, then turns TensorFlow's
   Python logger (tf.function retracing warnings) down to errors. ``cli --verbose`` skips all of this.
 - ``ClothprobeWarning``s are printed as one line each.
+- ``--max-pixels`` governs alone: Pillow's own process-wide bomb guard is raised to it (clothprobe's check
+  reads the header and refuses larger images with a reason), and Pillow's warning below it is not shown.
 """
 
 from __future__ import annotations
@@ -69,3 +71,13 @@ def one_line_warnings(print_line: Callable[[str], None]) -> None:
             show(message, category, filename, lineno, file, line)
 
     warnings.showwarning = showwarning
+
+
+def govern_pixels(max_pixels: int) -> None:
+    """Let ``--max-pixels`` be the only limit on image size in this process."""
+    from PIL import Image
+
+    from clothprobe.featurize.images import allow_pixels
+
+    allow_pixels(max_pixels)
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)

@@ -113,8 +113,11 @@ def featurize(
     workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
 ) -> None:
     """Run a frozen ImageNet conv base once over DATA and cache pooled embeddings in HDF5."""
+    from clothprobe.appsetup import govern_pixels
     from clothprobe.featurize import featurize as run_featurize
     from clothprobe.featurize.catalog import last_data
+
+    govern_pixels(max_pixels)
 
     if data is None:
         data = last_data(features_dir)

@@ -91,3 +91,18 @@ def test_predict_with_a_warm_store_never_imports_tensorflow(tmp_path: Path) -> N
                          capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr
     assert "imported: []" in res.stdout
+
+
+def test_max_pixels_governs_above_pillows_own_limit(tmp_path: Path) -> None:
+    """A 180-megapixel image is beyond twice Pillow's default guard; --max-pixels lets it through."""
+    from PIL import Image
+
+    data = make_dataset(tmp_path / "clothes", per_class={"hat": 2, "shirt": 2})
+    Image.new("1", (15000, 12000)).save(data / "train" / "hat" / "huge.png")  # 180 MP, a few kB on disk
+    args = ["featurize", "--data", str(data), "--backbone", "vgg16", "--weights", "none", "--image-size", "32",
+            "--runtime", "openvino", "--precision", "float32", "--out", str(tmp_path / "c.h5")]
+    res = cli(*args, home=tmp_path / "home")
+    assert res.returncode == 0 and "huge.png" in res.stderr and "DecompressionBomb" not in res.stderr
+    res = cli(*args, "--max-pixels", "200000000", home=tmp_path / "home")
+    assert res.returncode == 0, res.stderr
+    assert "skipped 0" in res.stdout and "computed 1" in res.stdout, res.stdout + res.stderr
