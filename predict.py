@@ -235,11 +235,9 @@ class ScoreWriter:
     temporary file renamed into place once complete: a failed run leaves no half file."""
 
     def __init__(self, path: str | Path, classes: Sequence[str], top_k: int, fmt: str | None = None) -> None:
-        try:
-            import pyarrow as pa
-        except ImportError:
-            raise ClothprobeError('Writing scores to a file needs pyarrow: pip install pyarrow (it comes with '
-                                  'pip install "clothprobe[ray]").') from None
+        from clothprobe.extras import require
+
+        pa = require("pyarrow", "export", f"Writing scores to {path}")
 
         self.path, self.classes, self.top_k = Path(path), list(classes), max(1, min(top_k, len(classes)))
         self.fmt = score_format(path, fmt)

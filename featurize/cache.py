@@ -48,6 +48,7 @@ import h5py
 import numpy as np
 
 from clothprobe.errors import ClothprobeError
+from clothprobe.extras import require
 from clothprobe.featurize.recipe import Recipe
 from clothprobe.files import stale_by_pid
 
@@ -219,8 +220,7 @@ class FeatureCache:
         """A ``pyarrow.Table``, one row per image: split, path, label, class, sha256 and one fixed-size
         list<float32> column per view (``embedding``, and ``flip`` with --tta flip); the recipe and class
         names are in the schema metadata."""
-        import pyarrow as pa
-
+        pa = require("pyarrow", "export", f"Exporting {self.path}")
         parts = [self._arrow_split(name, s) for name, s in self.splits.items()]
         meta = {"clothprobe.recipe": _json(self.recipe.to_dict()), "clothprobe.class_names": _json(self.class_names)}
         if not parts:
@@ -244,11 +244,12 @@ class FeatureCache:
     def to_dataframe(self) -> Any:
         """A pandas DataFrame of ``to_arrow()``: each ``embedding`` cell is a float32 numpy array;
         ``np.stack(df["embedding"])`` is the (n, d) matrix again."""
+        require("pandas", "export", f"Exporting {self.path} to pandas")
         return self.to_arrow().to_pandas()
 
     def to_parquet(self, path: str | Path) -> Path:
         """Write ``to_arrow()`` as Parquet, atomically. An existing file is replaced only if it is Parquet."""
-        import pyarrow.parquet as pq
+        pq = require("pyarrow.parquet", "export", f"Exporting {self.path}")
 
         path = Path(path)
         if path.is_dir() or (path.exists() and not _is_parquet(path)):

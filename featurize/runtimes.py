@@ -222,9 +222,11 @@ class _CalibrationSet:
 def quantize_int8(recipe: Recipe, float_ir: Path, directory: Path, calibration: Sequence[Path],
                   prepare: Callable[[np.ndarray], np.ndarray]) -> None:
     """NNCF post-training quantization of the float IR, calibrated on ``calibration`` photos."""
-    import nncf
     import openvino as ov
 
+    from clothprobe.extras import require
+
+    nncf = require("nncf", "int8", "--precision int8 (NNCF post-training quantization)")
     data = _CalibrationSet(calibration, prepare, recipe.input_size)
     usable = sum(1 for _ in data)
     if usable == 0:

@@ -106,3 +106,13 @@ def test_max_pixels_governs_above_pillows_own_limit(tmp_path: Path) -> None:
     res = cli(*args, "--max-pixels", "200000000", home=tmp_path / "home")
     assert res.returncode == 0, res.stderr
     assert "skipped 0" in res.stdout and "computed 1" in res.stdout, res.stdout + res.stderr
+
+
+def test_missing_optional_dependency_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from clothprobe.errors import ClothprobeError
+    from clothprobe.extras import require
+
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # what Python does for a module that is not installed
+    with pytest.raises(ClothprobeError, match=r'Exporting x needs pyarrow: pip install "clothprobe\[export\]"'):
+        require("pyarrow", "export", "Exporting x")
+    assert require("json", "export", "never").dumps([1]) == "[1]"
