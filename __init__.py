@@ -1,15 +1,14 @@
 """clothprobe: classify clothing photos from frozen CNN embeddings.
 
-The heavy libraries (TensorFlow, LightGBM) are imported lazily, inside the functions that need them,
-so that `cli --help` and a fully cached `cli featurize` start in a fraction of a second.
+Every package imports lazily (``clothprobe.lazy``), and the heavy libraries (TensorFlow, LightGBM,
+scikit-learn) only inside the functions that need them, so that `cli --help`, a fully cached
+`cli featurize` and `cli predict` start fast.
 """
+
+from clothprobe.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
-
-def __getattr__(name: str):  # noqa: ANN202 - lazy, so `import clothprobe` stays light
-    if name == "load_run":
-        from clothprobe.estimator import load_run
-
-        return load_run
-    raise AttributeError(f"module 'clothprobe' has no attribute {name!r}")
+_WHERE = {"load_run": "estimator", "ImageEmbedder": "featurize.transformer"}
+__all__ = sorted(_WHERE)
+__getattr__ = lazy_attributes(__name__, _WHERE)

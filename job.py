@@ -8,7 +8,7 @@ from pathlib import Path
 
 from clothprobe.classifiers import FitResult, fit
 from clothprobe.classifiers.data import parse_backbones
-from clothprobe.classifiers.fit import plan_fit
+from clothprobe.classifiers.fitting import plan_fit
 from clothprobe.classifiers.select import DEFAULT_SELECT
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize import FeaturizeResult, featurize

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clothprobe.classifiers.select import full_proba
+from clothprobe.classifiers.proba import full_proba
 from clothprobe.classifiers.stats import apply_temperature
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS, is_ignored

@@ -50,9 +50,12 @@ def _run(a: argparse.Namespace) -> list[dict]:
 
 
 def _table(rows: list[dict], modes: list[str]) -> str:
+    from clothprobe.report.runs import rank_key  # the report's own ranking, so both name the same run
+
     header = ["backbone", "run"] + [f"{m}: {c}" for m in modes for c in ("fit s", "chosen on, acc (95% CI)",
                                                                          "test acc (95% CI)", "settings")]
-    best = {m: max(range(len(rows)), key=lambda i: (rows[i][m].validation.accuracy, -i)) for m in modes}
+    best = {m: min(range(len(rows)), key=lambda i: rank_key(rows[i][m], f"{rows[i]['backbone']}/{rows[i]['run']}"))
+            for m in modes}
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, row in enumerate(rows):
         mark = "".join(f" **(chosen by {m})**" for m in modes if best[m] == i)

@@ -1,9 +1,9 @@
 """Stage 2: classical heads (logistic regression, LightGBM, a small dense head) on cached embeddings."""
 
-from clothprobe.classifiers.data import FeatureSet, load_feature_set
-from clothprobe.classifiers.fit import FitResult, fit
-from clothprobe.classifiers.modelio import LoadedModel, load_model
-from clothprobe.classifiers.registry import BALANCES, CLASSIFIERS, ClassifierSpec, get_classifier
+from clothprobe.lazy import lazy_attributes
 
-__all__ = ["BALANCES", "CLASSIFIERS", "ClassifierSpec", "FeatureSet", "FitResult", "LoadedModel", "fit",
-           "get_classifier", "load_feature_set", "load_model"]
+_WHERE = {"FeatureSet": "data", "load_feature_set": "data", "FitResult": "fitting", "fit": "fitting",
+          "LoadedModel": "modelio", "load_model": "modelio", "BALANCES": "registry", "CLASSIFIERS": "registry",
+          "ClassifierSpec": "registry", "get_classifier": "registry"}
+__all__ = sorted(_WHERE)
+__getattr__ = lazy_attributes(__name__, _WHERE)

@@ -10,6 +10,8 @@ from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
+from clothprobe.seeding import keras_seeded
+
 LOSSES = ("categorical", "focal")
 
 
@@ -20,6 +22,18 @@ def make_loss(name: str):  # noqa: ANN201 - a keras Loss
     if name not in LOSSES:
         raise ValueError(f"Unknown loss {name!r}; choose one of: {', '.join(LOSSES)}")
     return keras.losses.CategoricalFocalCrossentropy() if name == "focal" else keras.losses.CategoricalCrossentropy()
+
+
+PREDICT_CHUNK = 8192  # rows per eager call
+
+
+def keras_proba(model, X: np.ndarray) -> np.ndarray:  # noqa: ANN001 - a keras.Model
+    """A small Keras head's outputs for ``X``, by direct (eager) calls in chunks: unlike ``model.predict`` no
+    tf.function is traced per model, so a search over many small models traces (and warns) nothing."""
+    X = np.asarray(X, np.float32)
+    parts = [np.asarray(model(X[i : i + PREDICT_CHUNK], training=False), np.float64)
+             for i in range(0, max(len(X), 1), PREDICT_CHUNK)]
+    return np.concatenate(parts)
 
 
 class DenseHeadClassifier(ClassifierMixin, BaseEstimator):
@@ -69,8 +83,6 @@ class DenseHeadClassifier(ClassifierMixin, BaseEstimator):
         return model
 
     def fit(self, X, y, sample_weight=None):  # noqa: ANN001, ANN201 - scikit-learn signature
-        import keras
-
         if self.loss not in LOSSES:
             raise ValueError(f"Unknown loss {self.loss!r}; choose one of: {', '.join(LOSSES)}")
         if not (self.class_weight is None or self.class_weight == "balanced" or isinstance(self.class_weight, dict)):
@@ -85,27 +97,33 @@ class DenseHeadClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError("Sample weights sum to zero: there is nothing to fit.")
         onehot = np.eye(len(self.classes_), dtype=np.float32)[y_index]
 
-        keras.utils.set_random_seed(self.random_state)
+        with keras_seeded(self.random_state):  # the caller's own random state is left as it was
+            history = self._train(X, onehot, weights, y_index)
+        self.n_epochs_ = len(history.history["loss"])
+        return self
+
+    def _train(self, X: np.ndarray, onehot: np.ndarray, weights: np.ndarray, y_index: np.ndarray):  # noqa: ANN202
+        """Build and train ``model_``; early stopping on a stratified share of the rows (a Keras History)."""
+        import keras
+
         self.model_ = self._build(X.shape[1], len(self.classes_))
         fit_kw: dict = {}
         counts = np.bincount(y_index)
-        n_held = int(round(self.validation_fraction * len(y)))
+        n_held = int(round(self.validation_fraction * len(y_index)))
         if self.validation_fraction > 0 and n_held >= len(self.classes_) and counts.min() >= 2:
-            tr, va = train_test_split(np.arange(len(y)), test_size=n_held, stratify=y_index,
+            tr, va = train_test_split(np.arange(len(y_index)), test_size=n_held, stratify=y_index,
                                       random_state=self.random_state)
             fit_kw["validation_data"] = (X[va], onehot[va], weights[va])
             fit_kw["callbacks"] = [keras.callbacks.EarlyStopping(patience=self.patience, restore_best_weights=True)]
         else:
-            tr = np.arange(len(y))
-        history = self.model_.fit(X[tr], onehot[tr], sample_weight=weights[tr], epochs=self.epochs,
-                                  batch_size=self.batch_size, shuffle=True, verbose=0, **fit_kw)
-        self.n_epochs_ = len(history.history["loss"])
-        return self
+            tr = np.arange(len(y_index))
+        return self.model_.fit(X[tr], onehot[tr], sample_weight=weights[tr], epochs=self.epochs,
+                               batch_size=self.batch_size, shuffle=True, verbose=0, **fit_kw)
 
     def predict_proba(self, X):  # noqa: ANN001, ANN201
         check_is_fitted(self, "model_")
         X = validate_data(self, X, dtype=np.float32, reset=False)
-        return np.asarray(self.model_.predict(X, batch_size=1024, verbose=0), dtype=np.float64)
+        return keras_proba(self.model_, X)
 
     def predict(self, X):  # noqa: ANN001, ANN201
         proba = self.predict_proba(X)  # checks fitted state first

@@ -102,8 +102,10 @@ def _load_estimator(file_format: str, directory: Path, n_classes: int) -> Callab
                                   f"Fit the model again.") from None
         return lambda X: _binary_columns(np.asarray(booster.predict(X)))
     if file_format == "keras":
+        from clothprobe.classifiers.dense import keras_proba
+
         model = load_keras(directory / "model.keras")
-        return lambda X: np.asarray(model.predict(np.asarray(X, np.float32), batch_size=1024, verbose=0), np.float64)
+        return lambda X: keras_proba(model, X)
     raise ClothprobeError(f"{directory / 'manifest.json'} names an unknown model format {file_format!r}.")
 
 

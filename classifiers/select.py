@@ -22,6 +22,7 @@ from sklearn.metrics import accuracy_score, log_loss
 from sklearn.model_selection import RepeatedStratifiedKFold, train_test_split
 
 from clothprobe.classifiers.data import FeatureSet, SplitData
+from clothprobe.classifiers.proba import full_proba
 from clothprobe.classifiers.registry import ClassifierSpec, make_pipeline, threads_for
 from clothprobe.errors import ClothprobeError
 
@@ -36,13 +37,6 @@ def check_select(select: str) -> str:
     if select not in SELECT_MODES:
         raise ClothprobeError(f"Unknown selection {select!r}; choose one of: {', '.join(SELECT_MODES)}")
     return select
-
-
-def full_proba(model: Any, X: np.ndarray, n_classes: int) -> np.ndarray:
-    """Probabilities over every class, also those absent from the data the model was fitted on."""
-    proba = np.zeros((len(X), n_classes))
-    proba[:, np.asarray(model.classes_, dtype=int)] = model.predict_proba(X)
-    return proba / proba.sum(axis=1, keepdims=True)  # float32 softmax sums to 1 only within 1e-6
 
 
 def predict_split(model: Any, split: SplitData, n_classes: int, tta: bool) -> np.ndarray:

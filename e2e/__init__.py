@@ -1,5 +1,7 @@
 """End-to-end training (the reference notebooks' approach), measured here for the comparison."""
 
-from clothprobe.e2e.train import e2e
+from clothprobe.lazy import lazy_attributes
 
-__all__ = ["e2e"]
+_WHERE = {"e2e": "train"}
+__all__ = sorted(_WHERE)
+__getattr__ = lazy_attributes(__name__, _WHERE)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from clothprobe.classifiers.dense import make_loss
-from clothprobe.classifiers.fit import FitResult, calibrate
+from clothprobe.classifiers.fitting import FitResult, calibrate
 from clothprobe.classifiers.metrics import classification_metrics
 from clothprobe.classifiers.modelio import save_e2e_model
 from clothprobe.classifiers.registry import check_balance, check_loss
@@ -35,6 +35,7 @@ from clothprobe.featurize.dataset import scan
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS
 from clothprobe.featurize.recipe import Recipe, resolve_recipe
 from clothprobe.progress import progress_bar
+from clothprobe.seeding import keras_seeded
 from clothprobe.rundir import Manifest, Metrics, Predictions, check_target, write_run
 
 HELD_OUT = 0.1  # share of train held out for epoch selection when there is no validation split
@@ -246,8 +247,9 @@ def e2e(
     train, val, selection = _selection_splits(splits, seed)
     ckpt = _Checkpoint(job.run_dir, config.fingerprint())
     resumed = ckpt.done
-    model = ckpt.load_last() if resumed else build_model(config, weights_path, len(dataset.class_names))
-    _train(model, ckpt, job, train, val, len(dataset.class_names), progress, on_epoch)
+    with keras_seeded(seed):  # every epoch reseeds Keras; the caller's random state is put back afterwards
+        model = ckpt.load_last() if resumed else build_model(config, weights_path, len(dataset.class_names))
+        _train(model, ckpt, job, train, val, len(dataset.class_names), progress, on_epoch)
     ckpt.load_best(model)
     result = _write(model, ckpt, job, dataset, splits, train, val, selection, resumed, started, skipped)
     shutil.rmtree(ckpt.dir, ignore_errors=True)

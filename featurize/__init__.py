@@ -1,8 +1,10 @@
 """Stage 1: run a frozen ImageNet conv base once over an image folder and cache pooled embeddings."""
 
-from clothprobe.featurize.backbones import BACKBONES, Backbone, get_backbone
-from clothprobe.featurize.cache import FeatureCache, SplitFeatures, load_features
-from clothprobe.featurize.run import FeaturizeResult, featurize
+from clothprobe.lazy import lazy_attributes
 
-__all__ = ["BACKBONES", "Backbone", "FeatureCache", "FeaturizeResult", "SplitFeatures", "featurize",
-           "get_backbone", "load_features"]
+_WHERE = {"BACKBONES": "backbones", "Backbone": "backbones", "get_backbone": "backbones",
+          "FeatureCache": "cache", "SplitFeatures": "cache", "load_features": "cache",
+          "FeaturizeResult": "run", "featurize": "run", "ImageEmbedder": "transformer", "Recipe": "recipe",
+          "resolve_recipe": "recipe"}
+__all__ = sorted(_WHERE)
+__getattr__ = lazy_attributes(__name__, _WHERE)

@@ -1,6 +1,8 @@
 """Stage 3: every finished run (cached-feature heads and end-to-end training), one comparison per dataset."""
 
-from clothprobe.report.render import Report, Section, build_report
-from clothprobe.report.runs import REFERENCES, Run, collect_runs
+from clothprobe.lazy import lazy_attributes
 
-__all__ = ["REFERENCES", "Report", "Run", "Section", "build_report", "collect_runs"]
+_WHERE = {"Report": "render", "Section": "render", "build_report": "render", "REFERENCES": "runs", "Run": "runs",
+          "collect_runs": "runs"}
+__all__ = sorted(_WHERE)
+__getattr__ = lazy_attributes(__name__, _WHERE)

@@ -89,6 +89,14 @@ def _read(directory: Path) -> Run:
     return run
 
 
+def rank_key(metrics: Metrics, run_id: str) -> tuple:
+    """How runs are ranked: accuracy on what the choice rested on (validation, or out of fold), highest
+    first; ties broken by the lower log loss on the same photos (as the settings within a head are), then by
+    id. Test accuracy never enters."""
+    held = metrics.validation
+    return (-held.accuracy, held.log_loss, run_id) if held is not None else (1.0, float("inf"), run_id)
+
+
 def collect_runs(models_dir: str | Path) -> tuple[dict[str, list[Run]], list[tuple[str, str]]]:
     """Every finished run under ``models_dir`` by dataset, best validation accuracy first (ties: by id),
     and the runs that could not be read, with the reason (skipped, not fatal).
@@ -108,8 +116,8 @@ def collect_runs(models_dir: str | Path) -> tuple[dict[str, list[Run]], list[tup
         found = f" ({len(skipped)} unreadable: {skipped[0][1]})" if skipped else ""
         raise ClothprobeError(f"Nothing to report: no finished runs (metrics.json + manifest.json) under "
                               f"{models_dir}{found}. Make some with: cli fit --clf all")
-    order = lambda r: (-(r.val_accuracy if r.val_accuracy is not None else -1.0), r.id)  # noqa: E731
-    return {name: sorted(runs, key=order) for name, runs in sorted(by_dataset.items())}, skipped
+    ranked = {name: sorted(runs, key=lambda r: rank_key(r.metrics, r.id)) for name, runs in sorted(by_dataset.items())}
+    return ranked, skipped
 
 
 def paired(a: Run, b: Run) -> PairedTest | None:

@@ -92,6 +92,21 @@ def test_leaderboard_is_ordered_by_validation_and_marks_the_best(models: Path, t
     assert section.best.id == board.rows[0][1].text
 
 
+def test_ties_on_validation_accuracy_go_to_the_lower_log_loss(models: Path) -> None:
+    """Two runs right on as many validation photos: the one more confident where it is right ranks first,
+    whatever their names (the report and bench/fit.py rank with the same key)."""
+    from dataclasses import replace
+
+    from clothprobe.report.runs import rank_key
+
+    runs = next(iter(collect_runs(models)[0].values()))
+    m = runs[0].metrics
+    sure, unsure = (replace(m, validation=replace(m.validation, log_loss=v)) for v in (0.2, 0.9))
+    assert rank_key(sure, "z-run") < rank_key(unsure, "a-run")
+    worse = replace(m, validation=replace(m.validation, accuracy=m.validation.accuracy - 0.01, log_loss=0.01))
+    assert rank_key(unsure, "z-run") < rank_key(worse, "a-run")
+
+
 def test_report_is_deterministic(models: Path, tmp_path: Path) -> None:
     build_report(models, tmp_path / "a")
     build_report(models, tmp_path / "b")

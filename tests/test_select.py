@@ -102,7 +102,7 @@ def test_cross_validation_never_fits_on_the_rows_it_scores(tmp_path: Path, monke
 
     monkeypatch.setattr(select, "_fit_grid", grid_spy)
     monkeypatch.setattr(select, "predict_split", predict_spy)
-    monkeypatch.setattr(sys.modules["clothprobe.classifiers.fit"], "predict_split", predict_spy)
+    monkeypatch.setattr(sys.modules["clothprobe.classifiers.fitting"], "predict_split", predict_spy)
     seen = _spy(monkeypatch, clf)
     (result,) = fit("clothes", clf=clf, balance="none", select="cv", features_dir=tmp_path / "f",
                     models_dir=tmp_path / "m")
