@@ -34,6 +34,8 @@ from clothprobe.featurize.plan import EmbedTask, FileHash, Shard, ShardBatch, Sh
 from clothprobe.featurize.recipe import Recipe
 from clothprobe.featurize.worker import Engine, LocalEngine
 
+from results_file import write_report  # bench/ is this script's folder, first on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "clothing-dataset-small"
 PHOTOS = 1_000_000
@@ -173,10 +175,7 @@ def main() -> None:
             results[name] = marginal(*runs)
             print(f"{name}: {results[name]}", flush=True)
     text = report(a, n, results)
-    print(text)
-    a.report.parent.mkdir(parents=True, exist_ok=True)
-    a.report.write_text(f"`python bench/distributed.py {' '.join(sys.argv[1:])}`\n\n{text}")
-    print(f"written to {a.report}")
+    write_report(a.report, text)
 
 
 if __name__ == "__main__":

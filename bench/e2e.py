@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from results_file import write_report  # bench/ is this script's folder, first on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "clothing-dataset-small"
 
@@ -93,10 +95,7 @@ def main() -> None:
               "- Epochs: " + json.dumps([{k: round(v, 4) if isinstance(v, float) else v for k, v in e.items()}
                                           for e in m.epochs])]
     text = "\n".join(lines) + "\n"
-    print(text)
-    a.report.parent.mkdir(parents=True, exist_ok=True)
-    a.report.write_text(f"`python bench/e2e.py {' '.join(sys.argv[1:])}`\n\n{text}")
-    print(f"written to {a.report}")
+    write_report(a.report, text)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from results_file import write_report  # bench/ is this script's folder, first on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "clothing-dataset-small"
 PRECISIONS = ("float32", "bfloat16", "int8")
@@ -269,10 +271,7 @@ def main() -> None:
                         "test acc %", "test vs float32"), accuracy) + [""]
     lines += table(("what", "wall seconds"), other)
     text = "\n".join(lines) + "\n"
-    print(text)
-    a.report.parent.mkdir(parents=True, exist_ok=True)
-    a.report.write_text(f"`python bench/featurize.py {' '.join(sys.argv[1:])}`\n\n{text}")
-    print(f"written to {a.report}")
+    write_report(a.report, text)
 
 
 if __name__ == "__main__":

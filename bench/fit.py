@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
+
+from results_file import write_report  # bench/ is this script's folder, first on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_TEST = 0.90  # end-to-end Xception, 299 px, augmentation (reference notebook, not measured here)
@@ -85,10 +86,7 @@ def main() -> None:
     a = p.parse_args()
 
     text = _table(_run(a), a.select.split(","))
-    print(text)
-    a.report.parent.mkdir(parents=True, exist_ok=True)
-    a.report.write_text(f"`python bench/fit.py {' '.join(sys.argv[1:])}`\n\n{text}")
-    print(f"written to {a.report}")
+    write_report(a.report, text)
 
 
 if __name__ == "__main__":

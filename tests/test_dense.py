@@ -10,7 +10,6 @@ from clothprobe.classifiers.dense import DenseHeadClassifier
 
 # Checks that cannot hold for a small neural network trained by SGD, with the reason.
 EXPECTED_FAILURES = {
-    "check_methods_sample_order_invariance": "float32 batched matmul: probabilities differ by ~1e-7 with row order",
     "check_sample_weight_equivalence_on_dense_data": "SGD with shuffled mini-batches: weights != repeated rows",
     "check_sample_weight_equivalence_on_sparse_data": "sparse input is not supported",
     "check_classifiers_train": "a tiny head does not reach the check's accuracy bar in few epochs",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import pickle
 from dataclasses import asdict, replace
 from pathlib import Path
