@@ -438,7 +438,7 @@ def cache_list() -> None:
     for col in ("key", "backbone", "runtime", "precision", "input", "MB", "last used", "self-checks"):
         table.add_column(col, no_wrap=col != "self-checks")
     for e in store.entries():
-        checks = "; ".join(f"{'ok' if c['passed'] else 'FAILED'} {k} (cosine {c['cosine_min']:.4f})"
+        checks = "; ".join(f"{'ok' if c.passed else 'FAILED'} {k} (cosine {c.cosine_min:.4f})"
                            for k, c in e.checks.items())
         used = datetime.datetime.fromtimestamp(e.last_used).strftime("%Y-%m-%d %H:%M")
         table.add_row(e.key, e.recipe.backbone, e.recipe.runtime, e.recipe.precision, str(e.recipe.input_size),

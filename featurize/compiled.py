@@ -22,7 +22,7 @@ import numpy as np
 from clothprobe.errors import ClothprobeError, ClothprobeWarning
 from clothprobe.featurize.recipe import Recipe
 from clothprobe.featurize.runtimes import IR_FILE, Runner, export_float, load_runner, quantize_int8
-from clothprobe.featurize.store import ModelStore, StoreEntry
+from clothprobe.featurize.store import ModelStore, SelfCheck, StoreEntry
 
 # Lowest cosine to float32 accepted on the probe batch. Measured on it with real ImageNet weights (OpenVINO
 # 2026.4, AMD EPYC Zen 5 with AVX512-BF16; int8 calibrated on 300 training photos): bfloat16 min 0.99948
@@ -89,7 +89,7 @@ class _Loader:
         if recipe.precision != "int8":
             return self.store.get_or_build(recipe, lambda d: export_float(recipe, d, self.weights))
         float_entry = self.entry(recipe.with_precision("float32"))
-        if not self.calibration and self.store.read(self._key(recipe)) is None:
+        if not self.calibration and self.store.read_for(recipe) is None:
             raise ClothprobeError(
                 f"The int8 model for {recipe.backbone} (calibration {recipe.calibration}) is not in the model store "
                 f"{self.store.root}, and no calibration photos were given to make it. Featurize with "
@@ -103,11 +103,6 @@ class _Loader:
     def runner(self, recipe: Recipe, entry: StoreEntry, rows: int) -> Runner:
         return load_runner(recipe, entry.file, rows, cache_dir=self.store.home / "compiled", threads=self.threads)
 
-    def _key(self, recipe: Recipe) -> str:
-        from clothprobe.featurize.store import artifact_recipe
-
-        return artifact_recipe(recipe).fingerprint
-
 
 def effective_recipe(recipe: Recipe, store: ModelStore | None = None) -> Recipe:
     """``recipe``, or its float32 form when its precision already failed the self-check on this machine.
@@ -115,9 +110,9 @@ def effective_recipe(recipe: Recipe, store: ModelStore | None = None) -> Recipe:
     if recipe.precision == "float32":
         return recipe
     store = store or ModelStore()
-    entry = store.read(_Loader(store, None, (), None)._key(recipe))
+    entry = store.read_for(recipe)
     check = entry.checks.get(_check_key(recipe)) if entry else None
-    return recipe.with_precision("float32") if check and not check["passed"] else recipe
+    return recipe.with_precision("float32") if check and not check.passed else recipe
 
 
 def _check_key(recipe: Recipe) -> str:
@@ -139,8 +134,7 @@ def checked_runner(recipe: Recipe, *, rows: int, calibration_files: Sequence[Pat
     cos = cosine_min(_embed_probe(recipe, runner, rows), _embed_probe(reference, ref_runner, rows))
     threshold = THRESHOLDS[recipe.precision]
     passed = bool(cos >= threshold)
-    store.record_check(entry, _check_key(recipe), {"passed": passed, "cosine_min": cos, "threshold": threshold,
-                                                   "images": PROBE_IMAGES, "checked": time.time()})
+    store.record_check(entry, _check_key(recipe), SelfCheck(passed, cos, threshold, PROBE_IMAGES, time.time()))
     if passed:
         return recipe, runner
     warnings.warn(ClothprobeWarning(

@@ -165,12 +165,12 @@ def _calibrated(recipe: Recipe, index: FileIndex, calibration: str | Path | None
 def _kept_calibration(recipe: Recipe, existing: cache_mod.ExistingCache) -> Recipe | None:
     """The existing cache's int8 recipe, when it differs from ``recipe`` only in its calibration sample and
     its quantized model is still in the store."""
-    from clothprobe.featurize.store import ModelStore, artifact_recipe
+    from clothprobe.featurize.store import ModelStore
 
     previous = existing.header.recipe if existing.usable else None
     if previous is None or previous.precision != "int8" or previous.with_precision("int8") != recipe.with_precision("int8"):
         return None
-    return previous if ModelStore().read(artifact_recipe(previous).fingerprint) is not None else None
+    return previous if ModelStore().read_for(previous) is not None else None
 
 
 def _update(index: FileIndex, recipe: Recipe, calibration_files: tuple[str, ...], existing: cache_mod.ExistingCache,

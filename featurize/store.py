@@ -21,7 +21,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +51,20 @@ def artifact_recipe(recipe: Recipe) -> Recipe:
     return recipe
 
 
+@dataclass(frozen=True)
+class SelfCheck:
+    """A reduced-precision model checked against float32 on one machine (``featurize/compiled.py``)."""
+
+    passed: bool
+    cosine_min: float
+    threshold: float
+    images: int
+    checked: float  # when, seconds since the epoch
+
+
 @dataclass
 class StoreEntry:
-    """One stored model: ``files`` name -> SHA-256, ``checks`` machine -> the self-check done there."""
+    """One stored model: ``files`` name -> SHA-256, ``checks`` "<precision> on <machine>" -> its self-check."""
 
     key: str
     path: Path
@@ -61,7 +72,7 @@ class StoreEntry:
     files: dict[str, str]
     created: str
     last_used: float
-    checks: dict[str, dict[str, Any]]
+    checks: dict[str, SelfCheck]
 
     @property
     def size_bytes(self) -> int:
@@ -83,7 +94,8 @@ class StoreEntry:
 
     def to_manifest(self) -> dict[str, Any]:
         return {"store_version": STORE_VERSION, "key": self.key, "recipe": self.recipe.to_dict(),
-                "files": self.files, "created": self.created, "last_used": self.last_used, "checks": self.checks}
+                "files": self.files, "created": self.created, "last_used": self.last_used,
+                "checks": {k: asdict(c) for k, c in self.checks.items()}}
 
     @classmethod
     def from_manifest(cls, path: Path, doc: dict[str, Any]) -> StoreEntry:
@@ -93,7 +105,7 @@ class StoreEntry:
         try:
             return cls(key=str(doc["key"]), path=path, recipe=Recipe.from_dict(doc["recipe"]),
                        files=dict(doc["files"]), created=str(doc["created"]), last_used=float(doc["last_used"]),
-                       checks=dict(doc.get("checks", {})))
+                       checks={k: SelfCheck(**c) for k, c in doc.get("checks", {}).items()})
         except (KeyError, TypeError, ValueError, ClothprobeError) as err:
             raise ClothprobeError(f"{path / MANIFEST} is not a store manifest ({err}); prune it with "
                                   f"`cli cache prune --key {path.name}`.") from None
@@ -139,6 +151,10 @@ class ModelStore:
                                   f"`cli cache prune --key {key}`.") from None
         return StoreEntry.from_manifest(directory, doc)
 
+    def read_for(self, recipe: Recipe) -> StoreEntry | None:
+        """The finished entry holding ``recipe``'s files, if any (not yet verified)."""
+        return self.read(artifact_recipe(recipe).fingerprint)
+
     def get_or_build(self, recipe: Recipe, build: Callable[[Path], None]) -> StoreEntry:
         """The verified entry for ``recipe``'s files, building it with ``build(directory)`` if missing.
         Two processes asking at once: one builds, the other waits for the lock and reuses it."""
@@ -178,7 +194,7 @@ class ModelStore:
     def _fresh(self, entry: StoreEntry) -> StoreEntry:
         return self.read(entry.key) or entry
 
-    def record_check(self, entry: StoreEntry, machine: str, check: dict[str, Any]) -> None:
+    def record_check(self, entry: StoreEntry, machine: str, check: SelfCheck) -> None:
         """Keep a runtime self-check's outcome in the entry, so it runs once per machine."""
         with self._locked(entry.key):
             fresh = self._fresh(entry)

@@ -149,7 +149,7 @@ def test_self_check_falls_back_when_the_runtime_disagrees(store: ModelStore, mon
     assert embedder.recipe == recipe.with_precision("float32")
     (entry,) = store.entries()
     (check,) = entry.checks.values()
-    assert check["passed"] is False and check["cosine_min"] < compiled.THRESHOLDS["bfloat16"]
+    assert check.passed is False and check.cosine_min < compiled.THRESHOLDS["bfloat16"]
     # next time: decided from the record, before any model work, and without a second warning
     assert compiled.effective_recipe(recipe, store) == recipe.with_precision("float32")
     with warnings.catch_warnings():
@@ -165,7 +165,7 @@ def test_self_check_passes_for_a_working_runtime(store: ModelStore) -> None:
     assert embedder.recipe == recipe
     (entry,) = store.entries()  # bfloat16 shares the float IR
     (check,) = entry.checks.values()
-    assert check["passed"] and check["cosine_min"] >= compiled.THRESHOLDS["bfloat16"]
+    assert check.passed and check.cosine_min >= compiled.THRESHOLDS["bfloat16"]
 
 
 @pytest.mark.slow
