@@ -3,9 +3,12 @@ Never a pickle. The run directory around them is ``clothprobe/rundir.py``'s.
 
 The fitted pipeline is stored without its sampler (SMOTE only acts while fitting) as:
 
-- ``model.skops``: the whole inference pipeline, for heads whose estimator skops stores (trusted types only);
-- ``preprocess.skops`` (when there is a scaler) plus the estimator in its own format:
-  ``model.lgbm.txt`` (LightGBM's text format) or ``model.keras`` (Keras's format, loaded in safe mode);
+- ``model.npz`` (format ``linear``): a standard scaler and a logistic regression as their numbers (numpy's
+  npz, read with ``allow_pickle=False``). Predicting needs numpy only: no scikit-learn import, which alone
+  takes longer than the rest of a warm ``cli predict`` (bench/featurize.py);
+- ``preprocess.skops`` (when there is a scaler; skops, trusted types only) plus the estimator in its own
+  format: ``model.lgbm.txt`` (LightGBM's text format) or ``model.keras`` (Keras's format, safe mode);
+- ``model.skops``: the whole pipeline, as runs of format ``skops`` (clothprobe before ``linear``) hold it;
 - an end-to-end run's whole network as ``model.keras`` (format ``keras-e2e``).
 
 Loading checks every sha256 in the manifest first, and that the caches it is used with are the ones it
@@ -16,6 +19,7 @@ whose class count differs from the run's) is refused before it is used.
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +31,9 @@ from clothprobe.errors import ClothprobeError
 from clothprobe.rundir import Manifest, read_manifest, verify
 
 SAMPLER_STEPS = ("smote",)
-LGBM_HEADER_BYTES = 1 << 20  # LightGBM's text header comes before the first tree
+LGBM_HEADER_BYTES = 1 << 20
+LINEAR_FILE = "model.npz"
+LINEAR_MAX_BYTES = 1 << 28  # 10 classes x 2,560 dims is 0.2 MB  # LightGBM's text header comes before the first tree
 
 
 def _dump_skops(obj: Any, path: Path) -> None:
@@ -47,6 +53,64 @@ def _load_skops(path: Path) -> Any:
         raise ClothprobeError(f"{path} is not a readable skops file ({type(err).__name__}); refusing to load it. "
                               f"Fit the model again.") from None
     raise ClothprobeError(f"{path} contains types that are not trusted ({', '.join(untrusted)}); refusing to load it.")
+
+
+def _save_linear(steps: list[tuple[str, Any]], directory: Path) -> dict:
+    """A (scaler +) logistic regression as the numbers its ``predict_proba`` uses."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    *pre, (_, clf) = steps
+    if not isinstance(clf, LogisticRegression) or any(not isinstance(s, StandardScaler) for _, s in pre) or len(pre) > 1:
+        raise ValueError(f"the linear format stores a StandardScaler + LogisticRegression, not {[n for n, _ in steps]}")
+    arrays = {"coef": clf.coef_, "intercept": clf.intercept_}
+    if pre:
+        arrays.update(mean=pre[0][1].mean_, scale=pre[0][1].scale_)
+    np.savez(directory / LINEAR_FILE, **arrays)
+    return {"file": LINEAR_FILE}
+
+
+def _linear_proba(X: np.ndarray, coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray | None = None,
+                  scale: np.ndarray | None = None) -> np.ndarray:
+    """What scikit-learn's ``predict_proba`` computes: softmax of the scores (the logistic for two classes)."""
+    X = np.asarray(X, np.float64)
+    if X.ndim != 2 or X.shape[1] != coef.shape[1]:
+        raise ClothprobeError(f"The model expects {coef.shape[1]}-d embeddings, got an array of shape {X.shape}.")
+    if mean is not None:
+        X = (X - mean) / scale
+    z = X @ coef.T + intercept
+    if z.shape[1] == 1:
+        p = 1.0 / (1.0 + np.exp(-z[:, 0]))
+        return np.column_stack([1 - p, p])
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def _linear_shapes_ok(arrays: dict[str, np.ndarray], rows: int) -> bool:
+    if set(arrays) not in ({"coef", "intercept"}, {"coef", "intercept", "mean", "scale"}):
+        return False
+    coef = arrays["coef"]
+    if coef.ndim != 2:
+        return False
+    dims = coef.shape[1]
+    return (coef.shape[0] == rows and arrays["intercept"].shape == (rows,)
+            and all(arrays[k].shape == (dims,) for k in ("mean", "scale") if k in arrays))
+
+
+def _load_linear(path: Path, n_classes: int) -> Callable[[np.ndarray], np.ndarray]:
+    try:
+        with zipfile.ZipFile(path) as z:  # a bound before numpy allocates: a crafted file may claim any size
+            if sum(info.file_size for info in z.infolist()) > LINEAR_MAX_BYTES:
+                raise ValueError("larger than any linear head")
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {name: np.asarray(f[name], np.float64) for name in f.files}
+    except Exception as err:  # noqa: BLE001 - any failure to read an untrusted file is a refusal
+        raise ClothprobeError(f"{path} is not a readable linear model ({type(err).__name__}: {str(err)[:200]}); "
+                              f"refusing to load it. Fit the model again.") from None
+    if not _linear_shapes_ok(arrays, rows=1 if n_classes == 2 else n_classes):
+        raise ClothprobeError(f"{path} is not a linear model of this run's {n_classes} classes (arrays: "
+                              f"{ {k: v.shape for k, v in arrays.items()} }); refusing to load it. Fit the model again.")
+    return lambda X: _linear_proba(X, **arrays)
 
 
 def _lgbm_header(path: Path, n_classes: int) -> None:
@@ -116,10 +180,8 @@ def save_model(pipeline: Any, file_format: str, directory: Path) -> dict:
     steps = [(name, step) for name, step in pipeline.steps if name not in SAMPLER_STEPS]
     estimator = steps[-1][1]
     entry: dict[str, Any] = {"format": file_format, "classes": np.asarray(estimator.classes_).tolist()}
-    if file_format == "skops":
-        _dump_skops(Pipeline(steps), directory / "model.skops")
-        entry["file"] = "model.skops"
-        return entry
+    if file_format == "linear":
+        return {**entry, **_save_linear(steps, directory)}
     if len(steps) > 1:
         _dump_skops(Pipeline(steps[:-1]), directory / "preprocess.skops")
         entry["preprocess"] = "preprocess.skops"
@@ -173,9 +235,10 @@ def load_model(directory: str | Path, fingerprints: dict[str, str] | None = None
         file_format, classes = entry["format"], np.asarray(entry["classes"])
     except KeyError as err:
         raise ClothprobeError(f"{directory / 'manifest.json'}: the model entry lacks {err}; fit again.") from None
-    if file_format == "skops":
-        pipeline = _load_skops(directory / entry["file"])
-        predict = pipeline.predict_proba
+    if file_format == "linear":
+        predict = _load_linear(directory / entry["file"], len(classes))
+    elif file_format == "skops":
+        predict = _load_skops(directory / entry["file"]).predict_proba
     else:
         estimator = _load_estimator(file_format, directory, len(classes))
         pre = _load_skops(directory / entry["preprocess"]) if "preprocess" in entry else None

@@ -104,7 +104,7 @@ class ClassifierSpec:
     name: str
     build: Callable[[dict, bool, int, str], Any]
     grid: tuple[dict, ...]
-    file_format: str  # "skops" | "lightgbm" | "keras": see classifiers/modelio.py
+    file_format: str  # "linear" | "lightgbm" | "keras": see classifiers/modelio.py
     scale: bool = True
     path: bool = False
     fit_params: Callable[[np.ndarray, np.ndarray], dict] | None = None
@@ -114,7 +114,7 @@ class ClassifierSpec:
 CLASSIFIERS: dict[str, ClassifierSpec] = {
     s.name: s
     for s in (
-        ClassifierSpec("logreg", _logreg, tuple({"C": c} for c in (0.003, 0.01, 0.03, 0.1)), "skops",
+        ClassifierSpec("logreg", _logreg, tuple({"C": c} for c in (0.003, 0.01, 0.03, 0.1)), "linear",
                        path=True),
         ClassifierSpec(
             "lgbm", _lgbm,

@@ -60,13 +60,14 @@ import sys
 from clothprobe.predict import predict
 result = predict([sys.argv[1]], sys.argv[2])
 assert len(result.predictions) == 1, result
-heavy = sorted(m for m in ("tensorflow", "keras", "jax", "torch") if m in sys.modules)
+heavy = sorted(m for m in ("tensorflow", "keras", "jax", "torch", "sklearn", "skops") if m in sys.modules)
 print("imported:", heavy)
 """
 
 
 @pytest.mark.slow
 def test_predict_with_a_warm_store_never_imports_tensorflow(tmp_path: Path) -> None:
+    """Nor scikit-learn, for a logistic-regression run: its import alone is longer than the rest of predict."""
     from clothprobe.classifiers import fit
 
     data = make_dataset(tmp_path / "clothes", per_class={"hat": 3, "shirt": 3})

@@ -171,7 +171,7 @@ def test_fit_cli_trains_on_a_cache(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert "logreg-weights" in res.stdout and "validation split" in res.stdout
     assert "logreg-weights: val" in res.stderr
-    assert (tmp_path / "models" / "clothes" / "xception" / "logreg-weights" / "model.skops").is_file()
+    assert (tmp_path / "models" / "clothes" / "xception" / "logreg-weights" / "model.npz").is_file()
 
 
 @pytest.mark.slow

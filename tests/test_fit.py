@@ -277,8 +277,77 @@ def _rehash(run_dir: Path) -> None:
     (run_dir / "manifest.json").write_text(rundir._dump(manifest))
 
 
-def test_a_pickle_behind_a_matching_hash_is_refused(features: Path, tmp_path: Path) -> None:
+def test_a_pickle_or_a_bomb_behind_a_matching_hash_is_refused(features: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import zipfile
+
+    from clothprobe.classifiers import modelio
+
     (result,) = run(features, tmp_path, clf="logreg")
+    model = result.run_dir / "model.npz"
+    model.write_bytes(pickle.dumps({"a": 1}))
+    _rehash(result.run_dir)
+    with pytest.raises(ClothprobeError, match="model.npz is not a readable linear model"):
+        load_model(result.run_dir)
+    np.savez(model, coef=np.array([{"a": 1}], dtype=object), intercept=np.zeros(3))  # an object array is a pickle
+    _rehash(result.run_dir)
+    with pytest.raises(ClothprobeError, match="model.npz is not a readable linear model"):
+        load_model(result.run_dir)
+    monkeypatch.setattr(modelio, "LINEAR_MAX_BYTES", 1 << 20)
+    with zipfile.ZipFile(model, "w", zipfile.ZIP_DEFLATED) as z:  # 2 MB of zeros in a few kB
+        z.writestr("coef.npy", bytes(2 << 20))
+    _rehash(result.run_dir)
+    with pytest.raises(ClothprobeError, match="model.npz is not a readable linear model.*larger than any"):
+        load_model(result.run_dir)
+    np.savez(model, coef=np.zeros((7, 16)), intercept=np.zeros(7))
+    _rehash(result.run_dir)
+    with pytest.raises(ClothprobeError, match=r"not a linear model of this run's 3 classes.*\(7, 16\)"):
+        load_model(result.run_dir)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+@pytest.mark.parametrize("scale", [True, False])
+def test_a_linear_head_predicts_what_scikit_learn_does(tmp_path: Path, n_classes: int, scale: bool) -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from clothprobe.classifiers import modelio
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(3, 2, (60, 5)).astype(np.float32), np.arange(60) % n_classes
+    X[np.arange(60), y] += 2
+    steps = [("scale", StandardScaler())] if scale else []
+    pipeline = Pipeline([*steps, ("clf", LogisticRegression(C=0.5))]).fit(X, y)
+    entry = modelio.save_model(pipeline, "linear", tmp_path)
+    predict = modelio._load_linear(tmp_path / entry["file"], n_classes)
+    new = rng.normal(3, 2, (20, 5)).astype(np.float32)
+    assert np.allclose(predict(new), pipeline.predict_proba(new), rtol=0, atol=1e-6)
+    with pytest.raises(ClothprobeError, match=r"expects 5-d embeddings, got an array of shape \(20, 4\)"):
+        predict(new[:, :4])
+
+
+def test_a_run_written_before_the_linear_format_still_loads(features: Path, tmp_path: Path) -> None:
+    """Runs of format ``skops`` (the whole pipeline in ``model.skops``) stay usable."""
+    import skops.io
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    (result,) = run(features, tmp_path, clf="logreg")
+    before = load_model(result.run_dir).predict_proba(np.ones((2, 16), np.float32))
+    arrays = np.load(result.run_dir / "model.npz")
+    scaler, clf = StandardScaler().fit(np.zeros((2, 16))), LogisticRegression()
+    scaler.mean_, scaler.scale_ = arrays["mean"], arrays["scale"]
+    clf.coef_, clf.intercept_, clf.classes_ = arrays["coef"], arrays["intercept"], np.arange(3)
+    skops.io.dump(Pipeline([("scale", scaler), ("clf", clf)]), result.run_dir / "model.skops")
+    (result.run_dir / "model.npz").unlink()
+    manifest = rundir.read_manifest(result.run_dir)
+    manifest.model = {**manifest.model, "format": "skops", "file": "model.skops"}
+    manifest.sha256 = {"model.skops" if k == "model.npz" else k: v for k, v in manifest.sha256.items()}
+    (result.run_dir / "manifest.json").write_text(rundir._dump(manifest))
+    _rehash(result.run_dir)
+    assert np.allclose(load_model(result.run_dir).predict_proba(np.ones((2, 16), np.float32)), before, atol=1e-6)
     (result.run_dir / "model.skops").write_bytes(pickle.dumps({"a": 1}))
     _rehash(result.run_dir)
     with pytest.raises(ClothprobeError, match="model.skops is not a readable skops file"):
