@@ -13,11 +13,12 @@ does the middle part:
 
 The driver reads the results as a stream (``iter_batches``), so it never holds more than a few batches; the
 ``Merger`` keeps each on disk as it arrives. A worker whose process dies (killed, out of memory, node lost)
-is restarted by Ray and its block given to it again, as often as it takes: Ray Data's own fault tolerance
-(``max_restarts``, ``max_task_retries`` and tasks' ``max_retries`` unlimited; bounding them in Ray 2.60 takes
-``map_batches``' deprecated ``**ray_remote_args``). A block whose code raises is dropped by Ray Data and its
-shard reported as ``ShardFailed``, as is a file a worker cannot read: what finished is kept, and their
-files are tried again next run.
+is restarted by Ray and its batch given to it again (Ray Data's own fault tolerance). A batch that kills
+its worker every time would be retried for ever, so a small ``_Attempts`` actor counts how often each
+batch was started: the ``WORKER_ATTEMPTS``-th start that follows a death hands the batch back as a fault
+instead of running it. A block whose code raises is dropped by Ray Data; its shard, like a batch given up
+on or a file a worker cannot read, is reported as ``ShardFailed``: what finished is kept, and their files
+are tried again next run.
 
 Every path (images, calibration photos, weights, ``store_home``) must be readable at the same path on every
 node: a shared file system (NFS, EFS, Lustre, or object storage mounted with a FUSE driver). Ray is an
@@ -53,6 +54,9 @@ DECODE_CPUS = 0.5  # CPUs a decoding task reserves
 BLOCK_BATCHES = 4  # model batches per Ray Data block: the unit a worker takes, and sends back, at once
 LOST = "its batch failed on the Ray cluster (the error is in the log above, and in the Ray logs)"
 RESUME = "Batches finished so far are kept; the next run resumes from them."
+WORKER_ATTEMPTS = 3  # starts of one batch on the pool; more mean it kills its worker: it is then given up
+GIVEN_UP = (f"its Ray worker died each of the {WORKER_ATTEMPTS} times it embedded this batch (out of memory, or a "
+            f"crash on one of its files; the Ray logs say which); skipped, tried again next run")
 
 
 def import_ray() -> Any:
@@ -140,11 +144,24 @@ def decode_rows(batch: dict[str, np.ndarray], sizes: tuple[int, ...], max_pixels
             "fault": np.array(faults, dtype=object), **{_image_column(size): images[size] for size in sizes}}
 
 
+class _Attempts:
+    """A Ray actor, one per run: how many times each batch has been started by a model actor."""
+
+    def __init__(self) -> None:
+        self.started: Counter[str] = Counter()
+
+    def start(self, batch: str) -> int:
+        self.started[batch] += 1
+        return self.started[batch]
+
+
 class _EmbedActor:
-    """One actor of the pool: a loaded model per task (a run's backbones), reused for every batch."""
+    """One actor of the pool: a loaded model per task (a run's backbones), reused for every batch.
+    ``attempts``: the run's ``_Attempts`` actor; a batch started more than ``WORKER_ATTEMPTS`` times is
+    returned with every row's ``fault`` set (``GIVEN_UP``) instead of being embedded again."""
 
     def __init__(self, tasks: tuple[EmbedTask, ...], threads: int, store_home: str | None,
-                 weights: str | None) -> None:
+                 weights: str | None, attempts: Any = None) -> None:
         from clothprobe.featurize.embed import open_embedder
         from clothprobe.featurize.store import ModelStore
 
@@ -156,11 +173,21 @@ class _EmbedActor:
         self.label = " + ".join(e.recipe.label for e in self.embedders)
         self.where = f"{socket.gethostname()} (pid {os.getpid()})"
         self.dims: dict[int, int] = {}  # embedding width of each task's model, once known
+        self.attempts = attempts
+
+    def _given_up(self, batch: dict[str, np.ndarray]) -> bool:
+        if self.attempts is None:
+            return False
+        import ray
+
+        name = f"{batch['block'][0]}:{batch['key'][0]}:{len(batch['key'])}"
+        return ray.get(self.attempts.start.remote(name)) > WORKER_ATTEMPTS
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["key"])
-        good = np.array([not e and not f for e, f in zip(batch["error"], batch["fault"])], bool)
-        out = {"block": batch["block"], "key": batch["key"], "error": batch["error"], "fault": batch["fault"],
+        fault = np.full(n, GIVEN_UP, dtype=object) if self._given_up(batch) else batch["fault"]
+        good = np.array([not e and not f for e, f in zip(batch["error"], fault)], bool)
+        out = {"block": batch["block"], "key": batch["key"], "error": batch["error"], "fault": fault,
                "worker": np.full(n, self.where, dtype=object), "fingerprint": np.full(n, self.fingerprint, dtype=object),
                "label": np.full(n, self.label, dtype=object)}
         for k, embedder in enumerate(self.embedders):
@@ -239,9 +266,12 @@ class RayEngine(Engine):
     ``store_home``: the compiled-model store the actors use (default: each node's own, ``CLOTHPROBE_HOME``
     or ``~/.cache/clothprobe`` there); a shared folder lets one node's compiled model serve all.
     ``block_batches``: model batches per Ray Data block, the unit a worker takes and sends back at once
-    (smaller: finer progress and resume, more scheduling overhead). ``init_options``: more arguments for ``ray.init`` when this engine calls it (``runtime_env``,
-    ``logging_level``...).
+    (smaller: finer progress and resume, more scheduling overhead). ``init_options``: more arguments for
+    ``ray.init`` when this engine calls it (``runtime_env``, ``logging_level``...). ``actor`` (a class
+    attribute): the pool's actor class; a subclass of ``_EmbedActor`` may wrap its ``__call__``.
     """
+
+    actor: type = _EmbedActor
 
     def __init__(self, address: str | None = None, *, workers: int | None = None, threads: int | None = None,
                  hash_threshold: int = HASH_ON_CLUSTER, store_home: str | Path | None = None,
@@ -379,11 +409,12 @@ class RayEngine(Engine):
         decoded = ds.map_batches(decode_rows, batch_size=tasks[0].batch_size, num_cpus=DECODE_CPUS,
                                  fn_kwargs={"sizes": sizes, "max_pixels": tasks[0].max_pixels,
                                             "pillow_limit": Image.MAX_IMAGE_PIXELS})
+        attempts = self._ray.remote(_Attempts).options(num_cpus=0).remote()
         embedded = decoded.map_batches(
-            _EmbedActor, batch_size=max(t.batch_size for t in tasks), num_cpus=sizing.threads,
+            self.actor, batch_size=max(t.batch_size for t in tasks), num_cpus=sizing.threads,
             compute=self._ray.data.ActorPoolStrategy(size=sizing.workers),
             fn_constructor_kwargs={"tasks": tasks, "threads": sizing.threads, "store_home": self.store_home,
-                                   "weights": weights})
+                                   "weights": weights, "attempts": attempts})
         expected = "+".join(t.recipe.fingerprint for t in tasks)
         try:
             for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):

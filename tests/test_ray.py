@@ -266,6 +266,43 @@ def test_a_killed_worker_is_restarted_and_the_run_completes(cluster: str, tmp_pa
     assert_same_cache(tmp_path / "ray.h5", tmp_path / "local.h5")
 
 
+def _poisoned_engine(poison: str):  # noqa: ANN202 - a RayEngine subclass (ray is imported lazily)
+    """An engine whose actors die (the process exits) on every batch holding the file of sha256 ``poison``:
+    a crash that a retry cannot cure. The actor class is local, so Ray ships it to the workers by value."""
+    from clothprobe.featurize.ray_engine import RayEngine, _EmbedActor
+
+    class DiesOnPoison(_EmbedActor):
+        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            if poison in set(batch["key"]) and not self._given_up(batch):
+                os._exit(1)
+            return super().__call__(batch)
+
+    return type("PoisonedEngine", (RayEngine,), {"actor": DiesOnPoison})
+
+
+@needs_ray
+@pytest.mark.slow
+def test_a_batch_that_kills_its_worker_every_time_is_given_up(cluster: str, dataset: Path, tmp_path: Path) -> None:
+    """Ray restarts the actor and retries the batch; after ``WORKER_ATTEMPTS`` starts it is handed back as a
+    fault: its shard is reported, every other one kept, and the next run embeds it."""
+    import hashlib
+
+    from clothprobe.featurize.ray_engine import GIVEN_UP
+
+    poison = hashlib.sha256((dataset / "train" / "hat" / "0.png").read_bytes()).hexdigest()
+    out = tmp_path / "f.h5"
+    with _poisoned_engine(poison)() as eng:
+        result = run(dataset, out, engine=eng, shard_size=4)
+    lost = [p for p, why in result.skipped if why == f"not embedded: {GIVEN_UP}"]
+    assert "train/hat/0.png" in lost, result.skipped
+    assert len(lost) == len(result.skipped) <= 4 and result.computed == 27 - len(lost)
+    with engine() as eng:
+        again = run(dataset, out, engine=eng)
+    assert again.computed == len(lost) and not again.skipped
+    run(dataset, tmp_path / "local.h5")
+    assert_same_cache(out, tmp_path / "local.h5")
+
+
 DIES = """
 import os, signal, sys
 from clothprobe.featurize import featurize
