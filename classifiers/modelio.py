@@ -31,9 +31,9 @@ from clothprobe.errors import ClothprobeError
 from clothprobe.rundir import Manifest, read_manifest, verify
 
 SAMPLER_STEPS = ("smote",)
-LGBM_HEADER_BYTES = 1 << 20
+LGBM_HEADER_BYTES = 1 << 20  # LightGBM's text header comes before the first tree
 LINEAR_FILE = "model.npz"
-LINEAR_MAX_BYTES = 1 << 28  # 10 classes x 2,560 dims is 0.2 MB  # LightGBM's text header comes before the first tree
+LINEAR_MAX_BYTES = 1 << 28  # 10 classes x 2,560 dims is 0.2 MB
 
 
 def _dump_skops(obj: Any, path: Path) -> None:
@@ -61,7 +61,7 @@ def _save_linear(steps: list[tuple[str, Any]], directory: Path) -> dict:
     from sklearn.preprocessing import StandardScaler
 
     *pre, (_, clf) = steps
-    if not isinstance(clf, LogisticRegression) or any(not isinstance(s, StandardScaler) for _, s in pre) or len(pre) > 1:
+    if not isinstance(clf, LogisticRegression) or len(pre) > 1 or any(not isinstance(s, StandardScaler) for _, s in pre):
         raise ValueError(f"the linear format stores a StandardScaler + LogisticRegression, not {[n for n, _ in steps]}")
     arrays = {"coef": clf.coef_, "intercept": clf.intercept_}
     if pre:

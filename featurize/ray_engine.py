@@ -15,8 +15,8 @@ The driver reads the results as a stream (``iter_batches``), so it never holds m
 ``Merger`` keeps each on disk as it arrives. A worker whose process dies (killed, out of memory, node lost)
 is restarted by Ray and its batch given to it again (Ray Data's own fault tolerance). A batch that kills
 its worker every time would be retried for ever, so a small ``_Attempts`` actor counts how often each
-batch was started: the ``WORKER_ATTEMPTS``-th start that follows a death hands the batch back as a fault
-instead of running it. A block whose code raises is dropped by Ray Data; its shard, like a batch given up
+batch was started: a batch started more than ``WORKER_ATTEMPTS`` times is handed back as a fault instead
+of being run again. A block whose code raises is dropped by Ray Data; its shard, like a batch given up
 on or a file a worker cannot read, is reported as ``ShardFailed``: what finished is kept, and their files
 are tried again next run.
 
