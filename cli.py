@@ -34,7 +34,7 @@ def _group(
                                                             "log lines.")] = False,
 ) -> None:
     """clothprobe: classify clothing photos from frozen CNN embeddings."""
-    from clothprobe.appsetup import one_line_warnings, quiet_tensorflow
+    from clothprobe._util.appsetup import one_line_warnings, quiet_tensorflow
 
     if not verbose:
         quiet_tensorflow()
@@ -65,7 +65,7 @@ def _engine(ctx: typer.Context, kind: EngineKind, address: str | None, workers: 
         return nullcontext(None)
     import logging
 
-    from clothprobe.featurize.ray_engine import RayEngine
+    from clothprobe.featurize.engines.ray import RayEngine
 
     verbose = ctx.find_root().params.get("verbose")
     engine = RayEngine(address, workers=workers, init_options={} if verbose else {"logging_level": logging.WARNING})
@@ -112,7 +112,7 @@ def featurize(
     workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
 ) -> None:
     """Run a frozen ImageNet conv base once over DATA and cache pooled embeddings in HDF5."""
-    from clothprobe.appsetup import govern_pixels
+    from clothprobe._util.appsetup import govern_pixels
     from clothprobe.featurize import featurize as run_featurize
     from clothprobe.featurize.catalog import last_data
 
@@ -341,8 +341,8 @@ def _check_output(output: Path | None) -> None:
 def _score(ctx: typer.Context, images: list[Path], model: Path, output: Path | None, fmt: Format, top_k: int,
            *, engine: EngineKind, address: str | None, workers: int | None, **options: object) -> None:
     """cli predict into a CSV or Parquet file, one row per photo: on Ray (a catalogue), or locally for Parquet."""
-    from clothprobe.predict import predict as run_predict
-    from clothprobe.predict import score_catalogue, score_format, write_scores
+    from clothprobe.runs.predicting import predict as run_predict
+    from clothprobe.runs.predicting import score_catalogue, score_format, write_scores
 
     if output is None:
         raise ClothprobeError("--engine ray and --format parquet write a file: give --output FILE.csv or FILE.parquet.")
@@ -386,8 +386,8 @@ def predict(
     workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
 ) -> None:
     """Classify new photos with a finished run (its own backbone, weights and preprocessing)."""
-    from clothprobe.predict import predict as run_predict
-    from clothprobe.predict import to_records, write_csv
+    from clothprobe.runs.predicting import predict as run_predict
+    from clothprobe.runs.predicting import to_records, write_csv
 
     _check_output(output)
     if engine is EngineKind.ray or fmt is Format.parquet:
@@ -431,7 +431,7 @@ def cache_list() -> None:
     """List the stored models: recipe, size, last use, and the runtime self-checks done on each machine."""
     import datetime
 
-    from clothprobe.featurize.store import ModelStore
+    from clothprobe.featurize.model.store import ModelStore
 
     store = ModelStore()
     table = Table(title=f"compiled models in {store.root}")
@@ -455,7 +455,7 @@ def cache_prune(
     all_: Annotated[bool, typer.Option("--all", help="Remove every stored model.")] = False,
 ) -> None:
     """Remove stored models (they are rebuilt when needed); damaged entries and leftovers always go."""
-    from clothprobe.featurize.store import ModelStore
+    from clothprobe.featurize.model.store import ModelStore
 
     removed = ModelStore().prune(key=key, unused_days=unused_days, everything=all_)
     for path in removed:

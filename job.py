@@ -13,7 +13,7 @@ from clothprobe.classifiers.select import DEFAULT_SELECT
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize import FeaturizeResult, featurize
 from clothprobe.featurize.dataset import scan
-from clothprobe.featurize.recipe import resolve_recipe
+from clothprobe.featurize.model.recipe import resolve_recipe
 from clothprobe.report import Report, build_report
 
 DEFAULT_BACKBONES = "vgg16,xception"

@@ -30,11 +30,12 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from clothprobe.featurize.plan import EmbedTask, FileHash, Shard, ShardBatch, ShardFailed
-from clothprobe.featurize.recipe import Recipe
-from clothprobe.featurize.worker import Engine, LocalEngine
-
 from results_file import write_report  # bench/ is this script's folder, first on sys.path
+
+from clothprobe.featurize.engines.base import Engine
+from clothprobe.featurize.engines.local import LocalEngine
+from clothprobe.featurize.engines.plan import EmbedTask, FileHash, Shard, ShardBatch, ShardFailed
+from clothprobe.featurize.model.recipe import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "clothing-dataset-small"
@@ -76,7 +77,7 @@ def measure(data: str, out: str, backbone: str, weights: str, batch: int, worker
     started = time.perf_counter()
     inner, ray_start, threads = LocalEngine(), 0.0, os.cpu_count()
     if workers:
-        from clothprobe.featurize.ray_engine import RayEngine
+        from clothprobe.featurize.engines.ray import RayEngine
 
         inner = RayEngine(workers=workers, block_batches=1, init_options={"logging_level": "WARNING"})
         threads = inner.connect().threads

@@ -60,7 +60,7 @@ def main() -> None:
     from clothprobe.e2e import e2e
     from clothprobe.report import Run
     from clothprobe.report.runs import paired as paired_test
-    from clothprobe.rundir import read_manifest
+    from clothprobe.runs.directory import read_manifest
 
     dataset = a.data.resolve().name
     cached = best_cached_run(a.models, dataset)

@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from results_file import write_report  # bench/ is this script's folder, first on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +63,7 @@ def run_reference(backbone: str, data: str, weights: str, batch: int) -> dict:
     import keras
     from keras.src.legacy.preprocessing.image import ImageDataGenerator  # Keras 3 keeps it as legacy
 
-    from clothprobe.featurize.backbones import get_backbone
+    from clothprobe.featurize.model.backbones import get_backbone
 
     bb = get_backbone(backbone)
     size = bb.input_size
@@ -269,7 +268,7 @@ def main() -> None:
         print(json.dumps(run_clothprobe(backbone, data, weights, a.batch_size, out, precision, a._alone)))
         return
 
-    from clothprobe.featurize.recipe import cpu_has_bf16, resolve_precision
+    from clothprobe.featurize.model.recipe import cpu_has_bf16, resolve_precision
 
     precisions = [q for q in PRECISIONS if q != "bfloat16" or cpu_has_bf16()]
     auto = resolve_precision("auto", "openvino")

@@ -1,6 +1,6 @@
 """Stage 2: classical heads (logistic regression, LightGBM, a small dense head) on cached embeddings."""
 
-from clothprobe.lazy import lazy_attributes
+from clothprobe._util.lazy import lazy_attributes
 
 _WHERE = {"FeatureSet": "data", "load_feature_set": "data", "FitResult": "fitting", "fit": "fitting",
           "LoadedModel": "modelio", "load_model": "modelio", "BALANCES": "registry", "CLASSIFIERS": "registry",

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from clothprobe.errors import ClothprobeError
-from clothprobe.featurize.backbones import get_backbone
-from clothprobe.featurize.cache import CacheInfo, FeatureCache, load_features
+from clothprobe.featurize.cache.read import FeatureCache, load_features
+from clothprobe.featurize.cache.schema import CacheInfo
 from clothprobe.featurize.catalog import find_cache
+from clothprobe.featurize.model.backbones import get_backbone
 
 
 @dataclass

@@ -10,7 +10,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from clothprobe.seeding import keras_seeded
+from clothprobe._util.seeding import keras_seeded
 
 LOSSES = ("categorical", "focal")
 

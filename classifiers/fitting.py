@@ -17,7 +17,7 @@ from clothprobe.classifiers.select import DEFAULT_SELECT, Held, check_select, pr
 from clothprobe.classifiers.stats import apply_temperature, expected_calibration_error, fit_temperature
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.catalog import resolve_dataset
-from clothprobe.rundir import Calibration, Manifest, Metrics, Predictions, SplitMetrics, check_target, write_run
+from clothprobe.runs.directory import Calibration, Manifest, Metrics, Predictions, SplitMetrics, check_target, write_run
 
 
 @dataclass

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, log_loss,
-                             precision_recall_fscore_support)
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_recall_fscore_support,
+)
 
 from clothprobe.classifiers.stats import bootstrap_intervals, expected_calibration_error
-from clothprobe.rundir import SplitMetrics
+from clothprobe.runs.directory import SplitMetrics
 
 
 def classification_metrics(y: np.ndarray, proba: np.ndarray, class_names: list[str], seed: int = 0,

@@ -1,5 +1,5 @@
 """Model files: the one module that writes and reads a run's model (the manifest's ``model`` entry).
-Never a pickle. The run directory around them is ``clothprobe/rundir.py``'s.
+Never a pickle. The run directory around them is ``clothprobe/runs/directory.py``'s.
 
 The fitted pipeline is stored without its sampler (SMOTE only acts while fitting) as:
 
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from clothprobe.errors import ClothprobeError
-from clothprobe.rundir import Manifest, read_manifest, verify
+from clothprobe.runs.directory import Manifest, read_manifest, verify
 
 SAMPLER_STEPS = ("smote",)
 LGBM_HEADER_BYTES = 1 << 20  # LightGBM's text header comes before the first tree

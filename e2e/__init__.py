@@ -1,6 +1,6 @@
 """End-to-end training (the reference notebooks' approach), measured here for the comparison."""
 
-from clothprobe.lazy import lazy_attributes
+from clothprobe._util.lazy import lazy_attributes
 
 _WHERE = {"e2e": "train"}
 __all__ = sorted(_WHERE)

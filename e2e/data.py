@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clothprobe._util.progress import progress_bar
 from clothprobe.featurize.dataset import Dataset
 from clothprobe.featurize.embed import decoded_batches
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS
-from clothprobe.progress import progress_bar
 
 
 @dataclass

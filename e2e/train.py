@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clothprobe._util.progress import progress_bar
+from clothprobe._util.seeding import keras_seeded
 from clothprobe.classifiers.dense import make_loss
 from clothprobe.classifiers.fitting import FitResult, calibrate
 from clothprobe.classifiers.metrics import classification_metrics
@@ -30,13 +32,11 @@ from clothprobe.classifiers.registry import check_balance, check_loss
 from clothprobe.classifiers.select import Held
 from clothprobe.e2e.data import ImageSplit, batches, load_splits
 from clothprobe.errors import ClothprobeError
-from clothprobe.featurize.backbones import get_backbone
 from clothprobe.featurize.dataset import scan
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS
-from clothprobe.featurize.recipe import Recipe, resolve_recipe
-from clothprobe.progress import progress_bar
-from clothprobe.seeding import keras_seeded
-from clothprobe.rundir import Manifest, Metrics, Predictions, check_target, write_run
+from clothprobe.featurize.model.backbones import get_backbone
+from clothprobe.featurize.model.recipe import Recipe, resolve_recipe
+from clothprobe.runs.directory import Manifest, Metrics, Predictions, check_target, write_run
 
 HELD_OUT = 0.1  # share of train held out for epoch selection when there is no validation split
 

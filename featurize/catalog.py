@@ -97,7 +97,7 @@ def find_cache(features_dir: str | Path, dataset: str | None, backbone: str) -> 
     recorded = _recorded(features_dir).get(dataset, {}).get(backbone)
     if recorded is not None:
         return recorded
-    from clothprobe.featurize.cache import default_path
+    from clothprobe.featurize.cache.schema import default_path
 
     default = default_path(features_dir, dataset, backbone)
     if default.is_file():

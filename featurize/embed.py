@@ -6,8 +6,8 @@ inference, so memory is bounded by the batch size, not the dataset size (tf.data
 is compiled for one shape and an embedding does not depend on its batch neighbours.
 
 ``open_embedder(recipe)`` is the one way to get an embedder: it takes the compiled model from the store
-(``featurize/store.py``), exporting it there the first time, and checks a bfloat16 or int8 runtime against
-float32 on a fixed probe batch the first time it runs on a machine (``featurize/compiled.py``).
+(``featurize/model/store.py``), exporting it there the first time, and checks a bfloat16 or int8 runtime against
+float32 on a fixed probe batch the first time it runs on a machine (``featurize/model/selfcheck.py``).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS, BadImage, decode
-from clothprobe.featurize.recipe import Recipe
-from clothprobe.featurize.runtimes import Runner
+from clothprobe.featurize.model.recipe import Recipe
+from clothprobe.featurize.model.runtimes import Runner
 
 PREFETCH_BATCHES = 2
 
@@ -154,7 +154,7 @@ def open_embedder(recipe: Recipe, *, batch_size: int = 32, flip: bool = False,
     """The embedder for ``recipe``, its model from the store (made there the first time). ``.recipe``
     of the result is the one that really runs: float32 when a bfloat16 or int8 runtime failed its
     self-check on this machine (with a ``ClothprobeWarning``)."""
-    from clothprobe.featurize.compiled import checked_runner
+    from clothprobe.featurize.model.selfcheck import checked_runner
 
     if batch_size < 1:
         from clothprobe.errors import ClothprobeError

@@ -15,10 +15,10 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from clothprobe._util.files import file_sha256
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS
-from clothprobe.featurize.recipe import Recipe, resolve_recipe
-from clothprobe.files import file_sha256
+from clothprobe.featurize.model.recipe import Recipe, resolve_recipe
 
 
 class ImageEmbedder(TransformerMixin, BaseEstimator):
@@ -59,7 +59,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
     def _cached_rows(self) -> dict[str, np.ndarray]:
         if self.cache is None:
             return {}
-        from clothprobe.featurize.cache import load_features
+        from clothprobe.featurize.cache.read import load_features
 
         features = load_features(self.cache)
         if features.recipe != self.recipe_:
@@ -96,8 +96,8 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
 
     def _dim(self) -> int:
         """The embedding size, from one probe image (this also compiles the model, once, into the store)."""
-        from clothprobe.featurize.compiled import probe_batch
         from clothprobe.featurize.embed import open_embedder
+        from clothprobe.featurize.model.selfcheck import probe_batch
 
         embedder = open_embedder(self.recipe_, batch_size=1)
         return int(embedder.embed_array(probe_batch(self.recipe_.input_size)[:1])["embeddings"].shape[1])

@@ -1,6 +1,6 @@
 """Stage 3: every finished run (cached-feature heads and end-to-end training), one comparison per dataset."""
 
-from clothprobe.lazy import lazy_attributes
+from clothprobe._util.lazy import lazy_attributes
 
 _WHERE = {"Report": "render", "Section": "render", "build_report": "render", "REFERENCES": "runs", "Run": "runs",
           "collect_runs": "runs"}

@@ -1,4 +1,4 @@
-"""Finished runs read back from a models directory (through ``clothprobe.rundir``), grouped by dataset, and
+"""Finished runs read back from a models directory (through ``clothprobe.runs.directory``), grouped by dataset, and
 the reference notebooks' reported figures."""
 
 from __future__ import annotations
@@ -10,7 +10,15 @@ import numpy as np
 
 from clothprobe.classifiers.stats import PairedTest, mcnemar
 from clothprobe.errors import ClothprobeError
-from clothprobe.rundir import Manifest, Metrics, Predictions, find_runs, read_manifest, read_metrics, read_predictions
+from clothprobe.runs.directory import (
+    Manifest,
+    Metrics,
+    Predictions,
+    find_runs,
+    read_manifest,
+    read_metrics,
+    read_predictions,
+)
 
 
 @dataclass(frozen=True)

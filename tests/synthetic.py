@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from clothprobe.featurize.backbones import TF
-from clothprobe.featurize.cache import CacheHeader, SplitFeatures, default_path, write_arrays
-from clothprobe.featurize.recipe import Recipe
+from clothprobe.featurize.cache.read import SplitFeatures
+from clothprobe.featurize.cache.schema import CacheHeader, default_path
+from clothprobe.featurize.cache.write import write_arrays
+from clothprobe.featurize.model.backbones import TF
+from clothprobe.featurize.model.recipe import Recipe
 
 CLASSES = ["dress", "hat", "t-shirt"]
 SIZES = {"train": (40, 10, 12), "validation": (14, 5, 6), "test": (14, 5, 6)}  # t-shirt-like imbalance

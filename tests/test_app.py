@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import make_dataset
 
 CHATTER = ("absl::InitializeLog", "oneDNN custom operations", "cudart_stub", "cpu_feature_guard", "retracing")
@@ -57,7 +56,7 @@ def test_cache_list_and_prune(tmp_path: Path) -> None:
 
 PREDICT_WITHOUT_TF = """
 import sys
-from clothprobe.predict import predict
+from clothprobe.runs.predicting import predict
 result = predict([sys.argv[1]], sys.argv[2])
 assert len(result.predictions) == 1, result
 heavy = sorted(m for m in ("tensorflow", "keras", "jax", "torch", "sklearn", "skops") if m in sys.modules)
@@ -110,8 +109,8 @@ def test_max_pixels_governs_above_pillows_own_limit(tmp_path: Path) -> None:
 
 
 def test_missing_optional_dependency_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from clothprobe._util.extras import require
     from clothprobe.errors import ClothprobeError
-    from clothprobe.extras import require
 
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # what Python does for a module that is not installed
     with pytest.raises(ClothprobeError, match=r'Exporting x needs pyarrow: pip install "clothprobe\[export\]"'):

@@ -15,16 +15,19 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-
-from clothprobe.errors import ClothprobeError
-from clothprobe.featurize import featurize, load_features
-from clothprobe.featurize.cache import CacheHeader, CacheInfo, SplitFeatures, write_arrays
-from clothprobe.featurize.plan import EmbedTask, Shard, ShardBatch, ShardFailed
-from clothprobe.featurize.recipe import Recipe
-from clothprobe.featurize.worker import Engine, LocalEngine, ShardEmbedder
 from conftest import TINY
 from synthetic import make_cache
 from synthetic import recipe as synthetic_recipe
+
+from clothprobe.errors import ClothprobeError
+from clothprobe.featurize import featurize, load_features
+from clothprobe.featurize.cache.read import SplitFeatures
+from clothprobe.featurize.cache.schema import CacheHeader, CacheInfo
+from clothprobe.featurize.cache.write import write_arrays
+from clothprobe.featurize.engines.base import Engine
+from clothprobe.featurize.engines.local import LocalEngine, ShardEmbedder
+from clothprobe.featurize.engines.plan import EmbedTask, Shard, ShardBatch, ShardFailed
+from clothprobe.featurize.model.recipe import Recipe
 
 
 def run(data: Path, out: Path, **kw):

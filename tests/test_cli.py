@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_image
 from typer.testing import CliRunner
 
 from clothprobe.cli import app
 from clothprobe.featurize import load_features
-from conftest import make_image
 
 runner = CliRunner()
 COMMANDS = [c.name or c.callback.__name__ for c in app.registered_commands]
@@ -140,7 +140,6 @@ def test_featurize_refuses_to_replace_what_is_not_a_cache(dataset: Path, tmp_pat
 
 def test_export_cli(tmp_path: Path) -> None:
     import pandas as pd
-
     from synthetic import make_cache
 
     cache = make_cache(tmp_path / "features", dim=8)

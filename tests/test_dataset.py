@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import TINY, make_dataset, make_image, python_output
 
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.dataset import scan
-from conftest import TINY, make_dataset, make_image, python_output
 
 needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_dataset
 
-from clothprobe import rundir
 from clothprobe.e2e import e2e
 from clothprobe.e2e.train import E2EConfig, build_model, conv_base, unfreeze_top
 from clothprobe.errors import ClothprobeError
-from clothprobe.featurize.recipe import Recipe
+from clothprobe.featurize.model.recipe import Recipe
 from clothprobe.report import build_report
-from conftest import make_dataset
+from clothprobe.runs import directory as rundir
 
 TINY_E2E = dict(backbone="mobilenetv2", weights=None, image_size=32, batch_size=4)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY, make_dataset, make_image
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
@@ -23,10 +24,9 @@ from sklearn.utils import estimator_checks as checks
 import clothprobe
 from clothprobe.classifiers import fit
 from clothprobe.errors import ClothprobeError
-from clothprobe.estimator import RunClassifier
 from clothprobe.featurize import featurize
-from clothprobe.predict import predict
-from conftest import TINY, make_dataset, make_image
+from clothprobe.runs.estimator import RunClassifier
+from clothprobe.runs.predicting import predict
 
 API_CHECKS = [checks.check_parameters_default_constructible, checks.check_get_params_invariance,
               checks.check_set_params, checks.check_estimator_cloneable, checks.check_estimator_repr,

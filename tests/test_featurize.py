@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY, make_image
 
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize import featurize, load_features
-from clothprobe.featurize.cache import writer_lock
-from conftest import TINY, make_image
+from clothprobe.featurize.cache.write import writer_lock
 
 
 def run(data: Path, out: Path, **kw):

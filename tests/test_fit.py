@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic import CLASSES, SIZES, make_cache
 
-from clothprobe import rundir
 from clothprobe.classifiers import fit, load_feature_set, load_model
 from clothprobe.classifiers.registry import BALANCES, CLASSIFIERS
 from clothprobe.errors import ClothprobeError
-from synthetic import CLASSES, SIZES, make_cache
+from clothprobe.runs import directory as rundir
 
 
 def majority(split: str) -> float:
@@ -96,7 +96,8 @@ def test_smote_sees_training_rows_only(features: Path, tmp_path: Path, monkeypat
 def test_selection_never_looks_at_test(tmp_path: Path, clf: str) -> None:
     make_cache(tmp_path / "a", seed=3)
     # b: the same cache with the test labels shuffled and the test features replaced by noise
-    from clothprobe.featurize.cache import load_features, write_arrays
+    from clothprobe.featurize.cache.read import load_features
+    from clothprobe.featurize.cache.write import write_arrays
 
     cache = load_features(tmp_path / "a" / "clothes" / "xception.h5")
     rng = np.random.default_rng(0)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import python_output
 from PIL import Image
 
 from clothprobe.featurize import images
 from clothprobe.featurize.images import BadImage, MemoryBudget, allow_pixels, decode, is_ignored
-from conftest import python_output
 
 PILLOW_DEFAULT_LIMIT = 1024 * 1024 * 1024 // 4 // 3  # PIL.Image.MAX_IMAGE_PIXELS as Pillow ships it
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REAL_DATA
 
 from clothprobe.featurize import featurize, load_features
-from conftest import REAL_DATA
 
 pytestmark = [
     pytest.mark.integration,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY, make_dataset, make_image
+from test_cli import cli
 
 from clothprobe.classifiers import fit
 from clothprobe.classifiers.registry import CLASSIFIERS
@@ -20,9 +22,7 @@ from clothprobe.classifiers.stats import apply_temperature
 from clothprobe.e2e import e2e
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize import featurize
-from clothprobe.predict import list_images, predict
-from conftest import TINY, make_dataset, make_image
-from test_cli import cli
+from clothprobe.runs.predicting import list_images, predict
 
 RUNS = ["vgg16/logreg-none-tta", "mobilenetv2+vgg16/logreg-weights-tta", "vgg16/lgbm-none", "vgg16/dense-none",
         "mobilenetv2/e2e-none-32px"]
@@ -70,7 +70,7 @@ def test_predict_matches_the_runs_own_test_predictions(runs: dict[str, Path], ru
 
 
 def test_calibrated_probabilities_use_the_runs_temperature(runs: dict[str, Path]) -> None:
-    from clothprobe.rundir import read_manifest
+    from clothprobe.runs.directory import read_manifest
 
     run_dir = runs["vgg16/logreg-none-tta"]
     images = run_dir.parents[3] / "clothes" / "test"
@@ -116,7 +116,7 @@ def test_manifest_of_the_wrong_shape_is_one_error(runs: dict[str, Path], tmp_pat
 
 
 def test_batch_size_refused_before_any_work(runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    from clothprobe import rundir
+    from clothprobe.runs import directory as rundir
 
     monkeypatch.setattr(rundir, "read_manifest", lambda *a: pytest.fail("worked before checking --batch-size"))
     with pytest.raises(ClothprobeError, match="--batch-size must be a whole number of at least 1, got 0"):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clothprobe.featurize.recipe import resolve_recipe
+from clothprobe.featurize.model.recipe import resolve_recipe
 
 
 def random_state() -> tuple:
@@ -39,8 +39,9 @@ def test_dense_head_training_leaves_the_callers_random_state() -> None:
 
 @pytest.mark.slow
 def test_end_to_end_training_leaves_the_callers_random_state(tmp_path: Path) -> None:
-    from clothprobe.e2e import e2e
     from conftest import make_dataset
+
+    from clothprobe.e2e import e2e
 
     data = make_dataset(tmp_path / "clothes")
     random.seed(1)
@@ -51,10 +52,10 @@ def test_end_to_end_training_leaves_the_callers_random_state(tmp_path: Path) -> 
 
 
 def test_featurize_leaves_warning_filters_and_pillow_alone(tmp_path: Path) -> None:
+    from conftest import TINY, make_dataset
     from PIL import Image
 
     from clothprobe.featurize import featurize
-    from conftest import TINY, make_dataset
 
     filters, limit = list(warnings.filters), Image.MAX_IMAGE_PIXELS
     featurize(make_dataset(tmp_path / "clothes"), out=tmp_path / "c.h5", features_dir=tmp_path / "f",
@@ -68,7 +69,7 @@ def test_openvino_models_are_made_without_the_conversion_tool(tmp_path: Path, mo
     import openvino.tools.ovc
 
     from clothprobe.featurize.embed import open_embedder
-    from clothprobe.featurize.store import ModelStore
+    from clothprobe.featurize.model.store import ModelStore
 
     def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("ov.convert_model was called")
@@ -81,12 +82,12 @@ def test_openvino_models_are_made_without_the_conversion_tool(tmp_path: Path, mo
 
 
 def test_nncf_sends_no_usage_events_for_clothprobes_quantization(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import make_dataset
     from nncf.telemetry import decorator
 
-    from clothprobe.featurize.calibration import calibration_from_folder
     from clothprobe.featurize.embed import open_embedder
-    from clothprobe.featurize.store import ModelStore
-    from conftest import make_dataset
+    from clothprobe.featurize.model.calibration import calibration_from_folder
+    from clothprobe.featurize.model.store import ModelStore
 
     sent = []
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY, make_image
 
 from clothprobe.errors import ClothprobeError, ClothprobeWarning
 from clothprobe.featurize import featurize, load_features
-from conftest import TINY, make_image
 
 try:
     import ray
@@ -45,7 +45,7 @@ def run(data: Path, out: Path, **kw):  # noqa: ANN201 - a FeaturizeResult
 
 
 def engine(**kw):  # noqa: ANN201 - a RayEngine
-    from clothprobe.featurize.ray_engine import RayEngine
+    from clothprobe.featurize.engines.ray import RayEngine
 
     return RayEngine(**kw)
 
@@ -95,7 +95,7 @@ def test_ray_options_need_the_ray_engine() -> None:
 
 @needs_ray
 def test_pool_sizing_leaves_room_to_decode() -> None:
-    from clothprobe.featurize.ray_engine import Sizing, size_pool
+    from clothprobe.featurize.engines.ray import Sizing, size_pool
 
     assert size_pool([3.0], None, None) == Sizing(workers=1, threads=2)  # the local runtime for 1 worker, 2 cores
     assert size_pool([16.0] * 10, None, None) == Sizing(workers=10, threads=15)
@@ -108,7 +108,7 @@ def test_pool_sizing_leaves_room_to_decode() -> None:
 
 @needs_ray
 def test_a_worker_running_another_recipe_is_named() -> None:
-    from clothprobe.featurize.ray_engine import _check_recipe
+    from clothprobe.featurize.engines.ray import _check_recipe
 
     batch = {"fingerprint": np.array(["a", "b"], dtype=object), "worker": np.array(["n1 (pid 1)", "n2 (pid 7)"]),
              "label": np.array(["vgg16 (openvino, bfloat16)", "vgg16 (openvino, float32)"])}
@@ -157,7 +157,7 @@ def test_a_file_the_workers_cannot_read_is_reported_not_remembered(cluster: str,
                                                                     tmp_path: Path) -> None:
     """The driver hashed it, the workers do not see it (a node without the shared mount): the cluster's
     fault, not the file's, so it is tried again next run, unlike a file that does not decode."""
-    from clothprobe.featurize.ray_engine import RayEngine
+    from clothprobe.featurize.engines.ray import RayEngine
 
     moved, aside = dataset / "train" / "hat" / "1.png", tmp_path / "aside.png"
 
@@ -181,7 +181,7 @@ def test_a_file_the_workers_cannot_read_is_reported_not_remembered(cluster: str,
 @pytest.mark.slow
 def test_a_block_the_cluster_drops_is_reported_and_tried_again(cluster: str, dataset: Path, tmp_path: Path) -> None:
     """Ray Data drops a block whose code raised (logged); its shard is reported, the rest kept."""
-    from clothprobe.featurize.ray_engine import LOST, RayEngine
+    from clothprobe.featurize.engines.ray import LOST, RayEngine
 
     class DropsABlock(RayEngine):
         def stream(self, *args, **kwargs) -> Iterator[dict[str, np.ndarray]]:  # noqa: ANN002, ANN003
@@ -205,10 +205,10 @@ def test_a_runtime_fallback_on_the_workers_is_planned_for(cluster: str, dataset:
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """The workers' store records a failed bfloat16 self-check (their CPU disagrees), the driver's does not:
     the driver is told, with a warning naming the worker, and plans for the float32 that really runs."""
-    from clothprobe.featurize import compiled
     from clothprobe.featurize.embed import open_embedder
-    from clothprobe.featurize.recipe import resolve_recipe
-    from clothprobe.featurize.store import ModelStore
+    from clothprobe.featurize.model import selfcheck as compiled
+    from clothprobe.featurize.model.recipe import resolve_recipe
+    from clothprobe.featurize.model.store import ModelStore
 
     real = compiled.load_runner
 
@@ -231,7 +231,7 @@ def test_a_runtime_fallback_on_the_workers_is_planned_for(cluster: str, dataset:
 
 
 def _killing_engine():  # noqa: ANN202 - a RayEngine subclass (ray is imported lazily)
-    from clothprobe.featurize.ray_engine import RayEngine
+    from clothprobe.featurize.engines.ray import RayEngine
 
     class KillsItsWorker(RayEngine):
         """Kills (SIGKILL) the actor process that made the first batch, as soon as that batch arrives."""
@@ -269,7 +269,7 @@ def test_a_killed_worker_is_restarted_and_the_run_completes(cluster: str, tmp_pa
 def _poisoned_engine(poison: str):  # noqa: ANN202 - a RayEngine subclass (ray is imported lazily)
     """An engine whose actors die (the process exits) on every batch holding the file of sha256 ``poison``:
     a crash that a retry cannot cure. The actor class is local, so Ray ships it to the workers by value."""
-    from clothprobe.featurize.ray_engine import RayEngine, _EmbedActor
+    from clothprobe.featurize.engines.ray import RayEngine, _EmbedActor
 
     class DiesOnPoison(_EmbedActor):
         def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -287,7 +287,7 @@ def test_a_batch_that_kills_its_worker_every_time_is_given_up(cluster: str, data
     fault: its shard is reported, every other one kept, and the next run embeds it."""
     import hashlib
 
-    from clothprobe.featurize.ray_engine import GIVEN_UP
+    from clothprobe.featurize.engines.ray import GIVEN_UP
 
     poison = hashlib.sha256((dataset / "train" / "hat" / "0.png").read_bytes()).hexdigest()
     out = tmp_path / "f.h5"
@@ -306,7 +306,7 @@ def test_a_batch_that_kills_its_worker_every_time_is_given_up(cluster: str, data
 DIES = """
 import os, signal, sys
 from clothprobe.featurize import featurize
-from clothprobe.featurize.ray_engine import RayEngine
+from clothprobe.featurize.engines.ray import RayEngine
 
 class DiesAfterTwoBatches(RayEngine):
     def embed(self, shards):
@@ -348,7 +348,7 @@ def test_predict_on_ray_scores_every_photo(cluster: str, dataset: Path, tmp_path
 
     from clothprobe.classifiers import fit
     from clothprobe.cli import app
-    from clothprobe.predict import predict, score_catalogue
+    from clothprobe.runs.predicting import predict, score_catalogue
 
     featurize(dataset, features_dir=tmp_path / "features", tta=True, **TINY)
     (fitted,) = fit(dataset.name, backbone="vgg16", clf="logreg", balance="none", tta=True,

@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import make_image
 
 pytestmark = pytest.mark.slow  # each example trains and featurizes for tens of seconds

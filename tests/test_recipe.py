@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from clothprobe.errors import ClothprobeError
-from clothprobe.featurize.backbones import BACKBONES, CAFFE, TF
 from clothprobe.featurize.embed import open_embedder
-from clothprobe.featurize.recipe import Recipe, reproduce, resolve_recipe
+from clothprobe.featurize.model.backbones import BACKBONES, CAFFE, TF
+from clothprobe.featurize.model.recipe import Recipe, reproduce, resolve_recipe
 
 
 def tiny(**kw) -> Recipe:
@@ -42,7 +42,7 @@ def test_differences_name_each_setting() -> None:
 
 
 def test_auto_is_made_concrete(monkeypatch: pytest.MonkeyPatch) -> None:
-    from clothprobe.featurize import recipe as recipe_mod
+    from clothprobe.featurize.model import recipe as recipe_mod
 
     monkeypatch.setattr(recipe_mod, "has_nvidia_gpu", lambda: False)
     monkeypatch.setattr(recipe_mod, "cpu_has_bf16", lambda: True)
@@ -196,7 +196,7 @@ def test_changed_model_file_is_refused(tmp_path: Path) -> None:
     assert resolve_recipe(f"onnx:{model}", precision="float32") == recipe
     with open(model, "ab") as fh:
         fh.write(b"\0")
-    from clothprobe.featurize.store import ModelStore
+    from clothprobe.featurize.model.store import ModelStore
 
     with pytest.raises(ClothprobeError, match="has changed since these embeddings were made"):
         open_embedder(recipe, store=ModelStore(tmp_path / "fresh-store"))

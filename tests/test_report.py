@@ -11,14 +11,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 import synthetic
+from synthetic import make_cache
+
 from clothprobe.classifiers import fit
 from clothprobe.e2e import e2e
 from clothprobe.errors import ClothprobeError
-from clothprobe.report import REFERENCES, build_report, collect_runs
-from clothprobe.report import plots
-from synthetic import make_cache
+from clothprobe.report import REFERENCES, build_report, collect_runs, plots
 
 FIGURES = {"confusion", "per_class", "accuracy_vs_time", "reliability", "mistakes"}
 

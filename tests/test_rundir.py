@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clothprobe import rundir
 from clothprobe.errors import ClothprobeError
-from clothprobe.rundir import Manifest, Metrics, Predictions, SplitMetrics
+from clothprobe.runs import directory as rundir
+from clothprobe.runs.directory import Manifest, Metrics, Predictions, SplitMetrics
 
 
 def _split(acc: float) -> SplitMetrics:

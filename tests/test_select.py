@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sklearn.preprocessing import StandardScaler
+from synthetic import make_cache
 
 from clothprobe.classifiers import fit, load_feature_set, select
 from clothprobe.classifiers.registry import CLASSIFIERS
-from synthetic import make_cache
 
 
 @pytest.fixture(autouse=True)

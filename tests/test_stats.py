@@ -7,8 +7,13 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from clothprobe.classifiers.metrics import classification_metrics
-from clothprobe.classifiers.stats import (apply_temperature, bootstrap_intervals, expected_calibration_error,
-                                          fit_temperature, mcnemar)
+from clothprobe.classifiers.stats import (
+    apply_temperature,
+    bootstrap_intervals,
+    expected_calibration_error,
+    fit_temperature,
+    mcnemar,
+)
 
 
 def predictions(n: int, accuracy: float, n_classes: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -12,14 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_dataset
 
 from clothprobe.errors import ClothprobeError, ClothprobeWarning
-from clothprobe.featurize import compiled, runtimes
-from clothprobe.featurize.calibration import calibration_from_folder, calibration_sample
 from clothprobe.featurize.embed import open_embedder
-from clothprobe.featurize.recipe import resolve_recipe
-from clothprobe.featurize.store import ModelStore
-from conftest import make_dataset
+from clothprobe.featurize.model import runtimes
+from clothprobe.featurize.model import selfcheck as compiled
+from clothprobe.featurize.model.calibration import calibration_from_folder, calibration_sample
+from clothprobe.featurize.model.recipe import resolve_recipe
+from clothprobe.featurize.model.store import ModelStore
 
 
 def tiny(**kw):
@@ -171,8 +172,9 @@ def test_self_check_passes_for_a_working_runtime(store: ModelStore) -> None:
 @pytest.mark.slow
 def test_featurize_int8_records_it_and_keeps_its_calibration(dataset: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from clothprobe.featurize import featurize, load_features
     from conftest import TINY, make_image
+
+    from clothprobe.featurize import featurize, load_features
 
     kw = {**TINY, "precision": "int8", "runtime": "openvino", "calibration_size": 5,
           "features_dir": tmp_path / "features", "out": tmp_path / "c.h5"}

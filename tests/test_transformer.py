@@ -6,18 +6,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY, make_dataset
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
-from sklearn.utils.estimator_checks import (check_get_params_invariance, check_no_attributes_set_in_init,
-                                            check_parameters_default_constructible, check_set_params)
+from sklearn.utils.estimator_checks import (
+    check_get_params_invariance,
+    check_no_attributes_set_in_init,
+    check_parameters_default_constructible,
+    check_set_params,
+)
 
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize import featurize
 from clothprobe.featurize.embed import embed_files
-from clothprobe.featurize.recipe import resolve_recipe
+from clothprobe.featurize.model.recipe import resolve_recipe
 from clothprobe.featurize.transformer import ImageEmbedder
-from conftest import TINY, make_dataset
 
 SETTINGS = dict(weights=None, image_size=32, precision="float32", runtime="openvino")
 
@@ -63,7 +67,7 @@ def test_reads_a_featurize_cache_and_computes_the_rest(data: Path, tmp_path: Pat
     from clothprobe.featurize import embed
 
     monkeypatch.setattr(embed, "embed_files", lambda *a, **k: pytest.fail("embedded photos the cache has"))
-    from clothprobe.featurize.cache import load_features
+    from clothprobe.featurize.cache.read import load_features
 
     stored = load_features(cache).split("validation")
     row = {p: i for i, p in enumerate(stored.paths)}

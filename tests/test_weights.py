@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from clothprobe._util.files import file_sha256
 from clothprobe.errors import ClothprobeError
-from clothprobe.featurize.backbones import get_backbone
-from clothprobe.featurize.weights import resolve_weights
-from clothprobe.files import file_sha256
+from clothprobe.featurize.model.backbones import get_backbone
+from clothprobe.featurize.model.weights import resolve_weights
 
 XCEPTION = get_backbone("xception")
 
@@ -78,7 +78,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_download_failure_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    import clothprobe.featurize.weights as w
+    import clothprobe.featurize.model.weights as w
 
     monkeypatch.delenv("CLOTHPROBE_OFFLINE")
 

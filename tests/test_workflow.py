@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import make_dataset
 
 pytestmark = pytest.mark.slow  # both run the real CLI end to end

@@ -3,7 +3,7 @@ pretrained configs): constructor, input size, preprocessing as numbers, and the 
 file with the hash Keras checks. Adding a keras.applications model is one entry in ``BACKBONES``.
 
 Backbones outside the registry (``onnx:PATH``, ``keras:PATH``) are described by a sidecar file next to
-the model instead: see ``featurize/sidecar.py``. Nothing else in clothprobe branches on a backbone's name.
+the model instead: see ``featurize/model/sidecar.py``. Nothing else in clothprobe branches on a backbone's name.
 """
 
 from __future__ import annotations

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from clothprobe._util.files import file_sha256
 from clothprobe.errors import ClothprobeError
-from clothprobe.files import file_sha256
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"

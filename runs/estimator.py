@@ -7,7 +7,7 @@
 
 The run is already trained: ``fit`` loads and verifies it (every file's sha256, safe model formats) and
 ignores ``X`` and ``y``, as scikit-learn's ``FrozenEstimator`` does, so the estimator clones, nests in a
-``Pipeline`` and scores like any other. Predictions reuse ``clothprobe.predict``'s machinery: photos are
+``Pipeline`` and scores like any other. Predictions reuse ``clothprobe.runs.predicting``'s machinery: photos are
 embedded with the run's own recipe (or fed to its end-to-end network).
 """
 
@@ -55,7 +55,7 @@ class RunClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X=None, y=None):  # noqa: ANN001, ANN201, ARG002 - scikit-learn signature; the run is trained
         """Load and verify the run; ``X`` and ``y`` are not used (the run is already trained)."""
-        from clothprobe.predict import Predictor
+        from clothprobe.runs.predicting import Predictor
 
         if self.run_dir is None:
             raise ValueError("RunClassifier needs run_dir: a run folder written by cli fit or cli e2e.")

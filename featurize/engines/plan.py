@@ -24,11 +24,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from clothprobe._util.progress import progress_bar
 from clothprobe.errors import ClothprobeError
-from clothprobe.featurize.cache import ExistingCache, Known
+from clothprobe.featurize.cache.read import ExistingCache, Known
 from clothprobe.featurize.dataset import Dataset, ImageFile
-from clothprobe.featurize.recipe import Recipe
-from clothprobe.progress import progress_bar
+from clothprobe.featurize.model.recipe import Recipe
 
 SHARD_SIZE = 256  # files per shard: a unit of work an engine hands to one worker
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from clothprobe.errors import ClothprobeError
-from clothprobe.featurize.recipe import Recipe
+from clothprobe.featurize.model.recipe import Recipe
 
 Runner = Callable[[np.ndarray], np.ndarray]
 OV_HINTS = {"float32": "f32", "bfloat16": "bf16", "int8": "f32"}  # int8: the layers left in float run f32
@@ -58,8 +58,8 @@ def random_init(model: Any, seed: int) -> None:
 
 def _weights_file(recipe: Recipe, weights: Any) -> str | None:
     """The weights file of a keras.applications recipe, checked against the recipe's hash."""
-    from clothprobe.featurize.backbones import get_backbone
-    from clothprobe.featurize.weights import resolve_weights
+    from clothprobe.featurize.model.backbones import get_backbone
+    from clothprobe.featurize.model.weights import resolve_weights
 
     if recipe.random_init_seed is not None:
         return None
@@ -77,7 +77,7 @@ def _weights_file(recipe: Recipe, weights: Any) -> str | None:
 
 
 def _model_file(recipe: Recipe) -> Path:
-    from clothprobe.files import file_sha256
+    from clothprobe._util.files import file_sha256
 
     path = Path(recipe.model_path)
     if not path.is_file():
@@ -93,7 +93,7 @@ def keras_model(recipe: Recipe, weights: Any = None) -> Any:
     """The recipe's network as a Keras model whose output is the tensor to embed (imports TensorFlow)."""
     import keras
 
-    from clothprobe.featurize.backbones import get_backbone
+    from clothprobe.featurize.model.backbones import get_backbone
 
     if recipe.source == "keras-applications":
         path = _weights_file(recipe, weights)
@@ -224,7 +224,7 @@ def quantize_int8(recipe: Recipe, float_ir: Path, directory: Path, calibration: 
     """NNCF post-training quantization of the float IR, calibrated on ``calibration`` photos."""
     import openvino as ov
 
-    from clothprobe.extras import require
+    from clothprobe._util.extras import require
 
     nncf = require("nncf", "int8", "--precision int8 (NNCF post-training quantization)")
     data = _CalibrationSet(calibration, prepare, recipe.input_size)

@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from clothprobe._util.files import file_sha256, stale_by_pid
 from clothprobe.errors import ClothprobeError
-from clothprobe.featurize.recipe import Recipe
-from clothprobe.files import file_sha256, stale_by_pid
+from clothprobe.featurize.model.recipe import Recipe
 
 ENV_HOME = "CLOTHPROBE_HOME"
 MANIFEST = "manifest.json"
@@ -53,7 +53,7 @@ def artifact_recipe(recipe: Recipe) -> Recipe:
 
 @dataclass(frozen=True)
 class SelfCheck:
-    """A reduced-precision model checked against float32 on one machine (``featurize/compiled.py``)."""
+    """A reduced-precision model checked against float32 on one machine (``featurize/model/selfcheck.py``)."""
 
     passed: bool
     cosine_min: float

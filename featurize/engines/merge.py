@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from clothprobe.errors import ClothprobeError
-from clothprobe.featurize import cache as cache_mod
-from clothprobe.featurize.cache import Checksum, Known, RowSource, SplitRows
-from clothprobe.featurize.plan import Plan, ShardBatch, ShardFailed
+from clothprobe.featurize.cache.read import ExistingCache, Known, RowSource
+from clothprobe.featurize.cache.schema import CacheHeader, Checksum
+from clothprobe.featurize.cache.write import SplitRows, content_digest, remove_stale, write_cache
+from clothprobe.featurize.engines.plan import Plan, ShardBatch, ShardFailed
 
 STAMP = "store.json"
 NOT_FINITE = "the model gave a non-finite embedding (NaN or infinity) for this image"
@@ -55,7 +56,7 @@ class PartialStore:
         self.views = tuple(views)
         wanted = {"fingerprint": fingerprint, "views": list(self.views)}
         if self.dir.is_dir():
-            cache_mod.remove_stale(self.dir, "*.tmp-*")
+            remove_stale(self.dir, "*.tmp-*")
             try:
                 same = json.loads((self.dir / STAMP).read_text()) == wanted
             except (OSError, ValueError):
@@ -241,7 +242,7 @@ class Merger:
             splits[split] = rows
         return splits, skipped
 
-    def write(self, existing: cache_mod.ExistingCache, out: Path, header: cache_mod.CacheHeader,
+    def write(self, existing: ExistingCache, out: Path, header: CacheHeader,
               model_seconds: float) -> MergeOutcome:
         """Write the cache unless it already holds exactly this; the partial store is removed after."""
         splits, skipped = self.outcome()
@@ -251,11 +252,11 @@ class Merger:
         old_paths = existing.paths()
         per_image = model_seconds / self.computed if self.computed else (old.seconds_per_image if old else 0.0)
         header = replace(header, seconds_per_image=per_image)
-        header = replace(header, content_digest=cache_mod.content_digest(header, splits, failures))
+        header = replace(header, content_digest=content_digest(header, splits, failures))
         written = old is None or old.content_digest != header.content_digest
         if written:
             header = replace(header, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-            cache_mod.write_cache(out, header, splits, self.known, failures, release=existing.close)
+            write_cache(out, header, splits, self.known, failures, release=existing.close)
         self.partial.remove()
         removed = len(old_paths - {p for rows in splits.values() for p in rows.paths})
         return MergeOutcome(splits=splits, skipped=skipped, computed=self.computed, removed=removed, written=written)

@@ -14,9 +14,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from clothprobe._util.files import file_sha256
 from clothprobe.errors import ClothprobeError
-from clothprobe.files import file_sha256
-from clothprobe.featurize.backbones import Backbone
+from clothprobe.featurize.model.backbones import Backbone
 
 ENV_DIR = "CLOTHPROBE_WEIGHTS_DIR"
 ENV_OFFLINE = "CLOTHPROBE_OFFLINE"

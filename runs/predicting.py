@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clothprobe._util.progress import progress_bar
 from clothprobe.classifiers.proba import full_proba
 from clothprobe.classifiers.stats import apply_temperature
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS, is_ignored
-from clothprobe.progress import progress_bar
-from clothprobe.rundir import read_manifest, verify
+from clothprobe.runs.directory import read_manifest, verify
 
 if TYPE_CHECKING:
-    from clothprobe.featurize.ray_engine import RayEngine
-    from clothprobe.featurize.recipe import Recipe
+    from clothprobe.featurize.engines.ray import RayEngine
+    from clothprobe.featurize.model.recipe import Recipe
 
 
 @dataclass
@@ -86,8 +86,8 @@ class Embedded:
 
 def run_recipes(caches: dict[str, dict]) -> list[Recipe]:
     """The recipe of each cache a run was fitted on, in the run's order, as this installation reproduces it."""
-    from clothprobe.featurize.cache import CacheInfo
-    from clothprobe.featurize.recipe import reproduce
+    from clothprobe.featurize.cache.schema import CacheInfo
+    from clothprobe.featurize.model.recipe import reproduce
 
     return [reproduce(CacheInfo.from_dict(record).recipe) for record in caches.values()]
 
@@ -115,7 +115,7 @@ def _e2e_proba(files: list[Path], recipe_dict: dict, network, batch_size: int,  
                max_pixels: int) -> tuple[np.ndarray, list[int], dict[int, str]]:
     """An end-to-end run: photos decoded at its recipe's size, preprocessed by it, fed to its network."""
     from clothprobe.featurize.embed import decoded_batches
-    from clothprobe.featurize.recipe import Recipe, reproduce
+    from clothprobe.featurize.model.recipe import Recipe, reproduce
 
     recipe = reproduce(Recipe.from_dict(recipe_dict))
     rows, good, skipped = [], [], {}
@@ -235,7 +235,7 @@ class ScoreWriter:
     temporary file renamed into place once complete: a failed run leaves no half file."""
 
     def __init__(self, path: str | Path, classes: Sequence[str], top_k: int, fmt: str | None = None) -> None:
-        from clothprobe.extras import require
+        from clothprobe._util.extras import require
 
         pa = require("pyarrow", "export", f"Writing scores to {path}")
 
@@ -339,8 +339,8 @@ def _score_batches(files: list[Path], predictor: Predictor,
                    engine: RayEngine) -> Iterator[tuple[list[str], np.ndarray, list[tuple[str, str]]]]:
     """(paths, probabilities, skipped photos with why) per batch the cluster finishes; at the end, the photos
     whose batch failed."""
-    from clothprobe.featurize.plan import EmbedTask
-    from clothprobe.featurize.ray_engine import LOST, Block, view_column
+    from clothprobe.featurize.engines.plan import EmbedTask
+    from clothprobe.featurize.engines.ray import LOST, Block, view_column
 
     views = ("embeddings", "flip") if predictor.manifest.tta else ("embeddings",)
     tasks = tuple(EmbedTask(recipe, views, predictor.batch_size, predictor.max_pixels)

@@ -42,10 +42,11 @@ from typing import Any
 import numpy as np
 
 from clothprobe.errors import ClothprobeError, ClothprobeWarning
+from clothprobe.featurize.engines.base import Engine
+from clothprobe.featurize.engines.local import LocalEngine
+from clothprobe.featurize.engines.plan import EmbedTask, FileHash, Shard, ShardBatch, ShardFailed
 from clothprobe.featurize.images import BadImage, decode
-from clothprobe.featurize.plan import EmbedTask, FileHash, Shard, ShardBatch, ShardFailed
-from clothprobe.featurize.recipe import Recipe
-from clothprobe.featurize.worker import Engine, LocalEngine
+from clothprobe.featurize.model.recipe import Recipe
 
 INSTALL = 'pip install "clothprobe[ray]"'
 HASH_ON_CLUSTER = 20_000  # files: from this many on, Ray tasks hash them (the driver alone is too slow)
@@ -163,7 +164,7 @@ class _EmbedActor:
     def __init__(self, tasks: tuple[EmbedTask, ...], threads: int, store_home: str | None,
                  weights: str | None, attempts: Any = None) -> None:
         from clothprobe.featurize.embed import open_embedder
-        from clothprobe.featurize.store import ModelStore
+        from clothprobe.featurize.model.store import ModelStore
 
         store = ModelStore(store_home) if store_home else None
         self.embedders = [open_embedder(t.recipe, batch_size=t.batch_size, flip=t.flip, weights=weights,

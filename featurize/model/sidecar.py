@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clothprobe.errors import ClothprobeError
-from clothprobe.featurize.backbones import Preprocess
+from clothprobe.featurize.model.backbones import Preprocess
 
 LAYOUTS = ("NCHW", "NHWC")
 POOLINGS = ("avg", "max", "none")

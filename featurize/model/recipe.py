@@ -5,7 +5,7 @@ entry, an ONNX file, a ``.keras`` file) and the SHA-256 of its weights, input si
 preprocessing as numbers, pooling, tensor layout, runtime and precision (and, for int8, which photos
 calibrated it). ``resolve_recipe`` turns a user's request (``auto`` included) into concrete values once;
 the recipe is written into every cache and run manifest (``to_dict``), read back into the same object
-(``from_dict``), and it alone builds the embedder (``featurize/store.py``). No other module reads its keys.
+(``from_dict``), and it alone builds the embedder (``featurize/model/store.py``). No other module reads its keys.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from clothprobe._util.files import file_sha256
 from clothprobe.errors import ClothprobeError
-from clothprobe.featurize.backbones import Preprocess, get_backbone
 from clothprobe.featurize.images import RESIZE
-from clothprobe.files import file_sha256
+from clothprobe.featurize.model.backbones import Preprocess, get_backbone
 
 RECIPE_VERSION = 1
 SOURCES = ("keras-applications", "onnx", "keras-file")
@@ -166,8 +166,8 @@ def _file_source(spec: str) -> tuple[str, Path] | None:
 
 def _model_part(backbone: str, weights: Any, image_size: int | None, seed: int) -> dict[str, Any]:
     """The recipe fields that come from the model itself: registry entry or sidecar, and weights."""
-    from clothprobe.featurize.sidecar import load_sidecar
-    from clothprobe.featurize.weights import resolve_weights
+    from clothprobe.featurize.model.sidecar import load_sidecar
+    from clothprobe.featurize.model.weights import resolve_weights
 
     file_source = _file_source(backbone)
     if file_source is not None:

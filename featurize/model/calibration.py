@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from clothprobe._util.files import file_sha256
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.images import is_ignored
-from clothprobe.files import file_sha256
 
 DEFAULT_SIZE = 300  # NNCF's default subset size; enough for stable activation ranges
 

@@ -12,16 +12,27 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clothprobe._util.progress import progress_bar
 from clothprobe.errors import ClothprobeError
-from clothprobe.featurize import cache as cache_mod
-from clothprobe.featurize.calibration import DEFAULT_SIZE
+from clothprobe.featurize.cache.read import ExistingCache
+from clothprobe.featurize.cache.schema import CacheHeader, check_target, default_path
+from clothprobe.featurize.cache.write import writer_lock
 from clothprobe.featurize.dataset import scan
+from clothprobe.featurize.engines.base import Engine
+from clothprobe.featurize.engines.local import LocalEngine
+from clothprobe.featurize.engines.merge import Merger, PartialStore, strict_error
+from clothprobe.featurize.engines.plan import (
+    SHARD_SIZE,
+    EmbedTask,
+    FileIndex,
+    Plan,
+    decode_settings,
+    index_files,
+    make_plan,
+)
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS
-from clothprobe.featurize.merge import Merger, PartialStore, strict_error
-from clothprobe.featurize.plan import SHARD_SIZE, EmbedTask, FileIndex, Plan, decode_settings, index_files, make_plan
-from clothprobe.featurize.recipe import Recipe, resolve_recipe
-from clothprobe.featurize.worker import Engine, LocalEngine
-from clothprobe.progress import progress_bar
+from clothprobe.featurize.model.calibration import DEFAULT_SIZE
+from clothprobe.featurize.model.recipe import Recipe, resolve_recipe
 
 
 @dataclass
@@ -109,7 +120,7 @@ def featurize(
     ``calibration``: int8 only, a folder of photos to calibrate on instead of the training split.
     """
     from clothprobe.featurize import catalog
-    from clothprobe.featurize.compiled import effective_recipe
+    from clothprobe.featurize.model.selfcheck import effective_recipe
 
     started = time.perf_counter()
     if batch_size < 1:
@@ -119,17 +130,17 @@ def featurize(
     recipe = resolve_recipe(backbone, weights=weights, image_size=image_size, runtime=runtime, precision=precision,
                             seed=seed)
     dataset = scan(data)
-    out = Path(out) if out else cache_mod.default_path(features_dir, dataset.name, recipe.backbone)
-    cache_mod.check_target(out, rebuild)
+    out = Path(out) if out else default_path(features_dir, dataset.name, recipe.backbone)
+    check_target(out, rebuild)
     opts = _Options(out=out, views=("embeddings", "flip") if tta else ("embeddings",), batch_size=batch_size,
                     max_pixels=max_pixels, strict=strict, progress=progress, shard_size=shard_size)
     engine = engine or LocalEngine()
-    with cache_mod.writer_lock(out):
-        cache_mod.check_target(out, rebuild)  # again, now that no other clothprobe writes it
+    with writer_lock(out):
+        check_target(out, rebuild)  # again, now that no other clothprobe writes it
         index = index_files(dataset, engine.hash_files, progress)
         if strict and index.unusable:
             raise strict_error(index.unusable, dataset.root)
-        with cache_mod.ExistingCache(out) as existing:
+        with ExistingCache(out) as existing:
             recipe, calibration_files = _calibrated(recipe, index, calibration, calibration_size, seed, existing)
             result = _update(index, effective_recipe(recipe), calibration_files, existing, engine, opts)
     catalog.record(features_dir, dataset=dataset.name, backbone=result.backbone, cache_path=out,
@@ -139,7 +150,7 @@ def featurize(
 
 
 def _calibrated(recipe: Recipe, index: FileIndex, calibration: str | Path | None, size: int, seed: int,
-                existing: cache_mod.ExistingCache) -> tuple[Recipe, tuple[str, ...]]:
+                existing: ExistingCache) -> tuple[Recipe, tuple[str, ...]]:
     """int8 only: the calibration photos (a seeded sample of the training split, or of ``calibration``);
     their digest goes into the recipe, so another sample makes another cache. An int8 cache keeps the
     calibration it was made with while its model is in the store, so adding training photos (which may
@@ -148,7 +159,7 @@ def _calibrated(recipe: Recipe, index: FileIndex, calibration: str | Path | None
         if calibration is not None:
             raise ClothprobeError(f"--calibration is for --precision int8; this run is {recipe.precision}.")
         return recipe, ()
-    from clothprobe.featurize.calibration import calibration_from_folder, calibration_sample
+    from clothprobe.featurize.model.calibration import calibration_from_folder, calibration_sample
 
     kept = _kept_calibration(recipe, existing)
     if calibration is None and kept is not None:
@@ -162,10 +173,10 @@ def _calibrated(recipe: Recipe, index: FileIndex, calibration: str | Path | None
     return recipe.with_precision("int8", chosen.digest), tuple(str(p) for p in chosen.files)
 
 
-def _kept_calibration(recipe: Recipe, existing: cache_mod.ExistingCache) -> Recipe | None:
+def _kept_calibration(recipe: Recipe, existing: ExistingCache) -> Recipe | None:
     """The existing cache's int8 recipe, when it differs from ``recipe`` only in its calibration sample and
     its quantized model is still in the store."""
-    from clothprobe.featurize.store import ModelStore
+    from clothprobe.featurize.model.store import ModelStore
 
     previous = existing.header.recipe if existing.usable else None
     if previous is None or previous.precision != "int8" or previous.with_precision("int8") != recipe.with_precision("int8"):
@@ -173,7 +184,7 @@ def _kept_calibration(recipe: Recipe, existing: cache_mod.ExistingCache) -> Reci
     return previous if ModelStore().read_for(previous) is not None else None
 
 
-def _update(index: FileIndex, recipe: Recipe, calibration_files: tuple[str, ...], existing: cache_mod.ExistingCache,
+def _update(index: FileIndex, recipe: Recipe, calibration_files: tuple[str, ...], existing: ExistingCache,
             engine: Engine, o: _Options) -> FeaturizeResult:
     """Plan against the verified cache, embed what is missing, merge, and say what happened."""
     if existing.damage and o.strict:
@@ -181,7 +192,7 @@ def _update(index: FileIndex, recipe: Recipe, calibration_files: tuple[str, ...]
                               f"Run without --strict to rebuild it, or delete it.")
     plan, merger, model_seconds = _embed(index, recipe, calibration_files, existing, engine, o)
     recipe, dataset = plan.recipe, index.dataset
-    header = cache_mod.CacheHeader(recipe=recipe, class_names=tuple(dataset.class_names), dataset=dataset.name,
+    header = CacheHeader(recipe=recipe, class_names=tuple(dataset.class_names), dataset=dataset.name,
                                    views=o.views, data_root=str(dataset.root.resolve()), decode=plan.decode,
                                    versions=library_versions())
     outcome = merger.write(existing, o.out, header, model_seconds)
@@ -198,13 +209,13 @@ def _update(index: FileIndex, recipe: Recipe, calibration_files: tuple[str, ...]
     )
 
 
-def _plan(index: FileIndex, recipe: Recipe, existing: cache_mod.ExistingCache, o: _Options) -> tuple[Plan, Merger]:
+def _plan(index: FileIndex, recipe: Recipe, existing: ExistingCache, o: _Options) -> tuple[Plan, Merger]:
     partial = PartialStore(o.out, recipe.fingerprint, o.views)
     plan = make_plan(index, recipe, o.views, decode_settings(o.max_pixels), existing, partial, o.shard_size)
     return plan, Merger(plan, partial, o.strict)
 
 
-def _embed(index: FileIndex, recipe: Recipe, calibration_files: tuple[str, ...], existing: cache_mod.ExistingCache,
+def _embed(index: FileIndex, recipe: Recipe, calibration_files: tuple[str, ...], existing: ExistingCache,
            engine: Engine, o: _Options) -> tuple[Plan, Merger, float]:
     """Embed the plan's shards with ``engine``, each finished batch kept as it arrives. No model is loaded
     when nothing is to be computed (a rerun, even over files that do not decode)."""

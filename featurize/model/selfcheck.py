@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from clothprobe.errors import ClothprobeError, ClothprobeWarning
-from clothprobe.featurize.recipe import Recipe
-from clothprobe.featurize.runtimes import IR_FILE, Runner, export_float, load_runner, quantize_int8
-from clothprobe.featurize.store import ModelStore, SelfCheck, StoreEntry
+from clothprobe.featurize.model.recipe import Recipe
+from clothprobe.featurize.model.runtimes import IR_FILE, Runner, export_float, load_runner, quantize_int8
+from clothprobe.featurize.model.store import ModelStore, SelfCheck, StoreEntry
 
 # Lowest cosine to float32 accepted on the probe batch. Measured on it with real ImageNet weights (OpenVINO
 # 2026.4, AMD EPYC Zen 5 with AVX512-BF16; int8 calibrated on 300 training photos): bfloat16 min 0.99948

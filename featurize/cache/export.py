@@ -1,0 +1,72 @@
+"""A cache as an Arrow table, a pandas DataFrame or a Parquet file (the ``export`` extra)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from clothprobe._util.extras import require
+from clothprobe.errors import ClothprobeError
+from clothprobe.featurize.cache.schema import canonical_json
+
+if TYPE_CHECKING:
+    from clothprobe.featurize.cache.read import FeatureCache, SplitFeatures
+
+
+def to_arrow(cache: FeatureCache) -> Any:
+    """A ``pyarrow.Table``, one row per image: split, path, label, class, sha256 and one fixed-size
+    list<float32> column per view (``embedding``, and ``flip`` with --tta flip); the recipe and class
+    names are in the schema metadata."""
+    pa = require("pyarrow", "export", f"Exporting {cache.path}")
+    parts = [_arrow_split(cache, name, s) for name, s in cache.splits.items()]
+    meta = {"clothprobe.recipe": canonical_json(cache.recipe.to_dict()),
+            "clothprobe.class_names": canonical_json(cache.class_names)}
+    if not parts:
+        raise ClothprobeError(f"Cache {cache.path} holds no split to export.")
+    return pa.concat_tables(parts).replace_schema_metadata(meta)
+
+
+def _arrow_split(cache: FeatureCache, name: str, s: SplitFeatures) -> Any:
+    import pyarrow as pa
+
+    def vectors(x: np.ndarray) -> pa.FixedSizeListArray:
+        return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(x, np.float32).ravel()), x.shape[1])
+
+    columns = {"split": pa.array([name] * len(s), pa.string()), "path": pa.array(list(s.paths), pa.string()),
+               "label": pa.array(s.labels, pa.int32()),
+               "class": pa.array([cache.class_names[i] for i in s.labels], pa.string()),
+               "sha256": pa.array(list(s.sha256), pa.string()), "embedding": vectors(s.embeddings)}
+    if s.flip is not None:
+        columns["flip"] = vectors(s.flip)
+    return pa.table(columns)
+
+
+def to_dataframe(cache: FeatureCache) -> Any:
+    require("pandas", "export", f"Exporting {cache.path} to pandas")
+    return to_arrow(cache).to_pandas()
+
+
+def to_parquet(cache: FeatureCache, path: str | Path) -> Path:
+    pq = require("pyarrow.parquet", "export", f"Exporting {cache.path}")
+    path = Path(path)
+    if path.is_dir() or (path.exists() and not _is_parquet(path)):
+        raise ClothprobeError(f"{path} exists and is not a Parquet file; clothprobe will not replace it. "
+                              f"Choose another output path.")
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(to_arrow(cache), tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _is_parquet(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"PAR1"
+    except OSError:
+        return False

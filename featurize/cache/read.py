@@ -1,0 +1,245 @@
+"""Reading a cache back: whole (``load_features``, for fit) or opened for reuse by an incremental update
+(``ExistingCache``: every checksum verified, streamed, and each row's embedding readable by content hash)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from clothprobe.errors import ClothprobeError
+from clothprobe.featurize.cache.schema import (
+    FAILURES,
+    READ_ERRORS,
+    CacheHeader,
+    CacheInfo,
+    as_strings,
+    damage_reason,
+    probe,
+    read_verified,
+    refusal,
+    verify_streamed,
+)
+from clothprobe.featurize.model.recipe import Recipe
+
+
+@dataclass
+class SplitFeatures:
+    """One split read back: rows of every array are aligned."""
+
+    embeddings: np.ndarray
+    labels: np.ndarray
+    paths: np.ndarray
+    sha256: np.ndarray
+    flip: np.ndarray | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class FeatureCache:
+    """A whole cache in memory, as ``fit`` uses it."""
+
+    path: Path
+    header: CacheHeader
+    splits: dict[str, SplitFeatures]
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.header.recipe
+
+    @property
+    def fingerprint(self) -> str:
+        return self.header.fingerprint
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.header.class_names)
+
+    @property
+    def dataset(self) -> str:
+        return self.header.dataset
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        return self.header.views
+
+    def split(self, name: str) -> SplitFeatures:
+        if name not in self.splits:
+            raise ClothprobeError(
+                f"Cache {self.path} has no {name!r} split (it has: {', '.join(self.splits)})."
+            )
+        return self.splits[name]
+
+    def info(self) -> CacheInfo:
+        n = sum(len(s) for s in self.splits.values())
+        per_image = self.header.seconds_per_image
+        return CacheInfo(path=str(self.path), fingerprint=self.fingerprint, recipe=self.recipe, views=self.views,
+                         data_root=self.header.data_root or None, images=n,
+                         featurize_seconds=per_image * n if per_image > 0 else None)
+
+    def to_arrow(self) -> Any:
+        """A ``pyarrow.Table``, one row per image (see ``featurize/cache/export.py``)."""
+        from clothprobe.featurize.cache.export import to_arrow
+
+        return to_arrow(self)
+
+    def to_dataframe(self) -> Any:
+        """A pandas DataFrame of ``to_arrow()``: each ``embedding`` cell is a float32 numpy array;
+        ``np.stack(df["embedding"])`` is the (n, d) matrix again."""
+        from clothprobe.featurize.cache.export import to_dataframe
+
+        return to_dataframe(self)
+
+    def to_parquet(self, path: str | Path) -> Path:
+        """Write ``to_arrow()`` as Parquet, atomically. An existing file is replaced only if it is Parquet."""
+        from clothprobe.featurize.cache.export import to_parquet
+
+        return to_parquet(self, path)
+
+
+def load_features(path: str | Path, hint: str = "") -> FeatureCache:
+    """Read a whole cache back, every checksum verified (``hint`` is appended to errors)."""
+    path = Path(path)
+    found = probe(path)
+    if found.kind != "cache":
+        why = {"missing": f"No feature cache at {path}.", "folder": f"{path} is a folder, not a feature cache."}
+        raise ClothprobeError((why.get(found.kind) or refusal(path, found, rebuild=False) or "") + hint)
+    try:
+        with h5py.File(path, "r") as h5:
+            header, names = CacheHeader.from_attrs(dict(h5.attrs.items()))
+            splits = {name: _read_split(h5[name], header.views) for name in names}
+            _read_failures(h5)
+    except READ_ERRORS as err:
+        raise ClothprobeError(f"Feature cache {path} is damaged ({damage_reason(err)}); run cli featurize again to "
+                              f"rebuild it.{hint}") from None
+    return FeatureCache(path=path, header=header, splits=splits)
+
+
+def _read_split(group: h5py.Group, views: Sequence[str]) -> SplitFeatures:
+    return SplitFeatures(
+        embeddings=read_verified(group["embeddings"]),
+        labels=read_verified(group["labels"]).astype(np.int64),
+        paths=as_strings(read_verified(group["paths"])),
+        sha256=as_strings(read_verified(group["sha256"])),
+        flip=read_verified(group["flip"]) if "flip" in views else None,
+        skipped=list(zip(as_strings(read_verified(group["skipped_paths"])), as_strings(read_verified(group["skipped_reasons"])))),
+    )
+
+
+def _read_failures(h5: h5py.File) -> dict[str, str]:
+    group = h5[FAILURES]
+    return dict(zip(as_strings(read_verified(group["sha256"])), as_strings(read_verified(group["reasons"]))))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Row sources for an incremental update: where an already-computed embedding can be read from.
+
+
+class RowSource:
+    """Rows of embeddings, readable by view."""
+
+    def read(self, view: str, rows: np.ndarray) -> np.ndarray:  # rows: sorted, unique
+        raise NotImplementedError
+
+    def dim(self, view: str) -> int:
+        raise NotImplementedError
+
+
+class _H5Source(RowSource):
+    def __init__(self, group: h5py.Group) -> None:
+        self.group = group
+
+    def read(self, view: str, rows: np.ndarray) -> np.ndarray:
+        first, last = int(rows[0]), int(rows[-1])
+        if last - first < 4 * len(rows):  # mostly contiguous: one slice read beats HDF5's point selection
+            return self.group[view][first : last + 1][rows - first]
+        return self.group[view][rows]
+
+    def dim(self, view: str) -> int:
+        return int(self.group[view].shape[1])
+
+
+class ArraySource(RowSource):
+    """Rows of in-memory (or memory-mapped) arrays, one per view."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.arrays = arrays
+
+    def read(self, view: str, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self.arrays[view][rows])
+
+    def dim(self, view: str) -> int:
+        return int(self.arrays[view].shape[1])
+
+
+Known = dict[str, tuple[RowSource, int]]  # content hash -> where its embedding is
+
+
+class ExistingCache:
+    """The cache at ``path`` opened for reuse. ``usable`` once every checksum was verified (streamed);
+    ``damage`` says what is wrong otherwise. Callers refused foreign files and other schemas before."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.h5: h5py.File | None = None
+        self.header: CacheHeader | None = None
+        self.damage = ""
+        self._splits: list[str] = []
+        if probe(path).kind != "cache":
+            return
+        try:
+            self.h5 = h5py.File(path, "r")
+            self.header, self._splits = CacheHeader.from_attrs(dict(self.h5.attrs.items()))
+            for name in [*self._splits, FAILURES]:
+                for ds in self.h5[name].values():
+                    verify_streamed(ds)
+        except READ_ERRORS as err:
+            self.damage = damage_reason(err)
+            self.header = None
+            self.close()
+
+    def __enter__(self) -> ExistingCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def usable(self) -> bool:
+        return self.h5 is not None
+
+    def paths(self) -> set[str]:
+        """Every image path the cache holds."""
+        if self.h5 is None:
+            return set()
+        return {p for name in self._splits for p in as_strings(self.h5[name]["paths"][()])}
+
+    def known(self, views: Sequence[str]) -> Known:
+        """content hash -> (source, row) for every row, if the cache has all of ``views``."""
+        out: Known = {}
+        if self.h5 is None or not set(views) <= set(self.header.views):
+            return out
+        for name in self._splits:
+            source = _H5Source(self.h5[name])
+            for row, sha in enumerate(as_strings(self.h5[name]["sha256"][()])):
+                out.setdefault(sha, (source, row))
+        return out
+
+    def failures(self, decode: dict[str, Any]) -> dict[str, str]:
+        """content hash -> why it could not be decoded, if the failures were seen with these ``decode`` settings."""
+        if self.h5 is None or self.header.decode != decode:
+            return {}
+        return _read_failures(self.h5)
+
+    def close(self) -> None:
+        if self.h5 is not None:
+            self.h5.close()
+            self.h5 = None
+

@@ -1,0 +1,170 @@
+"""Writing a cache: one writer at a time (an OS lock), streamed into a temporary file, every dataset
+checksummed, renamed into place; temporaries of killed writers removed."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from clothprobe._util.files import stale_by_pid
+from clothprobe.errors import ClothprobeError
+from clothprobe.featurize.cache.read import ArraySource, Known, RowSource, SplitFeatures
+from clothprobe.featurize.cache.schema import (
+    CHECKSUM,
+    FAILURES,
+    READ_ROWS,
+    SCHEMA_VERSION,
+    STR,
+    CacheHeader,
+    Checksum,
+    canonical_json,
+)
+
+
+@contextmanager
+def writer_lock(cache_path: Path) -> Iterator[None]:
+    """Refuse a second writer on the same cache; the OS drops the lock if this process dies. Temporary
+    files of writers that died are removed once the lock is held."""
+    from filelock import FileLock, Timeout
+
+    lock_path = cache_path.with_name(cache_path.name + ".lock")
+    lock = FileLock(lock_path, timeout=0, preserve_lock_file=True)
+    try:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except Timeout:
+        raise ClothprobeError(
+            f"Another clothprobe run is writing {cache_path} (it holds {lock_path}); wait for it to finish, "
+            f"or use --out for a different cache."
+        ) from None
+    except OSError as err:
+        raise ClothprobeError(f"Cannot write a cache at {cache_path}: {err.strerror or err}.") from None
+    try:
+        remove_stale(cache_path.parent, glob.escape(cache_path.name) + ".tmp-*")
+        yield
+    finally:
+        lock.release()
+
+
+def remove_stale(directory: Path, pattern: str) -> None:
+    """Remove files matching the glob ``pattern`` and named ``...-<pid>`` (``x.h5.tmp-123``) whose process
+    is gone: what a killed writer left."""
+    for stale in directory.glob(pattern):
+        if stale.is_file() and stale_by_pid(stale.name):
+            stale.unlink(missing_ok=True)
+
+
+@dataclass
+class SplitRows:
+    """What a split of the new cache holds; each row's embedding is read from ``Known`` by its hash."""
+
+    paths: list[str]
+    labels: list[int]
+    sha256: list[str]
+    skipped: list[tuple[str, str]]
+
+
+def content_digest(header: CacheHeader, splits: dict[str, SplitRows], failures: dict[str, str]) -> str:
+    """A hash of everything a cache holds, so that an unchanged dataset is not rewritten."""
+    digest = hashlib.sha256(canonical_json([SCHEMA_VERSION, header.fingerprint, list(header.class_names), list(header.views),
+                                   header.dataset, header.data_root, header.decode, sorted(failures.items())]).encode())
+    for name in sorted(splits):
+        rows = splits[name]
+        digest.update(canonical_json([name, rows.paths, rows.labels, rows.sha256, rows.skipped]).encode())
+    return digest.hexdigest()
+
+
+def write_cache(path: Path, header: CacheHeader, splits: dict[str, SplitRows], known: Known,
+                failures: dict[str, str], chunk_rows: int = READ_ROWS, release: Callable[[], None] | None = None) -> None:
+    """Write a new cache to a temporary file, streaming rows from ``known`` in blocks of ``chunk_rows``,
+    checksum every dataset, and rename it into place. ``release`` is called just before the rename (close
+    the old cache there: Windows renames nothing over an open file)."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as h5:
+            for name, rows in splits.items():
+                _write_split(h5.create_group(name), rows, header.views, known, chunk_rows)
+            group = h5.create_group(FAILURES)
+            _dataset(group, "sha256", np.array(sorted(failures), dtype="S64"))
+            _dataset(group, "reasons", np.array([failures[k] for k in sorted(failures)], dtype=object), STR)
+            h5.attrs.update(header.to_attrs(list(splits)))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        if release is not None:
+            release()
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _dataset(group: h5py.Group, name: str, data: np.ndarray, dtype: Any = None) -> None:
+    fixed = data.dtype.kind != "O" and len(data) > 0
+    ds = group.create_dataset(name, data=data, dtype=dtype, chunks=True if fixed else None, fletcher32=fixed)
+    ds.attrs[CHECKSUM] = Checksum().update(data).hexdigest()
+
+
+def _write_split(group: h5py.Group, rows: SplitRows, views: Sequence[str], known: Known, chunk_rows: int) -> None:
+    n = len(rows.paths)
+    for view in views:
+        dim = _dim(known, view)
+        chunked = n > 0 and dim > 0
+        ds = group.create_dataset(view, shape=(n, dim), dtype="<f4", fletcher32=chunked,
+                                  chunks=(min(n, 256), dim) if chunked else None)
+        digest = Checksum()
+        for start in range(0, n, chunk_rows):
+            block = _gather(known, rows.sha256[start : start + chunk_rows], view, dim)
+            if not np.isfinite(block).all():
+                raise ClothprobeError(f"Refusing to write non-finite embeddings into {group.file.filename}.")
+            ds[start : start + len(block)] = block
+            digest.update(block)
+        ds.attrs[CHECKSUM] = digest.hexdigest()
+    _dataset(group, "paths", np.array(rows.paths, dtype=object), STR)
+    _dataset(group, "labels", np.array(rows.labels, dtype="<i4"))
+    _dataset(group, "sha256", np.array(rows.sha256, dtype="S64"))
+    _dataset(group, "skipped_paths", np.array([p for p, _ in rows.skipped], dtype=object), STR)
+    _dataset(group, "skipped_reasons", np.array([r for _, r in rows.skipped], dtype=object), STR)
+
+
+def _dim(known: Known, view: str) -> int:
+    return next((source.dim(view) for source, _ in known.values()), 0)
+
+
+def _gather(known: Known, hashes: Sequence[str], view: str, dim: int) -> np.ndarray:
+    out = np.empty((len(hashes), dim), dtype=np.float32)
+    wanted: dict[RowSource, list[tuple[int, int]]] = defaultdict(list)
+    for dest, sha in enumerate(hashes):
+        source, row = known[sha]
+        wanted[source].append((row, dest))
+    for source, pairs in wanted.items():
+        rows = np.array([r for r, _ in pairs])
+        dests = np.array([d for _, d in pairs])
+        unique, inverse = np.unique(rows, return_inverse=True)
+        out[dests] = source.read(view, unique)[inverse]
+    return out
+
+
+def write_arrays(path: Path, header: CacheHeader, splits: dict[str, SplitFeatures],
+                 failures: dict[str, str] | None = None) -> None:
+    """Write in-memory features as a cache (the same schema), e.g. synthetic caches for tests."""
+    views = ("embeddings", "flip") if all(s.flip is not None for s in splits.values()) else ("embeddings",)
+    known: Known = {}
+    rows = {}
+    for name, s in splits.items():
+        source = ArraySource({"embeddings": s.embeddings, "flip": s.flip})
+        for row, sha in enumerate(s.sha256):
+            known[str(sha)] = (source, row)
+        rows[name] = SplitRows(paths=list(s.paths), labels=[int(v) for v in s.labels],
+                               sha256=[str(v) for v in s.sha256], skipped=list(s.skipped))
+    header = replace(header, views=views)
+    header = replace(header, content_digest=content_digest(header, rows, failures or {}))
+    write_cache(path, header, rows, known, failures or {})

@@ -1,0 +1,57 @@
+"""The local engine (clothprobe's default): one ``ShardEmbedder``, one loaded model, in this process.
+``ShardEmbedder`` is also what each Ray worker runs (``engines/ray.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from clothprobe.featurize.engines.base import Engine
+from clothprobe.featurize.engines.plan import EmbedTask, Shard, ShardBatch, ShardFailed
+from clothprobe.featurize.model.recipe import Recipe
+
+
+class ShardEmbedder:
+    """One loaded model that embeds shards. ``recipe`` is the one that really runs (float32 when a
+    bfloat16 or int8 runtime failed its self-check on this machine)."""
+
+    def __init__(self, task: EmbedTask) -> None:
+        from clothprobe.featurize import embed
+
+        self.task = task
+        self.embedder = embed.open_embedder(task.recipe, batch_size=task.batch_size, flip=task.flip,
+                                            calibration_files=[Path(p) for p in task.calibration_files])
+        size = self.recipe.input_size  # one batch now: the runtime's first-call set-up is not in the img/s
+        self.embedder.embed_array(np.zeros((1, size, size, 3), np.uint8))
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.embedder.recipe
+
+    def embed(self, shard: Shard) -> Iterator[ShardBatch]:
+        """The shard's files, batch by batch; files that cannot be decoded are reported in ``failed``."""
+        fingerprint = self.recipe.fingerprint
+        items = shard.items
+        for batch in self.embedder.run([Path(item.path) for item in items], self.task.max_pixels):
+            yield ShardBatch(shard=shard.index, fingerprint=fingerprint,
+                             sha256=[items[i].sha256 for i in batch.indices], views=batch.views,
+                             failed={items[i].sha256: reason for i, reason in batch.skipped.items()})
+
+
+class LocalEngine(Engine):
+    """One model in this process, shard after shard: clothprobe's default."""
+
+    def __init__(self) -> None:
+        self._worker: ShardEmbedder | None = None
+
+    def open(self, task: EmbedTask) -> Recipe:
+        self._worker = ShardEmbedder(task)
+        return self._worker.recipe
+
+    def embed(self, shards: Iterable[Shard]) -> Iterator[ShardBatch | ShardFailed]:
+        if self._worker is None:
+            raise RuntimeError("LocalEngine.embed called before open")
+        for shard in shards:
+            yield from self._worker.embed(shard)
