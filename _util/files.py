@@ -1,9 +1,14 @@
-"""Small file helpers shared by the weights fingerprint, the caches, the model store and the run directories."""
+"""Small file helpers shared by the weights fingerprint, the caches, the model store, the run directories and
+every output: content hashes, whether a writer is still alive, and the one way to replace a file atomically."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 
 def file_sha256(path: str | Path) -> str:
@@ -26,3 +31,42 @@ def stale_by_pid(name: str) -> bool:
     """True for a leftover named ``...-<pid>`` (``.run.tmp-123``) whose process is gone."""
     pid = name.rsplit("-", 1)[-1]
     return pid.isdigit() and not pid_alive(int(pid))
+
+
+def temporary_sibling(path: Path) -> Path:
+    """``.<name>.tmp-<pid>`` next to ``path``: where ``path`` is written before it is renamed into place (the
+    same folder, so the rename is atomic; the pid, so the next writer can tell a killed writer's leftover)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path to write ``path``'s new content to, with any library that wants a file name (h5py,
+    pyarrow, numpy); once the block ends without an error the file is flushed to disk and renamed over
+    ``path``. On any error, or a kill, ``path`` keeps its previous content and the temporary goes."""
+    path = Path(path)
+    tmp = temporary_sibling(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_write(path: str | Path, mode: str = "w", **open_options: Any) -> Iterator[IO]:
+    """``open(path, mode)`` that replaces ``path`` only once everything is written (see ``atomic_path``).
+    ``mode`` is ``"w"`` (text, UTF-8 unless ``encoding`` is given) or ``"wb"``."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write writes a whole file: mode 'w' or 'wb', not {mode!r}")
+    if mode == "w":
+        open_options.setdefault("encoding", "utf-8")
+    with atomic_path(path) as tmp, open(tmp, mode, **open_options) as fh:
+        yield fh
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_write(path) as fh:
+        fh.write(text)
