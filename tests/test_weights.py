@@ -88,3 +88,23 @@ def test_download_failure_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(w, "_download", no_network)
     with pytest.raises(ClothprobeError, match="download failed: URL fetch failure"):
         resolve_weights(XCEPTION)
+
+
+def test_download_asks_keras_for_the_published_file_and_hash(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The download path itself (only the network is replaced): Keras's URL, file name and published hash."""
+    import keras
+
+    monkeypatch.delenv("CLOTHPROBE_OFFLINE")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    asked = {}
+
+    def fake_get_file(fname, origin, cache_subdir, file_hash):  # noqa: ANN001, ANN202 - keras.utils.get_file
+        asked.update(fname=fname, origin=origin, file_hash=file_hash)
+        path = tmp_path / fname
+        path.write_bytes(b"weights")
+        return str(path)
+
+    monkeypatch.setattr(keras.utils, "get_file", fake_get_file)
+    resolved = resolve_weights(XCEPTION)
+    assert asked == {"fname": XCEPTION.keras_file, "origin": XCEPTION.weights_url, "file_hash": XCEPTION.keras_hash}
+    assert resolved.path == tmp_path / XCEPTION.keras_file and "Keras download" in resolved.source

@@ -79,7 +79,7 @@ def _download(backbone: Backbone) -> Path:
                 backbone.keras_file,
                 backbone.weights_url,
                 cache_subdir="models",
-                file_hash=backbone.keras_md5,
+                file_hash=backbone.keras_hash,
             )
         )
     finally:
