@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clothprobe._util.files import atomic_path, atomic_write, write_text_atomic
 from clothprobe._util.progress import progress_bar
 from clothprobe._util.seeding import keras_seeded
 from clothprobe.classifiers.dense import make_loss
@@ -166,17 +166,14 @@ class _Checkpoint:
 
     def save(self, model, record: dict, improved: bool) -> None:  # noqa: ANN001
         self.dir.mkdir(parents=True, exist_ok=True)
-        model.save(self.dir / "last.tmp.keras")
-        os.replace(self.dir / "last.tmp.keras", self.dir / "last.keras")
+        with atomic_path(self.dir / "last.keras", suffix=".keras") as tmp:  # Keras reads the format from the name
+            model.save(tmp)
         if improved:  # the weights only (no optimizer state), as plain arrays: never a pickle
-            with open(self.dir / "best.tmp.npz", "wb") as fh:
+            with atomic_write(self.dir / "best.npz", "wb") as fh:
                 np.savez(fh, *model.get_weights())
-            os.replace(self.dir / "best.tmp.npz", self.dir / "best.npz")
             self.state["best"] = record
         self.state["history"].append(record)
-        tmp = self.dir / "state.tmp.json"
-        tmp.write_text(json.dumps(self.state, indent=2))
-        os.replace(tmp, self.dir / "state.json")
+        write_text_atomic(self.dir / "state.json", json.dumps(self.state, indent=2))
 
 
 def _predict(model, split: ImageSplit, preprocess, n_classes: int, batch_size: int) -> np.ndarray:  # noqa: ANN001

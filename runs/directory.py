@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from clothprobe._util.files import file_sha256
+from clothprobe._util.files import file_sha256, pid_alive
 from clothprobe.errors import ClothprobeError
 
 FORMAT_VERSION = 2
@@ -309,13 +309,6 @@ def find_runs(models_dir: str | Path) -> list[Path]:
 
 # ---------------------------------------------------------------------------------------------------
 # Writing
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` still runs (psutil: POSIX and Windows alike)."""
-    import psutil
-
-    return pid == os.getpid() or psutil.pid_exists(pid)
 
 
 def recover_siblings(parent: Path) -> None:

@@ -146,8 +146,3 @@ def test_stale_temporary_folders_of_dead_processes_are_removed(tmp_path: Path) -
     names = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".") and p.is_dir())
     assert names == [f".other.tmp-{os.getpid()}"] and rundir.is_run(run)
 
-
-def test_pid_alive() -> None:
-    assert rundir.pid_alive(os.getpid())
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    assert not rundir.pid_alive(int(dead.stdout))
