@@ -51,9 +51,26 @@ class EngineKind(str, Enum):
     ray = "ray"
 
 
-ENGINE_HELP = "local (this process) or ray (a Ray cluster; needs pip install \"clothprobe\\[ray]\")."
-ADDRESS_HELP = "--engine ray: join this Ray cluster (HOST:PORT, or auto) instead of starting a local Ray runtime."
-WORKERS_HELP = "--engine ray: model workers, one loaded model each (default: 1 locally, one per node on a cluster)."
+# Options more than one command takes, declared once (the default stays with each command).
+Engine = Annotated[EngineKind, typer.Option(
+    help="local (this process) or ray (a Ray cluster; needs pip install \"clothprobe\\[ray]\"). predict: ray scores a "
+         "large folder into --output (CSV or Parquet).")]
+Address = Annotated[str | None, typer.Option(
+    help="--engine ray: join this Ray cluster (HOST:PORT, or auto) instead of starting a local Ray runtime.")]
+Workers = Annotated[int | None, typer.Option(
+    help="--engine ray: model workers, one loaded model each (default: 1 locally, one per node on a cluster).")]
+DataFolder = Annotated[Path, typer.Option("--data", help="Dataset folder: DIR/<split>/<class>/<image>.")]
+Weights = Annotated[str, typer.Option(
+    help="'imagenet' (offline dir from CLOTHPROBE_WEIGHTS_DIR, Keras cache, then download), a weights file or "
+         "directory, or 'none' (random, for smoke tests).")]
+Clf = Annotated[str, typer.Option(help="logreg, lgbm, dense, or all.")]
+Balance = Annotated[str, typer.Option(help="Class imbalance: none, weights (balanced class weights), smote, or all.")]
+Select = Annotated[str | None, typer.Option(
+    help="How settings are chosen: validation (fitted on train, scored on the validation split) or cv (repeated "
+         "stratified 5-fold over train + validation, then refitted on both). Default: validation.")]
+FeaturesDir = Annotated[Path, typer.Option(help="Where the feature caches are: <features-dir>/<dataset>/<backbone>.h5.")]
+ModelsDir = Annotated[Path, typer.Option(help="Where the runs are: <models-dir>/<dataset>/<backbone>/<run>/.")]
+Top = Annotated[int, typer.Option(help="Leaderboard rows to print per dataset.")]
 
 
 def _engine(ctx: typer.Context, kind: EngineKind, address: str | None, workers: int | None):  # noqa: ANN202
@@ -83,12 +100,10 @@ def featurize(
     backbone: Annotated[str, typer.Option(
         help="A registry name (vgg16, xception, mobilenetv2, efficientnetv2s, convnext_tiny), onnx:PATH or "
              "keras:PATH.")] = "xception",
-    weights: Annotated[str, typer.Option(
-        help="'imagenet' (offline dir from CLOTHPROBE_WEIGHTS_DIR, Keras cache, then download), a weights "
-             "file or directory, or 'none' (random, for smoke tests).")] = "imagenet",
+    weights: Weights = "imagenet",
     out_path: Annotated[Path | None, typer.Option("--out", help=(
         "Cache file (default: features/<dataset>/<backbone>.h5). Only a clothprobe cache is ever replaced."))] = None,
-    features_dir: Annotated[Path, typer.Option(help="Root of the default cache location.")] = Path("features"),
+    features_dir: FeaturesDir = Path("features"),
     batch_size: Annotated[int, typer.Option(help="Images per inference batch; memory grows with it.")] = 32,
     precision: Annotated[str, typer.Option(
         help="auto (bfloat16 where the CPU has bf16 units, else float32), float32, bfloat16, or int8 "
@@ -107,9 +122,9 @@ def featurize(
         help="int8: calibrate on the photos under this folder instead of the training split.")] = None,
     calibration_size: Annotated[int | None, typer.Option(
         help="int8: how many photos calibrate the quantization [default: 300].")] = None,
-    engine: Annotated[EngineKind, typer.Option(help=ENGINE_HELP)] = EngineKind.local,
-    address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
-    workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
+    engine: Engine = EngineKind.local,
+    address: Address = None,
+    workers: Workers = None,
 ) -> None:
     """Run a frozen ImageNet conv base once over DATA and cache pooled embeddings in HDF5."""
     from clothprobe._util.appsetup import govern_pixels
@@ -184,16 +199,14 @@ def fit(
              "featurized under --features-dir.")] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset name under --features-dir (instead of --data).")] = None,
     backbone: Annotated[str, typer.Option(help="Cache(s) to fit on: xception, vgg16, or several joined: vgg16+xception.")] = "xception",
-    clf: Annotated[str, typer.Option(help="logreg, lgbm, dense, or all.")] = "logreg",
-    balance: Annotated[str, typer.Option(help="Class imbalance: none, weights (balanced class weights), smote, or all.")] = "weights",
+    clf: Clf = "logreg",
+    balance: Balance = "weights",
     tta: Annotated[bool, typer.Option(help="Average probabilities of the original and flipped views (cache made with --tta flip).")] = False,
     loss: Annotated[str, typer.Option(help="Dense head loss: categorical or focal.")] = "categorical",
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same model and metrics.")] = 0,
-    select: Annotated[str | None, typer.Option(
-        help="How settings are chosen: validation (fitted on train, scored on the validation split) or cv "
-             "(repeated stratified 5-fold over train + validation, then refitted on both). Default: validation.")] = None,
-    features_dir: Annotated[Path, typer.Option(help="Where the caches are.")] = Path("features"),
-    models_dir: Annotated[Path, typer.Option(help="Runs go to <models-dir>/<dataset>/<backbone>/<clf>-<balance>/.")] = Path("models"),
+    select: Select = None,
+    features_dir: FeaturesDir = Path("features"),
+    models_dir: ModelsDir = Path("models"),
     out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory for a single --clf/--balance.")] = None,
 ) -> None:
     """Train classifiers on cached embeddings; settings chosen without the test split, test scored once."""
@@ -236,9 +249,9 @@ def _print_top(report, rows: int) -> None:  # noqa: ANN001 - a clothprobe.report
 
 @app.command()
 def report(
-    models_dir: Annotated[Path, typer.Option(help="Where the runs are (cli fit and cli e2e write there).")] = Path("models"),
+    models_dir: ModelsDir = Path("models"),
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for index.html, report.md and img/.")] = Path("reports"),
-    top: Annotated[int, typer.Option(help="Leaderboard rows to print per dataset.")] = 5,
+    top: Top = 5,
 ) -> None:
     """Compare every finished run with the end-to-end results, one leaderboard per dataset:
     reports/index.html and reports/report.md."""
@@ -249,18 +262,18 @@ def report(
 
 @app.command("run")
 def run_job(
-    data: Annotated[Path, typer.Option(help="Dataset folder: DIR/<split>/<class>/<image>.")],
+    data: DataFolder,
     backbones: Annotated[str, typer.Option(help="Comma-separated backbones; each alone and all joined are fitted.")] = "vgg16,xception",
-    weights: Annotated[str, typer.Option(help="As for featurize: 'imagenet', a weights file or directory.")] = "imagenet",
-    clf: Annotated[str, typer.Option(help="logreg, lgbm, dense, or all.")] = "all",
-    balance: Annotated[str, typer.Option(help="none, weights, smote, or all.")] = "all",
+    weights: Weights = "imagenet",
+    clf: Clf = "all",
+    balance: Balance = "all",
     tta: Annotated[bool, typer.Option(help="Cache the flipped view and average both views' probabilities.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for every stage.")] = 0,
-    select: Annotated[str | None, typer.Option(help="validation or cv, as for cli fit. Default: validation.")] = None,
-    features_dir: Annotated[Path, typer.Option(help="Where caches go.")] = Path("features"),
-    models_dir: Annotated[Path, typer.Option(help="Where runs go.")] = Path("models"),
+    select: Select = None,
+    features_dir: FeaturesDir = Path("features"),
+    models_dir: ModelsDir = Path("models"),
     reports_dir: Annotated[Path, typer.Option(help="Where the report goes.")] = Path("reports"),
-    top: Annotated[int, typer.Option(help="Leaderboard rows to print.")] = 5,
+    top: Top = 5,
 ) -> None:
     """The main job: featurize with each backbone, fit every classifier and balance mode, write the report.
     Every option is checked before any featurizing."""
@@ -285,9 +298,9 @@ def run_job(
 
 @app.command()
 def e2e(
-    data: Annotated[Path, typer.Option(help="Dataset folder: DIR/<split>/<class>/<image>.")],
+    data: DataFolder,
     backbone: Annotated[str, typer.Option(help="vgg16, xception or mobilenetv2.")] = "xception",
-    weights: Annotated[str, typer.Option(help="As for featurize: 'imagenet', a weights file or directory, 'none'.")] = "imagenet",
+    weights: Weights = "imagenet",
     epochs: Annotated[int, typer.Option(help="Epochs of head training (the notebook: 12).")] = 12,
     image_size: Annotated[int | None, typer.Option(help="Input size (default: the backbone's).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per training batch.")] = 32,
@@ -298,7 +311,7 @@ def e2e(
     balance: Annotated[str, typer.Option(help="none or weights (balanced class weights).")] = "none",
     loss: Annotated[str, typer.Option(help="categorical or focal.")] = "categorical",
     seed: Annotated[int, typer.Option(help="Seed: shuffling, augmentation and initialisation.")] = 0,
-    models_dir: Annotated[Path, typer.Option(help="Runs go to <models-dir>/<dataset>/<backbone>/e2e-<balance>.../.")] = Path("models"),
+    models_dir: ModelsDir = Path("models"),
     out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory.")] = None,
 ) -> None:
     """Train end to end on the images (the reference notebooks' approach), for the comparison in cli report."""
@@ -380,10 +393,9 @@ def predict(
     calibrate: Annotated[bool, typer.Option(
         help="Temperature-scaled probabilities (the temperature was fitted at fit time on validation or "
              "out-of-fold predictions, never on test).")] = False,
-    engine: Annotated[EngineKind, typer.Option(help=ENGINE_HELP + " ray: batch scoring of a large folder into "
-                                                                  "--output (CSV or Parquet).")] = EngineKind.local,
-    address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
-    workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
+    engine: Engine = EngineKind.local,
+    address: Address = None,
+    workers: Workers = None,
 ) -> None:
     """Classify new photos with a finished run (its own backbone, weights and preprocessing)."""
     from clothprobe.runs.predicting import predict as run_predict

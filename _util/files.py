@@ -3,6 +3,7 @@ every output: content hashes, whether a writer is still alive, and the one way t
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 from collections.abc import Iterator
@@ -28,24 +29,32 @@ def pid_alive(pid: int) -> bool:
 
 
 def stale_by_pid(name: str) -> bool:
-    """True for a leftover named ``...-<pid>`` (``.run.tmp-123``) whose process is gone."""
-    pid = name.rsplit("-", 1)[-1]
+    """True for a leftover named ``...-<pid>`` or ``...-<pid>.<suffix>`` (``.run.tmp-123``,
+    ``.last.keras.tmp-123.keras``) whose process is gone."""
+    pid = name.rsplit("-", 1)[-1].split(".", 1)[0]
     return pid.isdigit() and not pid_alive(int(pid))
 
 
-def temporary_sibling(path: Path) -> Path:
-    """``.<name>.tmp-<pid>`` next to ``path``: where ``path`` is written before it is renamed into place (the
-    same folder, so the rename is atomic; the pid, so the next writer can tell a killed writer's leftover)."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def temporary_sibling(path: Path, suffix: str = "") -> Path:
+    """``.<name>.tmp-<pid><suffix>`` next to ``path``: where ``path`` is written before it is renamed into
+    place (the same folder, so the rename is atomic; the pid, so the next writer can tell a killed writer's
+    leftover; ``suffix`` for a library that reads the format from the name)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
+
+
+def temporaries_glob(path: Path) -> str:
+    """A glob (in ``path``'s folder) for the temporary siblings of ``path`` that any writer made."""
+    return glob.escape(f".{path.name}.tmp-") + "*"
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """A temporary path to write ``path``'s new content to, with any library that wants a file name (h5py,
-    pyarrow, numpy); once the block ends without an error the file is flushed to disk and renamed over
-    ``path``. On any error, or a kill, ``path`` keeps its previous content and the temporary goes."""
+    pyarrow, numpy; Keras, with ``suffix=".keras"``); once the block ends without an error the file is
+    flushed to disk and renamed over ``path``. On any error, or a kill, ``path`` keeps its previous content
+    and the temporary goes."""
     path = Path(path)
-    tmp = temporary_sibling(path)
+    tmp = temporary_sibling(path, suffix)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:

@@ -28,9 +28,10 @@ DATA = ROOT.parent / "shared" / "data" / "clothing-dataset-small"
 
 def best_cached_run(models: Path, dataset: str):  # noqa: ANN201 - clothprobe.report.Run
     from clothprobe.report import collect_runs
+    from clothprobe.runs.directory import RunKind
 
     by_dataset, _ = collect_runs(models)
-    runs = [r for r in by_dataset.get(dataset, []) if r.kind == "cached-features"]
+    runs = [r for r in by_dataset.get(dataset, []) if r.kind is RunKind.CACHED_FEATURES]
     if not runs:
         sys.exit(f"No cache-first runs of {dataset} under {models}; run bench/fit.py first.")
     if runs[0].metrics.featurize_seconds is None:

@@ -17,7 +17,19 @@ from clothprobe.classifiers.select import DEFAULT_SELECT, Held, check_select, pr
 from clothprobe.classifiers.stats import apply_temperature, expected_calibration_error, fit_temperature
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.catalog import resolve_dataset
-from clothprobe.runs.directory import Calibration, Manifest, Metrics, Predictions, SplitMetrics, check_target, write_run
+from clothprobe.runs.directory import (
+    Calibration,
+    Manifest,
+    Metrics,
+    Predictions,
+    RunKind,
+    RunRecord,
+    SplitMetrics,
+    cached_run_name,
+    check_target,
+    run_path,
+    write_run,
+)
 
 
 @dataclass
@@ -74,10 +86,6 @@ def versions() -> dict[str, str]:
             "lightgbm": lightgbm.__version__, "skops": skops.__version__}
 
 
-def run_name(clf: str, balance: str, tta: bool, loss: str) -> str:
-    return f"{clf}-{balance}" + ("-tta" if tta else "") + ("-focal" if loss == "focal" else "")
-
-
 def fit(
     dataset: str | None = None,
     backbone: str = "xception",
@@ -98,7 +106,7 @@ def fit(
     plan = plan_fit(backbone, clf, balance, loss, select, out)
     dataset = resolve_dataset(features_dir, dataset)
     joined = "+".join(parse_backbones(backbone))
-    run_dirs = [Path(out) if out else Path(models_dir) / dataset / joined / run_name(name, bal, tta, run_loss)
+    run_dirs = [run_path(models_dir, dataset, joined, cached_run_name(name, bal, tta, run_loss), out)
                 for name, bal, run_loss in plan.runs()]
     for run_dir in run_dirs:  # every folder is ours to write, before any fitting
         check_target(run_dir)
@@ -156,20 +164,21 @@ def fit_one(data: FeatureSet, clf: str, balance: str, tta: bool, loss: str, seed
         predictions = Predictions(list(test.paths), [data.class_names[i] for i in test.y], test_proba,
                                   data.class_names)
     calibration, calibrated_ece = calibrate(held, None if test is None else test.y, test_proba)
-    name = run_name(clf, balance, tta, loss)
+    record = RunRecord(
+        run=cached_run_name(clf, balance, tta, loss), dataset=data.dataset, kind=RunKind.CACHED_FEATURES,
+        classifier=clf, balance=balance, tta=tta, loss=loss, seed=seed, params=selection.params,
+        chosen=selection.chosen, calibration=calibration,
+    )
     metrics = Metrics(
-        run=name, dataset=data.dataset, backbone=data.name, classifier=clf, balance=balance, tta=tta, loss=loss,
-        seed=seed, kind="cached-features", selection=selection.mode, selection_n=len(held.y),
-        params=selection.params, chosen=selection.chosen, candidates=[vars(c) for c in selection.candidates],
+        **record.shared(), backbone=data.name, selection=selection.mode, selection_n=len(held.y),
+        candidates=[vars(c) for c in selection.candidates],
         fit_seconds=fit_seconds, featurize_seconds=data.featurize_seconds, predict_seconds=predict_seconds,
         train_counts=dict(zip(data.class_names, np.bincount(data.splits["train"].y, minlength=n_classes).tolist())),
-        validation=validation, test=test_metrics, calibration=calibration, calibrated_test_ece=calibrated_ece,
+        validation=validation, test=test_metrics, calibrated_test_ece=calibrated_ece,
     )
     manifest = Manifest(
-        run=name, dataset=data.dataset, kind="cached-features", classes=data.class_names, backbones=data.backbones,
-        classifier=clf, balance=balance, tta=tta, loss=loss, seed=seed, params=selection.params,
-        chosen=selection.chosen, versions=versions(), caches=data.caches, data_root=data.data_root,
-        calibration=calibration,
+        **record.shared(), classes=data.class_names, backbones=data.backbones, versions=versions(),
+        caches=data.caches, data_root=data.data_root,
     )
     write_run(run_dir, manifest, metrics, predictions, lambda d: save_model(selection.model, spec.file_format, d))
     return FitResult(run_dir, metrics)

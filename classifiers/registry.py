@@ -92,7 +92,7 @@ def _dense_chosen(estimator: Any) -> dict:
     return {"epochs_run": int(estimator.n_epochs_)}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ClassifierSpec:
     """One head: how to build it, what to search, how its fitted estimator is stored.
 
@@ -114,17 +114,16 @@ class ClassifierSpec:
 CLASSIFIERS: dict[str, ClassifierSpec] = {
     s.name: s
     for s in (
-        ClassifierSpec("logreg", _logreg, tuple({"C": c} for c in (0.003, 0.01, 0.03, 0.1)), "linear",
-                       path=True),
+        ClassifierSpec(name="logreg", build=_logreg, grid=tuple({"C": c} for c in (0.003, 0.01, 0.03, 0.1)),
+                       file_format="linear", path=True),
         ClassifierSpec(
-            "lgbm", _lgbm,
-            tuple({"num_leaves": nl, "learning_rate": lr} for nl in (7, 15) for lr in (0.05, 0.1)),
-            "lightgbm", scale=False, fit_params=_lgbm_fit_params, chosen=_lgbm_chosen,
+            name="lgbm", build=_lgbm,
+            grid=tuple({"num_leaves": nl, "learning_rate": lr} for nl in (7, 15) for lr in (0.05, 0.1)),
+            file_format="lightgbm", scale=False, fit_params=_lgbm_fit_params, chosen=_lgbm_chosen,
         ),
         ClassifierSpec(
-            "dense", _dense,
-            tuple({"learning_rate": 1e-3, "dropout": d} for d in (0.2, 0.5)),
-            "keras", chosen=_dense_chosen,
+            name="dense", build=_dense, grid=tuple({"learning_rate": 1e-3, "dropout": d} for d in (0.2, 0.5)),
+            file_format="keras", chosen=_dense_chosen,
         ),
     )
 }

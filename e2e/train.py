@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clothprobe._util.files import atomic_path, atomic_write, write_text_atomic
 from clothprobe._util.progress import progress_bar
 from clothprobe._util.seeding import keras_seeded
 from clothprobe.classifiers.dense import make_loss
@@ -36,7 +36,17 @@ from clothprobe.featurize.dataset import scan
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS
 from clothprobe.featurize.model.backbones import get_backbone
 from clothprobe.featurize.model.recipe import Recipe, resolve_recipe
-from clothprobe.runs.directory import Manifest, Metrics, Predictions, check_target, write_run
+from clothprobe.runs.directory import (
+    Manifest,
+    Metrics,
+    Predictions,
+    RunKind,
+    RunRecord,
+    check_target,
+    e2e_run_name,
+    run_path,
+    write_run,
+)
 
 HELD_OUT = 0.1  # share of train held out for epoch selection when there is no validation split
 
@@ -66,11 +76,6 @@ class E2EConfig:
     @property
     def phases(self) -> list[tuple[str, int]]:
         return [("head", self.epochs)] + ([("fine-tune", self.fine_tune_epochs)] if self.fine_tune else [])
-
-
-def run_name(balance: str, fine_tune: int, loss: str, size: int, default_size: int) -> str:
-    return (f"e2e-{balance}" + (f"-ft{fine_tune}" if fine_tune else "") + ("-focal" if loss == "focal" else "")
-            + (f"-{size}px" if size != default_size else ""))
 
 
 def build_model(config: E2EConfig, weights_path: str | None, n_classes: int):  # noqa: ANN201 - keras.Model
@@ -161,17 +166,14 @@ class _Checkpoint:
 
     def save(self, model, record: dict, improved: bool) -> None:  # noqa: ANN001
         self.dir.mkdir(parents=True, exist_ok=True)
-        model.save(self.dir / "last.tmp.keras")
-        os.replace(self.dir / "last.tmp.keras", self.dir / "last.keras")
+        with atomic_path(self.dir / "last.keras", suffix=".keras") as tmp:  # Keras reads the format from the name
+            model.save(tmp)
         if improved:  # the weights only (no optimizer state), as plain arrays: never a pickle
-            with open(self.dir / "best.tmp.npz", "wb") as fh:
+            with atomic_write(self.dir / "best.npz", "wb") as fh:
                 np.savez(fh, *model.get_weights())
-            os.replace(self.dir / "best.tmp.npz", self.dir / "best.npz")
             self.state["best"] = record
         self.state["history"].append(record)
-        tmp = self.dir / "state.tmp.json"
-        tmp.write_text(json.dumps(self.state, indent=2))
-        os.replace(tmp, self.dir / "state.json")
+        write_text_atomic(self.dir / "state.json", json.dumps(self.state, indent=2))
 
 
 def _predict(model, split: ImageSplit, preprocess, n_classes: int, batch_size: int) -> np.ndarray:  # noqa: ANN001
@@ -236,8 +238,8 @@ def e2e(
     config = E2EConfig(bb.name, recipe.input_size, epochs, fine_tune, fine_tune_epochs if fine_tune else 0,
                        batch_size, learning_rate, fine_tune_learning_rate, hidden, dropout, balance, loss, seed,
                        recipe.weights_sha256)
-    name = run_name(balance, fine_tune, loss, recipe.input_size, bb.input_size)
-    job = _Job(recipe, config, name, Path(out) if out else Path(models_dir) / dataset.name / bb.name / name)
+    name = e2e_run_name(balance, fine_tune, loss, recipe.input_size, bb.input_size)
+    job = _Job(recipe, config, name, run_path(models_dir, dataset.name, bb.name, name, out))
     check_target(job.run_dir)
     started = time.perf_counter()
     skipped: dict[str, str] = {}
@@ -310,25 +312,26 @@ def _write(model, ckpt: _Checkpoint, job: _Job, dataset, splits: dict[str, Image
     calibration, calibrated_ece = calibrate(held, None if test is None else test.y, test_proba)
     params = {k: v for k, v in asdict(config).items() if k not in ("backbone", "seed", "balance", "loss", "weights_sha256")}
     chosen = {"best_epoch": ckpt.state["best"]["epoch"], "best_phase": ckpt.state["best"]["phase"]}
+    record = RunRecord(
+        run=job.name, dataset=dataset.name, kind=RunKind.END_TO_END, classifier="dense-head-e2e",
+        balance=config.balance, tta=False, loss=config.loss, seed=config.seed, params=params, chosen=chosen,
+        calibration=calibration,
+    )
     metrics = Metrics(
-        run=job.name, dataset=dataset.name, backbone=config.backbone, classifier="dense-head-e2e",
-        balance=config.balance, tta=False, loss=config.loss, seed=config.seed, kind="end-to-end",
-        selection=selection, selection_n=len(val), params=params, chosen=chosen, candidates=[],
+        **record.shared(), backbone=config.backbone, selection=selection, selection_n=len(val), candidates=[],
         fit_seconds=sum(r["seconds"] for r in ckpt.state["history"]), featurize_seconds=None,
         predict_seconds=predict_seconds,
         train_counts=dict(zip(classes, np.bincount(train.y, minlength=len(classes)).tolist())),
         validation=classification_metrics(val.y, val_proba, classes, config.seed, selection),
         test=None if test_proba is None else classification_metrics(test.y, test_proba, classes, config.seed,
                                                                      "test split"),
-        calibration=calibration, calibrated_test_ece=calibrated_ece, epochs=ckpt.state["history"],
+        calibrated_test_ece=calibrated_ece, epochs=ckpt.state["history"],
         resumed_from_epoch=resumed, skipped=[list(item) for item in sorted(skipped.items())],
         wall_seconds=time.perf_counter() - started,
     )
     manifest = Manifest(
-        run=job.name, dataset=dataset.name, kind="end-to-end", classes=classes, backbones=[config.backbone],
-        classifier="dense-head-e2e", balance=config.balance, tta=False, loss=config.loss, seed=config.seed,
-        params=params, chosen=chosen, versions={"keras": keras.__version__}, recipe=job.recipe.to_dict(),
-        config=asdict(config), data_root=str(dataset.root.resolve()), calibration=calibration,
+        **record.shared(), classes=classes, backbones=[config.backbone], versions={"keras": keras.__version__},
+        recipe=job.recipe.to_dict(), config=asdict(config), data_root=str(dataset.root.resolve()),
     )
     write_run(job.run_dir, manifest, metrics, predictions, lambda d: save_e2e_model(model, d))
     return FitResult(job.run_dir, metrics)

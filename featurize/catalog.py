@@ -9,9 +9,9 @@ was featurized last. It is rewritten atomically under a lock. Caches at the defa
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from clothprobe._util.files import write_text_atomic
 from clothprobe.errors import ClothprobeError
 
 CATALOG = "catalog.json"
@@ -45,9 +45,7 @@ def record(features_dir: str | Path, *, dataset: str, backbone: str, cache_path:
         entry["data_root"] = str(Path(data_root).expanduser().resolve())
         entry.setdefault("caches", {})[backbone] = str(Path(cache_path).expanduser().resolve())
         doc["last"] = dataset
-        tmp = path.with_name(f"{CATALOG}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
 def last_data(features_dir: str | Path) -> Path | None:

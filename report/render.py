@@ -13,6 +13,7 @@ from pathlib import Path
 
 from clothprobe.report import plots
 from clothprobe.report.runs import BEST_REFERENCE_TEST, REFERENCES, Run, collect_runs, paired
+from clothprobe.runs.directory import RunKind
 
 TOP_RUNS = 3  # runs in the per-class plot
 SMALL_CLASSES = 2  # the smallest training classes get a recall column each
@@ -146,11 +147,11 @@ def _leaderboard(runs: list[Run], index: int) -> Table:
 
 def _comparison(runs: list[Run], index: int) -> Table:
     """The reference notebooks' figures (quoted), measured end-to-end runs, and the chosen cached run."""
-    chosen = next((r for r in runs if r.kind == "cached-features"), None)
+    chosen = next((r for r in runs if r.kind is RunKind.CACHED_FEATURES), None)
     header = ["approach", "source", "val acc", "test acc", "seconds", "chosen cached run: val", "test (paired)"]
     rows = []
     for r in runs:
-        if r.kind != "cached-features":
+        if r.kind is not RunKind.CACHED_FEATURES:
             vs = _vs(chosen, r) if chosen else Cell("-")
             rows.append([Cell(r.id), Cell(f"measured here ({r.kind})"), _pct_ci(r, "validation"), _pct_ci(r, "test"),
                          Cell(_secs(r.total_seconds)),

@@ -14,6 +14,7 @@ from clothprobe.runs.directory import (
     Manifest,
     Metrics,
     Predictions,
+    RunKind,
     find_runs,
     read_manifest,
     read_metrics,
@@ -79,7 +80,7 @@ class Run:
     @property
     def total_seconds(self) -> float | None:
         fit_s, feat_s = self.metrics.fit_seconds, self.metrics.featurize_seconds
-        if self.kind != "cached-features":
+        if self.kind is not RunKind.CACHED_FEATURES:
             return fit_s
         return None if feat_s is None else fit_s + feat_s
 

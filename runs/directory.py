@@ -1,4 +1,5 @@
-"""The run directory: the one module that defines, writes and reads a finished run.
+"""The run directory: the one module that defines, writes and reads a finished run, and that names and places
+it (``RunKind``, ``cached_run_name``, ``e2e_run_name``, ``run_path``).
 
 A run directory (``cli fit`` and ``cli e2e`` write them) holds::
 
@@ -32,20 +33,47 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from clothprobe._util.files import file_sha256
+from clothprobe._util.files import file_sha256, pid_alive
 from clothprobe.errors import ClothprobeError
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"
-KINDS = ("cached-features", "end-to-end")
 _SIDE = re.compile(r"^\.(?P<name>.+)\.(?P<what>tmp|old)-(?P<pid>\d+)$")
+
+
+# ---------------------------------------------------------------------------------------------------
+# A run's kind, name and place
+
+
+class RunKind(StrEnum):
+    """What a run was fitted on: cached embeddings (``cli fit``) or the images end to end (``cli e2e``)."""
+
+    CACHED_FEATURES = "cached-features"
+    END_TO_END = "end-to-end"
+
+
+def cached_run_name(clf: str, balance: str, tta: bool, loss: str) -> str:
+    """A ``cli fit`` run's name: ``<clf>-<balance>[-tta][-focal]``."""
+    return f"{clf}-{balance}" + ("-tta" if tta else "") + ("-focal" if loss == "focal" else "")
+
+
+def e2e_run_name(balance: str, fine_tune: int, loss: str, size: int, default_size: int) -> str:
+    """A ``cli e2e`` run's name: ``e2e-<balance>[-ft<N>][-focal][-<size>px]`` (the size when not the backbone's)."""
+    return (f"e2e-{balance}" + (f"-ft{fine_tune}" if fine_tune else "") + ("-focal" if loss == "focal" else "")
+            + (f"-{size}px" if size != default_size else ""))
+
+
+def run_path(models_dir: str | Path, dataset: str, backbone: str, name: str, out: str | Path | None = None) -> Path:
+    """Where a run is written: ``out`` when given, else ``<models_dir>/<dataset>/<backbone>/<name>``."""
+    return Path(out) if out else Path(models_dir) / dataset / backbone / name
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -61,13 +89,13 @@ class Calibration:
     n: int  # predictions it was fitted on
 
 
-@dataclass
-class Manifest:
+@dataclass(kw_only=True)
+class RunRecord:
+    """The fields a run's manifest and its metrics both carry (each file holds them at its top level)."""
+
     run: str
     dataset: str
-    kind: str  # one of KINDS
-    classes: list[str]
-    backbones: list[str]
+    kind: RunKind
     classifier: str
     balance: str
     tta: bool
@@ -75,12 +103,22 @@ class Manifest:
     seed: int
     params: dict
     chosen: dict
+    calibration: Calibration | None = None
+
+    def shared(self) -> dict[str, Any]:
+        """These fields as keyword arguments for ``Manifest`` and ``Metrics``."""
+        return {f.name: getattr(self, f.name) for f in fields(RunRecord)}
+
+
+@dataclass(kw_only=True)
+class Manifest(RunRecord):
+    classes: list[str]
+    backbones: list[str]
     versions: dict
     caches: dict[str, dict] = field(default_factory=dict)  # backbone -> featurize's record of the cache
     recipe: dict | None = None  # end to end: featurize.recipe.Recipe.to_dict()
     config: dict = field(default_factory=dict)  # end to end: the training settings
     data_root: str | None = None  # the image folder the run was made from (report thumbnails)
-    calibration: Calibration | None = None
     model: dict = field(default_factory=dict)  # classifiers.modelio's entry
     sha256: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -110,21 +148,11 @@ class SplitMetrics:
         return None if low_high is None else (low_high[0], low_high[1])
 
 
-@dataclass
-class Metrics:
-    run: str
-    dataset: str
+@dataclass(kw_only=True)
+class Metrics(RunRecord):
     backbone: str
-    classifier: str
-    balance: str
-    tta: bool
-    loss: str
-    seed: int
-    kind: str
     selection: str  # how the settings were chosen, in words
     selection_n: int  # photos the choice rested on (validation split, or every row out of fold)
-    params: dict
-    chosen: dict
     candidates: list[dict]
     fit_seconds: float
     train_counts: dict[str, int]
@@ -132,7 +160,6 @@ class Metrics:
     test: SplitMetrics | None
     featurize_seconds: float | None = None
     predict_seconds: float | None = None
-    calibration: Calibration | None = None
     calibrated_test_ece: float | None = None  # test ECE after temperature scaling
     epochs: list[dict] = field(default_factory=list)  # end to end: one record per epoch
     resumed_from_epoch: int = 0
@@ -177,6 +204,10 @@ def _check(value: Any, hint: Any, where: str) -> Any:
         return _check(value, inner, where)
     if hint is Any:
         return value
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        if not isinstance(value, str) or value not in {member.value for member in hint}:
+            raise ValueError(f"{where} should be one of {', '.join(hint)}, got {value!r}")
+        return hint(value)
     if isinstance(hint, type) and hasattr(hint, "__dataclass_fields__"):
         return _from_dict(hint, value, where)
     base = origin or hint
@@ -278,13 +309,6 @@ def find_runs(models_dir: str | Path) -> list[Path]:
 
 # ---------------------------------------------------------------------------------------------------
 # Writing
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` still runs (psutil: POSIX and Windows alike)."""
-    import psutil
-
-    return pid == os.getpid() or psutil.pid_exists(pid)
 
 
 def recover_siblings(parent: Path) -> None:

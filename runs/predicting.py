@@ -24,7 +24,7 @@ from clothprobe.classifiers.proba import full_proba
 from clothprobe.classifiers.stats import apply_temperature
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS, is_ignored
-from clothprobe.runs.directory import read_manifest, verify
+from clothprobe.runs.directory import RunKind, read_manifest, verify
 
 if TYPE_CHECKING:
     from clothprobe.featurize.engines.ray import RayEngine
@@ -162,7 +162,7 @@ class Predictor:
                 raise ClothprobeError(f"{self.run_dir} records no calibration temperature; fit it again to use "
                                       f"--calibrate.")
             self.temperature = self.manifest.calibration.temperature
-        if self.manifest.kind == "end-to-end":
+        if self.manifest.kind is RunKind.END_TO_END:
             self.model, self.network = None, load_e2e_model(self.run_dir)[1]
         else:
             self.model, self.network = load_model(self.run_dir), None
@@ -317,7 +317,7 @@ def score_catalogue(images: Sequence[str | Path], model_dir: str | Path, output:
     are written as they come."""
     started = time.perf_counter()
     score_format(output, fmt)
-    if read_manifest(model_dir).kind == "end-to-end":
+    if read_manifest(model_dir).kind is RunKind.END_TO_END:
         raise ClothprobeError(f"{model_dir} is an end-to-end run; batch scoring on Ray takes a run fitted on cached "
                               f"embeddings (cli fit). Score it with the local engine.")
     predictor = Predictor(model_dir, weights=weights, batch_size=batch_size, max_pixels=max_pixels,

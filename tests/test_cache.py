@@ -204,9 +204,9 @@ def test_stale_temporaries_of_dead_processes_are_removed(dataset: Path, tmp_path
     out = tmp_path / "f.h5"
     partial = tmp_path / "f.h5.partial"
     partial.mkdir()
-    leftovers = [tmp_path / f"f.h5.tmp-{dead.pid}", partial / f"000003.embeddings.npy.tmp-{dead.pid}"]
-    live = [tmp_path / f"f.h5.tmp-{os.getppid()}", tmp_path / "f.h5.tmp-notes",
-            partial / f"000004.embeddings.npy.tmp-{os.getppid()}"]
+    leftovers = [tmp_path / f".f.h5.tmp-{dead.pid}", partial / f".000003.embeddings.npy.tmp-{dead.pid}"]
+    live = [tmp_path / f".f.h5.tmp-{os.getppid()}", tmp_path / ".f.h5.tmp-notes",
+            partial / f".000004.embeddings.npy.tmp-{os.getppid()}"]
     for path in leftovers + live:
         path.write_bytes(b"x")
     run(dataset, out)

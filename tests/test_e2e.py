@@ -16,6 +16,7 @@ from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.model.recipe import Recipe
 from clothprobe.report import build_report
 from clothprobe.runs import directory as rundir
+from clothprobe.runs.directory import RunKind
 
 TINY_E2E = dict(backbone="mobilenetv2", weights=None, image_size=32, batch_size=4)
 
@@ -31,7 +32,7 @@ def test_tiny_run_writes_what_the_report_reads(data: Path, tmp_path: Path) -> No
     result = e2e(data, epochs=2, models_dir=tmp_path / "models", **TINY_E2E)
     assert result.run_dir == tmp_path / "models" / "clothes" / "mobilenetv2" / "e2e-none-32px"
     m = rundir.read_metrics(result.run_dir)
-    assert m.kind == "end-to-end" and m.selection == "validation split" and m.selection_n == 9
+    assert m.kind is RunKind.END_TO_END and m.selection == "validation split" and m.selection_n == 9
     assert [e["epoch"] for e in m.epochs] == [1, 2] and all(e["seconds"] > 0 for e in m.epochs)
     assert m.chosen["best_epoch"] in (1, 2) and m.fit_seconds == pytest.approx(sum(e["seconds"] for e in m.epochs))
     assert m.skipped == [["train/hat/broken.jpg", m.skipped[0][1]]]

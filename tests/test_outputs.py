@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clothprobe._util.files import atomic_path, atomic_write, write_text_atomic
+from clothprobe._util.files import atomic_path, atomic_write, pid_alive, stale_by_pid, write_text_atomic
 from clothprobe._util.outputs import check_output
 from clothprobe.errors import ClothprobeError
 
@@ -57,3 +57,20 @@ def test_check_output_refuses_what_is_not_ours(tmp_path: Path) -> None:
         check_output(photo)
     assert check_output(photo, ours=lambda p: True) == photo
     assert check_output(tmp_path / "new.csv") == tmp_path / "new.csv"
+
+
+def test_pid_alive_and_leftovers_of_dead_writers() -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    pid = int(dead.stdout)
+    assert pid_alive(os.getpid()) and not pid_alive(pid)
+    assert stale_by_pid(f".f.h5.tmp-{pid}") and stale_by_pid(f".last.keras.tmp-{pid}.keras")
+    assert not stale_by_pid(f".f.h5.tmp-{os.getpid()}") and not stale_by_pid(".f.h5.tmp-notes")
+
+
+def test_atomic_path_keeps_a_suffix_for_libraries_that_read_it(tmp_path: Path) -> None:
+    target = tmp_path / "last.keras"
+    with atomic_path(target, suffix=".keras") as tmp:
+        assert tmp.parent == tmp_path and tmp.name.endswith(".keras") and tmp != target
+        tmp.write_bytes(b"model")
+    assert target.read_bytes() == b"model" and sorted(p.name for p in tmp_path.iterdir()) == ["last.keras"]

@@ -13,7 +13,7 @@ import pytest
 
 from clothprobe.errors import ClothprobeError
 from clothprobe.runs import directory as rundir
-from clothprobe.runs.directory import Manifest, Metrics, Predictions, SplitMetrics
+from clothprobe.runs.directory import Manifest, Metrics, Predictions, RunKind, SplitMetrics
 
 
 def _split(acc: float) -> SplitMetrics:
@@ -23,11 +23,11 @@ def _split(acc: float) -> SplitMetrics:
 
 
 def make(run: str = "logreg-none", acc: float = 0.75) -> tuple[Manifest, Metrics, Predictions]:
-    manifest = Manifest(run=run, dataset="clothes", kind="cached-features", classes=["a", "b"], backbones=["vgg16"],
+    manifest = Manifest(run=run, dataset="clothes", kind=RunKind.CACHED_FEATURES, classes=["a", "b"], backbones=["vgg16"],
                         classifier="logreg", balance="none", tta=False, loss="categorical", seed=0, params={"C": 1.0},
                         chosen={}, versions={}, caches={"vgg16": {"opaque": True}})
     metrics = Metrics(run=run, dataset="clothes", backbone="vgg16", classifier="logreg", balance="none", tta=False,
-                      loss="categorical", seed=0, kind="cached-features", selection="validation split",
+                      loss="categorical", seed=0, kind=RunKind.CACHED_FEATURES, selection="validation split",
                       selection_n=4, params={"C": 1.0}, chosen={}, candidates=[], fit_seconds=1.0,
                       train_counts={"a": 2, "b": 2}, validation=_split(acc), test=_split(acc))
     predictions = Predictions(["x/1.jpg", "y/2.jpg"], ["a", "b"], np.array([[0.9, 0.1], [0.4, 0.6]]), ["a", "b"])
@@ -49,6 +49,7 @@ def test_round_trip(tmp_path: Path) -> None:
     rundir.verify(run, manifest)
     metrics = rundir.read_metrics(run)
     assert metrics == make()[1] and metrics.test.interval("accuracy") == (0.65, 0.75)
+    assert metrics.kind is RunKind.CACHED_FEATURES and manifest.kind is RunKind.CACHED_FEATURES  # read as the enum
     back = rundir.read_predictions(run, ["a", "b"])
     assert back.paths == ["x/1.jpg", "y/2.jpg"] and back.correct.tolist() == [True, True]
     assert rundir.find_runs(tmp_path / "runs") == [run]
@@ -58,6 +59,8 @@ def test_round_trip(tmp_path: Path) -> None:
     lambda d: {**d, "test": [1, 2]},
     lambda d: {k: v for k, v in d.items() if k != "selection_n"},
     lambda d: {**d, "fit_seconds": "fast"},
+    lambda d: {**d, "kind": "cached"},
+    lambda d: {**d, "kind": ["cached-features"]},
     lambda d: {**d, "format_version": 1},
     lambda d: [d],
 ])
@@ -143,8 +146,3 @@ def test_stale_temporary_folders_of_dead_processes_are_removed(tmp_path: Path) -
     names = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".") and p.is_dir())
     assert names == [f".other.tmp-{os.getpid()}"] and rundir.is_run(run)
 
-
-def test_pid_alive() -> None:
-    assert rundir.pid_alive(os.getpid())
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    assert not rundir.pid_alive(int(dead.stdout))

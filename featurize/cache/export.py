@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from clothprobe._util.extras import require
+from clothprobe._util.files import atomic_path
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.cache.schema import canonical_json
 
@@ -55,12 +55,8 @@ def to_parquet(cache: FeatureCache, path: str | Path) -> Path:
     if path.is_dir() or (path.exists() and not _is_parquet(path)):
         raise ClothprobeError(f"{path} exists and is not a Parquet file; clothprobe will not replace it. "
                               f"Choose another output path.")
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(to_arrow(cache), tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -3,9 +3,7 @@ checksummed, renamed into place; temporaries of killed writers removed."""
 
 from __future__ import annotations
 
-import glob
 import hashlib
-import os
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -16,7 +14,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from clothprobe._util.files import stale_by_pid
+from clothprobe._util.files import atomic_path, stale_by_pid, temporaries_glob
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.cache.read import ArraySource, Known, RowSource, SplitFeatures
 from clothprobe.featurize.cache.schema import (
@@ -50,7 +48,7 @@ def writer_lock(cache_path: Path) -> Iterator[None]:
     except OSError as err:
         raise ClothprobeError(f"Cannot write a cache at {cache_path}: {err.strerror or err}.") from None
     try:
-        remove_stale(cache_path.parent, glob.escape(cache_path.name) + ".tmp-*")
+        remove_stale(cache_path.parent, temporaries_glob(cache_path))
         yield
     finally:
         lock.release()
@@ -89,8 +87,7 @@ def write_cache(path: Path, header: CacheHeader, splits: dict[str, SplitRows], k
     """Write a new cache to a temporary file, streaming rows from ``known`` in blocks of ``chunk_rows``,
     checksum every dataset, and rename it into place. ``release`` is called just before the rename (close
     the old cache there: Windows renames nothing over an open file)."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as h5:
             for name, rows in splits.items():
                 _write_split(h5.create_group(name), rows, header.views, known, chunk_rows)
@@ -98,13 +95,8 @@ def write_cache(path: Path, header: CacheHeader, splits: dict[str, SplitRows], k
             _dataset(group, "sha256", np.array(sorted(failures), dtype="S64"))
             _dataset(group, "reasons", np.array([failures[k] for k in sorted(failures)], dtype=object), STR)
             h5.attrs.update(header.to_attrs(list(splits)))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
         if release is not None:
             release()
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _dataset(group: h5py.Group, name: str, data: np.ndarray, dtype: Any = None) -> None:

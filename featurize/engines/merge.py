@@ -8,7 +8,6 @@ out what they hold, whichever shard it came from.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from clothprobe._util.files import atomic_write, write_text_atomic
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.cache.read import ExistingCache, Known, RowSource
 from clothprobe.featurize.cache.schema import CacheHeader, Checksum
@@ -64,7 +64,7 @@ class PartialStore:
             if not same:
                 self._remove_batches()
         self.dir.mkdir(parents=True, exist_ok=True)
-        _write_text(self.dir / STAMP, json.dumps(wanted))
+        write_text_atomic(self.dir / STAMP, json.dumps(wanted))
         self.next_id = 1 + max((int(p.name.split(".")[0]) for p in self._files()), default=-1)
 
     def _files(self) -> list[Path]:
@@ -118,7 +118,7 @@ class PartialStore:
             _save(files[view], values)
             dims[view], checksums[view] = values.shape[1], Checksum().update(values).hexdigest()
         meta = {"sha256": list(hashes), "failed": failed, "decode": decode, "checksums": checksums}
-        _write_text(self.dir / f"{stem}.batch.json", json.dumps(meta))
+        write_text_atomic(self.dir / f"{stem}.batch.json", json.dumps(meta))
         source = _NpyBatch(files, dims)
         return {sha: (source, row) for row, sha in enumerate(hashes)}
 
@@ -133,16 +133,8 @@ class PartialStore:
 
 
 def _save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    with atomic_write(path, "wb") as fh:
         np.save(fh, array, allow_pickle=False)
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def strict_error(skipped: dict[str, str], root: Path) -> ClothprobeError:

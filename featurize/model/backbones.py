@@ -75,7 +75,7 @@ TF = Preprocess(scale=1 / 127.5, mean=(1.0, 1.0, 1.0))  # [-1, 1]
 TORCH_IMAGENET = Preprocess(scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Backbone:
     """A keras.applications conv base with global average pooling, as clothprobe uses it.
 
@@ -124,22 +124,25 @@ class Backbone:
 BACKBONES: dict[str, Backbone] = {
     b.name: b
     for b in (
-        Backbone("vgg16", "VGG16", 224, 512, CAFFE, "vgg16",
-                 "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", "6d6bbae143d832006294945121d1f1fc"),
-        Backbone("xception", "Xception", 299, 2048, TF, "xception",
-                 "xception_weights_tf_dim_ordering_tf_kernels_notop.h5", "b0042744bf5b25fce3cb969f33bebb97",
-                 min_size=71),
-        Backbone("mobilenetv2", "MobileNetV2", 224, 1280, TF, "mobilenet_v2",
-                 "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
-                 None),  # Keras itself checks no hash for this file
-        Backbone("efficientnetv2s", "EfficientNetV2S", 384, 1280,
-                 Preprocess(scale=1 / 128, mean=(1.0, 1.0, 1.0), in_model=True), "efficientnet_v2",
-                 "efficientnetv2-s_notop.h5", "af0682fb74e8c54910f2d4393339c070",
-                 build_kwargs=(("include_preprocessing", True),)),
-        Backbone("convnext_tiny", "ConvNeXtTiny", 224, 768,
-                 Preprocess(scale=1 / 255, mean=TORCH_IMAGENET.mean, std=TORCH_IMAGENET.std, in_model=True),
-                 "convnext", "convnext_tiny_notop.h5",
-                 "d547c096cabd03329d7be5562c5e14798aa39ed24b474157cef5e85ab9e49ef1",
+        Backbone(name="vgg16", constructor="VGG16", input_size=224, embedding_dim=512, preprocess=CAFFE,
+                 keras_dir="vgg16", keras_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                 keras_hash="6d6bbae143d832006294945121d1f1fc"),
+        Backbone(name="xception", constructor="Xception", input_size=299, embedding_dim=2048, preprocess=TF,
+                 keras_dir="xception", keras_file="xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                 keras_hash="b0042744bf5b25fce3cb969f33bebb97", min_size=71),
+        Backbone(name="mobilenetv2", constructor="MobileNetV2", input_size=224, embedding_dim=1280, preprocess=TF,
+                 keras_dir="mobilenet_v2",
+                 keras_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+                 keras_hash=None),  # Keras itself checks no hash for this file
+        Backbone(name="efficientnetv2s", constructor="EfficientNetV2S", input_size=384, embedding_dim=1280,
+                 preprocess=Preprocess(scale=1 / 128, mean=(1.0, 1.0, 1.0), in_model=True),
+                 keras_dir="efficientnet_v2", keras_file="efficientnetv2-s_notop.h5",
+                 keras_hash="af0682fb74e8c54910f2d4393339c070", build_kwargs=(("include_preprocessing", True),)),
+        Backbone(name="convnext_tiny", constructor="ConvNeXtTiny", input_size=224, embedding_dim=768,
+                 preprocess=Preprocess(scale=1 / 255, mean=TORCH_IMAGENET.mean, std=TORCH_IMAGENET.std,
+                                       in_model=True),
+                 keras_dir="convnext", keras_file="convnext_tiny_notop.h5",
+                 keras_hash="d547c096cabd03329d7be5562c5e14798aa39ed24b474157cef5e85ab9e49ef1",
                  build_kwargs=(("include_preprocessing", True),)),
     )
 }

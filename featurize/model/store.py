@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from clothprobe._util.files import file_sha256, stale_by_pid
+from clothprobe._util.files import file_sha256, stale_by_pid, write_text_atomic
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.model.recipe import Recipe
 
@@ -112,9 +112,7 @@ class StoreEntry:
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
 class ModelStore:
