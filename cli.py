@@ -446,6 +446,8 @@ def cache_list() -> None:
     out.print(table)
     for path in store.damaged():
         err.print(Text(f"damaged or left by a killed build: {path} (cli cache prune removes it)"))
+    for path in store.foreign():
+        err.print(Text(f"not made by the store, left alone: {path} (move it out of {store.root})"))
 
 
 @cache_app.command("prune")
