@@ -65,8 +65,13 @@ def _engine(ctx: typer.Context, kind: EngineKind, address: str | None, workers: 
         return nullcontext(None)
     import logging
 
-    from clothprobe.featurize.engines.ray import RayEngine
+    from clothprobe.featurize.engines.ray import RayEngine, check_address
 
+    check_address(address)
+    if address is not None:
+        from clothprobe._util.appsetup import ray_token_auth
+
+        ray_token_auth()
     verbose = ctx.find_root().params.get("verbose")
     engine = RayEngine(address, workers=workers, init_options={} if verbose else {"logging_level": logging.WARNING})
     if not verbose:  # Ray Data's notices; a batch that fails is still logged (an error)
