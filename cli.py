@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from clothprobe._util.bounds import bounded
 from clothprobe.errors import ClothprobeError
 
 app = typer.Typer(
@@ -80,6 +81,7 @@ def _engine(ctx: typer.Context, kind: EngineKind, address: str | None, workers: 
 
 
 @app.command()
+@bounded
 def featurize(
     ctx: typer.Context,
     data: Annotated[Path | None, typer.Option(
@@ -164,6 +166,7 @@ def _print_featurized(result) -> None:  # noqa: ANN001 - a clothprobe.featurize.
 
 
 @app.command()
+@bounded
 def export(
     cache: Annotated[Path, typer.Argument(help="A feature cache (.h5) written by cli featurize.")],
     out_path: Annotated[Path, typer.Option("--out", help="The Parquet file to write.")],
@@ -183,6 +186,7 @@ def _pct(block, key: str = "accuracy") -> str:  # noqa: ANN001 - a rundir.SplitM
 
 
 @app.command()
+@bounded
 def fit(
     data: Annotated[Path | None, typer.Option(
         help="The dataset folder that was featurized (its name picks the caches). Default: the only dataset "
@@ -240,6 +244,7 @@ def _print_top(report, rows: int) -> None:  # noqa: ANN001 - a clothprobe.report
 
 
 @app.command()
+@bounded
 def report(
     models_dir: Annotated[Path, typer.Option(help="Where the runs are (cli fit and cli e2e write there).")] = Path("models"),
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for index.html, report.md and img/.")] = Path("reports"),
@@ -253,6 +258,7 @@ def report(
 
 
 @app.command("run")
+@bounded
 def run_job(
     data: Annotated[Path, typer.Option(help="Dataset folder: DIR/<split>/<class>/<image>.")],
     backbones: Annotated[str, typer.Option(help="Comma-separated backbones; each alone and all joined are fitted.")] = "vgg16,xception",
@@ -289,6 +295,7 @@ def run_job(
 
 
 @app.command()
+@bounded
 def e2e(
     data: Annotated[Path, typer.Option(help="Dataset folder: DIR/<split>/<class>/<image>.")],
     backbone: Annotated[str, typer.Option(help="vgg16, xception or mobilenetv2.")] = "xception",
@@ -365,6 +372,7 @@ def _print_table(result, top_k: int) -> None:  # noqa: ANN001 - a PredictResult
 
 
 @app.command()
+@bounded
 def predict(
     ctx: typer.Context,
     images: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
@@ -422,6 +430,7 @@ app.add_typer(cache_app, name="cache")
 
 
 @cache_app.command("list")
+@bounded
 def cache_list() -> None:
     """List the stored models: recipe, size, last use, and the runtime self-checks done on each machine."""
     import datetime
@@ -446,6 +455,7 @@ def cache_list() -> None:
 
 
 @cache_app.command("prune")
+@bounded
 def cache_prune(
     key: Annotated[str | None, typer.Option(help="Remove this entry (a key from `cli cache list`).")] = None,
     unused_days: Annotated[float | None, typer.Option(help="Remove entries not used for this many days.")] = None,
