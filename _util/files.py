@@ -3,6 +3,7 @@ every output: content hashes, whether a writer is still alive, and the one way t
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 from collections.abc import Iterator
@@ -46,6 +47,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     ``path``. On any error, or a kill, ``path`` keeps its previous content and the temporary goes."""
     path = Path(path)
     tmp = temporary_sibling(path)
+    for left in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):  # a killed writer's leftovers
+        if stale_by_pid(left.name) and left.is_file():
+            left.unlink(missing_ok=True)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:

@@ -144,3 +144,12 @@ def test_unicode_class_names_and_odd_file_names(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     frame = pd.read_csv(out, keep_default_na=False)
     assert "p_👕 t-shirt, \"v\"" in frame.columns and str(odd) in set(frame["path"])
+
+
+def test_a_killed_writers_leftover_is_removed_by_the_next_one(tmp_path: Path) -> None:
+    out = tmp_path / "scores [1]*.csv"
+    leftover = tmp_path / ".scores [1]*.csv.tmp-999999999"  # no such process: killed
+    leftover.write_text("half a fi")
+    with ScoreWriter(out, ["a", "b"], 1) as writer:
+        writer.write(["x.jpg"], np.array([[0.25, 0.75]]))
+    assert not leftover.exists() and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
