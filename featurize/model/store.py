@@ -316,6 +316,15 @@ class ModelStore:
                 out.append(directory)
         return out
 
+    def owns(self, path: Path) -> bool:
+        """Whether ``path`` (resolved) is one of the store's own files: inside an entry it made (or a killed
+        build's leftover), a lock of its root, or OpenVINO's compile cache. The rest of ``home`` is not the
+        store's (``CLOTHPROBE_HOME`` may be a project folder)."""
+        root, compiled = self.root.resolve(), (self.home / COMPILED).resolve()
+        if path == compiled or compiled in path.parents or (path.parent == root and path.suffix == ".lock"):
+            return True
+        return any(folder.parent == root and _made_by_store(folder) for folder in (path, *path.parents))
+
     def foreign(self) -> list[Path]:
         """Folders under the store's root that the store did not make: listed, never removed."""
         return [p for p in self._folders() if not _made_by_store(p)]

@@ -120,3 +120,18 @@ def test_a_killed_build_is_removed_by_prune(store: ModelStore) -> None:
     leftover.mkdir(parents=True)
     (leftover / MARKER).write_text("")
     assert store.prune() == [leftover]
+
+
+def test_a_project_folder_as_clothprobe_home_is_not_all_the_stores(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """export CLOTHPROBE_HOME=$PWD: the store owns its entries and compiled/, not the user's other files."""
+    from clothprobe._util.outputs import check_output
+
+    monkeypatch.setenv("CLOTHPROBE_HOME", str(tmp_path))
+    entry = ModelStore().get_or_build(tiny(), write_files)
+    assert check_output(tmp_path / "scores.csv") == tmp_path / "scores.csv"
+    assert check_output(tmp_path / "models" / "notes.txt")  # models/ holds runs too: not the store's
+    (tmp_path / "compiled").mkdir()
+    for inside in (entry.path / "model.xml", entry.path / "new.txt", tmp_path / "compiled" / "x.blob"):
+        with pytest.raises(ClothprobeError, match="inside the clothprobe model store"):
+            check_output(inside)
