@@ -11,8 +11,8 @@ predictions the choice was made on (validation, or out of fold), never on test.
 from __future__ import annotations
 
 import os
-import types
 import time
+import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -77,3 +77,15 @@ def test_a_report_never_goes_into_a_run(models: Path) -> None:
     with pytest.raises(ClothprobeError, match="inside the clothprobe run"):
         build_report(models, run)
     assert not (run / "index.html").exists() and not (run / "img").exists()
+
+
+def test_cli_run_refuses_a_foreign_report_page_before_featurizing(dataset: Path, tmp_path: Path) -> None:
+    from clothprobe.job import run_all
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("my own page")
+    with pytest.raises(ClothprobeError, match="index.html exists and was not written by this command"):
+        run_all(dataset, backbones="vgg16", weights="none", clf="logreg", balance="none",
+                features_dir=tmp_path / "features", models_dir=tmp_path / "models", reports_dir=site)
+    assert not (tmp_path / "features").exists() and (site / "index.html").read_text() == "my own page"

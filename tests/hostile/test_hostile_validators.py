@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from clothprobe._util.bounds import BOUNDS, Bound, check_options, option
+from clothprobe._util.bounds import BOUNDS, Bound, option
 from clothprobe.cli import app
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.model.recipe import resolve_recipe
