@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from clothprobe._util.bounds import bounded
 from clothprobe.errors import ClothprobeError
 
 app = typer.Typer(
@@ -82,8 +83,13 @@ def _engine(ctx: typer.Context, kind: EngineKind, address: str | None, workers: 
         return nullcontext(None)
     import logging
 
-    from clothprobe.featurize.engines.ray import RayEngine
+    from clothprobe.featurize.engines.ray import RayEngine, check_address
 
+    check_address(address)
+    if address is not None:
+        from clothprobe._util.appsetup import ray_token_auth
+
+        ray_token_auth()
     verbose = ctx.find_root().params.get("verbose")
     engine = RayEngine(address, workers=workers, init_options={} if verbose else {"logging_level": logging.WARNING})
     if not verbose:  # Ray Data's notices; a batch that fails is still logged (an error)
@@ -92,6 +98,7 @@ def _engine(ctx: typer.Context, kind: EngineKind, address: str | None, workers: 
 
 
 @app.command()
+@bounded
 def featurize(
     ctx: typer.Context,
     data: Annotated[Path | None, typer.Option(
@@ -174,6 +181,7 @@ def _print_featurized(result) -> None:  # noqa: ANN001 - a clothprobe.featurize.
 
 
 @app.command()
+@bounded
 def export(
     cache: Annotated[Path, typer.Argument(help="A feature cache (.h5) written by cli featurize.")],
     out_path: Annotated[Path, typer.Option("--out", help="The Parquet file to write.")],
@@ -193,6 +201,7 @@ def _pct(block, key: str = "accuracy") -> str:  # noqa: ANN001 - a rundir.SplitM
 
 
 @app.command()
+@bounded
 def fit(
     data: Annotated[Path | None, typer.Option(
         help="The dataset folder that was featurized (its name picks the caches). Default: the only dataset "
@@ -248,6 +257,7 @@ def _print_top(report, rows: int) -> None:  # noqa: ANN001 - a clothprobe.report
 
 
 @app.command()
+@bounded
 def report(
     models_dir: ModelsDir = Path("models"),
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for index.html, report.md and img/.")] = Path("reports"),
@@ -261,6 +271,7 @@ def report(
 
 
 @app.command("run")
+@bounded
 def run_job(
     data: DataFolder,
     backbones: Annotated[str, typer.Option(help="Comma-separated backbones; each alone and all joined are fitted.")] = "vgg16,xception",
@@ -297,6 +308,7 @@ def run_job(
 
 
 @app.command()
+@bounded
 def e2e(
     data: DataFolder,
     backbone: Annotated[str, typer.Option(help="vgg16, xception or mobilenetv2.")] = "xception",
@@ -340,44 +352,40 @@ class Format(str, Enum):
     parquet = "parquet"
 
 
-def _check_output(output: Path | None) -> None:
-    """Before any work: the output file's folder must exist and the path must not be a folder."""
-    if output is None:
-        return
-    if output.is_dir():
-        raise ClothprobeError(f"--output {output} is a folder; give a file name, e.g. {output / 'predictions.json'}.")
-    parent = output.expanduser().absolute().parent
-    if not parent.is_dir():
-        raise ClothprobeError(f"--output {output}: the folder {parent} does not exist; create it or choose another path.")
+def _predict_format(fmt: Format | None, output: Path | None, engine: EngineKind) -> str:
+    """What predict writes: a table on the terminal, or a score file (``ScoreWriter``); checked before any work."""
+    from clothprobe.runs.predicting import score_format
+
+    if fmt is Format.table and output is not None:
+        raise ClothprobeError(f"--output {output} with --format table: a table is only printed. Give --format csv, "
+                              f"json or parquet (or leave --format out to choose by the file name).")
+    if engine is EngineKind.ray and output is None:
+        raise ClothprobeError("--engine ray writes a file: give --output FILE.csv, FILE.json or FILE.parquet.")
+    if fmt is None and output is None:
+        return "table"
+    return "table" if fmt is Format.table else score_format(output, fmt.value if fmt else None)
 
 
-def _score(ctx: typer.Context, images: list[Path], model: Path, output: Path | None, fmt: Format, top_k: int,
-           *, engine: EngineKind, address: str | None, workers: int | None, **options: object) -> None:
-    """cli predict into a CSV or Parquet file, one row per photo: on Ray (a catalogue), or locally for Parquet."""
-    from clothprobe.runs.predicting import predict as run_predict
-    from clothprobe.runs.predicting import score_catalogue, score_format, write_scores
-
-    if output is None:
-        raise ClothprobeError("--engine ray and --format parquet write a file: give --output FILE.csv or FILE.parquet.")
-    if fmt not in (Format.table, Format.csv, Format.parquet):
-        raise ClothprobeError(f"--engine ray writes csv or parquet, not {fmt.value}.")
-    chosen_fmt = score_format(output, None if fmt is Format.table else fmt.value)
-    with _engine(ctx, engine, address, workers) as chosen:
-        if chosen is None:  # the local engine, Parquet
-            result = run_predict(images, model, **options)
-            write_scores(result, output, top_k, chosen_fmt)
-            scored, skipped, seconds = len(result.predictions), result.skipped, result.seconds
-        else:
-            done = score_catalogue(images, model, output, engine=chosen, top_k=top_k, fmt=chosen_fmt,
-                                   progress=sys.stderr.isatty(), **options)
-            scored, skipped, seconds = done.scored, done.skipped, done.seconds
-    for path, why in skipped:
+def _print_summary(result) -> None:  # noqa: ANN001 - a PredictResult
+    for path, why in result.skipped:
         err.print(Text(f"skipped {path}: {why}"))
-    err.print(Text(f"{scored} image(s) scored in {seconds:.1f} s ({scored / seconds if seconds else 0:.1f} img/s); "
-                   f"wrote {output}"))
+    err.print(Text(f"{len(result.predictions)} image(s) with {result.run} in {result.seconds:.1f} s "
+                   f"({1000 * result.seconds_per_image:.0f} ms per image, backbone build included)"
+                   + (", calibrated" if result.calibrated else "")))
+
+
+def _print_table(result, top_k: int) -> None:  # noqa: ANN001 - a PredictResult
+    table = Table(title=Text(result.run))
+    table.add_column("image", overflow="fold")
+    for k in range(1, top_k + 1):
+        table.add_column(f"#{k}", no_wrap=True)
+    for p in result.predictions:
+        table.add_row(Text(p.path), *(Text(f"{c} {100 * v:.1f}%") for c, v in p.top(top_k)))
+    out.print(table)
 
 
 @app.command()
+@bounded
 def predict(
     ctx: typer.Context,
     images: Annotated[list[Path], typer.Argument(help="Image files or folders of images.")],
@@ -385,10 +393,12 @@ def predict(
     weights: Annotated[str | None, typer.Option(
         help="Weights file or directory, if not found as for featurize; checked against the run's sha256.")] = None,
     top_k: Annotated[int, typer.Option(help="Classes to show per image.")] = 3,
-    fmt: Annotated[Format, typer.Option("--format", help=(
-        "table, json, csv or parquet (parquet: with --output). --engine ray writes csv or parquet, by default "
-        "as --output's name ends."))] = Format.table,
-    output: Annotated[Path | None, typer.Option(help="Write json/csv here instead of stdout.")] = None,
+    fmt: Annotated[Format | None, typer.Option("--format", help=(
+        "table, json, csv or parquet: the same columns in each file (path, top<k>, top<k>_p, p_<class>, skipped). "
+        "Default: table, or as --output's name ends."), show_default=False)] = None,
+    output: Annotated[Path | None, typer.Option(help=(
+        "Write the scores to this file (replaced atomically; never an input photo, a run's or a cache's file, "
+        "nor a file clothprobe did not write). Default: stdout."))] = None,
     batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 16,
     calibrate: Annotated[bool, typer.Option(
         help="Temperature-scaled probabilities (the temperature was fitted at fit time on validation or "
@@ -398,37 +408,30 @@ def predict(
     workers: Workers = None,
 ) -> None:
     """Classify new photos with a finished run (its own backbone, weights and preprocessing)."""
+    from clothprobe.runs.predicting import check_score_output, list_images, score_catalogue, write_scores
     from clothprobe.runs.predicting import predict as run_predict
-    from clothprobe.runs.predicting import to_records, write_csv
 
-    _check_output(output)
-    if engine is EngineKind.ray or fmt is Format.parquet:
-        _score(ctx, images, model, output, fmt, top_k, weights=weights, batch_size=batch_size, calibrate=calibrate,
-               engine=engine, address=address, workers=workers)
+    chosen = _predict_format(fmt, output, engine)
+    if output is not None:
+        check_score_output(output, images, model)
+    files = list_images(images)
+    options = {"weights": weights, "batch_size": batch_size, "calibrate": calibrate}
+    if engine is EngineKind.ray:
+        with _engine(ctx, engine, address, workers) as cluster:
+            done = score_catalogue(files, model, output, engine=cluster, top_k=top_k, fmt=chosen,
+                                   progress=sys.stderr.isatty(), **options)
+        for path, why in done.skipped:
+            err.print(Text(f"skipped {path}: {why}"))
+        err.print(Text(f"{done.scored} image(s) scored in {done.seconds:.1f} s ({done.images_per_second:.1f} img/s); "
+                       f"wrote {output}"))
         return
-    result = run_predict(images, model, weights=weights, batch_size=batch_size, calibrate=calibrate)
-    top_k = max(1, min(top_k, len(result.classes)))
-    for path, why in result.skipped:
-        err.print(Text(f"skipped {path}: {why}"))
-    err.print(Text(f"{len(result.predictions)} image(s) with {result.run} in {result.seconds:.1f} s "
-                   f"({1000 * result.seconds_per_image:.0f} ms per image, backbone build included)"
-                   + (", calibrated" if result.calibrated else "")))
-    if fmt is Format.table:
-        table = Table(title=Text(result.run))
-        table.add_column("image", overflow="fold")
-        for k in range(1, top_k + 1):
-            table.add_column(f"#{k}", no_wrap=True)
-        for p in result.predictions:
-            table.add_row(Text(p.path), *(Text(f"{c} {100 * v:.1f}%") for c, v in p.top(top_k)))
-        out.print(table)
+    _engine(ctx, engine, address, workers)  # --address / --workers without --engine ray: an error
+    result = run_predict(files, model, **options)
+    _print_summary(result)
+    if chosen == "table":
+        _print_table(result, max(1, min(top_k, len(result.classes))))
         return
-    with (open(output, "w", newline="") if output else nullcontext(sys.stdout)) as fh:
-        if fmt is Format.json:
-            json.dump({"run": result.run, "calibrated": result.calibrated, "predictions": to_records(result, top_k),
-                       "skipped": [{"path": p, "reason": r} for p, r in result.skipped]}, fh, indent=2)
-            fh.write("\n")
-        else:
-            write_csv(result, fh, top_k)
+    write_scores(result, output, top_k, chosen)
     if output:
         err.print(Text(f"wrote {output}"))
 
@@ -439,6 +442,7 @@ app.add_typer(cache_app, name="cache")
 
 
 @cache_app.command("list")
+@bounded
 def cache_list() -> None:
     """List the stored models: recipe, size, last use, and the runtime self-checks done on each machine."""
     import datetime
@@ -458,9 +462,12 @@ def cache_list() -> None:
     out.print(table)
     for path in store.damaged():
         err.print(Text(f"damaged or left by a killed build: {path} (cli cache prune removes it)"))
+    for path in store.foreign():
+        err.print(Text(f"not made by the store, left alone: {path} (move it out of {store.root})"))
 
 
 @cache_app.command("prune")
+@bounded
 def cache_prune(
     key: Annotated[str | None, typer.Option(help="Remove this entry (a key from `cli cache list`).")] = None,
     unused_days: Annotated[float | None, typer.Option(help="Remove entries not used for this many days.")] = None,

@@ -15,6 +15,7 @@ from clothprobe.featurize import FeaturizeResult, featurize
 from clothprobe.featurize.dataset import scan
 from clothprobe.featurize.model.recipe import resolve_recipe
 from clothprobe.report import Report, build_report
+from clothprobe.report.folder import ReportFolder
 
 DEFAULT_BACKBONES = "vgg16,xception"
 
@@ -58,6 +59,7 @@ def run_all(
     for folder, what in ((models_dir, "--models-dir"), (reports_dir, "--reports-dir"), (features_dir, "--features-dir")):
         if Path(folder).exists() and not Path(folder).is_dir():
             raise ClothprobeError(f"{what} {folder} exists and is not a folder.")
+    ReportFolder.plan(reports_dir, ["index.html", "report.md"])  # a user's own index.html: refused now, not at the end
     job = JobResult()
     for name in names:
         result = featurize(data, backbone=name, weights=weights, features_dir=features_dir, tta=tta, seed=seed,

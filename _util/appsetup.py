@@ -6,6 +6,11 @@ environment variables, file descriptors or warning filters behind its caller's b
   oneDNN notes). An import hook silences descriptor 2 for exactly that import, then turns TensorFlow's
   Python logger (tf.function retracing warnings) down to errors. ``cli --verbose`` skips all of this.
 - ``ClothprobeWarning``s are printed as one line each.
+- Joining a Ray cluster (``--address``): Ray 2.59+ starts ``ray start --head`` clusters with token
+  authentication, and a client connects only with ``RAY_AUTH_MODE=token`` set. When the user has not chosen
+  a mode and a token is at hand (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, where
+  ``ray start`` and ``ray get-auth-token`` keep it), the cli sets token mode for its own process: a token
+  client also joins a cluster without authentication (docs/guide/ray-auth.md).
 - ``--max-pixels`` governs alone: Pillow's own process-wide bomb guard is raised to it (clothprobe's check
   reads the header and refuses larger images with a reason), and Pillow's warning below it is not shown.
 """
@@ -71,6 +76,19 @@ def one_line_warnings(print_line: Callable[[str], None]) -> None:
             show(message, category, filename, lineno, file, line)
 
     warnings.showwarning = showwarning
+
+
+def ray_token_auth() -> bool:
+    """Before joining a Ray cluster: token mode when the user chose no mode and has a token (see above)."""
+    from pathlib import Path
+
+    if os.environ.get("RAY_AUTH_MODE"):
+        return False
+    has_token = (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                 or (Path.home() / ".ray" / "auth_token").is_file())
+    if has_token:
+        os.environ["RAY_AUTH_MODE"] = "token"
+    return bool(has_token)
 
 
 def govern_pixels(max_pixels: int) -> None:

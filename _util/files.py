@@ -55,6 +55,9 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     and the temporary goes."""
     path = Path(path)
     tmp = temporary_sibling(path, suffix)
+    for left in path.parent.glob(temporaries_glob(path)):  # a killed writer's leftovers
+        if stale_by_pid(left.name) and left.is_file():
+            left.unlink(missing_ok=True)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:

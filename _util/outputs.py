@@ -37,7 +37,7 @@ def check_output(path: str | Path, *, option: str = "--output", inputs: Iterable
 def _clothprobe_owner(target: Path) -> str:
     """What of clothprobe's own holds ``target`` ("" for nothing): a run directory, a feature cache, the store."""
     from clothprobe.featurize.cache.schema import probe
-    from clothprobe.featurize.model.store import store_home
+    from clothprobe.featurize.model.store import ModelStore
     from clothprobe.runs.directory import is_run
 
     if target.is_file() and probe(target).kind in ("cache", "other-schema"):
@@ -45,7 +45,7 @@ def _clothprobe_owner(target: Path) -> str:
     for folder in target.parents:
         if is_run(folder):
             return f"the clothprobe run {folder}"
-    store = store_home().expanduser().resolve()
-    if target == store or store in target.parents:
-        return f"the clothprobe model store {store}"
+    store = ModelStore()
+    if store.owns(target):
+        return f"the clothprobe model store {store.home}"
     return ""

@@ -19,6 +19,8 @@ whose class count differs from the run's) is refused before it is used.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +36,15 @@ SAMPLER_STEPS = ("smote",)
 LGBM_HEADER_BYTES = 1 << 20  # LightGBM's text header comes before the first tree
 LINEAR_FILE = "model.npz"
 LINEAR_MAX_BYTES = 1 << 28  # 10 classes x 2,560 dims is 0.2 MB
+LGBM_PROBE_TIMEOUT_S = 120
+# LightGBM aborts the whole process (C++ terminate, exit 134) on some malformed trees; a child reads the file first
+_LGBM_PROBE = """
+import sys
+import numpy as np
+import lightgbm
+booster = lightgbm.Booster(model_file=sys.argv[1])
+booster.predict(np.zeros((1, booster.num_feature())))
+"""
 
 
 def _dump_skops(obj: Any, path: Path) -> None:
@@ -126,6 +137,20 @@ def _lgbm_header(path: Path, n_classes: int) -> None:
                               f"Fit the model again.")
 
 
+def _lgbm_probe(path: Path) -> None:
+    """Read and use the model in a child process first: a file LightGBM cannot read ends there, not here."""
+    try:
+        done = subprocess.run([sys.executable, "-c", _LGBM_PROBE, str(path)], check=False, capture_output=True, text=True,
+                              timeout=LGBM_PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise ClothprobeError(f"{path}: LightGBM did not finish reading it in {LGBM_PROBE_TIMEOUT_S} s; refusing "
+                              f"it. Fit the model again.") from None
+    if done.returncode != 0:
+        said = [line for line in done.stderr.splitlines() if "[Fatal]" in line or "Error" in line]
+        why = said[0].strip()[:200] if said else f"the reader stopped with exit code {done.returncode}"
+        raise ClothprobeError(f"{path} is not a readable LightGBM model ({why}); refusing it. Fit the model again.")
+
+
 def load_keras(path: Path):  # noqa: ANN201 - a keras.Model
     """A ``.keras`` file in safe mode (no Lambda layers or other code); any failure is one clear error."""
     import keras
@@ -153,12 +178,14 @@ def _binary_columns(p: np.ndarray) -> np.ndarray:
     return np.column_stack([1 - p, p]) if p.ndim == 1 else p
 
 
-def _load_estimator(file_format: str, directory: Path, n_classes: int) -> Callable[[np.ndarray], np.ndarray]:
+def _load_estimator(file_format: str, directory: Path, manifest: Manifest,
+                    n_classes: int) -> Callable[[np.ndarray], np.ndarray]:
     if file_format == "lightgbm":
         import lightgbm
 
-        path = directory / "model.lgbm.txt"
+        path = _run_file(directory, manifest, "model.lgbm.txt")
         _lgbm_header(path, n_classes)
+        _lgbm_probe(path)
         try:
             booster = lightgbm.Booster(model_file=str(path))
         except lightgbm.basic.LightGBMError as err:
@@ -168,7 +195,7 @@ def _load_estimator(file_format: str, directory: Path, n_classes: int) -> Callab
     if file_format == "keras":
         from clothprobe.classifiers.dense import keras_proba
 
-        model = load_keras(directory / "model.keras")
+        model = load_keras(_run_file(directory, manifest, "model.keras"))
         return lambda X: keras_proba(model, X)
     raise ClothprobeError(f"{directory / 'manifest.json'} names an unknown model format {file_format!r}.")
 
@@ -203,7 +230,16 @@ def load_e2e_model(directory: str | Path) -> tuple[Manifest, Any]:
     if manifest.model.get("format") != "keras-e2e":
         raise ClothprobeError(f"{directory} is not an end-to-end run (its model format is "
                               f"{manifest.model.get('format')!r}).")
-    return manifest, load_keras(directory / "model.keras")
+    return manifest, load_keras(_run_file(directory, manifest, manifest.model.get("file", "model.keras")))
+
+
+def _run_file(directory: Path, manifest: Manifest, name: object) -> Path:
+    """A file the model entry names: one of the run's own hash-checked files (``verify`` ran), never a path
+    leading elsewhere."""
+    if not isinstance(name, str) or name not in manifest.sha256:
+        raise ClothprobeError(f"{directory / 'manifest.json'}: the model entry names {name!r}, which is not one of "
+                              f"the run's hash-checked files; refusing to load it. Fit the model again.")
+    return directory / name
 
 
 @dataclass
@@ -236,11 +272,11 @@ def load_model(directory: str | Path, fingerprints: dict[str, str] | None = None
     except KeyError as err:
         raise ClothprobeError(f"{directory / 'manifest.json'}: the model entry lacks {err}; fit again.") from None
     if file_format == "linear":
-        predict = _load_linear(directory / entry["file"], len(classes))
+        predict = _load_linear(_run_file(directory, manifest, entry.get("file")), len(classes))
     elif file_format == "skops":
-        predict = _load_skops(directory / entry["file"]).predict_proba
+        predict = _load_skops(_run_file(directory, manifest, entry.get("file"))).predict_proba
     else:
-        estimator = _load_estimator(file_format, directory, len(classes))
-        pre = _load_skops(directory / entry["preprocess"]) if "preprocess" in entry else None
+        estimator = _load_estimator(file_format, directory, manifest, len(classes))
+        pre = _load_skops(_run_file(directory, manifest, entry["preprocess"])) if "preprocess" in entry else None
         predict = estimator if pre is None else (lambda X: estimator(pre.transform(X)))
     return LoadedModel(manifest, predict, classes)

@@ -18,8 +18,12 @@ THUMB_PX = 160
 
 
 def _png(fig) -> bytes:  # noqa: ANN001 - a matplotlib Figure
+    """The figure as PNG bytes. A class name in a script the font lacks (emoji, CJK) is drawn as boxes:
+    matplotlib's one warning per missing glyph is not shown (for this drawing only)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None}, bbox_inches="tight")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from (current )?font", category=UserWarning)
+        fig.savefig(buf, format="png", dpi=100, metadata={"Software": None}, bbox_inches="tight")
     return buf.getvalue()
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clothprobe.report import plots
+from clothprobe.report.folder import ReportFolder
 from clothprobe.report.runs import BEST_REFERENCE_TEST, REFERENCES, Run, collect_runs, paired
 from clothprobe.runs.directory import RunKind
 
@@ -200,15 +201,14 @@ def build_report(models_dir: str | Path = "models", out_dir: str | Path = "repor
     report = Report([], skipped)
     for i, (dataset, runs) in enumerate(by_dataset.items(), 1):
         report.sections.append(Section(dataset, runs, [_leaderboard(runs, i), _comparison(runs, i)], _figures(runs)))
-    out_dir = Path(out_dir)
-    (out_dir / "img").mkdir(parents=True, exist_ok=True)
-    for i, section in enumerate(report.sections, 1):
-        for fig in section.figures:
-            (out_dir / "img" / f"{_slug(i, section.dataset)}-{fig.name}.png").write_bytes(fig.png)
-    report.html_path = out_dir / "index.html"
-    report.md_path = out_dir / "report.md"
-    report.html_path.write_text(to_html(report))
-    report.md_path.write_text(to_markdown(report))
+    images = {f"img/{_slug(i, section.dataset)}-{fig.name}.png": fig.png
+              for i, section in enumerate(report.sections, 1) for fig in section.figures}
+    folder = ReportFolder.plan(out_dir, [*images, "index.html", "report.md"])  # every target checked first
+    for name, png in images.items():
+        folder.write(name, png)
+    report.html_path = folder.write("index.html", to_html(report))
+    report.md_path = folder.write("report.md", to_markdown(report))
+    folder.finish()
     return report
 
 

@@ -18,14 +18,20 @@ elsewhere and kept opaque here: each cache record (featurize) and the embedding 
 Replacing a run is atomic: the new run is written to ``.<run>.tmp-<pid>/``, the old one renamed aside to
 ``.<run>.old-<pid>/``, the new one renamed into place, the old one deleted. A kill at any moment leaves
 the old run or the new one; a run left aside by a killed writer is put back by the next reader or writer,
-and temporary folders of dead processes are removed. Only a folder that is a clothprobe run (it has a
-manifest) is ever replaced, and never ``.``, ``..`` or a folder holding the working directory.
+and temporary folders of dead processes are removed. Only a folder that is a clothprobe run (``is_run``: its
+marker file ``.clothprobe-run`` and a manifest of this schema, not merely a file named manifest.json) or an
+empty folder is ever replaced, and never ``.``, ``..`` or a folder holding the working directory.
+
+Every file a run's manifest names lives inside the run (a plain file name) and is listed in its ``sha256``
+map, which ``verify`` checks before anything is loaded; the records are checked for types and bounds when
+read (``__post_init__``: classes, seed, calibration temperature...).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import shutil
@@ -46,6 +52,9 @@ FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"
+MARKER = ".clothprobe-run"  # written into every run: with a readable manifest, what makes a folder a run
+MARKER_TEXT = "a clothprobe run (cli fit / cli e2e); clothprobe may replace this folder\n"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _SIDE = re.compile(r"^\.(?P<name>.+)\.(?P<what>tmp|old)-(?P<pid>\d+)$")
 
 
@@ -88,6 +97,12 @@ class Calibration:
     fitted_on: str  # "validation split" or "out-of-fold"
     n: int  # predictions it was fitted on
 
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"calibration.temperature must be finite and > 0, got {self.temperature!r}")
+        if self.n < 1:
+            raise ValueError(f"calibration.n must be at least 1, got {self.n!r}")
+
 
 @dataclass(kw_only=True)
 class RunRecord:
@@ -123,6 +138,25 @@ class Manifest(RunRecord):
     sha256: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
+    def __post_init__(self) -> None:
+        if self.kind not in set(RunKind):
+            raise ValueError(f"kind must be one of {', '.join(RunKind)}, got {self.kind!r}")
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes) or not all(self.classes):
+            raise ValueError(f"classes must be two or more distinct non-empty names, got {self.classes!r}")
+        if not self.backbones:
+            raise ValueError("backbones must name at least one backbone")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.kind == RunKind.CACHED_FEATURES and set(self.caches) != set(self.backbones):
+            raise ValueError(f"caches must hold one record per backbone ({', '.join(self.backbones)}), got "
+                             f"{sorted(self.caches)}")
+        if self.kind == RunKind.END_TO_END and not self.recipe:
+            raise ValueError("an end-to-end run needs its recipe")
+        for name, digest in self.sha256.items():
+            if not _plain_file_name(name) or not _SHA256.fullmatch(digest):
+                raise ValueError(f"sha256 lists {name!r}: {digest!r}; each must be a plain file name inside the "
+                                 f"run and a 64-hex-digit SHA-256")
+
     @property
     def id(self) -> str:
         return f"{'+'.join(self.backbones)}/{self.run}"
@@ -142,6 +176,13 @@ class SplitMetrics:
     confusion_matrix: list[list[int]]
     ci: dict[str, list[float]]
     source: str = ""  # "validation split", "out-of-fold (...)", "test split"
+
+    def __post_init__(self) -> None:
+        if self.n < 0:
+            raise ValueError(f"n must be >= 0, got {self.n}")
+        for key in ("accuracy", "macro_f1", "balanced_accuracy"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ValueError(f"{key} must be between 0 and 1, got {getattr(self, key)!r}")
 
     def interval(self, key: str) -> tuple[float, float] | None:
         low_high = self.ci.get(key)
@@ -194,6 +235,11 @@ class Predictions:
 # Dicts to dataclasses, checking the shape (a damaged or foreign file is an error, never a KeyError)
 
 
+def _plain_file_name(name: str) -> bool:
+    """A file directly inside the run: no folder part, not ``.``/``..``, not the manifest or the marker."""
+    return bool(name) and Path(name).name == name and name not in (".", "..", MANIFEST, MARKER) and "\\" not in name
+
+
 def _check(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -237,7 +283,7 @@ def _from_dict(cls: type, data: Any, where: str = "") -> Any:
 
 def _load_json(path: Path, cls: type, what: str) -> Any:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ClothprobeError(f"No {path.name} in {path.parent}; is it a run directory written by cli fit or "
                               f"cli e2e?") from None
@@ -274,7 +320,11 @@ def read_metrics(directory: str | Path) -> Metrics:
 
 
 def verify(directory: str | Path, manifest: Manifest) -> None:
-    """Refuse a run whose files are missing or differ from the sha256 values in its manifest."""
+    """Refuse a run whose files are missing or differ from the sha256 values in its manifest (an empty map
+    too: a run always has files)."""
+    if not manifest.sha256:
+        raise ClothprobeError(f"{Path(directory) / MANIFEST} lists no file hashes; refusing to load the run. "
+                              f"Fit the model again.")
     for name, expected in sorted(manifest.sha256.items()):
         path = Path(directory) / name
         if Path(name).name != name or not path.is_file():
@@ -290,7 +340,7 @@ def read_predictions(directory: str | Path, classes: list[str]) -> Predictions |
     if not path.is_file():
         return None
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
         proba = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows], dtype=np.float64).reshape(-1, len(classes))
         return Predictions([r["path"] for r in rows], [r["true"] for r in rows], proba, list(classes))
@@ -333,7 +383,15 @@ def recover(directory: Path) -> None:
 
 
 def is_run(directory: Path) -> bool:
-    return (directory / MANIFEST).is_file()
+    """Whether ``directory`` is a clothprobe run: its marker and a manifest of this schema (a web app's or a
+    browser extension's manifest.json is not one)."""
+    if not (directory / MARKER).is_file():
+        return False
+    try:
+        _from_dict(Manifest, json.loads((directory / MANIFEST).read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, ValueError, TypeError):
+        return False
+    return True
 
 
 def check_target(directory: str | Path) -> Path:
@@ -349,13 +407,13 @@ def check_target(directory: str | Path) -> Path:
         if not resolved.is_dir():
             raise ClothprobeError(f"{given} exists and is not a folder; name a new folder for the run.")
         if any(resolved.iterdir()) and not is_run(resolved):
-            raise ClothprobeError(f"{given} exists and is not a clothprobe run (no {MANIFEST}); refusing to replace "
-                                  f"what it holds. Name a new folder for the run.")
+            raise ClothprobeError(f"{given} exists and is not a clothprobe run (no {MARKER} with a clothprobe "
+                                  f"{MANIFEST}); refusing to replace what it holds. Name a new folder for the run.")
     return resolved
 
 
 def write_predictions(path: Path, predictions: Predictions) -> None:
-    with open(path, "w", newline="") as fh:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "true", "predicted", *(f"p_{c}" for c in predictions.classes)])
         for p, t, guess, row in zip(predictions.paths, predictions.true, predictions.predicted, predictions.proba):
@@ -373,11 +431,12 @@ def write_run(directory: str | Path, manifest: Manifest, metrics: Metrics, predi
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
+        (tmp / MARKER).write_text(MARKER_TEXT)
         (tmp / METRICS).write_text(_dump(metrics))
         if predictions is not None:
             write_predictions(tmp / PREDICTIONS, predictions)
         manifest.model = save_model(tmp)
-        manifest.sha256 = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.name != MANIFEST}
+        manifest.sha256 = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.name not in (MANIFEST, MARKER)}
         (tmp / MANIFEST).write_text(_dump(manifest))
         _swap(tmp, directory)
     finally:

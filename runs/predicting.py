@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,55 +215,131 @@ def predict(
     return result
 
 
-# --- batch scoring of a catalogue (a large folder), on a Ray cluster ----------------------------------------
+# --- score files: the one writer of predict's rows (local or Ray; CSV, JSON or Parquet) ---------------------
 
-SCORE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+SCORE_FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
+SCORES_TAG = "clothprobe-scores"  # marks a score file as this writer's: Parquet metadata key, JSON key
 
 
-def score_format(path: str | Path, fmt: str | None = None) -> str:
-    """``csv`` or ``parquet``: ``fmt``, else from the file name; checked before any work."""
-    chosen = fmt or SCORE_FORMATS.get(Path(path).suffix.lower())
-    if chosen not in ("csv", "parquet"):
-        raise ClothprobeError(f"{path}: write scores as CSV or Parquet (a name ending in .csv or .parquet), "
-                              f"not {fmt or Path(path).suffix or 'a file without a suffix'}.")
+def score_format(path: str | Path | None, fmt: str | None = None) -> str:
+    """``csv``, ``json`` or ``parquet``: ``fmt``, else from the file name; checked before any work."""
+    chosen = fmt or (SCORE_FORMATS.get(Path(path).suffix.lower()) if path is not None else None)
+    if chosen not in ("csv", "json", "parquet"):
+        raise ClothprobeError(f"{path}: write scores as CSV, JSON or Parquet (a name ending in .csv, .json or "
+                              f".parquet, or --format), not {fmt or Path(path or '').suffix or 'a file without a suffix'}.")
+    if chosen == "parquet" and path is None:
+        raise ClothprobeError("--format parquet writes a file: give --output FILE.parquet.")
     return chosen
 
 
-class ScoreWriter:
-    """One row per photo, written as batches come: ``path``, the top-k classes and their probabilities
-    (``top1``, ``top1_p``...), every class's probability (``p_<class>``) and ``skipped`` (why a photo could not
-    be scored; empty otherwise, and then the other columns are null). CSV or Parquet (Arrow's writers), into a
-    temporary file renamed into place once complete: a failed run leaves no half file."""
+def score_columns(classes: Sequence[str], top_k: int) -> list[str]:
+    """Every score file's columns, in order: the same for CSV, JSON and Parquet, local or Ray."""
+    tops = [f"top{k}{s}" for k in range(1, top_k + 1) for s in ("", "_p")]
+    return ["path", *tops, *(f"p_{c}" for c in classes), "skipped"]
 
-    def __init__(self, path: str | Path, classes: Sequence[str], top_k: int, fmt: str | None = None) -> None:
+
+def is_score_file(path: Path) -> bool:
+    """Whether ``path`` is a score file this writer wrote (so ``--output`` may replace it)."""
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return SCORES_TAG.encode() in (pq.read_schema(path).metadata or {})
+        with open(path, encoding="utf-8") as fh:
+            head = fh.read(1 << 16)
+        if head.lstrip().startswith("{"):
+            return f'"{SCORES_TAG}"' in head
+        first = head.split("\n", 1)[0].replace('"', "").split(",")
+        return first[:3] == ["path", "top1", "top1_p"] and first[-1] == "skipped"
+    except (OSError, UnicodeDecodeError, ValueError, ImportError):
+        return False
+
+
+def check_score_output(output: str | Path, images: Sequence[str | Path], model_dir: str | Path) -> Path:
+    """``--output`` checked before any work: never an input photo (``images``: as for ``list_images``), a file
+    of a run, a cache or the store; an existing file only if this writer wrote it."""
+    from clothprobe._util.outputs import check_output
+
+    def inputs() -> Iterator[Path]:  # listed only once the path itself passed (its folder exists...)
+        yield Path(model_dir)
+        yield from list_images(images)
+
+    return check_output(output, inputs=inputs(), ours=is_score_file)
+
+
+class ScoreWriter:
+    """One row per photo, written as batches come (``score_columns``): ``path``, the top-k classes and their
+    probabilities, every class's probability (``p_<class>``) and ``skipped`` (why a photo could not be scored;
+    empty otherwise, and then the other columns are null). CSV or Parquet through Arrow's writers, JSON as
+    ``{"clothprobe-scores": 1, "run", "calibrated", "columns", "rows": [{column: value}]}``; to a file
+    through a temporary one renamed into place once complete (a failed or killed run leaves the previous
+    file), or to stdout (``path`` None; CSV or JSON)."""
+
+    def __init__(self, path: str | Path | None, classes: Sequence[str], top_k: int, fmt: str | None = None, *,
+                 run: str = "", calibrated: bool = False) -> None:
         from clothprobe._util.extras import require
 
-        pa = require("pyarrow", "export", f"Writing scores to {path}")
+        pa = require("pyarrow", "export", f"Writing scores to {path or 'stdout'}")
 
-        self.path, self.classes, self.top_k = Path(path), list(classes), max(1, min(top_k, len(classes)))
+        self.path, self.classes, self.top_k = (Path(path) if path is not None else None), list(classes), top_k
+        self.top_k = max(1, min(top_k, len(self.classes)))
         self.fmt = score_format(path, fmt)
-        tops = [f for k in range(1, self.top_k + 1) for f in (pa.field(f"top{k}", pa.string()),
-                                                              pa.field(f"top{k}_p", pa.float64()))]
-        self.schema = pa.schema([pa.field("path", pa.string()), *tops,
-                                 *(pa.field(f"p_{c}", pa.float64()) for c in self.classes),
-                                 pa.field("skipped", pa.string())])
-        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.run, self.calibrated = run, calibrated
+        types = {"path": pa.string(), "skipped": pa.string()}
+        self.schema = pa.schema([pa.field(c, types.get(c, pa.string() if c[-2:] != "_p" and c.startswith("top")
+                                                       else pa.float64()))
+                                 for c in score_columns(self.classes, self.top_k)],
+                                metadata={SCORES_TAG: "1", "run": run, "calibrated": str(calibrated)})
+        self._stack: Any = None
         self._writer: Any = None
+        self._rows: list[dict] = []
 
     def __enter__(self) -> ScoreWriter:
+        import contextlib
+        import sys
+
         import pyarrow.csv as pcsv
         import pyarrow.parquet as pq
 
-        self._writer = (pq.ParquetWriter(self._tmp, self.schema) if self.fmt == "parquet"
-                        else pcsv.CSVWriter(str(self._tmp), self.schema))
+        from clothprobe._util.files import atomic_path
+
+        self._stack = contextlib.ExitStack()
+        self._sink = self._stack.enter_context(atomic_path(self.path)) if self.path is not None else sys.stdout.buffer
+        sink = str(self._sink) if self.path is not None else self._sink
+        try:
+            if self.fmt == "parquet":
+                self._writer = pq.ParquetWriter(sink, self.schema)
+            elif self.fmt == "csv":
+                self._writer = pcsv.CSVWriter(sink, self.schema)
+        except BaseException as err:
+            self._stack.__exit__(type(err), err, err.__traceback__)
+            raise
         return self
 
-    def __exit__(self, kind: type | None, *rest: object) -> None:
-        self._writer.close()
-        if kind is None:
-            os.replace(self._tmp, self.path)
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 trace: types.TracebackType | None) -> None:
+        """Close the writer; the file (complete) replaces ``path`` only when the block ended without an error."""
+        try:
+            if kind is None and self.fmt == "json":
+                self._write_json()
+            if self._writer is not None:
+                self._writer.close()
+        except BaseException as err:
+            self._stack.__exit__(type(err), err, err.__traceback__)
+            raise
+        self._stack.__exit__(kind, value, trace)
+
+    def _write_json(self) -> None:
+        import json
+        import sys
+
+        doc = {SCORES_TAG: 1, "run": self.run, "calibrated": self.calibrated, "columns": self.schema.names,
+               "rows": self._rows}
+        text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+        if self.path is None:
+            sys.stdout.write(text)
         else:
-            self._tmp.unlink(missing_ok=True)
+            Path(self._sink).write_text(text, encoding="utf-8")
 
     def write(self, paths: Sequence[str], proba: np.ndarray, skipped: Sequence[tuple[str, str]] = ()) -> None:
         """Rows for ``paths`` (``proba``: one row each, the run's class order) and for ``skipped`` photos."""
@@ -277,13 +354,18 @@ class ScoreWriter:
         for j, c in enumerate(self.classes):
             columns[f"p_{c}"] = [*proba[:, j].tolist(), *[None] * m]
         columns["skipped"] = [*[""] * n, *(why for _, why in skipped)]
-        self._writer.write_table(pa.table(columns, schema=self.schema))
+        if self.fmt == "json":
+            names = list(columns)
+            self._rows += [dict(zip(names, row)) for row in zip(*columns.values())]
+        else:
+            self._writer.write_table(pa.table(columns, schema=self.schema))
 
 
-def write_scores(result: PredictResult, output: str | Path, top_k: int, fmt: str | None = None) -> None:
-    """A local ``predict`` result as ``ScoreWriter`` rows (the same file ``score_catalogue`` writes)."""
+def write_scores(result: PredictResult, output: str | Path | None, top_k: int, fmt: str | None = None) -> None:
+    """A local ``predict`` result as ``ScoreWriter`` rows (the same file ``score_catalogue`` writes);
+    ``output`` None: stdout."""
     proba = np.array([[p.probabilities[c] for c in result.classes] for p in result.predictions], np.float64)
-    with ScoreWriter(output, result.classes, top_k, fmt) as writer:
+    with ScoreWriter(output, result.classes, top_k, fmt, run=result.run, calibrated=result.calibrated) as writer:
         writer.write([p.path for p in result.predictions], proba.reshape(-1, len(result.classes)), result.skipped)
 
 
@@ -322,7 +404,8 @@ def score_catalogue(images: Sequence[str | Path], model_dir: str | Path, output:
                               f"embeddings (cli fit). Score it with the local engine.")
     predictor = Predictor(model_dir, weights=weights, batch_size=batch_size, max_pixels=max_pixels,
                           calibrate=calibrate)
-    writer = ScoreWriter(output, predictor.classes, top_k, fmt)
+    writer = ScoreWriter(output, predictor.classes, top_k, fmt, run=predictor.manifest.id,
+                         calibrated=predictor.temperature is not None)
     files = list_images(images)
     skipped: list[tuple[str, str]] = []
     with writer, progress_bar("scoring", len(files), progress, unit="img") as advance:
@@ -364,20 +447,3 @@ def _score_batches(files: list[Path], predictor: Predictor,
     lost = [(str(files[i]), f"not scored: {LOST}") for i in np.flatnonzero(~done)]
     if lost:
         yield [], np.zeros((0, len(predictor.classes))), lost
-
-
-def to_records(result: PredictResult, top_k: int) -> list[dict]:
-    """One JSON-ready record per image: the top-k classes and every class's probability."""
-    return [{"path": p.path, "top": [{"class": c, "probability": round(v, 6)} for c, v in p.top(top_k)],
-             "probabilities": {c: round(v, 6) for c, v in p.probabilities.items()}} for p in result.predictions]
-
-
-def write_csv(result: PredictResult, fh, top_k: int) -> None:  # noqa: ANN001 - a text file
-    import csv
-
-    writer = csv.writer(fh)
-    writer.writerow(["path", *(f"top{k}{s}" for k in range(1, top_k + 1) for s in ("", "_p")),
-                     *(f"p_{c}" for c in result.classes)])
-    for p in result.predictions:
-        top = [x for c, v in p.top(top_k) for x in (c, f"{v:.6f}")]
-        writer.writerow([p.path, *top, *(f"{p.probabilities[c]:.6f}" for c in result.classes)])

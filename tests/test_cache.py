@@ -379,6 +379,11 @@ def test_export_to_pandas_and_parquet(tmp_path: Path) -> None:
     assert Recipe.from_dict(json.loads(meta[b"clothprobe.recipe"])) == cache.recipe
     cache.to_parquet(out)  # replacing its own kind of file is fine
     (tmp_path / "notes.txt").write_text("keep")
-    with pytest.raises(ClothprobeError, match="is not a Parquet file; clothprobe will not replace it"):
+    with pytest.raises(ClothprobeError, match="exists and was not written by this command"):
         cache.to_parquet(tmp_path / "notes.txt")
     assert (tmp_path / "notes.txt").read_text() == "keep"
+    pd.DataFrame({"a": [1]}).to_parquet(tmp_path / "mine.parquet")  # a Parquet file, but not an export
+    with pytest.raises(ClothprobeError, match="exists and was not written by this command"):
+        cache.to_parquet(tmp_path / "mine.parquet")
+    with pytest.raises(ClothprobeError, match="is one of this command's inputs|feature cache"):
+        cache.to_parquet(cache.path)

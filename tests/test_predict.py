@@ -135,17 +135,19 @@ def test_cli_json_and_csv(runs: dict[str, Path], tmp_path: Path) -> None:
     res = cli("predict", str(images), "--model", str(run_dir), "--format", "json", "--top-k", "2", "--calibrate")
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
-    assert doc["run"] == "vgg16/logreg-none-tta" and len(doc["predictions"]) == 12 and doc["skipped"] == []
+    assert doc["run"] == "vgg16/logreg-none-tta" and len(doc["rows"]) == 12
     assert doc["calibrated"] is True and "calibrated" in res.stderr
-    for p in doc["predictions"]:
-        assert len(p["top"]) == 2 and set(p["probabilities"]) == {"hat", "shirt", "t-shirt"}
-        assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert doc["columns"] == ["path", "top1", "top1_p", "top2", "top2_p", "p_hat", "p_shirt", "p_t-shirt", "skipped"]
+    for row in doc["rows"]:
+        assert row["skipped"] == "" and row["top1_p"] >= row["top2_p"]
+        assert sum(row[f"p_{c}"] for c in ("hat", "shirt", "t-shirt")) == pytest.approx(1.0, abs=1e-4)
     assert "ms per image" in res.stderr
     out = tmp_path / "p.csv"
     res = cli("predict", str(images), "--model", str(run_dir), "--format", "csv", "--output", str(out))
     assert res.returncode == 0, res.stderr
     rows = list(csv.reader(io.StringIO(out.read_text())))
-    assert rows[0] == ["path", "top1", "top1_p", "top2", "top2_p", "top3", "top3_p", "p_hat", "p_shirt", "p_t-shirt"]
+    assert rows[0] == ["path", "top1", "top1_p", "top2", "top2_p", "top3", "top3_p", "p_hat", "p_shirt", "p_t-shirt",
+                       "skipped"]
     assert len(rows) == 13
 
 

@@ -42,7 +42,8 @@ def write(directory: Path, acc: float = 0.75) -> Path:
 
 def test_round_trip(tmp_path: Path) -> None:
     run = write(tmp_path / "runs" / "r")
-    assert sorted(p.name for p in run.iterdir()) == ["manifest.json", "metrics.json", "model.bin", "predictions.csv"]
+    assert sorted(p.name for p in run.iterdir()) == [".clothprobe-run", "manifest.json", "metrics.json", "model.bin",
+                                                     "predictions.csv"]
     manifest = rundir.read_manifest(run)
     assert manifest.caches == {"vgg16": {"opaque": True}} and manifest.model == {"format": "test", "file": "model.bin"}
     assert set(manifest.sha256) == {"metrics.json", "model.bin", "predictions.csv"}

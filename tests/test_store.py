@@ -20,7 +20,7 @@ from clothprobe.featurize.model import runtimes
 from clothprobe.featurize.model import selfcheck as compiled
 from clothprobe.featurize.model.calibration import calibration_from_folder, calibration_sample
 from clothprobe.featurize.model.recipe import resolve_recipe
-from clothprobe.featurize.model.store import ModelStore
+from clothprobe.featurize.model.store import MARKER, ModelStore
 
 
 def tiny(**kw):
@@ -51,7 +51,7 @@ def test_a_failed_build_leaves_nothing(store: ModelStore) -> None:
         write_files(directory)
         raise RuntimeError("killed half-way")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ClothprobeError, match="killed half-way"):
         store.get_or_build(tiny(), broken)
     assert store.entries() == [] and not [p for p in store.root.iterdir() if p.is_dir()]
 
@@ -62,8 +62,8 @@ def test_changed_file_is_refused_and_pruned(store: ModelStore) -> None:
     with pytest.raises(ClothprobeError, match=r"model\.bin does not match the SHA-256 .*cli cache prune --key"):
         store.get_or_build(tiny(), write_files)
     assert store.prune(key=entry.key) == [entry.path] and store.entries() == []
-    with pytest.raises(ClothprobeError, match="No stored model nope"):
-        store.prune(key="nope")
+    with pytest.raises(ClothprobeError, match="No stored model 0123456789abcdef"):
+        store.prune(key="0123456789abcdef")
 
 
 def test_prune_by_age_all_and_leftovers(store: ModelStore) -> None:
@@ -73,9 +73,13 @@ def test_prune_by_age_all_and_leftovers(store: ModelStore) -> None:
     doc["last_used"] = time.time() - 40 * 86400
     (old.path / "manifest.json").write_text(json.dumps(doc))
     (store.root / ".deadbeef.tmp-999999999").mkdir()  # a killed build (no such process)
-    (store.root / "garbage").mkdir()  # an entry without a readable manifest
+    (store.root / ".deadbeef.tmp-999999999" / MARKER).write_text("")
+    (store.root / "0123456789abcdef").mkdir()  # an entry without a readable manifest
+    (store.root / "0123456789abcdef" / MARKER).write_text("")
+    (store.root / "garbage").mkdir()  # not made by the store: left alone
     removed = store.prune(unused_days=30)
-    assert set(removed) == {old.path, store.root / ".deadbeef.tmp-999999999", store.root / "garbage"}
+    assert set(removed) == {old.path, store.root / ".deadbeef.tmp-999999999", store.root / "0123456789abcdef"}
+    assert (store.root / "garbage").is_dir()
     assert [e.key for e in store.entries()] == [new.key]
     assert store.prune(everything=True) == [new.path] and store.entries() == []
 
@@ -137,7 +141,7 @@ def test_calibration_sample_is_seeded_and_by_content(tmp_path: Path) -> None:
 def test_self_check_falls_back_when_the_runtime_disagrees(store: ModelStore, monkeypatch: pytest.MonkeyPatch) -> None:
     real = runtimes.load_runner
 
-    def broken_bf16(recipe, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def broken_bf16(recipe, *args, **kwargs):
         run = real(recipe, *args, **kwargs)
         if recipe.precision != "bfloat16":
             return run

@@ -50,14 +50,28 @@ def to_dataframe(cache: FeatureCache) -> Any:
 
 
 def to_parquet(cache: FeatureCache, path: str | Path) -> Path:
+    """``cache`` as a Parquet file at ``path``: checked first (``check_output``: never the cache itself, a run's
+    or the store's file, nor an existing file other than an export), written atomically."""
+    from clothprobe._util.files import atomic_path
+    from clothprobe._util.outputs import check_output
+
     pq = require("pyarrow.parquet", "export", f"Exporting {cache.path}")
-    path = Path(path)
-    if path.is_dir() or (path.exists() and not _is_parquet(path)):
-        raise ClothprobeError(f"{path} exists and is not a Parquet file; clothprobe will not replace it. "
-                              f"Choose another output path.")
+    path = check_output(path, option="--out", inputs=[cache.path], ours=_is_export)
     with atomic_path(path) as tmp:
         pq.write_table(to_arrow(cache), tmp)
     return path
+
+
+def _is_export(path: Path) -> bool:
+    """A Parquet file this export wrote (its schema metadata holds the recipe)."""
+    if not _is_parquet(path):
+        return False
+    try:
+        import pyarrow.parquet as pq
+
+        return b"clothprobe.recipe" in (pq.read_schema(path).metadata or {})
+    except (OSError, ValueError):
+        return False
 
 
 def _is_parquet(path: Path) -> bool:

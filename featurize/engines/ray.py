@@ -60,6 +60,37 @@ GIVEN_UP = (f"its Ray worker died each of the {WORKER_ATTEMPTS} times it embedde
             f"crash on one of its files; the Ray logs say which); skipped, tried again next run")
 
 
+PROBE_TIMEOUT_S = 3.0  # joining a cluster: its GCS port must answer within this, or the join fails at once
+_HOST_PORT = re.compile(r"(?:ray://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})")
+ADDRESS_FORMS = "HOST:PORT (e.g. 10.0.0.5:6379, as `ray start --head` printed it), ray://HOST:PORT, or auto"
+
+
+def check_address(address: str | None) -> tuple[str, int] | None:
+    """``--address`` checked before any work: None (a local runtime), ``auto`` (Ray finds the cluster this
+    machine joined: nothing to probe), or the host and port of ``HOST:PORT`` / ``ray://HOST:PORT``."""
+    if address is None or address == "auto":
+        return None
+    match = _HOST_PORT.fullmatch(address.strip())
+    port = int(match["port"]) if match else 0
+    if not match or not 1 <= port <= 65535:
+        raise ClothprobeError(f"--address {address!r} is not a cluster address; give {ADDRESS_FORMS}.")
+    return match["host"].strip("[]"), port
+
+
+def probe_address(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Fail in one line, within ``timeout`` seconds, when nothing answers at ``address`` (Ray itself retries
+    for minutes, logging each try)."""
+    where = check_address(address)
+    if where is None:
+        return
+    try:
+        socket.create_connection(where, timeout=timeout).close()
+    except OSError as err:
+        why = "no answer" if isinstance(err, TimeoutError) else (err.strerror or str(err) or type(err).__name__)
+        raise ClothprobeError(f"Cannot reach a Ray cluster at {address} ({why} within {timeout:.0f} s). Is "
+                              f"`ray start --head` running there, and its port open to this machine?") from None
+
+
 def import_ray() -> Any:
     """The ``ray`` module with Ray Data, or a ClothprobeError that says how to install it."""
     try:
@@ -280,6 +311,7 @@ class RayEngine(Engine):
         _check_count("--workers", workers)
         _check_count("threads", threads)
         _check_count("block_batches", block_batches)
+        check_address(address)
         self._ray = import_ray()
         self.address, self.workers, self.threads = address, workers, threads
         self.hash_threshold, self.block_batches = hash_threshold, block_batches
@@ -307,7 +339,7 @@ class RayEngine(Engine):
             ray = self._ray
             if not ray.is_initialized():
                 if self.address:
-                    ray.init(address=self.address, **self.init_options)
+                    self._join()
                 else:
                     workers = self.workers or 1
                     threads = self.threads or max(1, (os.cpu_count() or 1) // workers)
@@ -317,6 +349,18 @@ class RayEngine(Engine):
             nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
             self._sizing = size_pool([c for c in nodes if c > 0], self.workers, self.threads)
         return self._sizing
+
+    def _join(self) -> None:
+        probe_address(self.address)
+        try:
+            self._ray.init(address=self.address, **self.init_options)
+        except ConnectionError as err:
+            said = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            raise ClothprobeError(
+                f"Could not join the Ray cluster at {self.address} ({said}). A cluster started with token "
+                f"authentication (`ray start --head` turns it on from Ray 2.59) needs its token on this machine: "
+                f"`ray get-auth-token` on the head node, saved as ~/.ray/auth_token here (docs/guide/ray-auth.md)."
+            ) from None
 
     def _dataset(self, tables: list[Any]) -> Any:
         """A Ray dataset of ``tables`` (one block each) whose settings are its own, never the process's."""

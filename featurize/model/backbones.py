@@ -8,6 +8,7 @@ the model instead: see ``featurize/model/sidecar.py``. Nothing else in clothprob
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,10 @@ class Preprocess:
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         object.__setattr__(self, "scale", float(self.scale))
+        numbers = (self.scale, *self.mean, *self.std)
+        if not all(math.isfinite(v) for v in numbers) or self.scale == 0:
+            raise ClothprobeError(f"scale, mean and std must be finite (scale non-zero); got scale {self.scale}, "
+                                  f"mean {self.mean}, std {self.std}.")
 
     def apply(self, pixels: np.ndarray) -> np.ndarray:
         """``(n, h, w, 3)`` RGB pixels (any dtype) -> float32 network input, channels last."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from clothprobe._util.files import file_sha256
+from clothprobe._util.bounds import BOUNDS
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.images import RESIZE
 from clothprobe.featurize.model.backbones import Preprocess, get_backbone
@@ -55,6 +56,11 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ClothprobeError(f"Unknown recipe source {self.source!r}; known: {', '.join(SOURCES)}.")
+        BOUNDS["image_size"].check("input_size", self.input_size)
+        resolved = [p for p in PRECISIONS if p != "auto"]
+        if self.precision not in resolved or self.runtime not in RUNTIMES[1:]:
+            raise ClothprobeError(f"A recipe runs at a precision of {', '.join(resolved)} on {', '.join(RUNTIMES[1:])}; "
+                                  f"got {self.precision!r} on {self.runtime!r}.")
 
     @property
     def fingerprint(self) -> str:

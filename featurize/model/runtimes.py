@@ -14,6 +14,7 @@ of a fixed size to the network's output.
 from __future__ import annotations
 
 import contextlib
+import io
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -203,6 +204,24 @@ def _nncf_telemetry_off() -> Iterator[None]:
         decorator.telemetry = saved
 
 
+@contextlib.contextmanager
+def _nncf_progress() -> Iterator[None]:
+    """NNCF's progress bars and INFO lines are progress: on stderr when it is a terminal, else nowhere (a log
+    file or a pipe would keep every redraw). Only for this call: stdout and NNCF's log level are restored."""
+    import logging
+
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    quiet = not sys.stderr.isatty()
+    if quiet:
+        logger.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(sys.stderr if not quiet else io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 class _CalibrationSet:
     """The calibration photos as model inputs, one image per item, decoded again on every pass (NNCF
     iterates more than once), so memory holds one image, not hundreds."""
@@ -232,7 +251,7 @@ def quantize_int8(recipe: Recipe, float_ir: Path, directory: Path, calibration: 
     if usable == 0:
         raise ClothprobeError(f"None of the {len(calibration)} calibration photos could be decoded; int8 needs "
                               f"photos like the ones it will embed (--calibration DIR).")
-    with _nncf_telemetry_off(), contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars are progress
+    with _nncf_telemetry_off(), _nncf_progress():
         quantized = nncf.quantize(ov.Core().read_model(float_ir), nncf.Dataset(data), subset_size=usable,
                                   fast_bias_correction=True)
     ov.save_model(quantized, directory / IR_FILE, compress_to_fp16=False)

@@ -124,7 +124,11 @@ def checked_runner(recipe: Recipe, *, rows: int, calibration_files: Sequence[Pat
     """The recipe that really runs here and its compiled model (see the module docstring)."""
     store = store or ModelStore()
     recipe = effective_recipe(recipe, store)
-    loader = _Loader(store, weights, calibration_files, threads)
+    with store.in_use(recipe, recipe.with_precision("float32")):  # a prune waits until the files are loaded
+        return _checked_runner(recipe, _Loader(store, weights, calibration_files, threads), store, rows)
+
+
+def _checked_runner(recipe: Recipe, loader: _Loader, store: ModelStore, rows: int) -> tuple[Recipe, Runner]:
     entry = loader.entry(recipe)
     runner = loader.runner(recipe, entry, rows)
     if recipe.precision == "float32" or _check_key(recipe) in entry.checks:
@@ -139,5 +143,5 @@ def checked_runner(recipe: Recipe, *, rows: int, calibration_files: Sequence[Pat
         return recipe, runner
     warnings.warn(ClothprobeWarning(
         f"{recipe.label} embeddings disagree with float32 on this CPU (probe cosine min {cos:.4f} < {threshold}): "
-        f"using float32 instead. Recorded in {entry.path}."), stacklevel=3)
+        f"using float32 instead. Recorded in {entry.path}."), stacklevel=4)
     return reference, ref_runner

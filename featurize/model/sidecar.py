@@ -23,6 +23,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from clothprobe._util.bounds import BOUNDS
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.model.backbones import Preprocess
 
@@ -81,9 +82,7 @@ def load_sidecar(model: Path) -> Sidecar:
     if unknown:
         raise ClothprobeError(f"{found}: unknown setting(s) {', '.join(sorted(unknown))}; allowed: "
                               f"{', '.join(sorted(KEYS))} and preprocess.{{{', '.join(sorted(PREPROCESS_KEYS))}}}.")
-    size = doc.get("input_size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 8:
-        raise ClothprobeError(f"{found}: input_size must be a whole number of pixels (at least 8), got {size!r}.")
+    size = int(BOUNDS["image_size"].check(f"{found}: input_size (pixels a side)", doc.get("input_size")))
     try:
         preprocess = Preprocess(scale=pre.get("scale", 1.0), mean=tuple(pre.get("mean", (0.0, 0.0, 0.0))),
                                 std=tuple(pre.get("std", (1.0, 1.0, 1.0))), channel_order=pre.get("channel_order", "RGB"))

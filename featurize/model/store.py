@@ -10,13 +10,24 @@ own quantized IR.
 Safe with several processes: an entry is built under a per-key file lock in a temporary folder and
 renamed into place, so a reader sees a whole entry or none; every file's hash is checked before it is
 loaded, and an entry whose files differ from their manifest is refused (``cli cache prune`` removes it).
-This module alone reads the manifest's keys.
+A process loading an entry holds its lock (``in_use``), so a prune waits for it. This module alone reads
+the manifest's keys.
+
+Hostile ground: the store deletes only what it provably made. An entry is a folder directly under
+``models/`` named by a key (16 hex digits) holding the store's marker file (``MARKER``) and a manifest
+whose ``key`` is the folder's name and whose file names are plain names inside the folder; anything else
+there (a folder a user or another program put under ``$CLOTHPROBE_HOME/models``) is listed as foreign
+and never removed. ``compiled/`` (OpenVINO's compile cache) holds only the ``.blob`` files OpenVINO writes;
+``prune --all`` removes those.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +42,12 @@ from clothprobe.featurize.model.recipe import Recipe
 
 ENV_HOME = "CLOTHPROBE_HOME"
 MANIFEST = "manifest.json"
+MARKER = ".clothprobe-store-entry"  # written first into every entry the store builds
+MARKER_TEXT = "a clothprobe model store entry; `cli cache prune` may remove this folder\n"
+COMPILED = "compiled"  # OpenVINO's compile cache (CACHE_DIR): *.blob files
 STORE_VERSION = 1
+_KEY = re.compile(r"[0-9a-f]{16}")
+_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 LOCK_TIMEOUT_S = 3600  # another process building the same model (int8 quantization takes minutes)
 
 
@@ -41,6 +57,32 @@ def store_home() -> Path:
         return Path(os.environ[ENV_HOME]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "clothprobe"
+
+
+def check_key(key: object, where: str) -> str:
+    """A store key as read from a manifest or given on the command line: 16 hex digits, nothing else (never
+    a path)."""
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
+        raise ClothprobeError(f"{where}: a store key is 16 hex digits (from `cli cache list`), got {key!r}.")
+    return key
+
+
+def _check_files(files: object, where: str) -> dict[str, str]:
+    """The manifest's ``files``: plain file names inside the entry (no folders, no ``..``) -> SHA-256."""
+    if not isinstance(files, dict) or not files:
+        raise ValueError("files should be a non-empty map of file name to SHA-256")
+    for name, digest in files.items():
+        if not isinstance(name, str) or not _FILE_NAME.fullmatch(name) or name in (MANIFEST, MARKER):
+            raise ValueError(f"file name {name!r} is not a plain file name inside the entry")
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ValueError(f"the SHA-256 of {name} is not 64 hex digits")
+    return dict(files)
+
+
+def _finite_time(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"last_used should be a finite number of seconds, got {value!r}")
+    return float(value)
 
 
 def artifact_recipe(recipe: Recipe) -> Recipe:
@@ -103,10 +145,13 @@ class StoreEntry:
             raise ClothprobeError(f"{path / MANIFEST}: store version {doc.get('store_version')!r}, this "
                                   f"clothprobe reads {STORE_VERSION}; prune it with `cli cache prune --all`.")
         try:
-            return cls(key=str(doc["key"]), path=path, recipe=Recipe.from_dict(doc["recipe"]),
-                       files=dict(doc["files"]), created=str(doc["created"]), last_used=float(doc["last_used"]),
-                       checks={k: SelfCheck(**c) for k, c in doc.get("checks", {}).items()})
-        except (KeyError, TypeError, ValueError, ClothprobeError) as err:
+            if doc["key"] != path.name:
+                raise ValueError(f"key {doc['key']!r} is not its folder's name {path.name!r}")
+            return cls(key=check_key(doc["key"], str(path / MANIFEST)), path=path,
+                       recipe=Recipe.from_dict(doc["recipe"]), files=_check_files(doc["files"], str(path)),
+                       created=str(doc["created"]), last_used=_finite_time(doc["last_used"]),
+                       checks={str(k): SelfCheck(**c) for k, c in dict(doc.get("checks", {})).items()})
+        except (KeyError, TypeError, ValueError, AttributeError, ClothprobeError) as err:
             raise ClothprobeError(f"{path / MANIFEST} is not a store manifest ({err}); prune it with "
                                   f"`cli cache prune --key {path.name}`.") from None
 
@@ -115,31 +160,61 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
+def _made_by_store(directory: Path) -> bool:
+    """Whether ``directory`` is a real folder (not a link) holding the store's marker."""
+    marker = directory / MARKER
+    return (directory.is_dir() and not directory.is_symlink() and marker.is_file() and not marker.is_symlink())
+
+
+def _build_failed(err: Exception, folder: Path, recipe: Recipe) -> ClothprobeError:
+    """A build that failed for a reason outside clothprobe (a full disk, OpenVINO's own error), in one line."""
+    free = shutil.disk_usage(folder.parent).free
+    said = " ".join(line.strip() for line in str(err).splitlines() if line.strip())[:300] or "no message"
+    hint = (f"the disk holding {folder.parent} is full ({free / 1e6:.0f} MB free); free some space"
+            if free < 256e6 or isinstance(err, OSError) and err.errno == 28 else f"{type(err).__name__}: {said}")
+    return ClothprobeError(f"Could not build the stored model for {recipe.label} in {folder.parent}: {hint}, "
+                           f"then run again (nothing was kept).")
+
+
 class ModelStore:
     """The store under ``home`` (default: ``store_home()``)."""
 
     def __init__(self, home: str | Path | None = None) -> None:
         self.home = Path(home) if home is not None else store_home()
         self.root = self.home / "models"
+        self._locks: dict[str, Any] = {}  # one FileLock per key: re-entrant within this store
 
     def _dir(self, key: str) -> Path:
-        return self.root / key
+        return self.root / check_key(key, "store key")
 
     @contextmanager
     def _locked(self, key: str) -> Iterator[None]:
         from filelock import FileLock, Timeout
 
         self.root.mkdir(parents=True, exist_ok=True)
+        lock = self._locks.setdefault(key, FileLock(str(self.root / f"{check_key(key, 'store key')}.lock")))
         try:
-            with FileLock(str(self.root / f"{key}.lock"), timeout=LOCK_TIMEOUT_S):
+            with lock.acquire(timeout=LOCK_TIMEOUT_S):
                 yield
         except Timeout:
             raise ClothprobeError(f"Waited {LOCK_TIMEOUT_S} s for another process building {self._dir(key)}; "
                                   f"is it stuck? Stop it, or remove {self.root / (key + '.lock')}.") from None
 
+    @contextmanager
+    def in_use(self, *recipes: Recipe) -> Iterator[None]:
+        """Hold the entries of ``recipes`` while their files are loaded: a prune waits until the block ends."""
+        keys = sorted({artifact_recipe(r).fingerprint for r in recipes})
+        with contextlib.ExitStack() as stack:
+            for key in keys:
+                stack.enter_context(self._locked(key))
+            yield
+
     def read(self, key: str) -> StoreEntry | None:
         """The entry for ``key`` if there is a finished one (not yet verified)."""
         directory = self._dir(key)
+        if directory.exists() and not _made_by_store(directory):
+            raise ClothprobeError(f"{directory} was not made by the model store (no {MARKER}); clothprobe will not "
+                                  f"use or remove it. Move it out of {self.root}.")
         try:
             doc = json.loads((directory / MANIFEST).read_text())
         except FileNotFoundError:
@@ -170,8 +245,12 @@ class ModelStore:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            build(tmp)
-            files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+            (tmp / MARKER).write_text(MARKER_TEXT)
+            try:
+                build(tmp)
+            except (OSError, RuntimeError, MemoryError) as err:
+                raise _build_failed(err, tmp, recipe) from None
+            files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file() and p.name != MARKER}
             entry = StoreEntry(key, self._dir(key), recipe, files, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                time.time(), {})
             _write_json(tmp / MANIFEST, entry.to_manifest())
@@ -185,7 +264,8 @@ class ModelStore:
         entry.last_used = time.time()
         try:
             with self._locked(entry.key):
-                _write_json(entry.path / MANIFEST, {**self._fresh(entry).to_manifest(), "last_used": entry.last_used})
+                if _made_by_store(entry.path):  # not pruned meanwhile
+                    _write_json(entry.path / MANIFEST, {**self._fresh(entry).to_manifest(), "last_used": entry.last_used})
         except OSError:
             pass
 
@@ -195,16 +275,20 @@ class ModelStore:
     def record_check(self, entry: StoreEntry, machine: str, check: SelfCheck) -> None:
         """Keep a runtime self-check's outcome in the entry, so it runs once per machine."""
         with self._locked(entry.key):
-            fresh = self._fresh(entry)
-            fresh.checks[machine] = check
-            _write_json(entry.path / MANIFEST, fresh.to_manifest())
+            if _made_by_store(entry.path):  # not pruned meanwhile
+                fresh = self._fresh(entry)
+                fresh.checks[machine] = check
+                _write_json(entry.path / MANIFEST, fresh.to_manifest())
         entry.checks[machine] = check
+
+    def _folders(self) -> list[Path]:
+        return sorted(p for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
 
     def entries(self) -> list[StoreEntry]:
         """Every finished entry (unreadable ones are listed by ``damaged``), newest use first."""
         found = []
-        for directory in sorted(self.root.glob("*/")) if self.root.is_dir() else []:
-            if directory.name.startswith("."):
+        for directory in self._folders():
+            if not _KEY.fullmatch(directory.name) or not _made_by_store(directory):
                 continue
             try:
                 entry = self.read(directory.name)
@@ -215,11 +299,12 @@ class ModelStore:
         return sorted(found, key=lambda e: -e.last_used)
 
     def damaged(self) -> list[Path]:
-        """Entry folders whose manifest cannot be read, and leftovers of killed builds."""
-        if not self.root.is_dir():
-            return []
+        """Entry folders the store made whose manifest cannot be read or is missing, and leftovers of killed
+        builds (both hold the store's marker)."""
         out = []
-        for directory in sorted(p for p in self.root.iterdir() if p.is_dir()):
+        for directory in self._folders():
+            if not _made_by_store(directory):
+                continue
             if directory.name.startswith("."):
                 if stale_by_pid(directory.name):
                     out.append(directory)
@@ -231,25 +316,59 @@ class ModelStore:
                 out.append(directory)
         return out
 
+    def owns(self, path: Path) -> bool:
+        """Whether ``path`` (resolved) is one of the store's own files: inside an entry it made (or a killed
+        build's leftover), a lock of its root, or OpenVINO's compile cache. The rest of ``home`` is not the
+        store's (``CLOTHPROBE_HOME`` may be a project folder)."""
+        root, compiled = self.root.resolve(), (self.home / COMPILED).resolve()
+        if path == compiled or compiled in path.parents or (path.parent == root and path.suffix == ".lock"):
+            return True
+        return any(folder.parent == root and _made_by_store(folder) for folder in (path, *path.parents))
+
+    def foreign(self) -> list[Path]:
+        """Folders under the store's root that the store did not make: listed, never removed."""
+        return [p for p in self._folders() if not _made_by_store(p)]
+
     def prune(self, *, key: str | None = None, unused_days: float | None = None, everything: bool = False) -> list[Path]:
-        """Remove one entry, those unused for ``unused_days``, or all; damaged entries and leftovers of
-        killed builds always go. Returns what was removed."""
-        removed = [p for p in self.damaged()]
-        for p in removed:
-            shutil.rmtree(p, ignore_errors=True)
+        """Remove one entry, those unused for ``unused_days`` (>= 0), or all (and OpenVINO's compile cache);
+        damaged entries and leftovers of killed builds always go. Returns what was removed."""
+        if key is not None:
+            check_key(key, "--key")
+        if unused_days is not None and not (math.isfinite(unused_days) and unused_days >= 0):
+            raise ClothprobeError(f"--unused-days must be a finite number of days >= 0, got {unused_days!r}.")
+        removed = []
+        for p in self.damaged():
+            removed.append(self._delete(p))
         cutoff = None if unused_days is None else time.time() - unused_days * 86400
         for entry in self.entries():
             if everything or entry.key == key or (cutoff is not None and entry.last_used < cutoff):
                 removed.append(self.remove(entry.key))
         if key is not None and not any(p.name == key for p in removed):
             raise ClothprobeError(f"No stored model {key} in {self.root}; `cli cache list` shows what is there.")
+        if everything:
+            removed += self._clear_compiled()
         return removed
+
+    def _clear_compiled(self) -> list[Path]:
+        """OpenVINO's compiled blobs under ``compiled/`` (the only files it writes there)."""
+        folder = self.home / COMPILED
+        if not folder.is_dir() or folder.is_symlink():
+            return []
+        blobs = [p for p in folder.iterdir() if p.suffix == ".blob" and p.is_file() and not p.is_symlink()]
+        for blob in blobs:
+            blob.unlink(missing_ok=True)
+        return blobs
+
+    def _delete(self, directory: Path) -> Path:
+        """``rmtree`` of a folder the store made, directly under its root (checked again here)."""
+        if directory.parent.resolve() != self.root.resolve() or not _made_by_store(directory):
+            raise ClothprobeError(f"{directory} is not a model store entry; refusing to remove it.")
+        shutil.rmtree(directory)
+        return directory
 
     def remove(self, key: str) -> Path:
         directory = self._dir(key)
         if not directory.is_dir():
             raise ClothprobeError(f"No stored model {key} in {self.root}; `cli cache list` shows what is there.")
         with self._locked(key):
-            shutil.rmtree(directory)
-        return directory
-
+            return self._delete(directory)
