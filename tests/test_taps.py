@@ -1,0 +1,151 @@
+"""Taps (pooled outputs of several blocks, issue 16): registry data checked against the real Keras
+layers, the recipe carrying them, one compiled network equal to Keras's intermediate outputs, and
+self-checks that look at every tap."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clothprobe.errors import ClothprobeError, ClothprobeWarning
+from clothprobe.featurize.embed import open_embedder
+from clothprobe.featurize.model import runtimes
+from clothprobe.featurize.model import selfcheck as compiled
+from clothprobe.featurize.model.backbones import BACKBONES
+from clothprobe.featurize.model.recipe import Recipe, resolve_recipe
+from clothprobe.featurize.model.store import ModelStore
+from clothprobe.featurize.model.taps import find_layer, resolve_taps, tap_layout, tap_names
+
+SIZES = {"xception": 71, "vgg16": 32, "mobilenetv2": 32, "efficientnetv2s": 32, "convnext_tiny": 32}
+
+
+def tiny(backbone: str = "vgg16", **kw) -> Recipe:
+    return resolve_recipe(**{"backbone": backbone, "weights": None, "image_size": SIZES[backbone],
+                             "precision": "float32", **kw})
+
+
+def images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("name", [
+    "xception", "vgg16", "mobilenetv2",
+    pytest.param("efficientnetv2s", marks=pytest.mark.slow), pytest.param("convnext_tiny", marks=pytest.mark.slow)])
+def test_registry_taps_are_real_layers_in_order_final_last(name: str) -> None:
+    bb = BACKBONES[name]
+    model = bb.build(None, SIZES[name])
+    layers = [find_layer(model, tap.layer) for tap in bb.taps]
+    positions = [model.layers.index(layer) for layer in layers]
+    assert positions == sorted(positions) and len(set(positions)) == len(positions)
+    assert [layer.output.shape[-1] for layer in layers] == [tap.dim for tap in bb.taps]
+    assert bb.taps[-1].dim == bb.embedding_dim
+    # the final tap is the model's output, or what its closing pooling reads
+    assert layers[-1] is model.layers[-1] or model.layers[positions[-1] + 1] is model.layers[-1]
+
+
+def test_tap_requests_resolve_once_and_name_the_choices() -> None:
+    taps = BACKBONES["vgg16"].taps
+    assert resolve_taps("final", taps) == () == resolve_taps(None, taps) == resolve_taps("block5_pool", taps)
+    assert resolve_taps("all", taps) == tuple(t.name for t in taps)
+    assert resolve_taps("block5_pool,block4_pool", taps) == ("block4_pool", "block5_pool")  # network order
+    assert resolve_taps("block4_pool,final", taps) == ("block4_pool", "block5_pool")
+    with pytest.raises(ClothprobeError, match="Unknown tap.*block9_pool.*has: final, all, block3_pool"):
+        resolve_taps("block9_pool", taps)
+    with pytest.raises(ClothprobeError, match="has: final"):
+        resolve_taps("all", ())
+    assert resolve_taps("final", ()) == ()
+
+
+def test_recipe_carries_taps_in_its_fingerprint_and_round_trips() -> None:
+    final, every = tiny(), tiny(taps="all")
+    assert tiny(taps="final") == final and "taps" not in final._identity()  # final-only recipes keep their fingerprint
+    assert every.fingerprint != final.fingerprint and every.taps == tuple(t.name for t in BACKBONES["vgg16"].taps)
+    back = Recipe.from_dict(json.loads(json.dumps(every.to_dict())))
+    assert back == every and back.fingerprint == every.fingerprint
+    assert "taps: [] -> [" in "; ".join(every.differences(final))
+    assert tap_names(final) == ("block5_pool",) and tap_layout(every, 2304)[0] == ("block3_pool", 256)
+    legacy = {k: v for k, v in final.to_dict().items() if k != "taps"}  # a recipe written before taps
+    assert Recipe.from_dict(legacy) == final
+
+
+@pytest.mark.parametrize("backbone,runtime", [("vgg16", "openvino"), ("xception", "openvino"), ("vgg16", "keras")])
+def test_one_compiled_network_equals_keras_intermediate_outputs(backbone: str, runtime: str) -> None:
+    import keras
+
+    recipe = tiny(backbone, taps="all", runtime=runtime)
+    x = images(3, recipe.input_size)
+    got = open_embedder(recipe, batch_size=4).embed_array(x)["embeddings"]
+    base = BACKBONES[backbone].build(None, recipe.input_size)
+    runtimes.random_init(base, 0)
+    inner = keras.Model(base.inputs, [find_layer(base, t.layer).output for t in BACKBONES[backbone].taps])
+    maps = inner.predict(recipe.preprocess.apply(x), verbose=0)
+    want = np.hstack([np.asarray(m).mean(axis=(1, 2)) for m in maps])
+    assert got.shape == want.shape == (3, sum(t.dim for t in BACKBONES[backbone].taps))
+    np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-4 * np.abs(want).max())
+    # the final tap alone is what the final-only recipe embeds
+    final = open_embedder(tiny(backbone, runtime=runtime), batch_size=4).embed_array(x)["embeddings"]
+    np.testing.assert_allclose(got[:, -final.shape[1]:], final, rtol=2e-3, atol=2e-4 * np.abs(final).max())
+
+
+def test_bf16_self_check_looks_at_every_tap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runtime that breaks only the narrowest tap (a small share of the vector) fails the check."""
+    store = ModelStore(tmp_path / "home")
+    recipe = tiny(taps="all", precision="bfloat16", runtime="openvino")
+    first = BACKBONES["vgg16"].taps[0].dim
+    real = runtimes.load_runner
+
+    def broken_first_tap(r, *args, **kwargs):
+        run = real(r, *args, **kwargs)
+        if r.precision != "bfloat16":
+            return run
+
+        def wrong(x: np.ndarray) -> np.ndarray:
+            out = run(x).copy()
+            out[:, :first] = np.random.default_rng(0).permutation(out[:, :first], axis=1)
+            return out
+        return wrong
+
+    monkeypatch.setattr(compiled, "load_runner", broken_first_tap)
+    with pytest.warns(ClothprobeWarning, match="disagree with float32"):
+        embedder = open_embedder(recipe, batch_size=2, store=store)
+    assert embedder.recipe.precision == "float32"
+    a = np.ones((2, 2304))
+    b = a.copy()
+    b[:, :first] = -1
+    assert compiled.cosine_min(a, b) > compiled.THRESHOLDS["bfloat16"] - 1  # the whole vector hides it...
+    assert compiled.taps_cosine_min(recipe, a, b) == pytest.approx(-1.0)  # ...a tap at a time does not
+
+
+def test_bf16_self_check_passes_with_taps(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "home")
+    recipe = tiny(taps="all", precision="bfloat16", runtime="openvino")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ClothprobeWarning)
+        assert open_embedder(recipe, batch_size=2, store=store).recipe == recipe
+    (check,) = store.entries()[0].checks.values()
+    assert check.passed
+
+
+@pytest.mark.slow
+def test_int8_self_check_covers_every_tap(tmp_path: Path) -> None:
+    from conftest import make_dataset
+
+    from clothprobe.featurize.model.calibration import calibration_from_folder
+
+    data = make_dataset(tmp_path / "clothes")
+    store = ModelStore(tmp_path / "home")
+    cal = calibration_from_folder(data / "train", size=6, seed=0)
+    recipe = tiny(taps="all", precision="int8", runtime="openvino", calibration=cal.digest)
+    embedder = open_embedder(recipe, batch_size=4, calibration_files=cal.files, store=store)
+    (entry,) = [e for e in store.entries() if e.recipe.precision == "int8"]
+    (check,) = entry.checks.values()
+    reference = open_embedder(recipe.with_precision("float32"), batch_size=4, store=store)
+    probe = compiled._embed_probe(recipe, embedder._runner, 4)
+    ref = compiled._embed_probe(recipe, reference._runner, 4)
+    assert probe.shape == ref.shape == (compiled.PROBE_IMAGES, 2304)
+    assert check.cosine_min == pytest.approx(compiled.taps_cosine_min(recipe, probe, ref), abs=1e-6)
+    assert check.cosine_min <= compiled.cosine_min(probe, ref) + 1e-6
