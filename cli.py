@@ -53,6 +53,8 @@ class EngineKind(str, Enum):
 
 ENGINE_HELP = "local (this process) or ray (a Ray cluster; needs pip install \"clothprobe\\[ray]\")."
 ADDRESS_HELP = "--engine ray: join this Ray cluster (HOST:PORT, or auto) instead of starting a local Ray runtime."
+TAPS_HELP = ("Layers whose average-pooled outputs are cached side by side: final, all, or names (e.g. "
+             "block13_out,final) [default: see docs/guide/taps.md].")
 WORKERS_HELP = "--engine ray: model workers, one loaded model each (default: 1 locally, one per node on a cluster)."
 
 
@@ -110,6 +112,7 @@ def featurize(
     engine: Annotated[EngineKind, typer.Option(help=ENGINE_HELP)] = EngineKind.local,
     address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
     workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
+    taps: Annotated[str | None, typer.Option(help=TAPS_HELP)] = None,
 ) -> None:
     """Run a frozen ImageNet conv base once over DATA and cache pooled embeddings in HDF5."""
     from clothprobe._util.appsetup import govern_pixels
@@ -131,6 +134,7 @@ def featurize(
             image_size=image_size, max_pixels=max_pixels, seed=seed, progress=sys.stderr.isatty(), rebuild=rebuild,
             calibration=calibration, engine=chosen,
             **({"calibration_size": calibration_size} if calibration_size is not None else {}),
+            **({"taps": taps} if taps is not None else {}),
         )
     _print_featurized(result)
 
@@ -155,7 +159,7 @@ def _print_featurized(result) -> None:  # noqa: ANN001 - a clothprobe.featurize.
     for path, reason in result.skipped:
         err.print(Text.assemble(("skipped", "yellow"), f" {path}: {reason}"))
     state = "up to date" if result.up_to_date else "written"
-    out.print(Text(f"cache {state}: {result.cache_path}"))
+    out.print(Text(f"cache {state}: {result.cache_path} ({result.cache_megabytes:.1f} MB)"))
 
 
 @app.command()

@@ -149,3 +149,86 @@ def test_int8_self_check_covers_every_tap(tmp_path: Path) -> None:
     assert probe.shape == ref.shape == (compiled.PROBE_IMAGES, 2304)
     assert check.cosine_min == pytest.approx(compiled.taps_cosine_min(recipe, probe, ref), abs=1e-6)
     assert check.cosine_min <= compiled.cosine_min(probe, ref) + 1e-6
+
+
+# ---------------------------------------------------------------------------------------------------
+# Caches
+
+
+def test_cache_stores_each_tap_and_serves_subsets(tmp_path: Path) -> None:
+    import h5py
+    from conftest import TINY, make_dataset
+
+    from clothprobe.featurize import featurize, load_features
+
+    data = make_dataset(tmp_path / "clothes")
+    out = tmp_path / "c.h5"
+    result = featurize(data, **TINY, taps="all", tta=True, out=out, features_dir=tmp_path / "features")
+    names = [t.name for t in BACKBONES["vgg16"].taps]
+    with h5py.File(out) as h5:
+        assert list(h5["train/embeddings"]) == sorted(names) and h5["train/flip/block4_conv3"].shape == (9, 512)
+    every = load_features(out)
+    assert every.available == tuple(names) and [w for _, w in every.taps] == [t.dim for t in BACKBONES["vgg16"].taps]
+    assert every.split("train").embeddings.shape == (9, 2304) and every.megabytes == result.cache_megabytes > 0
+    sub = load_features(out, taps="final,block4_pool")
+    assert sub.taps == (("block4_pool", 512), ("block5_pool", 512))
+    cols = np.r_[768:1280, 1792:2304]  # block4_pool and block5_pool after 256 + 512 and 256 + 3 x 512 columns
+    np.testing.assert_array_equal(sub.split("test").embeddings, every.split("test").embeddings[:, cols])
+    np.testing.assert_array_equal(sub.split("test").flip, every.split("test").flip[:, cols])
+    with pytest.raises(ClothprobeError, match=r"has no tap block9_pool; it holds: block3_pool, .*block5_pool \("):
+        load_features(out, taps="block9_pool")
+    again = featurize(data, **TINY, taps="all", tta=True, out=out, features_dir=tmp_path / "features")
+    assert again.up_to_date and again.computed == 0  # every tap read back for reuse
+    # the final tap of an all-taps cache is the final-only embedding
+    final = featurize(data, **TINY, out=tmp_path / "f.h5", features_dir=tmp_path / "features")
+    assert final.computed == 27
+    np.testing.assert_allclose(load_features(tmp_path / "f.h5").split("train").embeddings,
+                               load_features(out, taps="final").split("train").embeddings, rtol=1e-4, atol=1e-5)
+    info = sub.info()
+    assert info.taps == ("block4_pool", "block5_pool") and info.embedding_recipe.taps == info.taps
+    assert every.info().embedding_recipe == every.recipe
+
+
+def test_schema_2_caches_are_read_as_their_final_tap(tmp_path: Path) -> None:
+    import h5py
+    from conftest import TINY, make_dataset
+
+    from clothprobe.featurize import featurize, load_features
+    from clothprobe.featurize.cache.schema import CacheHeader
+
+    data = make_dataset(tmp_path / "clothes")
+    out = tmp_path / "c.h5"
+    featurize(data, **TINY, out=out, features_dir=tmp_path / "features")
+    new = load_features(out)
+    with h5py.File(out, "r+") as h5:  # what schema 2 wrote: one dataset per view
+        for split in new.splits:
+            values = h5[f"{split}/embeddings/block5_pool"][()]
+            checksum = h5[f"{split}/embeddings/block5_pool"].attrs["checksum"]
+            del h5[f"{split}/embeddings"]
+            h5[f"{split}/embeddings"] = values
+            h5[f"{split}/embeddings"].attrs["checksum"] = checksum
+        header, splits = CacheHeader.from_attrs(dict(h5.attrs.items()))
+        attrs = {**header.to_attrs(splits), "schema_version": 2}
+        from clothprobe.featurize.cache.schema import _header_checksum
+
+        attrs["header_checksum"] = _header_checksum({k: v for k, v in attrs.items() if k != "header_checksum"})
+        h5.attrs.update(attrs)
+    old = load_features(out)
+    assert old.taps == (("block5_pool", 512),)
+    np.testing.assert_array_equal(old.split("train").embeddings, new.split("train").embeddings)
+    with pytest.raises(ClothprobeError, match="schema version 2; .* --rebuild"):
+        featurize(data, **TINY, out=out, features_dir=tmp_path / "features")
+
+
+def test_export_carries_taps(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+    from conftest import TINY, make_dataset
+
+    from clothprobe.featurize import featurize, load_features
+
+    data = make_dataset(tmp_path / "clothes")
+    featurize(data, **TINY, taps="block4_pool,final", out=tmp_path / "c.h5", features_dir=tmp_path / "features")
+    path = load_features(tmp_path / "c.h5").to_parquet(tmp_path / "c.parquet")
+    table = pq.read_table(path)
+    assert json.loads(table.schema.metadata[b"clothprobe.taps"]) == [["block4_pool", 512], ["block5_pool", 512]]
+    assert len(table["embedding"][0]) == 1024

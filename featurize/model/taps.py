@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 NTH_PREFIX = "#"  # layer locator "#Add:3": the fourth layer of class Add (Keras names those by a session counter)
 FINAL = "final"
 ALL = "all"
+DEFAULT_TAPS = FINAL  # what featurize caches unless told (see docs/guide/taps.md for the measurement)
 
 
 @dataclass(frozen=True)
