@@ -199,6 +199,9 @@ def fit(
     features_dir: Annotated[Path, typer.Option(help="Where the caches are.")] = Path("features"),
     models_dir: Annotated[Path, typer.Option(help="Runs go to <models-dir>/<dataset>/<backbone>/<clf>-<balance>/.")] = Path("models"),
     out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory for a single --clf/--balance.")] = None,
+    taps: Annotated[str, typer.Option(help=(
+        "Cached taps to fit on: final, all, tap names, or auto (final, the last 2 and 4, and all, each fitted and "
+        "the best kept on the selection data, never test)."))] = "auto",
 ) -> None:
     """Train classifiers on cached embeddings; settings chosen without the test split, test scored once."""
     from clothprobe.classifiers import fit as run_fit
@@ -212,13 +215,14 @@ def fit(
     def show(result) -> None:  # noqa: ANN001 - a FitResult
         m = result.metrics
         err.print(Text(f"{m.run}: val {_pct(m.validation)}%  ({m.fit_seconds:.1f} s) -> {result.run_dir}"))
+        tap_set = {"taps": m.taps["chosen"]} if m.taps else {}
         table.add_row(*(Text(c) for c in (m.run, m.selection, _pct(m.validation), _pct(m.test),
                                           _pct(m.test, "macro_f1"), f"{m.fit_seconds:.1f}",
-                                          json.dumps({**m.params, **m.chosen}))))
+                                          json.dumps({**m.params, **m.chosen, **tap_set}))))
 
     run_fit(name, backbone=backbone, clf=clf, balance=balance, tta=tta, loss=loss, seed=seed,
             select=select or DEFAULT_SELECT, features_dir=features_dir, models_dir=models_dir, out=out_dir,
-            on_result=show)
+            on_result=show, taps=taps)
     out.print(table)
 
 

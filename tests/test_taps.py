@@ -232,3 +232,100 @@ def test_export_carries_taps(tmp_path: Path) -> None:
     table = pq.read_table(path)
     assert json.loads(table.schema.metadata[b"clothprobe.taps"]) == [["block4_pool", 512], ["block5_pool", 512]]
     assert len(table["embedding"][0]) == 1024
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fit and predict
+
+
+@pytest.fixture(scope="module")
+def tapped(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny dataset featurized once with every VGG16 tap and the flipped view."""
+    from conftest import TINY, make_dataset
+
+    from clothprobe.featurize import featurize
+
+    root = tmp_path_factory.mktemp("taps")
+    data = make_dataset(root / "clothes", per_class={"hat": 4, "shirt": 3, "t-shirt": 5})
+    featurize(data, features_dir=root / "features", tta=True, taps="all", **TINY)
+    featurize(data, features_dir=root / "features", tta=True, **{**TINY, "backbone": "mobilenetv2"})
+    return root
+
+
+def _fit(root: Path, name: str, **kw):
+    from clothprobe.classifiers import fit
+
+    (result,) = fit("clothes", features_dir=root / "features", out=root / "models" / name, **kw)
+    return result
+
+
+def test_one_cache_serves_fits_on_tap_subsets_recorded_in_the_manifest(tapped: Path) -> None:
+    from clothprobe.runs.directory import read_manifest, read_metrics
+
+    sub = _fit(tapped, "sub", backbone="vgg16", taps="block4_pool,final")
+    manifest, metrics = read_manifest(sub.run_dir), read_metrics(sub.run_dir)
+    assert manifest.caches["vgg16"]["taps"] == ["block4_pool", "block5_pool"]
+    assert metrics.taps["used"] == {"vgg16": ["block4_pool", "block5_pool"]}
+    assert [c["columns"] for c in metrics.taps["candidates"]] == [1024]
+    final = _fit(tapped, "final", backbone="vgg16", taps="final")
+    assert read_manifest(final.run_dir).caches["vgg16"]["taps"] == ["block5_pool"]
+
+
+def test_auto_chooses_the_tap_set_on_the_selection_data_only(tapped: Path) -> None:
+    auto = _fit(tapped, "auto", backbone="vgg16", taps="auto", tta=True)
+    record = auto.metrics.taps
+    assert [c["name"] for c in record["candidates"]] == ["final", "last-2", "last-4", "all"]
+    assert [c["columns"] for c in record["candidates"]] == [512, 1024, 2048, 2304]
+    best = max(record["candidates"], key=lambda c: (c["accuracy"], -c["log_loss"]))
+    assert record["chosen"] == best["name"] and auto.metrics.validation.accuracy == pytest.approx(best["accuracy"])
+    cv = _fit(tapped, "cv", backbone="vgg16", taps="auto", select="cv")
+    assert "fold" in cv.metrics.selection and len(cv.metrics.taps["candidates"]) == 4  # scored out of fold
+
+
+def test_a_tap_the_cache_lacks_is_one_line_naming_what_it_has(tapped: Path) -> None:
+    with pytest.raises(ClothprobeError, match=r"No cache of vgg16 holds tap block9_pool; they hold vgg16: "
+                                              r"block3_pool, .*block5_pool\. Featurize again with --taps all"):
+        _fit(tapped, "missing", backbone="vgg16", taps="block9_pool")
+    with pytest.raises(ClothprobeError, match="holds tap block4_pool; they hold mobilenetv2: out_relu"):
+        _fit(tapped, "missing2", backbone="mobilenetv2", taps="block4_pool")
+    assert not (tapped / "models" / "missing").exists()
+
+
+def test_taps_are_weighted_so_none_dominates_by_width(tapped: Path) -> None:
+    from clothprobe.classifiers import load_feature_set
+    from clothprobe.classifiers.taps import TapChoice, restrict
+
+    data = load_feature_set("mobilenetv2+vgg16", "clothes", tapped / "features")
+    data = restrict(data, TapChoice("x", {"mobilenetv2": ("out_relu",), "vgg16": ("block3_pool", "block5_pool")}))
+    assert [(b.tap, b.width) for b in data.blocks] == [("out_relu", 1280), ("block3_pool", 256), ("block5_pool", 512)]
+    from sklearn.preprocessing import StandardScaler
+
+    from clothprobe.classifiers.taps import weight_scaler
+
+    train = data.splits["train"].X
+    scaler = StandardScaler().fit(train)
+    weight_scaler(scaler, data.column_scale)
+    z = scaler.transform(train)
+    per_tap = [float((z[:, data.block_columns(i)] ** 2).sum(1).mean()) for i in range(3)]
+    live = [float((train[:, data.block_columns(i)].std(0) > 0).mean()) for i in range(3)]  # random ReLUs: dead columns
+    assert per_tap == pytest.approx(live, rel=1e-3)  # each tap's total variance is its share of live columns, at most one
+
+
+@pytest.mark.slow
+def test_predict_reproduces_fits_probabilities_with_taps(tapped: Path) -> None:
+    import csv
+
+    from clothprobe.runs.predicting import predict
+
+    runs = [_fit(tapped, "p1", backbone="vgg16", taps="block3_pool,final", tta=True),
+            _fit(tapped, "p2", backbone="mobilenetv2+vgg16", taps="all", clf="lgbm")]
+    data = tapped / "clothes"
+    for run in runs:
+        result = predict([data / "test"], run.run_dir)
+        with open(run.run_dir / "predictions.csv") as fh:
+            saved = {r["path"]: r for r in csv.DictReader(fh)}
+        assert len(result.predictions) == len(saved) == 12
+        for p in result.predictions:
+            row = saved[Path(p.path).relative_to(data).as_posix()]
+            np.testing.assert_allclose([p.probabilities[c] for c in result.classes],
+                                       [float(row[f"p_{c}"]) for c in result.classes], atol=1e-4)
