@@ -72,6 +72,8 @@ Select = Annotated[str | None, typer.Option(
 FeaturesDir = Annotated[Path, typer.Option(help="Where the feature caches are: <features-dir>/<dataset>/<backbone>.h5.")]
 ModelsDir = Annotated[Path, typer.Option(help="Where the runs are: <models-dir>/<dataset>/<backbone>/<run>/.")]
 Top = Annotated[int, typer.Option(help="Leaderboard rows to print per dataset.")]
+TAPS_HELP = ("Layers whose average-pooled outputs are cached side by side: final, all, or names (e.g. "
+             "block13_out,final) [default: see docs/guide/taps.md].")
 
 
 def _engine(ctx: typer.Context, kind: EngineKind, address: str | None, workers: int | None):  # noqa: ANN202
@@ -132,6 +134,7 @@ def featurize(
     engine: Engine = EngineKind.local,
     address: Address = None,
     workers: Workers = None,
+    taps: Annotated[str | None, typer.Option(help=TAPS_HELP)] = None,
 ) -> None:
     """Run a frozen ImageNet conv base once over DATA and cache pooled embeddings in HDF5."""
     from clothprobe._util.appsetup import govern_pixels
@@ -153,6 +156,7 @@ def featurize(
             image_size=image_size, max_pixels=max_pixels, seed=seed, progress=sys.stderr.isatty(), rebuild=rebuild,
             calibration=calibration, engine=chosen,
             **({"calibration_size": calibration_size} if calibration_size is not None else {}),
+            **({"taps": taps} if taps is not None else {}),
         )
     _print_featurized(result)
 
@@ -177,7 +181,7 @@ def _print_featurized(result) -> None:  # noqa: ANN001 - a clothprobe.featurize.
     for path, reason in result.skipped:
         err.print(Text.assemble(("skipped", "yellow"), f" {path}: {reason}"))
     state = "up to date" if result.up_to_date else "written"
-    out.print(Text(f"cache {state}: {result.cache_path}"))
+    out.print(Text(f"cache {state}: {result.cache_path} ({result.cache_megabytes:.1f} MB)"))
 
 
 @app.command()
@@ -217,6 +221,9 @@ def fit(
     features_dir: FeaturesDir = Path("features"),
     models_dir: ModelsDir = Path("models"),
     out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory for a single --clf/--balance.")] = None,
+    taps: Annotated[str, typer.Option(help=(
+        "Cached taps to fit on: final, all, tap names, or auto (final, the last 2 and 4, and all, each fitted and "
+        "the best kept on the selection data, never test)."))] = "auto",
 ) -> None:
     """Train classifiers on cached embeddings; settings chosen without the test split, test scored once."""
     from clothprobe.classifiers import fit as run_fit
@@ -230,13 +237,14 @@ def fit(
     def show(result) -> None:  # noqa: ANN001 - a FitResult
         m = result.metrics
         err.print(Text(f"{m.run}: val {_pct(m.validation)}%  ({m.fit_seconds:.1f} s) -> {result.run_dir}"))
+        tap_set = {"taps": m.taps["chosen"]} if m.taps else {}
         table.add_row(*(Text(c) for c in (m.run, m.selection, _pct(m.validation), _pct(m.test),
                                           _pct(m.test, "macro_f1"), f"{m.fit_seconds:.1f}",
-                                          json.dumps({**m.params, **m.chosen}))))
+                                          json.dumps({**m.params, **m.chosen, **tap_set}))))
 
     run_fit(name, backbone=backbone, clf=clf, balance=balance, tta=tta, loss=loss, seed=seed,
             select=select or DEFAULT_SELECT, features_dir=features_dir, models_dir=models_dir, out=out_dir,
-            on_result=show)
+            on_result=show, taps=taps)
     out.print(table)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,15 @@ class SplitData:
         return len(self.y)
 
 
+@dataclass(frozen=True)
+class TapBlock:
+    """A run of columns: one tap of one backbone's cache."""
+
+    backbone: str
+    tap: str
+    width: int
+
+
 @dataclass
 class FeatureSet:
     backbones: list[str]
@@ -34,6 +43,23 @@ class FeatureSet:
     splits: dict[str, SplitData]
     caches: dict[str, dict]  # backbone -> what a run's manifest records of its cache (featurize's CacheInfo)
     dataset: str = ""
+    blocks: list[TapBlock] = field(default_factory=list)  # the columns of X, in order
+
+    def taps_held(self) -> dict[str, tuple[str, ...]]:
+        """backbone -> its taps in the columns, in order."""
+        return {b: tuple(k.tap for k in self.blocks if k.backbone == b) for b in self.backbones}
+
+    def block_columns(self, i: int) -> np.ndarray:
+        start = sum(k.width for k in self.blocks[:i])
+        return np.arange(start, start + self.blocks[i].width)
+
+    @property
+    def column_scale(self) -> np.ndarray | None:
+        """``sqrt(width)`` of each column's tap when there are several taps (None with one): a standardized
+        column divided by it weighs each tap equally (``classifiers/taps.py``)."""
+        if len(self.blocks) < 2:
+            return None
+        return np.concatenate([np.full(k.width, np.sqrt(k.width)) for k in self.blocks])
 
     @property
     def name(self) -> str:
@@ -76,16 +102,18 @@ def _check_every_class_trains(cache: FeatureCache, train: SplitData | None) -> N
     counts = np.bincount(np.asarray(train.y, dtype=np.int64), minlength=len(cache.class_names))
     empty = [c for c, n in zip(cache.class_names, counts) if n == 0]
     if empty:
-        raise ClothprobeError(f"{cache.path}: class {', '.join(map(repr, empty))} has no usable training photo (each "
+        which = f"class {empty[0]!r} has" if len(empty) == 1 else f"classes {', '.join(map(repr, empty))} have"
+        raise ClothprobeError(f"{cache.path}: {which} no usable training photo (each "
                               f"was skipped when featurizing, e.g. undecodable); add photos that open, or remove the "
                               f"class folder, then run cli featurize again.")
 
 
 def load_feature_set(backbones: str, dataset: str, features_dir: str | Path = "features") -> FeatureSet:
     """Load the cache of each backbone for ``dataset`` (``features_dir/dataset/<backbone>.h5``, or where the
-    catalog says ``featurize --out`` wrote it); several are joined by image path."""
+    catalog says ``featurize --out`` wrote it), every tap it holds; several are joined by image path."""
     names = parse_backbones(backbones)
     caches = [_load(features_dir, n, dataset) for n in names]
+    blocks = [TapBlock(n, tap, width) for n, c in zip(names, caches) for tap, width in c.taps]
     first = caches[0]
     for other in caches[1:]:
         if other.class_names != first.class_names:
@@ -123,4 +151,5 @@ def load_feature_set(backbones: str, dataset: str, features_dir: str | Path = "f
         splits=splits,
         caches={n: c.info().to_dict() for n, c in zip(names, caches)},
         dataset=dataset,
+        blocks=blocks,
     )

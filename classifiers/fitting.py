@@ -12,8 +12,16 @@ import numpy as np
 from clothprobe.classifiers.data import FeatureSet, load_feature_set, parse_backbones
 from clothprobe.classifiers.metrics import classification_metrics
 from clothprobe.classifiers.modelio import save_model
-from clothprobe.classifiers.registry import BALANCES, CLASSIFIERS, check_balance, check_loss, get_classifier
-from clothprobe.classifiers.select import DEFAULT_SELECT, Held, check_select, predict_split, select
+from clothprobe.classifiers.registry import (
+    BALANCES,
+    CLASSIFIERS,
+    ClassifierSpec,
+    check_balance,
+    check_loss,
+    get_classifier,
+)
+from clothprobe.classifiers.select import DEFAULT_SELECT, Held, Selection, check_select, predict_split, select
+from clothprobe.classifiers.taps import DEFAULT_FIT_TAPS, check_taps, held_score, restrict, tap_candidates
 from clothprobe.classifiers.stats import apply_temperature, expected_calibration_error, fit_temperature
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.catalog import resolve_dataset
@@ -50,6 +58,7 @@ class FitPlan:
     balances: list[str]
     loss: str
     select: str
+    taps: str = DEFAULT_FIT_TAPS
 
     def runs(self) -> list[tuple[str, str, str]]:
         """(classifier, balance, loss) of each run; the loss only applies to the dense head."""
@@ -57,9 +66,10 @@ class FitPlan:
 
 
 def plan_fit(backbone: str = "xception", clf: str = "logreg", balance: str = "weights", loss: str = "categorical",
-             select: str = DEFAULT_SELECT, out: str | Path | None = None) -> FitPlan:
+             select: str = DEFAULT_SELECT, out: str | Path | None = None, taps: str = DEFAULT_FIT_TAPS) -> FitPlan:
     """Check every option (before featurizing or loading anything) and expand ``all``."""
     parse_backbones(backbone)
+    check_taps(taps)
     clfs = list(CLASSIFIERS) if clf == "all" else [get_classifier(clf).name]
     balances = list(BALANCES) if balance == "all" else [check_balance(balance)]
     check_loss(loss)
@@ -70,7 +80,7 @@ def plan_fit(backbone: str = "xception", clf: str = "logreg", balance: str = "we
         if len(clfs) * len(balances) > 1:
             raise ClothprobeError("--out names one run directory; give one --clf and one --balance with it.")
         check_target(out)
-    return FitPlan(clfs, balances, loss, select)
+    return FitPlan(clfs, balances, loss, select, taps)
 
 
 def versions() -> dict[str, str]:
@@ -99,11 +109,13 @@ def fit(
     models_dir: str | Path = "models",
     out: str | Path | None = None,
     on_result=None,  # noqa: ANN001 - called with each FitResult as it finishes
+    taps: str = DEFAULT_FIT_TAPS,
 ) -> list[FitResult]:
     """Fit ``clf`` (or ``all``) with ``balance`` (or ``all``) on the caches of ``backbone`` (``a+b`` joins) of
     ``dataset`` (None: the only dataset featurized under ``features_dir``). ``select``: ``validation`` or
-    ``cv`` (see ``classifiers/select.py``)."""
-    plan = plan_fit(backbone, clf, balance, loss, select, out)
+    ``cv`` (see ``classifiers/select.py``). ``taps``: which cached taps, ``auto`` chosen like the other
+    settings (see ``classifiers/taps.py``)."""
+    plan = plan_fit(backbone, clf, balance, loss, select, out, taps)
     dataset = resolve_dataset(features_dir, dataset)
     joined = "+".join(parse_backbones(backbone))
     run_dirs = [run_path(models_dir, dataset, joined, cached_run_name(name, bal, tta, run_loss), out)
@@ -112,9 +124,10 @@ def fit(
         check_target(run_dir)
     data = load_feature_set(backbone, dataset, features_dir)
     _check_data(data, tta)
+    tap_candidates(data, plan.taps)  # a tap no cache holds: one line, before any fitting
     results = []
     for (name, bal, run_loss), run_dir in zip(plan.runs(), run_dirs):
-        result = fit_one(data, name, bal, tta, run_loss, seed, run_dir, plan.select)
+        result = fit_one(data, name, bal, tta, run_loss, seed, run_dir, plan.select, plan.taps)
         if on_result:
             on_result(result)
         results.append(result)
@@ -144,12 +157,30 @@ def calibrate(held: Held, test_y: np.ndarray | None, test_proba: np.ndarray | No
     return Calibration(temperature, fitted_on, int(len(held.calibration_y))), after
 
 
+def select_taps(spec: ClassifierSpec, data: FeatureSet, balance: str, seed: int, tta: bool, loss: str,
+                select_mode: str, taps: str) -> tuple[FeatureSet, Selection, dict]:
+    """Each candidate tap set fitted and scored on the selection data (never test); the best one's columns,
+    selection, and a record of every candidate for the run's metrics."""
+    tried = []
+    for choice in tap_candidates(data, taps):
+        subset = restrict(data, choice)
+        tried.append((choice, subset, select(spec, subset, balance, seed, tta, loss, select_mode)))
+    scores = [held_score(s.held.y, s.held.proba) for _, _, s in tried]
+    best = max(range(len(tried)), key=lambda i: (scores[i][0], -scores[i][1], -i))
+    choice, subset, selection = tried[best]
+    record = {"request": taps, "chosen": choice.name, "used": {b: list(t) for b, t in choice.taps.items()},
+              "candidates": [{"name": c.name, "taps": {b: list(t) for b, t in c.taps.items()}, "accuracy": acc,
+                              "log_loss": ll, "columns": int(sub.splits["train"].X.shape[1])}
+                             for (c, sub, _), (acc, ll) in zip(tried, scores)]}
+    return subset, selection, record
+
+
 def fit_one(data: FeatureSet, clf: str, balance: str, tta: bool, loss: str, seed: int, run_dir: Path,
-            select_mode: str = DEFAULT_SELECT) -> FitResult:
+            select_mode: str = DEFAULT_SELECT, taps: str = DEFAULT_FIT_TAPS) -> FitResult:
     spec = get_classifier(clf)
     n_classes = len(data.class_names)
     started = time.perf_counter()
-    selection = select(spec, data, balance, seed, tta, loss, select_mode)
+    data, selection, tap_record = select_taps(spec, data, balance, seed, tta, loss, select_mode, taps)
     fit_seconds = time.perf_counter() - started
     held = selection.held
     validation = classification_metrics(held.y, held.proba, data.class_names, seed, held.source)
@@ -174,7 +205,7 @@ def fit_one(data: FeatureSet, clf: str, balance: str, tta: bool, loss: str, seed
         candidates=[vars(c) for c in selection.candidates],
         fit_seconds=fit_seconds, featurize_seconds=data.featurize_seconds, predict_seconds=predict_seconds,
         train_counts=dict(zip(data.class_names, np.bincount(data.splits["train"].y, minlength=n_classes).tolist())),
-        validation=validation, test=test_metrics, calibrated_test_ece=calibrated_ece,
+        validation=validation, test=test_metrics, calibrated_test_ece=calibrated_ece, taps=tap_record,
     )
     manifest = Manifest(
         **record.shared(), classes=data.class_names, backbones=data.backbones, versions=versions(),

@@ -24,6 +24,7 @@ from sklearn.model_selection import RepeatedStratifiedKFold, train_test_split
 from clothprobe.classifiers.data import FeatureSet, SplitData
 from clothprobe.classifiers.proba import full_proba
 from clothprobe.classifiers.registry import ClassifierSpec, make_pipeline, threads_for
+from clothprobe.classifiers.taps import weight_scaler
 from clothprobe.errors import ClothprobeError
 
 SELECT_MODES = ("validation", "cv")
@@ -96,21 +97,26 @@ def _hold_out(X: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.n
 
 
 def _fit_grid(spec: ClassifierSpec, grid: tuple[dict, ...] | list[dict], X: np.ndarray, y: np.ndarray,
-              balance: str, seed: int, loss: str, early_stop: bool = True) -> list[Any]:
+              balance: str, seed: int, loss: str, early_stop: bool = True,
+              column_scale: np.ndarray | None = None) -> list[Any]:
     """One fitted pipeline per grid entry, fitted on ``X``/``y`` only. A head with ``spec.fit_params``
     (early stopping) stops on a seeded, stratified share of these rows, held out of its fitting. The
-    preprocessing (scaling, SMOTE) is fitted once and shared; ``spec.path`` heads warm-start along the grid."""
+    preprocessing (scaling, SMOTE) is fitted once and shared; ``spec.path`` heads warm-start along the grid.
+    ``column_scale``: each tap's weight, folded into the scaler (``classifiers/taps.py``)."""
     extra_rows = None
     if spec.fit_params and early_stop:
         fit_rows, extra_rows = _hold_out(X, y, seed)
         X, y, X_stop, y_stop = X[fit_rows], y[fit_rows], X[extra_rows], y[extra_rows]
     min_count = int(np.bincount(y)[np.unique(y)].min())
     shared = make_pipeline(spec, grid[0], balance, seed, min_count, loss).steps[:-1]
-    for _, step in shared:
+    for name, step in shared:
         if hasattr(step, "fit_resample"):
             X, y = step.fit_resample(X, y)
         else:
-            X = step.fit_transform(X, y)
+            step.fit(X, y)
+            if name == "scale":
+                weight_scaler(step, column_scale)
+            X = step.transform(X)
     extra = {}
     if extra_rows is not None:
         for _, step in shared:
@@ -142,7 +148,7 @@ def select(spec: ClassifierSpec, data: FeatureSet, balance: str, seed: int = 0, 
 def _on_validation(spec: ClassifierSpec, data: FeatureSet, balance: str, seed: int, tta: bool,
                    loss: str) -> Selection:
     train, val, n_classes = data.splits["train"], data.splits["validation"], len(data.class_names)
-    models = _fit_grid(spec, spec.grid, train.X, train.y, balance, seed, loss)
+    models = _fit_grid(spec, spec.grid, train.X, train.y, balance, seed, loss, column_scale=data.column_scale)
     probas = [predict_split(model, val, n_classes, tta) for model in models]
     candidates = [Candidate(params, *_score(val.y, proba), spec.chosen(model[-1]))
                   for params, model, proba in zip(spec.grid, models, probas)]
@@ -173,7 +179,8 @@ def _cross_validated(spec: ClassifierSpec, data: FeatureSet, balance: str, seed:
     for k, (fit_rows, out_rows) in enumerate(splitter.split(rows.X, rows.y)):
         held = SplitData(rows.X[out_rows], rows.y[out_rows], rows.paths[out_rows],
                          None if rows.X_flip is None else rows.X_flip[out_rows])
-        models = _fit_grid(spec, spec.grid, rows.X[fit_rows], rows.y[fit_rows], balance, seed, loss)
+        models = _fit_grid(spec, spec.grid, rows.X[fit_rows], rows.y[fit_rows], balance, seed, loss,
+                           column_scale=data.column_scale)
         for i, model in enumerate(models):
             oof[i, k // folds, out_rows] = predict_split(model, held, n_classes, tta)
         scores.append([Candidate(p, *_score(held.y, oof[i, k // folds, out_rows]), spec.chosen(m[-1]))
@@ -187,7 +194,8 @@ def _cross_validated(spec: ClassifierSpec, data: FeatureSet, balance: str, seed:
     best = _best(candidates)
     params, chosen = spec.grid[best], candidates[best].chosen
     # Refit on every row; settings the folds chose (rounds) are fixed now that no held-out data is left.
-    (model,) = _fit_grid(spec, [{**params, **chosen}], rows.X, rows.y, balance, seed, loss, early_stop=False)
+    (model,) = _fit_grid(spec, [{**params, **chosen}], rows.X, rows.y, balance, seed, loss, early_stop=False,
+                         column_scale=data.column_scale)
     where = "train + validation" if "validation" in data.splits and len(data.splits["validation"]) else "train"
     mode = f"{folds}-fold CV x{CV_REPEATS} on {where}"
     held = Held(rows.y, oof[best, 0], f"out of fold ({mode}, first repeat)", np.tile(rows.y, CV_REPEATS),

@@ -33,6 +33,7 @@ from clothprobe.featurize.engines.plan import (
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS
 from clothprobe.featurize.model.calibration import DEFAULT_SIZE
 from clothprobe.featurize.model.recipe import Recipe, resolve_recipe
+from clothprobe.featurize.model.taps import DEFAULT_TAPS
 
 
 @dataclass
@@ -56,6 +57,10 @@ class FeaturizeResult:
     recipe: Recipe | None = None
     damaged: str = ""  # what was wrong with the previous cache, which this run replaced
     remembered: int = 0  # skipped files known from earlier runs not to decode (not tried again)
+
+    @property
+    def cache_megabytes(self) -> float:
+        return self.cache_path.stat().st_size / 1e6 if self.cache_path.is_file() else 0.0
 
     @property
     def images_per_second(self) -> float:
@@ -110,6 +115,7 @@ def featurize(
     calibration: str | Path | None = None,
     calibration_size: int = DEFAULT_SIZE,
     shard_size: int = SHARD_SIZE,
+    taps: str = DEFAULT_TAPS,
 ) -> FeaturizeResult:
     """Embed every image under ``data`` with ``backbone`` and cache the embeddings in HDF5.
 
@@ -118,6 +124,7 @@ def featurize(
     the dataset layout, and that ``out`` is a clothprobe cache or nothing. ``rebuild`` allows replacing
     a cache of another schema version. ``engine``: where shards are embedded (default: this process).
     ``calibration``: int8 only, a folder of photos to calibrate on instead of the training split.
+    ``taps``: the layers whose pooled outputs are cached (``final``, ``all`` or names; featurize/model/taps.py).
     """
     from clothprobe.featurize import catalog
     from clothprobe.featurize.model.selfcheck import effective_recipe
@@ -128,7 +135,7 @@ def featurize(
     if max_pixels < 1:
         raise ClothprobeError(f"--max-pixels must be at least 1, got {max_pixels}.")
     recipe = resolve_recipe(backbone, weights=weights, image_size=image_size, runtime=runtime, precision=precision,
-                            seed=seed)
+                            seed=seed, taps=taps)
     dataset = scan(data)
     out = Path(out) if out else default_path(features_dir, dataset.name, recipe.backbone)
     check_target(out, rebuild)

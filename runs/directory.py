@@ -206,6 +206,7 @@ class Metrics(RunRecord):
     resumed_from_epoch: int = 0
     skipped: list[list[str]] = field(default_factory=list)  # [path, reason]
     wall_seconds: float | None = None
+    taps: dict = field(default_factory=dict)  # the tap sets tried and the one kept (classifiers/taps.py)
     format_version: int = FORMAT_VERSION
 
     @property

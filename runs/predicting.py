@@ -86,11 +86,12 @@ class Embedded:
 
 
 def run_recipes(caches: dict[str, dict]) -> list[Recipe]:
-    """The recipe of each cache a run was fitted on, in the run's order, as this installation reproduces it."""
+    """The recipe of each cache a run was fitted on, cut to the taps it used, in the run's order, as this
+    installation reproduces it."""
     from clothprobe.featurize.cache.schema import CacheInfo
     from clothprobe.featurize.model.recipe import reproduce
 
-    return [reproduce(CacheInfo.from_dict(record).recipe) for record in caches.values()]
+    return [reproduce(CacheInfo.from_dict(record).embedding_recipe) for record in caches.values()]
 
 
 def _embed(files: list[Path], caches: dict[str, dict], tta: bool, batch_size: int, max_pixels: int,

@@ -73,7 +73,7 @@ def edit_bytes(path: Path, offset: int, count: int, how) -> None:  # noqa: ANN00
 @pytest.mark.slow
 def test_damaged_embedding_bytes_are_found_and_rebuilt(dataset: Path, cached, how) -> None:  # noqa: ANN001
     out, before = cached
-    offset, size = chunk(out, "train/embeddings")
+    offset, size = chunk(out, "train/embeddings/block5_pool")
     edit_bytes(out, offset + size // 2, 64, how)
     with pytest.raises(ClothprobeError, match=r"f\.h5 is damaged .*/train/embeddings"):
         load_features(out)
@@ -86,12 +86,12 @@ def test_values_changed_through_hdf5_fail_the_checksum(dataset: Path, cached) ->
     """fletcher32 is recomputed by whoever writes through HDF5; the stored SHA-256 is not."""
     out, before = cached
     with h5py.File(out, "r+") as h5:
-        h5["validation/embeddings"][2, :] = 0.0
-    with pytest.raises(ClothprobeError, match="/validation/embeddings does not match its checksum"):
+        h5["validation/embeddings/block5_pool"][2, :] = 0.0
+    with pytest.raises(ClothprobeError, match="/validation/embeddings/block5_pool does not match its checksum"):
         load_features(out)
     with h5py.File(out, "r+") as h5:
-        h5["validation/embeddings"][2, 0] = np.nan
-    with pytest.raises(ClothprobeError, match="/validation/embeddings holds values that are not finite"):
+        h5["validation/embeddings/block5_pool"][2, 0] = np.nan
+    with pytest.raises(ClothprobeError, match="/validation/embeddings/block5_pool holds values that are not finite"):
         load_features(out)
     assert "/validation/embeddings" in run(dataset, out).damaged
     assert_same(arrays(out), before)
@@ -188,7 +188,7 @@ def test_another_schema_is_replaced_only_with_rebuild(dataset: Path, tmp_path: P
         h5.attrs.update({"schema_version": 1, "fingerprint": "0123456789abcdef", "backbone": "vgg16"})
         h5.create_group("train")["embeddings"] = np.zeros((1, 4), np.float32)
     before = out.read_bytes()
-    with pytest.raises(ClothprobeError, match="schema version 1; this clothprobe reads and writes version 2. "
+    with pytest.raises(ClothprobeError, match="schema version 1; this clothprobe reads and writes version 3. "
                                               "Run featurize with --rebuild to replace it, or delete it"):
         run(dataset, out)
     assert out.read_bytes() == before

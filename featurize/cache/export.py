@@ -18,12 +18,14 @@ if TYPE_CHECKING:
 
 def to_arrow(cache: FeatureCache) -> Any:
     """A ``pyarrow.Table``, one row per image: split, path, label, class, sha256 and one fixed-size
-    list<float32> column per view (``embedding``, and ``flip`` with --tta flip); the recipe and class
-    names are in the schema metadata."""
+    list<float32> column per view (``embedding``, and ``flip`` with --tta flip: the taps read, side by
+    side); the recipe, class names and taps (``[[name, columns], ...]`` in column order) are in the schema
+    metadata."""
     pa = require("pyarrow", "export", f"Exporting {cache.path}")
     parts = [_arrow_split(cache, name, s) for name, s in cache.splits.items()]
     meta = {"clothprobe.recipe": canonical_json(cache.recipe.to_dict()),
-            "clothprobe.class_names": canonical_json(cache.class_names)}
+            "clothprobe.class_names": canonical_json(cache.class_names),
+            "clothprobe.taps": canonical_json([list(t) for t in cache.taps])}
     if not parts:
         raise ClothprobeError(f"Cache {cache.path} holds no split to export.")
     return pa.concat_tables(parts).replace_schema_metadata(meta)

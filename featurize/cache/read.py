@@ -1,5 +1,6 @@
-"""Reading a cache back: whole (``load_features``, for fit) or opened for reuse by an incremental update
-(``ExistingCache``: every checksum verified, streamed, and each row's embedding readable by content hash)."""
+"""Reading a cache back: whole or a subset of its taps (``load_features``, for fit) or opened for reuse by an
+incremental update (``ExistingCache``: every checksum verified, streamed, and each row's embedding readable by
+content hash)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,20 @@ from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.cache.schema import (
     FAILURES,
     READ_ERRORS,
+    READABLE_VERSIONS,
     CacheHeader,
     CacheInfo,
     as_strings,
     damage_reason,
+    datasets,
     probe,
     read_verified,
     refusal,
     verify_streamed,
+    view_datasets,
 )
 from clothprobe.featurize.model.recipe import Recipe
+from clothprobe.featurize.model.taps import ALL, FINAL, tap_names
 
 
 @dataclass
@@ -44,11 +49,19 @@ class SplitFeatures:
 
 @dataclass
 class FeatureCache:
-    """A whole cache in memory, as ``fit`` uses it."""
+    """A cache in memory, as ``fit`` uses it: ``taps`` ``(name, columns)`` of what was read, in column order
+    (every tap the cache holds, or the subset asked for); ``available`` every tap the cache holds."""
 
     path: Path
     header: CacheHeader
     splits: dict[str, SplitFeatures]
+    taps: tuple[tuple[str, int], ...] = ()
+    available: tuple[str, ...] = ()
+    size_bytes: int = 0
+
+    @property
+    def megabytes(self) -> float:
+        return self.size_bytes / 1e6
 
     @property
     def recipe(self) -> Recipe:
@@ -82,7 +95,8 @@ class FeatureCache:
         per_image = self.header.seconds_per_image
         return CacheInfo(path=str(self.path), fingerprint=self.fingerprint, recipe=self.recipe, views=self.views,
                          data_root=self.header.data_root or None, images=n,
-                         featurize_seconds=per_image * n if per_image > 0 else None)
+                         featurize_seconds=per_image * n if per_image > 0 else None,
+                         taps=tuple(name for name, _ in self.taps))
 
     def to_arrow(self) -> Any:
         """A ``pyarrow.Table``, one row per image (see ``featurize/cache/export.py``)."""
@@ -104,31 +118,62 @@ class FeatureCache:
         return to_parquet(self, path)
 
 
-def load_features(path: str | Path, hint: str = "") -> FeatureCache:
-    """Read a whole cache back, every checksum verified (``hint`` is appended to errors)."""
+def load_features(path: str | Path, hint: str = "", taps: str | Sequence[str] | None = None) -> FeatureCache:
+    """Read a cache back, every checksum verified (``hint`` is appended to errors). ``taps``: every tap the
+    cache holds (None, ``all``), ``final`` (its last) or names, in the cache's order; a tap it lacks is an
+    error naming those it has."""
     path = Path(path)
     found = probe(path)
-    if found.kind != "cache":
+    if found.kind != "cache" and not (found.kind == "other-schema" and found.version in READABLE_VERSIONS):
         why = {"missing": f"No feature cache at {path}.", "folder": f"{path} is a folder, not a feature cache."}
         raise ClothprobeError((why.get(found.kind) or refusal(path, found, rebuild=False) or "") + hint)
     try:
         with h5py.File(path, "r") as h5:
             header, names = CacheHeader.from_attrs(dict(h5.attrs.items()))
-            splits = {name: _read_split(h5[name], header.views) for name in names}
+            available = tap_names(header.recipe)
+            wanted = _wanted_taps(path, available, taps)
+            splits = {name: _read_split(h5[name], header.views, available, wanted) for name in names}
+            widths = _tap_widths(h5, names, available)
             _read_failures(h5)
     except READ_ERRORS as err:
         raise ClothprobeError(f"Feature cache {path} is damaged ({damage_reason(err)}); run cli featurize again to "
                               f"rebuild it.{hint}") from None
-    return FeatureCache(path=path, header=header, splits=splits)
+    return FeatureCache(path=path, header=header, splits=splits, taps=tuple((t, widths[t]) for t in wanted),
+                        available=available, size_bytes=path.stat().st_size)
 
 
-def _read_split(group: h5py.Group, views: Sequence[str]) -> SplitFeatures:
+def _wanted_taps(path: Path, available: tuple[str, ...], taps: str | Sequence[str] | None) -> tuple[str, ...]:
+    if taps is None or taps == ALL:
+        return available
+    asked = [t.strip() for t in (taps.split(",") if isinstance(taps, str) else taps) if t.strip()]
+    asked = [available[-1] if t == FINAL else t for t in asked]
+    missing = [t for t in asked if t not in available]
+    if missing or not asked:
+        raise ClothprobeError(f"{path} has no tap {', '.join(missing) or repr(taps)}; it holds: "
+                              f"{', '.join(available)} (featurize again with --taps all for every tap).")
+    return tuple(t for t in available if t in asked)
+
+
+def _tap_widths(h5: h5py.File, splits: Sequence[str], available: Sequence[str]) -> dict[str, int]:
+    if not splits:
+        return {t: 0 for t in available}
+    parts = view_datasets(h5[splits[0]], "embeddings", available)
+    return dict(zip(available, (int(ds.shape[1]) for ds in parts)))
+
+
+def _read_view(group: h5py.Group, view: str, available: Sequence[str], wanted: Sequence[str]) -> np.ndarray:
+    parts = view_datasets(group, view, available)
+    chosen = [read_verified(ds) for name, ds in zip(available, parts) if name in wanted]
+    return chosen[0] if len(chosen) == 1 else np.hstack(chosen)
+
+
+def _read_split(group: h5py.Group, views: Sequence[str], available: Sequence[str], wanted: Sequence[str]) -> SplitFeatures:
     return SplitFeatures(
-        embeddings=read_verified(group["embeddings"]),
+        embeddings=_read_view(group, "embeddings", available, wanted),
         labels=read_verified(group["labels"]).astype(np.int64),
         paths=as_strings(read_verified(group["paths"])),
         sha256=as_strings(read_verified(group["sha256"])),
-        flip=read_verified(group["flip"]) if "flip" in views else None,
+        flip=_read_view(group, "flip", available, wanted) if "flip" in views else None,
         skipped=list(zip(as_strings(read_verified(group["skipped_paths"])), as_strings(read_verified(group["skipped_reasons"])))),
     )
 
@@ -153,17 +198,20 @@ class RowSource:
 
 
 class _H5Source(RowSource):
-    def __init__(self, group: h5py.Group) -> None:
-        self.group = group
+    """Rows of a split of an existing cache: each view's taps side by side, in the recipe's order."""
+
+    def __init__(self, group: h5py.Group, taps: Sequence[str]) -> None:
+        self.group, self.taps = group, list(taps)
 
     def read(self, view: str, rows: np.ndarray) -> np.ndarray:
         first, last = int(rows[0]), int(rows[-1])
+        parts = view_datasets(self.group, view, self.taps)
         if last - first < 4 * len(rows):  # mostly contiguous: one slice read beats HDF5's point selection
-            return self.group[view][first : last + 1][rows - first]
-        return self.group[view][rows]
+            return np.hstack([ds[first : last + 1][rows - first] for ds in parts])
+        return np.hstack([ds[rows] for ds in parts])
 
     def dim(self, view: str) -> int:
-        return int(self.group[view].shape[1])
+        return sum(int(ds.shape[1]) for ds in view_datasets(self.group, view, self.taps))
 
 
 class ArraySource(RowSource):
@@ -198,7 +246,7 @@ class ExistingCache:
             self.h5 = h5py.File(path, "r")
             self.header, self._splits = CacheHeader.from_attrs(dict(self.h5.attrs.items()))
             for name in [*self._splits, FAILURES]:
-                for ds in self.h5[name].values():
+                for ds in datasets(self.h5[name]):
                     verify_streamed(ds)
         except READ_ERRORS as err:
             self.damage = damage_reason(err)
@@ -227,7 +275,7 @@ class ExistingCache:
         if self.h5 is None or not set(views) <= set(self.header.views):
             return out
         for name in self._splits:
-            source = _H5Source(self.h5[name])
+            source = _H5Source(self.h5[name], tap_names(self.header.recipe))
             for row, sha in enumerate(as_strings(self.h5[name]["sha256"][()])):
                 out.setdefault(sha, (source, row))
         return out

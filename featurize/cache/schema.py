@@ -1,14 +1,15 @@
 """The embedding cache's schema: the one module that knows what a cache file is.
 
-Layout of ``features/<dataset>/<backbone>.h5`` (schema version 2)::
+Layout of ``features/<dataset>/<backbone>.h5`` (schema version 3)::
 
-    /                 attrs: format ("clothprobe-embedding-cache"), schema_version (2), recipe (JSON: the
+    /                 attrs: format ("clothprobe-embedding-cache"), schema_version (3), recipe (JSON: the
                              embedding recipe, featurize/model/recipe.py), fingerprint (the recipe's), class_names,
                              splits, views (JSON lists), dataset, data_root, seconds_per_image, decode (JSON:
                              the decoder settings the remembered failures hold for), versions (JSON),
                              created, content_digest, header_checksum (SHA-256 of all the others)
-    /<split>/embeddings   float32 (n, d)   pooled embedding of each image
-    /<split>/flip         float32 (n, d)   same, of the horizontally flipped image (only with --tta flip)
+    /<split>/embeddings/<tap>   float32 (n, d_tap)   pooled output of each tap the recipe embeds
+                                 (featurize/model/taps.py; one tap, named after the final layer, by default)
+    /<split>/flip/<tap>         float32 (n, d_tap)   same, of the horizontally flipped image (--tta flip)
     /<split>/paths        utf-8 (n,)       path relative to the dataset root; rows are aligned with it
     /<split>/labels       int32 (n,)       index into class_names
     /<split>/sha256       ascii (n,)       content hash of the image file
@@ -19,6 +20,9 @@ Integrity: every dataset carries a ``checksum`` attribute (SHA-256 of its values
 little-endian bytes, strings length-prefixed UTF-8) that is verified on every read, the reuse path
 included (streamed in blocks of rows, so memory stays bounded); fixed-size datasets are also chunked
 with HDF5's fletcher32 filter. Embeddings must be finite. A damaged cache is reported and rebuilt.
+
+Version 2 (one ``/<split>/embeddings`` dataset, the final layer) is still read, as one tap; featurize
+replaces it only with ``--rebuild``.
 
 Ours or not: a file is a clothprobe cache when it opens as HDF5 and its root attributes say so
 (``format``, or schema version 1's ``schema_version`` + ``fingerprint`` + ``backbone``). Anything else
@@ -48,7 +52,8 @@ from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.model.recipe import Recipe
 
 FORMAT = "clothprobe-embedding-cache"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (2, 3)  # 2: one dataset per view, the final layer only
 VIEWS = ("embeddings", "flip")  # the original view and the horizontally flipped one
 STR = h5py.string_dtype("utf-8")
 CHECKSUM = "checksum"  # attribute of every dataset
@@ -132,11 +137,21 @@ class CacheInfo:
     data_root: str | None
     images: int
     featurize_seconds: float | None  # model time for all its images, None when unknown
+    taps: tuple[str, ...] = ()  # the taps used (a subset of the recipe's, in its order); () = all of them
+
+    @property
+    def embedding_recipe(self) -> Recipe:
+        """The recipe that embeds new images into exactly the columns used: the cache's, cut to ``taps``."""
+        from clothprobe.featurize.model.taps import backbone_taps, resolve_taps
+
+        if not self.taps:
+            return self.recipe
+        return self.recipe.with_taps(resolve_taps(list(self.taps), backbone_taps(self.recipe)))
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "fingerprint": self.fingerprint, "recipe": self.recipe.to_dict(),
                 "views": list(self.views), "data_root": self.data_root, "images": self.images,
-                "featurize_seconds": self.featurize_seconds}
+                "featurize_seconds": self.featurize_seconds, "taps": list(self.taps)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CacheInfo:
@@ -145,7 +160,8 @@ class CacheInfo:
             seconds = d["featurize_seconds"]
             return cls(path=str(d["path"]), fingerprint=str(d["fingerprint"]), recipe=Recipe.from_dict(d["recipe"]),
                        views=tuple(d["views"]), data_root=d["data_root"], images=int(d["images"]),
-                       featurize_seconds=None if seconds is None else float(seconds))
+                       featurize_seconds=None if seconds is None else float(seconds),
+                       taps=tuple(str(t) for t in d.get("taps", ())))
         except (KeyError, TypeError, ValueError, AttributeError, ClothprobeError) as err:
             raise ClothprobeError(f"not a cache record this clothprobe can read ({err})") from None
 
@@ -277,6 +293,20 @@ def _naming(ds: h5py.Dataset) -> Iterator[None]:
         yield
     except (OSError, RuntimeError, ValueError, TypeError) as err:
         raise CacheDamaged(f"{ds.name} cannot be read ({err})") from None
+
+
+def datasets(group: h5py.Group) -> list[h5py.Dataset]:
+    """Every dataset under ``group``, the taps of each view included."""
+    found: list[h5py.Dataset] = []
+    group.visititems(lambda _, obj: found.append(obj) if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
+def view_datasets(group: h5py.Group, view: str, names: Sequence[str]) -> list[h5py.Dataset]:
+    """The per-tap datasets of ``view`` in ``group`` (a split), in the order of ``names``; a schema 2 view
+    is one dataset, its only tap."""
+    node = group[view]
+    return [node] if isinstance(node, h5py.Dataset) else [node[name] for name in names]
 
 
 def as_strings(values: np.ndarray) -> np.ndarray:

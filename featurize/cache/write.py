@@ -27,6 +27,7 @@ from clothprobe.featurize.cache.schema import (
     Checksum,
     canonical_json,
 )
+from clothprobe.featurize.model.taps import tap_layout, tap_names
 
 
 @contextmanager
@@ -90,7 +91,7 @@ def write_cache(path: Path, header: CacheHeader, splits: dict[str, SplitRows], k
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as h5:
             for name, rows in splits.items():
-                _write_split(h5.create_group(name), rows, header.views, known, chunk_rows)
+                _write_split(h5.create_group(name), rows, header, known, chunk_rows)
             group = h5.create_group(FAILURES)
             _dataset(group, "sha256", np.array(sorted(failures), dtype="S64"))
             _dataset(group, "reasons", np.array([failures[k] for k in sorted(failures)], dtype=object), STR)
@@ -105,26 +106,36 @@ def _dataset(group: h5py.Group, name: str, data: np.ndarray, dtype: Any = None) 
     ds.attrs[CHECKSUM] = Checksum().update(data).hexdigest()
 
 
-def _write_split(group: h5py.Group, rows: SplitRows, views: Sequence[str], known: Known, chunk_rows: int) -> None:
+def _write_split(group: h5py.Group, rows: SplitRows, header: CacheHeader, known: Known, chunk_rows: int) -> None:
     n = len(rows.paths)
-    for view in views:
+    for view in header.views:
         dim = _dim(known, view)
-        chunked = n > 0 and dim > 0
-        ds = group.create_dataset(view, shape=(n, dim), dtype="<f4", fletcher32=chunked,
-                                  chunks=(min(n, 256), dim) if chunked else None)
-        digest = Checksum()
+        layout = tap_layout(header.recipe, dim) if dim else [(name, 0) for name in tap_names(header.recipe)]
+        taps = group.create_group(view)
+        parts = [_tap_dataset(taps, name, n, width) for name, width in layout]
+        digests = [Checksum() for _ in layout]
         for start in range(0, n, chunk_rows):
             block = _gather(known, rows.sha256[start : start + chunk_rows], view, dim)
             if not np.isfinite(block).all():
                 raise ClothprobeError(f"Refusing to write non-finite embeddings into {group.file.filename}.")
-            ds[start : start + len(block)] = block
-            digest.update(block)
-        ds.attrs[CHECKSUM] = digest.hexdigest()
+            column = 0
+            for ds, digest, (_, width) in zip(parts, digests, layout):
+                ds[start : start + len(block)] = block[:, column : column + width]
+                digest.update(block[:, column : column + width])
+                column += width
+        for ds, digest in zip(parts, digests):
+            ds.attrs[CHECKSUM] = digest.hexdigest()
     _dataset(group, "paths", np.array(rows.paths, dtype=object), STR)
     _dataset(group, "labels", np.array(rows.labels, dtype="<i4"))
     _dataset(group, "sha256", np.array(rows.sha256, dtype="S64"))
     _dataset(group, "skipped_paths", np.array([p for p, _ in rows.skipped], dtype=object), STR)
     _dataset(group, "skipped_reasons", np.array([r for _, r in rows.skipped], dtype=object), STR)
+
+
+def _tap_dataset(group: h5py.Group, name: str, n: int, width: int) -> h5py.Dataset:
+    chunked = n > 0 and width > 0
+    return group.create_dataset(name, shape=(n, width), dtype="<f4", fletcher32=chunked,
+                                chunks=(min(n, 256), width) if chunked else None)
 
 
 def _dim(known: Known, view: str) -> int:

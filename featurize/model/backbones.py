@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clothprobe.errors import ClothprobeError
+from clothprobe.featurize.model.taps import Tap
 
 if TYPE_CHECKING:
     import keras
@@ -99,6 +100,7 @@ class Backbone:
     keras_hash: str | None
     min_size: int = 32
     build_kwargs: tuple[tuple[str, Any], ...] = ()
+    taps: tuple[Tap, ...] = ()  # pooled-output layers in network order, the final one last (featurize/model/taps.py)
 
     @property
     def offline_file(self) -> str:
@@ -126,29 +128,51 @@ class Backbone:
                     **dict(self.build_kwargs))
 
 
+def _taps(*spec: tuple[str, str, int] | tuple[str, int]) -> tuple[Tap, ...]:
+    """``(name, dim)`` for a layer called ``name``, ``(name, locator, dim)`` otherwise."""
+    return tuple(Tap(s[0], s[0], s[1]) if len(s) == 2 else Tap(*s) for s in spec)
+
+
+# Xception's residual additions are named by Keras's session counter (add, add_1...): located by order.
+XCEPTION_TAPS = _taps(("block2_out", "#Add:0", 128), ("block3_out", "#Add:1", 256),
+                      *((f"block{b}_out", f"#Add:{b - 2}", 728) for b in range(4, 13)), ("block13_out", "#Add:11", 1024),
+                      ("block14_sepconv1_act", 1536), ("block14_sepconv2_act", 2048))
+VGG16_TAPS = _taps(("block3_pool", 256), ("block4_conv3", 512), ("block4_pool", 512), ("block5_conv3", 512),
+                   ("block5_pool", 512))
+MOBILENETV2_TAPS = _taps(("block_2_add", 24), ("block_5_add", 32), ("block_9_add", 64), ("block_12_add", 96),
+                         ("block_15_add", 160), ("block_16_project_BN", 320), ("out_relu", 1280))
+EFFICIENTNETV2S_TAPS = _taps(("block1b_add", 24), ("block2d_add", 48), ("block3d_add", 64), ("block4f_add", 128),
+                             ("block5i_add", 160), ("block6o_add", 256), ("top_activation", 1280))
+# ConvNeXt pools, then normalises (its head's LayerNormalization, the model's last layer): that is its final tap.
+CONVNEXT_TINY_TAPS = _taps(*((f"stage{s}_out", f"convnext_tiny_stage_{s}_block_{b}_identity", d)
+                             for s, b, d in ((0, 2, 96), (1, 2, 192), (2, 8, 384))),
+                           ("head_norm", "#LayerNormalization:-1", 768))
+
+
 BACKBONES: dict[str, Backbone] = {
     b.name: b
     for b in (
         Backbone(name="vgg16", constructor="VGG16", input_size=224, embedding_dim=512, preprocess=CAFFE,
                  keras_dir="vgg16", keras_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                 keras_hash="6d6bbae143d832006294945121d1f1fc"),
+                 keras_hash="6d6bbae143d832006294945121d1f1fc", taps=VGG16_TAPS),
         Backbone(name="xception", constructor="Xception", input_size=299, embedding_dim=2048, preprocess=TF,
                  keras_dir="xception", keras_file="xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                 keras_hash="b0042744bf5b25fce3cb969f33bebb97", min_size=71),
+                 keras_hash="b0042744bf5b25fce3cb969f33bebb97", min_size=71, taps=XCEPTION_TAPS),
         Backbone(name="mobilenetv2", constructor="MobileNetV2", input_size=224, embedding_dim=1280, preprocess=TF,
                  keras_dir="mobilenet_v2",
                  keras_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
-                 keras_hash=None),  # Keras itself checks no hash for this file
+                 keras_hash=None, taps=MOBILENETV2_TAPS),  # Keras itself checks no hash for this file
         Backbone(name="efficientnetv2s", constructor="EfficientNetV2S", input_size=384, embedding_dim=1280,
                  preprocess=Preprocess(scale=1 / 128, mean=(1.0, 1.0, 1.0), in_model=True),
                  keras_dir="efficientnet_v2", keras_file="efficientnetv2-s_notop.h5",
-                 keras_hash="af0682fb74e8c54910f2d4393339c070", build_kwargs=(("include_preprocessing", True),)),
+                 keras_hash="af0682fb74e8c54910f2d4393339c070", build_kwargs=(("include_preprocessing", True),),
+                 taps=EFFICIENTNETV2S_TAPS),
         Backbone(name="convnext_tiny", constructor="ConvNeXtTiny", input_size=224, embedding_dim=768,
                  preprocess=Preprocess(scale=1 / 255, mean=TORCH_IMAGENET.mean, std=TORCH_IMAGENET.std,
                                        in_model=True),
                  keras_dir="convnext", keras_file="convnext_tiny_notop.h5",
                  keras_hash="d547c096cabd03329d7be5562c5e14798aa39ed24b474157cef5e85ab9e49ef1",
-                 build_kwargs=(("include_preprocessing", True),)),
+                 build_kwargs=(("include_preprocessing", True),), taps=CONVNEXT_TINY_TAPS),
     )
 }
 

@@ -50,6 +50,7 @@ class Recipe:
     runtime: str  # keras | openvino
     precision: str  # float32 | bfloat16 | int8
     calibration: str = ""  # int8: digest of the calibration photos; "" otherwise
+    taps: tuple[str, ...] = ()  # pooled layers embedded side by side, in order; () = the final layer only
     model_path: str = field(default="", compare=False)
     model_source: str = field(default="", compare=False)
 
@@ -80,7 +81,10 @@ class Recipe:
         return f"{self.backbone} ({self.runtime}, {self.precision})"
 
     def _identity(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.compare}
+        """Every compared setting; ``taps`` only when set, so a final-layer recipe keeps the fingerprint it
+        had before taps existed (its caches, store entries and runs stay valid)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)
+                if f.compare and not (f.name == "taps" and not self.taps)}
 
     def to_dict(self) -> dict[str, Any]:
         return {"recipe_version": RECIPE_VERSION, **{f.name: _plain(getattr(self, f.name)) for f in fields(self)}}
@@ -95,6 +99,7 @@ class Recipe:
             values = {f.name: d[f.name] for f in fields(cls) if f.name in d}
             values["preprocess"] = Preprocess.from_dict(d["preprocess"])
             values["input_size"] = int(d["input_size"])
+            values["taps"] = tuple(str(t) for t in d.get("taps", ()))
             return cls(**values)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ClothprobeError(f"not an embedding recipe this clothprobe can read ({type(err).__name__}: {err})") from None
@@ -102,13 +107,21 @@ class Recipe:
     def differences(self, other: Recipe) -> list[str]:
         """``setting: other's value -> this one's``, for every setting that differs."""
         ours, theirs = self._identity(), other._identity()
-        return [f"{k}: {_show(theirs[k])} -> {_show(ours[k])}" for k in ours if ours[k] != theirs[k]]
+        keys = [*ours, *(k for k in theirs if k not in ours)]
+        return [f"{k}: {_show(theirs.get(k, []))} -> {_show(ours.get(k, []))}" for k in keys
+                if ours.get(k, []) != theirs.get(k, [])]
 
     def with_precision(self, precision: str, calibration: str = "") -> Recipe:
         return replace(self, precision=precision, calibration=calibration if precision == "int8" else "")
 
+    def with_taps(self, taps: tuple[str, ...]) -> Recipe:
+        """This recipe embedding ``taps`` (as ``resolve_taps`` gives them) instead."""
+        return replace(self, taps=tuple(taps))
+
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
     return value.to_dict() if isinstance(value, Preprocess) else value
 
 
@@ -192,16 +205,22 @@ def _model_part(backbone: str, weights: Any, image_size: int | None, seed: int) 
 
 
 def resolve_recipe(backbone: str, *, weights: Any = "imagenet", image_size: int | None = None,
-                   runtime: str = "auto", precision: str = "auto", seed: int = 0, calibration: str = "") -> Recipe:
+                   runtime: str = "auto", precision: str = "auto", seed: int = 0, calibration: str = "",
+                   taps: str | None = None) -> Recipe:
     """A user's request made concrete: the backbone's entry or sidecar, its weights found and hashed,
-    ``auto`` runtime and precision decided for this machine. Raises before any model work."""
+    ``auto`` runtime and precision decided for this machine, ``taps`` (``final``, ``all`` or names) checked
+    against the backbone's. Raises before any model work."""
+    from clothprobe.featurize.model.taps import resolve_taps
+
     if image_size is not None and image_size < 8:
         raise ClothprobeError(f"--image-size must be at least 8 pixels, got {image_size}.")
+    offered = () if backbone.startswith(tuple(FILE_PREFIXES)) else get_backbone(backbone).taps
+    chosen = resolve_taps(taps, offered)
     part = _model_part(backbone, weights, image_size, seed)
     concrete_runtime = resolve_runtime(runtime, part["source"])
     concrete_precision = resolve_precision(precision, concrete_runtime)
     return Recipe(resize=RESIZE, runtime=concrete_runtime, precision=concrete_precision,
-                  calibration=calibration if concrete_precision == "int8" else "", **part)
+                  calibration=calibration if concrete_precision == "int8" else "", taps=chosen, **part)
 
 
 def reproduce(recorded: Recipe) -> Recipe:

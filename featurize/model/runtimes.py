@@ -105,7 +105,7 @@ def keras_model(recipe: Recipe, weights: Any = None) -> Any:
                                   f"Is it a no-top {recipe.backbone} weights file?") from None
         if path is None:
             random_init(model, recipe.random_init_seed or 0)
-        return model
+        return _with_taps(model, recipe)
     path = _model_file(recipe)
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
@@ -120,6 +120,16 @@ def keras_model(recipe: Recipe, weights: Any = None) -> Any:
             raise ClothprobeError(f"{path} has no layer {recipe.output!r} (its last layers: {names}); fix "
                                   f"`output` in its sidecar.") from None
     return model
+
+
+def _with_taps(model: Any, recipe: Recipe) -> Any:
+    """The network computing ``recipe.taps`` in one pass (featurize/model/taps.py), or ``model`` itself."""
+    if not recipe.taps:
+        return model
+    from clothprobe.featurize.model.taps import backbone_taps, tap_model
+
+    offered = {t.name: t for t in backbone_taps(recipe)}
+    return tap_model(model, [offered[name] for name in recipe.taps])
 
 
 def openvino_model(recipe: Recipe, weights: Any = None) -> Any:

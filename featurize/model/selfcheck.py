@@ -79,6 +79,18 @@ def cosine_min(a: np.ndarray, b: np.ndarray) -> float:
     return float(cos.min()) if np.isfinite(cos).all() else float("nan")
 
 
+def taps_cosine_min(recipe: Recipe, a: np.ndarray, b: np.ndarray) -> float:
+    """The lowest cosine over every image and every tap (each tap's columns compared on their own, so a
+    small tap that a runtime breaks is not hidden by a wide one that it gets right)."""
+    from clothprobe.featurize.model.taps import tap_layout
+
+    cosines, start = [], 0
+    for _, width in tap_layout(recipe, a.shape[1]):
+        cosines.append(cosine_min(a[:, start : start + width], b[:, start : start + width]))
+        start += width
+    return float(min(cosines))
+
+
 class _Loader:
     """Entries and runners for one request: store, weights, calibration photos, compile settings."""
 
@@ -135,7 +147,7 @@ def _checked_runner(recipe: Recipe, loader: _Loader, store: ModelStore, rows: in
         return recipe, runner
     reference = recipe.with_precision("float32")
     ref_runner = loader.runner(reference, loader.entry(reference), rows)
-    cos = cosine_min(_embed_probe(recipe, runner, rows), _embed_probe(reference, ref_runner, rows))
+    cos = taps_cosine_min(recipe, _embed_probe(recipe, runner, rows), _embed_probe(reference, ref_runner, rows))
     threshold = THRESHOLDS[recipe.precision]
     passed = bool(cos >= threshold)
     store.record_check(entry, _check_key(recipe), SelfCheck(passed, cos, threshold, PROBE_IMAGES, time.time()))

@@ -1,0 +1,331 @@
+"""Taps (pooled outputs of several blocks, issue 16): registry data checked against the real Keras
+layers, the recipe carrying them, one compiled network equal to Keras's intermediate outputs, and
+self-checks that look at every tap."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clothprobe.errors import ClothprobeError, ClothprobeWarning
+from clothprobe.featurize.embed import open_embedder
+from clothprobe.featurize.model import runtimes
+from clothprobe.featurize.model import selfcheck as compiled
+from clothprobe.featurize.model.backbones import BACKBONES
+from clothprobe.featurize.model.recipe import Recipe, resolve_recipe
+from clothprobe.featurize.model.store import ModelStore
+from clothprobe.featurize.model.taps import find_layer, resolve_taps, tap_layout, tap_names
+
+SIZES = {"xception": 71, "vgg16": 32, "mobilenetv2": 32, "efficientnetv2s": 32, "convnext_tiny": 32}
+
+
+def tiny(backbone: str = "vgg16", **kw) -> Recipe:
+    return resolve_recipe(**{"backbone": backbone, "weights": None, "image_size": SIZES[backbone],
+                             "precision": "float32", **kw})
+
+
+def images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("name", [
+    "xception", "vgg16", "mobilenetv2",
+    pytest.param("efficientnetv2s", marks=pytest.mark.slow), pytest.param("convnext_tiny", marks=pytest.mark.slow)])
+def test_registry_taps_are_real_layers_in_order_final_last(name: str) -> None:
+    bb = BACKBONES[name]
+    model = bb.build(None, SIZES[name])
+    layers = [find_layer(model, tap.layer) for tap in bb.taps]
+    positions = [model.layers.index(layer) for layer in layers]
+    assert positions == sorted(positions) and len(set(positions)) == len(positions)
+    assert [layer.output.shape[-1] for layer in layers] == [tap.dim for tap in bb.taps]
+    assert bb.taps[-1].dim == bb.embedding_dim
+    # the final tap is the model's output, or what its closing pooling reads
+    assert layers[-1] is model.layers[-1] or model.layers[positions[-1] + 1] is model.layers[-1]
+
+
+def test_tap_requests_resolve_once_and_name_the_choices() -> None:
+    taps = BACKBONES["vgg16"].taps
+    assert resolve_taps("final", taps) == () == resolve_taps(None, taps) == resolve_taps("block5_pool", taps)
+    assert resolve_taps("all", taps) == tuple(t.name for t in taps)
+    assert resolve_taps("block5_pool,block4_pool", taps) == ("block4_pool", "block5_pool")  # network order
+    assert resolve_taps("block4_pool,final", taps) == ("block4_pool", "block5_pool")
+    with pytest.raises(ClothprobeError, match="Unknown tap.*block9_pool.*has: final, all, block3_pool"):
+        resolve_taps("block9_pool", taps)
+    with pytest.raises(ClothprobeError, match="has: final"):
+        resolve_taps("all", ())
+    assert resolve_taps("final", ()) == ()
+
+
+def test_recipe_carries_taps_in_its_fingerprint_and_round_trips() -> None:
+    final, every = tiny(), tiny(taps="all")
+    assert tiny(taps="final") == final and "taps" not in final._identity()  # final-only recipes keep their fingerprint
+    assert every.fingerprint != final.fingerprint and every.taps == tuple(t.name for t in BACKBONES["vgg16"].taps)
+    back = Recipe.from_dict(json.loads(json.dumps(every.to_dict())))
+    assert back == every and back.fingerprint == every.fingerprint
+    assert "taps: [] -> [" in "; ".join(every.differences(final))
+    assert tap_names(final) == ("block5_pool",) and tap_layout(every, 2304)[0] == ("block3_pool", 256)
+    legacy = {k: v for k, v in final.to_dict().items() if k != "taps"}  # a recipe written before taps
+    assert Recipe.from_dict(legacy) == final
+
+
+@pytest.mark.parametrize("backbone,runtime", [("vgg16", "openvino"), ("xception", "openvino"), ("vgg16", "keras")])
+def test_one_compiled_network_equals_keras_intermediate_outputs(backbone: str, runtime: str) -> None:
+    import keras
+
+    recipe = tiny(backbone, taps="all", runtime=runtime)
+    x = images(3, recipe.input_size)
+    got = open_embedder(recipe, batch_size=4).embed_array(x)["embeddings"]
+    base = BACKBONES[backbone].build(None, recipe.input_size)
+    runtimes.random_init(base, 0)
+    inner = keras.Model(base.inputs, [find_layer(base, t.layer).output for t in BACKBONES[backbone].taps])
+    maps = inner.predict(recipe.preprocess.apply(x), verbose=0)
+    want = np.hstack([np.asarray(m).mean(axis=(1, 2)) for m in maps])
+    assert got.shape == want.shape == (3, sum(t.dim for t in BACKBONES[backbone].taps))
+    np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-4 * np.abs(want).max())
+    # the final tap alone is what the final-only recipe embeds
+    final = open_embedder(tiny(backbone, runtime=runtime), batch_size=4).embed_array(x)["embeddings"]
+    np.testing.assert_allclose(got[:, -final.shape[1]:], final, rtol=2e-3, atol=2e-4 * np.abs(final).max())
+
+
+def test_bf16_self_check_looks_at_every_tap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runtime that breaks only the narrowest tap (a small share of the vector) fails the check."""
+    store = ModelStore(tmp_path / "home")
+    recipe = tiny(taps="all", precision="bfloat16", runtime="openvino")
+    first = BACKBONES["vgg16"].taps[0].dim
+    real = runtimes.load_runner
+
+    def broken_first_tap(r, *args, **kwargs):
+        run = real(r, *args, **kwargs)
+        if r.precision != "bfloat16":
+            return run
+
+        def wrong(x: np.ndarray) -> np.ndarray:
+            out = run(x).copy()
+            out[:, :first] = np.random.default_rng(0).permutation(out[:, :first], axis=1)
+            return out
+        return wrong
+
+    monkeypatch.setattr(compiled, "load_runner", broken_first_tap)
+    with pytest.warns(ClothprobeWarning, match="disagree with float32"):
+        embedder = open_embedder(recipe, batch_size=2, store=store)
+    assert embedder.recipe.precision == "float32"
+    a = np.ones((2, 2304))
+    b = a.copy()
+    b[:, :first] = -1
+    assert compiled.cosine_min(a, b) > compiled.THRESHOLDS["bfloat16"] - 1  # the whole vector hides it...
+    assert compiled.taps_cosine_min(recipe, a, b) == pytest.approx(-1.0)  # ...a tap at a time does not
+
+
+def test_bf16_self_check_passes_with_taps(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "home")
+    recipe = tiny(taps="all", precision="bfloat16", runtime="openvino")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ClothprobeWarning)
+        assert open_embedder(recipe, batch_size=2, store=store).recipe == recipe
+    (check,) = store.entries()[0].checks.values()
+    assert check.passed
+
+
+@pytest.mark.slow
+def test_int8_self_check_covers_every_tap(tmp_path: Path) -> None:
+    from conftest import make_dataset
+
+    from clothprobe.featurize.model.calibration import calibration_from_folder
+
+    data = make_dataset(tmp_path / "clothes")
+    store = ModelStore(tmp_path / "home")
+    cal = calibration_from_folder(data / "train", size=6, seed=0)
+    recipe = tiny(taps="all", precision="int8", runtime="openvino", calibration=cal.digest)
+    embedder = open_embedder(recipe, batch_size=4, calibration_files=cal.files, store=store)
+    (entry,) = [e for e in store.entries() if e.recipe.precision == "int8"]
+    (check,) = entry.checks.values()
+    reference = open_embedder(recipe.with_precision("float32"), batch_size=4, store=store)
+    probe = compiled._embed_probe(recipe, embedder._runner, 4)
+    ref = compiled._embed_probe(recipe, reference._runner, 4)
+    assert probe.shape == ref.shape == (compiled.PROBE_IMAGES, 2304)
+    assert check.cosine_min == pytest.approx(compiled.taps_cosine_min(recipe, probe, ref), abs=1e-6)
+    assert check.cosine_min <= compiled.cosine_min(probe, ref) + 1e-6
+
+
+# ---------------------------------------------------------------------------------------------------
+# Caches
+
+
+def test_cache_stores_each_tap_and_serves_subsets(tmp_path: Path) -> None:
+    import h5py
+    from conftest import TINY, make_dataset
+
+    from clothprobe.featurize import featurize, load_features
+
+    data = make_dataset(tmp_path / "clothes")
+    out = tmp_path / "c.h5"
+    result = featurize(data, **TINY, taps="all", tta=True, out=out, features_dir=tmp_path / "features")
+    names = [t.name for t in BACKBONES["vgg16"].taps]
+    with h5py.File(out) as h5:
+        assert list(h5["train/embeddings"]) == sorted(names) and h5["train/flip/block4_conv3"].shape == (9, 512)
+    every = load_features(out)
+    assert every.available == tuple(names) and [w for _, w in every.taps] == [t.dim for t in BACKBONES["vgg16"].taps]
+    assert every.split("train").embeddings.shape == (9, 2304) and every.megabytes == result.cache_megabytes > 0
+    sub = load_features(out, taps="final,block4_pool")
+    assert sub.taps == (("block4_pool", 512), ("block5_pool", 512))
+    cols = np.r_[768:1280, 1792:2304]  # block4_pool and block5_pool after 256 + 512 and 256 + 3 x 512 columns
+    np.testing.assert_array_equal(sub.split("test").embeddings, every.split("test").embeddings[:, cols])
+    np.testing.assert_array_equal(sub.split("test").flip, every.split("test").flip[:, cols])
+    with pytest.raises(ClothprobeError, match=r"has no tap block9_pool; it holds: block3_pool, .*block5_pool \("):
+        load_features(out, taps="block9_pool")
+    again = featurize(data, **TINY, taps="all", tta=True, out=out, features_dir=tmp_path / "features")
+    assert again.up_to_date and again.computed == 0  # every tap read back for reuse
+    # the final tap of an all-taps cache is the final-only embedding
+    final = featurize(data, **TINY, out=tmp_path / "f.h5", features_dir=tmp_path / "features")
+    assert final.computed == 27
+    np.testing.assert_allclose(load_features(tmp_path / "f.h5").split("train").embeddings,
+                               load_features(out, taps="final").split("train").embeddings, rtol=1e-4, atol=1e-5)
+    info = sub.info()
+    assert info.taps == ("block4_pool", "block5_pool") and info.embedding_recipe.taps == info.taps
+    assert every.info().embedding_recipe == every.recipe
+
+
+def test_schema_2_caches_are_read_as_their_final_tap(tmp_path: Path) -> None:
+    import h5py
+    from conftest import TINY, make_dataset
+
+    from clothprobe.featurize import featurize, load_features
+    from clothprobe.featurize.cache.schema import CacheHeader
+
+    data = make_dataset(tmp_path / "clothes")
+    out = tmp_path / "c.h5"
+    featurize(data, **TINY, out=out, features_dir=tmp_path / "features")
+    new = load_features(out)
+    with h5py.File(out, "r+") as h5:  # what schema 2 wrote: one dataset per view
+        for split in new.splits:
+            values = h5[f"{split}/embeddings/block5_pool"][()]
+            checksum = h5[f"{split}/embeddings/block5_pool"].attrs["checksum"]
+            del h5[f"{split}/embeddings"]
+            h5[f"{split}/embeddings"] = values
+            h5[f"{split}/embeddings"].attrs["checksum"] = checksum
+        header, splits = CacheHeader.from_attrs(dict(h5.attrs.items()))
+        attrs = {**header.to_attrs(splits), "schema_version": 2}
+        from clothprobe.featurize.cache.schema import _header_checksum
+
+        attrs["header_checksum"] = _header_checksum({k: v for k, v in attrs.items() if k != "header_checksum"})
+        h5.attrs.update(attrs)
+    old = load_features(out)
+    assert old.taps == (("block5_pool", 512),)
+    np.testing.assert_array_equal(old.split("train").embeddings, new.split("train").embeddings)
+    with pytest.raises(ClothprobeError, match="schema version 2; .* --rebuild"):
+        featurize(data, **TINY, out=out, features_dir=tmp_path / "features")
+
+
+def test_export_carries_taps(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+    from conftest import TINY, make_dataset
+
+    from clothprobe.featurize import featurize, load_features
+
+    data = make_dataset(tmp_path / "clothes")
+    featurize(data, **TINY, taps="block4_pool,final", out=tmp_path / "c.h5", features_dir=tmp_path / "features")
+    path = load_features(tmp_path / "c.h5").to_parquet(tmp_path / "c.parquet")
+    table = pq.read_table(path)
+    assert json.loads(table.schema.metadata[b"clothprobe.taps"]) == [["block4_pool", 512], ["block5_pool", 512]]
+    assert len(table["embedding"][0]) == 1024
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fit and predict
+
+
+@pytest.fixture(scope="module")
+def tapped(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny dataset featurized once with every VGG16 tap and the flipped view."""
+    from conftest import TINY, make_dataset
+
+    from clothprobe.featurize import featurize
+
+    root = tmp_path_factory.mktemp("taps")
+    data = make_dataset(root / "clothes", per_class={"hat": 4, "shirt": 3, "t-shirt": 5})
+    featurize(data, features_dir=root / "features", tta=True, taps="all", **TINY)
+    featurize(data, features_dir=root / "features", tta=True, **{**TINY, "backbone": "mobilenetv2"})
+    return root
+
+
+def _fit(root: Path, name: str, **kw):
+    from clothprobe.classifiers import fit
+
+    (result,) = fit("clothes", features_dir=root / "features", out=root / "models" / name, **kw)
+    return result
+
+
+def test_one_cache_serves_fits_on_tap_subsets_recorded_in_the_manifest(tapped: Path) -> None:
+    from clothprobe.runs.directory import read_manifest, read_metrics
+
+    sub = _fit(tapped, "sub", backbone="vgg16", taps="block4_pool,final")
+    manifest, metrics = read_manifest(sub.run_dir), read_metrics(sub.run_dir)
+    assert manifest.caches["vgg16"]["taps"] == ["block4_pool", "block5_pool"]
+    assert metrics.taps["used"] == {"vgg16": ["block4_pool", "block5_pool"]}
+    assert [c["columns"] for c in metrics.taps["candidates"]] == [1024]
+    final = _fit(tapped, "final", backbone="vgg16", taps="final")
+    assert read_manifest(final.run_dir).caches["vgg16"]["taps"] == ["block5_pool"]
+
+
+def test_auto_chooses_the_tap_set_on_the_selection_data_only(tapped: Path) -> None:
+    auto = _fit(tapped, "auto", backbone="vgg16", taps="auto", tta=True)
+    record = auto.metrics.taps
+    assert [c["name"] for c in record["candidates"]] == ["final", "last-2", "last-4", "all"]
+    assert [c["columns"] for c in record["candidates"]] == [512, 1024, 2048, 2304]
+    best = max(record["candidates"], key=lambda c: (c["accuracy"], -c["log_loss"]))
+    assert record["chosen"] == best["name"] and auto.metrics.validation.accuracy == pytest.approx(best["accuracy"])
+    cv = _fit(tapped, "cv", backbone="vgg16", taps="auto", select="cv")
+    assert "fold" in cv.metrics.selection and len(cv.metrics.taps["candidates"]) == 4  # scored out of fold
+
+
+def test_a_tap_the_cache_lacks_is_one_line_naming_what_it_has(tapped: Path) -> None:
+    with pytest.raises(ClothprobeError, match=r"No cache of vgg16 holds tap block9_pool; they hold vgg16: "
+                                              r"block3_pool, .*block5_pool\. Featurize again with --taps all"):
+        _fit(tapped, "missing", backbone="vgg16", taps="block9_pool")
+    with pytest.raises(ClothprobeError, match="holds tap block4_pool; they hold mobilenetv2: out_relu"):
+        _fit(tapped, "missing2", backbone="mobilenetv2", taps="block4_pool")
+    assert not (tapped / "models" / "missing").exists()
+
+
+def test_taps_are_weighted_so_none_dominates_by_width(tapped: Path) -> None:
+    from clothprobe.classifiers import load_feature_set
+    from clothprobe.classifiers.taps import TapChoice, restrict
+
+    data = load_feature_set("mobilenetv2+vgg16", "clothes", tapped / "features")
+    data = restrict(data, TapChoice("x", {"mobilenetv2": ("out_relu",), "vgg16": ("block3_pool", "block5_pool")}))
+    assert [(b.tap, b.width) for b in data.blocks] == [("out_relu", 1280), ("block3_pool", 256), ("block5_pool", 512)]
+    from sklearn.preprocessing import StandardScaler
+
+    from clothprobe.classifiers.taps import weight_scaler
+
+    train = data.splits["train"].X
+    scaler = StandardScaler().fit(train)
+    weight_scaler(scaler, data.column_scale)
+    z = scaler.transform(train)
+    per_tap = [float((z[:, data.block_columns(i)] ** 2).sum(1).mean()) for i in range(3)]
+    live = [float((train[:, data.block_columns(i)].std(0) > 0).mean()) for i in range(3)]  # random ReLUs: dead columns
+    assert per_tap == pytest.approx(live, rel=1e-3)  # each tap's total variance is its share of live columns, at most one
+
+
+@pytest.mark.slow
+def test_predict_reproduces_fits_probabilities_with_taps(tapped: Path) -> None:
+    import csv
+
+    from clothprobe.runs.predicting import predict
+
+    runs = [_fit(tapped, "p1", backbone="vgg16", taps="block3_pool,final", tta=True),
+            _fit(tapped, "p2", backbone="mobilenetv2+vgg16", taps="all", clf="lgbm")]
+    data = tapped / "clothes"
+    for run in runs:
+        result = predict([data / "test"], run.run_dir)
+        with open(run.run_dir / "predictions.csv") as fh:
+            saved = {r["path"]: r for r in csv.DictReader(fh)}
+        assert len(result.predictions) == len(saved) == 12
+        for p in result.predictions:
+            row = saved[Path(p.path).relative_to(data).as_posix()]
+            np.testing.assert_allclose([p.probabilities[c] for c in result.classes],
+                                       [float(row[f"p_{c}"]) for c in result.classes], atol=1e-4)
