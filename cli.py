@@ -195,6 +195,10 @@ def fit(
     features_dir: Annotated[Path, typer.Option(help="Where the caches are.")] = Path("features"),
     models_dir: Annotated[Path, typer.Option(help="Runs go to <models-dir>/<dataset>/<backbone>/<clf>-<balance>/.")] = Path("models"),
     out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory for a single --clf/--balance.")] = None,
+    unknown: Annotated[Path | None, typer.Option(
+        help="Photos of garments outside the classes (DIR/<garment type>/<image>, featurized like the dataset): "
+             "each run learns to answer 'unknown'. Half of them (seeded, per type) and the validation split choose "
+             "the score and threshold; test and the other half measure them.")] = None,
 ) -> None:
     """Train classifiers on cached embeddings; settings chosen without the test split, test scored once."""
     from clothprobe.classifiers import fit as run_fit
@@ -208,13 +212,38 @@ def fit(
     def show(result) -> None:  # noqa: ANN001 - a FitResult
         m = result.metrics
         err.print(Text(f"{m.run}: val {_pct(m.validation)}%  ({m.fit_seconds:.1f} s) -> {result.run_dir}"))
+        if m.openset is not None:
+            _print_openset(m.run, m.openset)
         table.add_row(*(Text(c) for c in (m.run, m.selection, _pct(m.validation), _pct(m.test),
                                           _pct(m.test, "macro_f1"), f"{m.fit_seconds:.1f}",
                                           json.dumps({**m.params, **m.chosen}))))
 
     run_fit(name, backbone=backbone, clf=clf, balance=balance, tta=tta, loss=loss, seed=seed,
             select=select or DEFAULT_SELECT, features_dir=features_dir, models_dir=models_dir, out=out_dir,
-            on_result=show)
+            on_result=show, unknown=unknown)
+    out.print(table)
+
+
+def _print_openset(run: str, figures: dict) -> None:
+    """The reject option a fit chose, and each score measured on test knowns + the reporting unknowns."""
+    reported = figures.get("report")
+    chosen = f"{run}: 'unknown' below {figures['score']} {figures['threshold']:.4g}"
+    if reported is None:
+        err.print(Text(chosen + " (no test split: not measured)"))
+        return
+    err.print(Text(f"{chosen}: keeps {100 * reported['known_kept']:.1f}% of test photos, rejects "
+                   f"{100 * reported['unknown_rejected']:.1f}% of unknown ones; test accuracy "
+                   f"{100 * reported['accuracy']:.1f}% -> {100 * reported['accuracy_with_reject']:.1f}% "
+                   f"(rejected counted wrong)"))
+    table = Table(title=Text(f"{run}: open-set scores on {reported['n_known']} test + {reported['n_unknown']} "
+                             f"unknown photos (95% intervals)"))
+    for col in ("score", "tuning AUROC", "AUROC", "FPR@95"):
+        table.add_column(col, no_wrap=True)
+    for name, f in reported["scores"].items():
+        mark = " (chosen)" if name == figures["score"] else ""
+        table.add_row(Text(name + mark), f"{figures['tuning_auroc'].get(name, float('nan')):.3f}",
+                      f"{f['auroc']:.3f} [{f['auroc_ci'][0]:.3f}, {f['auroc_ci'][1]:.3f}]",
+                      f"{f['fpr95']:.3f} [{f['fpr95_ci'][0]:.3f}, {f['fpr95_ci'][1]:.3f}]")
     out.print(table)
 
 

@@ -12,7 +12,9 @@ import numpy as np
 from clothprobe.classifiers.data import FeatureSet, load_feature_set, parse_backbones
 from clothprobe.classifiers.metrics import classification_metrics
 from clothprobe.classifiers.modelio import save_model
+from clothprobe.classifiers.openset import save as save_openset
 from clothprobe.classifiers.registry import BALANCES, CLASSIFIERS, check_balance, check_loss, get_classifier
+from clothprobe.classifiers.rejection import UnknownSet, fit_rejection, load_unknown
 from clothprobe.classifiers.select import DEFAULT_SELECT, Held, check_select, predict_split, select
 from clothprobe.classifiers.stats import apply_temperature, expected_calibration_error, fit_temperature
 from clothprobe.errors import ClothprobeError
@@ -45,9 +47,12 @@ class FitPlan:
 
 
 def plan_fit(backbone: str = "xception", clf: str = "logreg", balance: str = "weights", loss: str = "categorical",
-             select: str = DEFAULT_SELECT, out: str | Path | None = None) -> FitPlan:
+             select: str = DEFAULT_SELECT, out: str | Path | None = None, unknown: str | Path | None = None) -> FitPlan:
     """Check every option (before featurizing or loading anything) and expand ``all``."""
     parse_backbones(backbone)
+    if unknown is not None and select != "validation":
+        raise ClothprobeError(f"--unknown needs --select validation (given: {select}): the reject threshold is set "
+                              f"on validation photos the model was not fitted on.")
     clfs = list(CLASSIFIERS) if clf == "all" else [get_classifier(clf).name]
     balances = list(BALANCES) if balance == "all" else [check_balance(balance)]
     check_loss(loss)
@@ -91,11 +96,13 @@ def fit(
     models_dir: str | Path = "models",
     out: str | Path | None = None,
     on_result=None,  # noqa: ANN001 - called with each FitResult as it finishes
+    unknown: str | Path | None = None,
 ) -> list[FitResult]:
     """Fit ``clf`` (or ``all``) with ``balance`` (or ``all``) on the caches of ``backbone`` (``a+b`` joins) of
     ``dataset`` (None: the only dataset featurized under ``features_dir``). ``select``: ``validation`` or
-    ``cv`` (see ``classifiers/select.py``)."""
-    plan = plan_fit(backbone, clf, balance, loss, select, out)
+    ``cv`` (see ``classifiers/select.py``). ``unknown``: a featurized folder of photos outside the classes;
+    each run gets a reject option (``classifiers/rejection.py``)."""
+    plan = plan_fit(backbone, clf, balance, loss, select, out, unknown)
     dataset = resolve_dataset(features_dir, dataset)
     joined = "+".join(parse_backbones(backbone))
     run_dirs = [Path(out) if out else Path(models_dir) / dataset / joined / run_name(name, bal, tta, run_loss)
@@ -104,9 +111,10 @@ def fit(
         check_target(run_dir)
     data = load_feature_set(backbone, dataset, features_dir)
     _check_data(data, tta)
+    outside = None if unknown is None else load_unknown(unknown, backbone, features_dir, data, tta)
     results = []
     for (name, bal, run_loss), run_dir in zip(plan.runs(), run_dirs):
-        result = fit_one(data, name, bal, tta, run_loss, seed, run_dir, plan.select)
+        result = fit_one(data, name, bal, tta, run_loss, seed, run_dir, plan.select, unknown=outside)
         if on_result:
             on_result(result)
         results.append(result)
@@ -137,12 +145,13 @@ def calibrate(held: Held, test_y: np.ndarray | None, test_proba: np.ndarray | No
 
 
 def fit_one(data: FeatureSet, clf: str, balance: str, tta: bool, loss: str, seed: int, run_dir: Path,
-            select_mode: str = DEFAULT_SELECT) -> FitResult:
+            select_mode: str = DEFAULT_SELECT, *, unknown: UnknownSet | None = None) -> FitResult:
     spec = get_classifier(clf)
     n_classes = len(data.class_names)
     started = time.perf_counter()
     selection = select(spec, data, balance, seed, tta, loss, select_mode)
     fit_seconds = time.perf_counter() - started
+    rejection = None if unknown is None else fit_rejection(selection.model, data, unknown, tta=tta, seed=seed)
     held = selection.held
     validation = classification_metrics(held.y, held.proba, data.class_names, seed, held.source)
     test = data.splits.get("test")
@@ -164,6 +173,7 @@ def fit_one(data: FeatureSet, clf: str, balance: str, tta: bool, loss: str, seed
         fit_seconds=fit_seconds, featurize_seconds=data.featurize_seconds, predict_seconds=predict_seconds,
         train_counts=dict(zip(data.class_names, np.bincount(data.splits["train"].y, minlength=n_classes).tolist())),
         validation=validation, test=test_metrics, calibration=calibration, calibrated_test_ece=calibrated_ece,
+        openset=None if rejection is None else rejection.figures,
     )
     manifest = Manifest(
         run=name, dataset=data.dataset, kind="cached-features", classes=data.class_names, backbones=data.backbones,
@@ -171,5 +181,11 @@ def fit_one(data: FeatureSet, clf: str, balance: str, tta: bool, loss: str, seed
         chosen=selection.chosen, versions=versions(), caches=data.caches, data_root=data.data_root,
         calibration=calibration,
     )
-    write_run(run_dir, manifest, metrics, predictions, lambda d: save_model(selection.model, spec.file_format, d))
+
+    def save(directory: Path) -> dict:
+        if rejection is not None:
+            manifest.openset = save_openset(rejection.openset, directory)
+        return save_model(selection.model, spec.file_format, directory)
+
+    write_run(run_dir, manifest, metrics, predictions, save)
     return FitResult(run_dir, metrics)

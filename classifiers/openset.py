@@ -175,10 +175,15 @@ class OpenSet:
     combiner: Combiner | None = None
     tuning_auroc: dict[str, float] = field(default_factory=dict)  # every candidate, on the tuning rows
 
-    def values(self, out: HeadOutput) -> np.ndarray:
+    def every_value(self, out: HeadOutput) -> dict[str, np.ndarray]:
+        """Every score for ``out``: the components and, when fitted, the combiner's."""
         scores = self.scorer.scores(out)
-        if self.score == COMBINED:
-            return self.combiner.value(scores)
+        if self.combiner is not None:
+            scores[COMBINED] = self.combiner.value(scores)
+        return scores
+
+    def values(self, out: HeadOutput) -> np.ndarray:
+        scores = self.every_value(out)
         if self.score not in scores:
             raise ClothprobeError(f"The open-set score {self.score!r} needs the head's logits, which it does not give.")
         return scores[self.score]
@@ -214,8 +219,8 @@ def tune(scorer: OpenSetScorer, known: HeadOutput, unknown: HeadOutput, *, seed:
         oof = _cv_combined(S, is_known, seed)
         tuning[COMBINED] = auroc(oof[is_known == 1], oof[is_known == 0])
     best = max(candidates, key=lambda n: (tuning[n], -candidates.index(n)))
-    combiner = Combiner.fit(names, S, is_known) if best == COMBINED else None
-    chosen = combiner.value(k_scores) if combiner else k_scores[best]
+    combiner = Combiner.fit(names, S, is_known) if COMBINED in candidates else None
+    chosen = combiner.value(k_scores) if best == COMBINED else k_scores[best]
     return OpenSet(best, threshold_at_recall(chosen, recall), scorer, combiner, tuning)
 
 
@@ -304,7 +309,7 @@ def load(directory: Path, entry: dict) -> OpenSet:
         raise ClothprobeError(f"{directory / 'manifest.json'}: the open-set entry names {entry['file']!r} / score "
                               f"{score!r}; fit again.")
     arrays = _read_arrays(path)
-    if not _shapes_ok(arrays, entry) or (score == COMBINED) != ("components" in entry):
+    if not _shapes_ok(arrays, entry) or (score == COMBINED and "components" not in entry):
         raise ClothprobeError(f"{path} does not hold the open-set state its manifest describes; refusing it. "
                               f"Fit the run again with --unknown.")
     combiner = None
