@@ -413,6 +413,9 @@ def predict(
                                                                   "--output (CSV or Parquet).")] = EngineKind.local,
     address: Annotated[str | None, typer.Option(help=ADDRESS_HELP)] = None,
     workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
+    unknown: Annotated[bool, typer.Option("--unknown/--no-unknown", help=(
+        "A run fitted with --unknown answers 'unknown' below its open-set threshold (score files carry "
+        "'answer' and 'openset_score'); --no-unknown always names a class."))] = True,
 ) -> None:
     """Classify new photos with a finished run (its own backbone, weights and preprocessing)."""
     from clothprobe.runs.predicting import predict as run_predict
@@ -421,9 +424,9 @@ def predict(
     _check_output(output)
     if engine is EngineKind.ray or fmt is Format.parquet:
         _score(ctx, images, model, output, fmt, top_k, weights=weights, batch_size=batch_size, calibrate=calibrate,
-               engine=engine, address=address, workers=workers)
+               engine=engine, address=address, workers=workers, unknown=unknown)
         return
-    result = run_predict(images, model, weights=weights, batch_size=batch_size, calibrate=calibrate)
+    result = run_predict(images, model, weights=weights, batch_size=batch_size, calibrate=calibrate, unknown=unknown)
     top_k = max(1, min(top_k, len(result.classes)))
     for path, why in result.skipped:
         err.print(Text(f"skipped {path}: {why}"))
@@ -431,17 +434,22 @@ def predict(
                    f"({1000 * result.seconds_per_image:.0f} ms per image, backbone build included)"
                    + (", calibrated" if result.calibrated else "")))
     if fmt is Format.table:
-        table = Table(title=Text(result.run))
+        reject = result.openset is not None
+        table = Table(title=Text(result.run + (f" ('unknown' by {result.openset})" if reject else "")))
         table.add_column("image", overflow="fold")
+        if reject:
+            table.add_column("answer", no_wrap=True)
         for k in range(1, top_k + 1):
             table.add_column(f"#{k}", no_wrap=True)
         for p in result.predictions:
-            table.add_row(Text(p.path), *(Text(f"{c} {100 * v:.1f}%") for c, v in p.top(top_k)))
+            table.add_row(Text(p.path), *([Text(p.answer)] if reject else []),
+                          *(Text(f"{c} {100 * v:.1f}%") for c, v in p.top(top_k)))
         out.print(table)
         return
     with (open(output, "w", newline="") if output else nullcontext(sys.stdout)) as fh:
         if fmt is Format.json:
-            json.dump({"run": result.run, "calibrated": result.calibrated, "predictions": to_records(result, top_k),
+            json.dump({"run": result.run, "calibrated": result.calibrated, "openset": result.openset,
+                       "predictions": to_records(result, top_k),
                        "skipped": [{"path": p, "reason": r} for p, r in result.skipped]}, fh, indent=2)
             fh.write("\n")
         else:

@@ -47,9 +47,9 @@ class HeadOutput:
 
 def head_output(model: Any, X: np.ndarray, proba: np.ndarray) -> HeadOutput:
     """``HeadOutput`` of a fitted head: logits from its ``decision_function`` where it has one."""
-    logits = None
-    if hasattr(model, "decision_function"):
-        z = np.asarray(model.decision_function(X), np.float64)
+    logits, decision = None, getattr(model, "decision_function", None)
+    if decision is not None:
+        z = np.asarray(decision(X), np.float64)
         logits = np.column_stack([np.zeros(len(z)), z]) if z.ndim == 1 else z
     return HeadOutput(np.asarray(X, np.float32), np.asarray(proba, np.float64), logits)
 
@@ -197,7 +197,8 @@ def _cv_combined(S: np.ndarray, known: np.ndarray, seed: int) -> np.ndarray:
     from sklearn.model_selection import StratifiedKFold
 
     out = np.empty(len(known))
-    for fit_rows, held in StratifiedKFold(5, shuffle=True, random_state=seed).split(S, known):
+    folds = min(5, int(np.bincount(known).min()))
+    for fit_rows, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(S, known):
         out[held] = Combiner.fit([], S[fit_rows], known[fit_rows]).value_matrix(S[held])
     return out
 
@@ -210,6 +211,8 @@ def tune(scorer: OpenSetScorer, known: HeadOutput, unknown: HeadOutput, *, seed:
     k_scores, u_scores = scorer.scores(known), scorer.scores(unknown)
     names = [n for n in SCORES if n in k_scores]
     candidates = [n for n in (*names, COMBINED) if allowed is None or n in allowed]
+    if min(len(known.proba), len(unknown.proba)) < 2:  # too few rows to cross-validate the combiner
+        candidates = [n for n in candidates if n != COMBINED]
     if not candidates:
         raise ClothprobeError(f"No open-set score among {allowed}; choose from {', '.join((*names, COMBINED))}.")
     tuning = {n: auroc(k_scores[n], u_scores[n]) for n in candidates if n != COMBINED}

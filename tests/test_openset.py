@@ -25,7 +25,10 @@ def world():
     Xv, _ = blobs(120, centres[:3], rng)
     Xu, _ = blobs(80, centres[3:], rng)
     head = LogisticRegression(max_iter=500).fit(X, y)
-    out = lambda Z: openset.head_output(head, Z, head.predict_proba(Z))
+
+    def out(Z: np.ndarray) -> HeadOutput:
+        return openset.head_output(head, Z, head.predict_proba(Z))
+
     return OpenSetScorer(k=5, pca_components=6).fit(X, y), out(Xv), out(Xu), head
 
 

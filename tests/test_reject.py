@@ -68,8 +68,8 @@ def test_the_choice_never_looks_at_test(features: Path, tmp_path: Path) -> None:
     clean = fit_unknown(features, tmp_path / "a")
     _poison_test(features, tmp_path / "poisoned")
     poisoned = fit_unknown(tmp_path / "poisoned", tmp_path / "b")
-    entry = lambda r: json.loads((r.run_dir / "manifest.json").read_text())["openset"]
-    assert entry(clean) == entry(poisoned)
+    entry = [json.loads((r.run_dir / "manifest.json").read_text())["openset"] for r in (clean, poisoned)]
+    assert entry[0] == entry[1]
     assert (clean.run_dir / FILE).read_bytes() == (poisoned.run_dir / FILE).read_bytes()
     assert clean.metrics.openset["report"] != poisoned.metrics.openset["report"]  # test was measured, not used
 
@@ -106,3 +106,90 @@ def test_a_tampered_openset_file_is_refused(features: Path, tmp_path: Path) -> N
         fh.write(b"\0")
     with pytest.raises(ClothprobeError, match="changed after fitting"):
         Predictor(result.run_dir)
+
+
+# --- predict with the reject option: a tiny random-weights backbone on real image files ---------------------
+
+
+def solid(path: Path, colour: tuple[int, int, int]) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (40, 30), colour).save(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """Known classes are noise photos; the unknown garments are flat colours (far apart for any network)."""
+    from conftest import TINY, make_dataset
+
+    from clothprobe.featurize import featurize
+
+    root = tmp_path_factory.mktemp("reject")
+    data = make_dataset(root / "clothes", per_class={"hat": 6, "shirt": 6, "t-shirt": 6})
+    outside = root / "outside"
+    for t, base in (("hoodie", (200, 30, 30)), ("polo", (30, 30, 200))):
+        for i in range(8):
+            solid(outside / t / f"{i}.png", tuple(min(255, c + 6 * i) for c in base))
+    for folder in (data, outside):
+        featurize(folder, features_dir=root / "features", **TINY)
+    (result,) = fit("clothes", backbone="vgg16", clf="logreg", balance="none", features_dir=root / "features",
+                    models_dir=root / "models", unknown=outside)
+    return result.run_dir, data, outside
+
+
+@pytest.mark.slow
+def test_predict_answers_unknown_below_the_threshold_and_the_flag_turns_it_off(tiny_run) -> None:
+    from clothprobe.runs.predicting import predict
+
+    run_dir, data, outside = tiny_run
+    threshold = json.loads((run_dir / "manifest.json").read_text())["openset"]["threshold"]
+    result = predict([outside, data / "test"], run_dir)
+    assert result.openset is not None
+    for p in result.predictions:
+        assert p.unknown == (p.openset_score < threshold)
+        assert p.answer == ("unknown" if p.unknown else p.top(1)[0][0])
+    assert any(p.unknown for p in result.predictions if "outside" in p.path)
+    off = predict([outside], run_dir, unknown=False)
+    assert off.openset is None and not any(p.unknown for p in off.predictions)
+    assert {p.answer for p in off.predictions} <= {"hat", "shirt", "t-shirt"}
+
+
+@pytest.mark.slow
+def test_score_files_carry_the_answer_and_the_score(tiny_run, tmp_path: Path) -> None:
+    import csv
+
+    from typer.testing import CliRunner
+
+    from clothprobe.cli import app
+
+    run_dir, _, outside = tiny_run
+    runner = CliRunner()
+    on = runner.invoke(app, ["predict", str(outside), "--model", str(run_dir), "--format", "csv"])
+    assert on.exit_code == 0, on.output
+    rows = list(csv.DictReader(on.stdout.splitlines()))
+    assert len(rows) == 16 and {"answer", "openset_score"} <= set(rows[0])
+    assert "unknown" in {r["answer"] for r in rows}
+    out = tmp_path / "scores.parquet"
+    parquet = runner.invoke(app, ["predict", str(outside), "--model", str(run_dir), "--format", "parquet", "--output", str(out)])
+    assert parquet.exit_code == 0, parquet.output
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out)
+    assert {"answer", "openset_score"} <= set(table.column_names)
+    assert [r["answer"] for r in rows] == table.column("answer").to_pylist()
+    off = runner.invoke(app, ["predict", str(outside), "--model", str(run_dir), "--format", "csv", "--no-unknown"])
+    assert "answer" not in off.stdout.splitlines()[0]
+
+
+@pytest.mark.slow
+def test_load_run_exposes_the_score_and_the_answer(tiny_run) -> None:
+    import clothprobe
+
+    run_dir, _, outside = tiny_run
+    photos = sorted(str(p) for p in outside.rglob("*.png"))
+    plain = clothprobe.load_run(run_dir)
+    scores = plain.openset_score(photos)
+    assert scores.shape == (16,) and set(plain.predict(photos)) <= {"hat", "shirt", "t-shirt"}
+    answers = clothprobe.load_run(run_dir, unknown=True).predict(photos)
+    assert list(answers == "unknown") == list(scores < plain.unknown_threshold_)
