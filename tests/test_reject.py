@@ -52,6 +52,20 @@ def test_fit_records_the_choice_and_every_score_with_intervals(features: Path, t
     assert report["accuracy_cost_pp"] == pytest.approx(100 * (report["accuracy"] - report["accuracy_with_reject"]))
 
 
+def test_the_report_shows_the_reject_option_and_its_cost(features: Path, tmp_path: Path) -> None:
+    from clothprobe.report import build_report
+
+    result = fit_unknown(features, tmp_path / "models")
+    fit("clothes", features_dir=features, models_dir=tmp_path / "models", balance="none")  # a run without one
+    report = build_report(tmp_path / "models", tmp_path / "reports")
+    (table,) = [t for t in report.sections[0].tables if t.title.startswith("Unknown garments")]
+    assert [str(row[0]) for row in table.rows] == [result.metrics.id]
+    figures = result.metrics.openset
+    assert str(table.rows[0][1]) == figures["score"]
+    assert str(table.rows[0][-1]) == f"{figures['report']['accuracy_cost_pp']:.1f}"
+    assert "Unknown garments" in report.md_path.read_text() and "Unknown garments" in report.html_path.read_text()
+
+
 def _poison_test(features: Path, out: Path) -> None:
     """A copy of the dataset's cache whose test rows are replaced by noise far from everything."""
     cache = load_features(features / "clothes" / "xception.h5")
@@ -171,7 +185,8 @@ def test_score_files_carry_the_answer_and_the_score(tiny_run, tmp_path: Path) ->
     assert len(rows) == 16 and {"answer", "openset_score"} <= set(rows[0])
     assert "unknown" in {r["answer"] for r in rows}
     out = tmp_path / "scores.parquet"
-    parquet = runner.invoke(app, ["predict", str(outside), "--model", str(run_dir), "--format", "parquet", "--output", str(out)])
+    parquet = runner.invoke(app, ["predict", str(outside), "--model", str(run_dir), "--format", "parquet",
+                                  "--output", str(out)])
     assert parquet.exit_code == 0, parquet.output
     import pyarrow.parquet as pq
 
