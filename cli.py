@@ -458,6 +458,41 @@ def predict(
         err.print(Text(f"wrote {output}"))
 
 
+@app.command()
+def audit(
+    data: Annotated[Path | None, typer.Option(help="The dataset folder that was featurized (its name picks the cache). "
+                                                   "Default: the only dataset featurized under --features-dir.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset name under --features-dir (instead of --data).")] = None,
+    backbone: Annotated[str, typer.Option(help="Whose embeddings to audit with (a featurized backbone).")] = "xception",
+    features_dir: Annotated[Path, typer.Option(help="Where the caches are.")] = Path("features"),
+    html: Annotated[Path, typer.Option(help="The page: every finding, most suspicious first, with thumbnails.")] = Path(
+        "audit.html"),
+    csv_out: Annotated[Path, typer.Option("--csv", help="Every finding as CSV.")] = Path("audit.csv"),
+    near_threshold: Annotated[float | None, typer.Option(
+        help="Cosine similarity from which two photos are near duplicates (default: measured, the median cosine of "
+             "a photo and its mirror image; needs a cache made with --tta flip).")] = None,
+    few: Annotated[int, typer.Option(help="List classes with fewer photos than this in a split.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the folds behind the label-issue search.")] = 0,
+) -> None:
+    """What in a featurized dataset deserves a second look: likely label issues (cleanlab), exact and near
+    duplicates, test photos near training photos, small classes. Nothing in the dataset is changed."""
+    from clothprobe.audit import audit as run_audit
+
+    name = dataset or (data.expanduser().resolve().name if data else None)
+    result = run_audit(name, backbone, features_dir, html=html, csv=csv_out, seed=seed,
+                       near_threshold=near_threshold, few=few)
+    table = Table(title=Text(f"audit: {len(result.findings)} finding(s), most suspicious first"))
+    for col in ("kind", "suspicion", "photo", "why"):
+        table.add_column(col, overflow="fold")
+    for f in result.findings[:10]:
+        table.add_row(Text(f.kind), f"{f.suspicion:.3f}", Text(f"{f.split}/{f.path}" if f.path else f.split),
+                      Text(f.detail + (f" ({f.other_split} {f.other_path})" if f.other_path else "")))
+    out.print(table)
+    out.print(Text(", ".join(f"{n} {k}" for k, n in sorted(result.counts.items())) or "nothing found"))
+    out.print(Text(f"near duplicates from cosine {result.near_threshold:.4f} ({result.threshold_source})"))
+    out.print(Text(f"wrote {result.html_path} and {result.csv_path}"))
+
+
 cache_app = typer.Typer(help="The compiled-model store ($CLOTHPROBE_HOME, default ~/.cache/clothprobe).",
                         no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
