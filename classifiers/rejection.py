@@ -51,11 +51,11 @@ def load_unknown(folder: str | Path, backbone: str, features_dir: str | Path, kn
     return UnknownSet(str(folder), rows, list(found.class_names))
 
 
-def _subset(split: SplitData, rows: np.ndarray) -> SplitData:
+def subset(split: SplitData, rows: np.ndarray) -> SplitData:
     return SplitData(split.X[rows], split.y[rows], split.paths[rows], None if split.X_flip is None else split.X_flip[rows])
 
 
-def _output(model: Any, split: SplitData, n_classes: int, tta: bool) -> openset.HeadOutput:
+def output_of(model: Any, split: SplitData, n_classes: int, tta: bool) -> openset.HeadOutput:
     return openset.head_output(model, split.X, predict_split(model, split, n_classes, tta))
 
 
@@ -74,8 +74,8 @@ def fit_rejection(model: Any, data: FeatureSet, unknown: UnknownSet, *, tta: boo
                               "validation photos. Featurize DIR/{train,validation,test}/<class>/<image>.")
     tuning_rows, report_rows = openset.split_unknown(unknown.rows.y, seed)
     scorer = openset.OpenSetScorer().fit(train.X, train.y)
-    chosen = openset.tune(scorer, _output(model, val, n, tta), _output(model, _subset(unknown.rows, tuning_rows), n, tta),
-                          seed=seed)
+    tuning = output_of(model, subset(unknown.rows, tuning_rows), n, tta)
+    chosen = openset.tune(scorer, output_of(model, val, n, tta), tuning, seed=seed)
     figures: dict[str, Any] = {
         "unknown_folder": unknown.folder, "score": chosen.score, "threshold": chosen.threshold,
         "known_recall_target": openset.KNOWN_RECALL, "tuning_auroc": chosen.tuning_auroc,
@@ -85,7 +85,7 @@ def fit_rejection(model: Any, data: FeatureSet, unknown: UnknownSet, *, tta: boo
     }
     test = data.splits.get("test")
     if test is not None and len(test) and len(report_rows):  # measured once, after the choice
-        figures["report"] = _report(model, chosen, test, _subset(unknown.rows, report_rows), unknown.type_names,
+        figures["report"] = _report(model, chosen, test, subset(unknown.rows, report_rows), unknown.type_names,
                                     n=n, tta=tta, seed=seed)
     return Rejection(chosen, figures)
 
@@ -93,7 +93,7 @@ def fit_rejection(model: Any, data: FeatureSet, unknown: UnknownSet, *, tta: boo
 def _report(model: Any, chosen: openset.OpenSet, test: SplitData, unknown: SplitData, type_names: list[str], *,
             n: int, tta: bool, seed: int) -> dict:
     """Every score's AUROC and FPR@95 (bootstrap intervals), and the chosen threshold's effect on test."""
-    known_out, unknown_out = _output(model, test, n, tta), _output(model, unknown, n, tta)
+    known_out, unknown_out = output_of(model, test, n, tta), output_of(model, unknown, n, tta)
     k_all, u_all = chosen.every_value(known_out), chosen.every_value(unknown_out)
     kept = ~chosen.is_unknown(k_all[chosen.score])
     correct = known_out.proba.argmax(1) == test.y
