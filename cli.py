@@ -199,6 +199,9 @@ def fit(
         help="Photos of garments outside the classes (DIR/<garment type>/<image>, featurized like the dataset): "
              "each run learns to answer 'unknown'. Half of them (seeded, per type) and the validation split choose "
              "the score and threshold; test and the other half measure them.")] = None,
+    negatives: Annotated[Path | None, typer.Option(
+        help="With --unknown: photos of other garments (featurized, not the --unknown ones) the distance scores "
+             "contrast with (outlier exposure: the knn_negatives score).")] = None,
 ) -> None:
     """Train classifiers on cached embeddings; settings chosen without the test split, test scored once."""
     from clothprobe.classifiers import fit as run_fit
@@ -220,7 +223,7 @@ def fit(
 
     run_fit(name, backbone=backbone, clf=clf, balance=balance, tta=tta, loss=loss, seed=seed,
             select=select or DEFAULT_SELECT, features_dir=features_dir, models_dir=models_dir, out=out_dir,
-            on_result=show, unknown=unknown)
+            on_result=show, unknown=unknown, negatives=negatives)
     out.print(table)
 
 

@@ -47,12 +47,16 @@ class FitPlan:
 
 
 def plan_fit(backbone: str = "xception", clf: str = "logreg", balance: str = "weights", loss: str = "categorical",
-             select: str = DEFAULT_SELECT, out: str | Path | None = None, unknown: str | Path | None = None) -> FitPlan:
+             select: str = DEFAULT_SELECT, out: str | Path | None = None, unknown: str | Path | None = None,
+             negatives: str | Path | None = None) -> FitPlan:
     """Check every option (before featurizing or loading anything) and expand ``all``."""
     parse_backbones(backbone)
     if unknown is not None and select != "validation":
         raise ClothprobeError(f"--unknown needs --select validation (given: {select}): the reject threshold is set "
                               f"on validation photos the model was not fitted on.")
+    if negatives is not None and (unknown is None or Path(negatives).resolve() == Path(unknown).resolve()):
+        raise ClothprobeError("--negatives DIR is used with --unknown OTHER_DIR: the negatives shape the scores, the "
+                              "unknown photos choose and measure them, so they must be different photos.")
     clfs = list(CLASSIFIERS) if clf == "all" else [get_classifier(clf).name]
     balances = list(BALANCES) if balance == "all" else [check_balance(balance)]
     check_loss(loss)
@@ -97,12 +101,14 @@ def fit(
     out: str | Path | None = None,
     on_result=None,  # noqa: ANN001 - called with each FitResult as it finishes
     unknown: str | Path | None = None,
+    negatives: str | Path | None = None,
 ) -> list[FitResult]:
     """Fit ``clf`` (or ``all``) with ``balance`` (or ``all``) on the caches of ``backbone`` (``a+b`` joins) of
     ``dataset`` (None: the only dataset featurized under ``features_dir``). ``select``: ``validation`` or
     ``cv`` (see ``classifiers/select.py``). ``unknown``: a featurized folder of photos outside the classes;
-    each run gets a reject option (``classifiers/rejection.py``)."""
-    plan = plan_fit(backbone, clf, balance, loss, select, out, unknown)
+    each run gets a reject option (``classifiers/rejection.py``); ``negatives``: a featurized folder of other
+    garments its distance scores contrast with."""
+    plan = plan_fit(backbone, clf, balance, loss, select, out, unknown, negatives)
     dataset = resolve_dataset(features_dir, dataset)
     joined = "+".join(parse_backbones(backbone))
     run_dirs = [Path(out) if out else Path(models_dir) / dataset / joined / run_name(name, bal, tta, run_loss)
@@ -112,9 +118,10 @@ def fit(
     data = load_feature_set(backbone, dataset, features_dir)
     _check_data(data, tta)
     outside = None if unknown is None else load_unknown(unknown, backbone, features_dir, data, tta)
+    negative = None if negatives is None else load_unknown(negatives, backbone, features_dir, data, False)
     results = []
     for (name, bal, run_loss), run_dir in zip(plan.runs(), run_dirs):
-        result = fit_one(data, name, bal, tta, run_loss, seed, run_dir, plan.select, unknown=outside)
+        result = fit_one(data, name, bal, tta, run_loss, seed, run_dir, plan.select, unknown=outside, negatives=negative)
         if on_result:
             on_result(result)
         results.append(result)
@@ -145,13 +152,15 @@ def calibrate(held: Held, test_y: np.ndarray | None, test_proba: np.ndarray | No
 
 
 def fit_one(data: FeatureSet, clf: str, balance: str, tta: bool, loss: str, seed: int, run_dir: Path,
-            select_mode: str = DEFAULT_SELECT, *, unknown: UnknownSet | None = None) -> FitResult:
+            select_mode: str = DEFAULT_SELECT, *, unknown: UnknownSet | None = None,
+            negatives: UnknownSet | None = None) -> FitResult:
     spec = get_classifier(clf)
     n_classes = len(data.class_names)
     started = time.perf_counter()
     selection = select(spec, data, balance, seed, tta, loss, select_mode)
     fit_seconds = time.perf_counter() - started
-    rejection = None if unknown is None else fit_rejection(selection.model, data, unknown, tta=tta, seed=seed)
+    rejection = None if unknown is None else fit_rejection(selection.model, data, unknown, tta=tta, seed=seed,
+                                                           negatives=negatives)
     held = selection.held
     validation = classification_metrics(held.y, held.proba, data.class_names, seed, held.source)
     test = data.splits.get("test")

@@ -8,6 +8,8 @@ the head's answer on them, so it works on whatever features a run is fitted on:
 - ``knn``: cosine similarity to the k-th nearest training photo (L2-normalized features);
 - ``mahalanobis``: minus the smallest Mahalanobis distance to a class mean, after L2 normalization and PCA,
   with one shared Ledoit-Wolf covariance (Mahalanobis++);
+- ``knn_negatives`` (with negatives: photos of other garments, ``cli fit --negatives``, outlier exposure):
+  ``knn`` minus the cosine similarity to the k-th nearest negative photo;
 - ``combined``: a logistic regression over the standardized scores above, fitted on the tuning rows.
 
 ``tune`` picks the score with the best AUROC on validation knowns against the tuning part of the unknown
@@ -27,7 +29,7 @@ import numpy as np
 
 from clothprobe.errors import ClothprobeError
 
-SCORES = ("msp", "energy", "knn", "mahalanobis")
+SCORES = ("msp", "energy", "knn", "mahalanobis", "knn_negatives")
 COMBINED = "combined"
 FILE = "openset.npz"
 KNOWN_RECALL = 0.95
@@ -62,13 +64,13 @@ def _normalize(X: np.ndarray) -> np.ndarray:
 class OpenSetScorer:
     """The distance scores' fitted state (scikit-learn style): ``k`` neighbours, ``pca_components`` kept
     before the Mahalanobis distance. Fitted: ``bank_`` (normalized training rows), ``pca_mean_``,
-    ``pca_components_``, ``class_means_``, ``precision_``."""
+    ``pca_components_``, ``class_means_``, ``precision_``, ``negatives_`` (normalized negative photos, or None)."""
 
     def __init__(self, k: int = 10, pca_components: int = 256) -> None:
         self.k = k
         self.pca_components = pca_components
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> OpenSetScorer:
+    def fit(self, X: np.ndarray, y: np.ndarray, negatives: np.ndarray | None = None) -> OpenSetScorer:
         from sklearn.covariance import LedoitWolf
         from sklearn.decomposition import PCA
 
@@ -76,6 +78,7 @@ class OpenSetScorer:
             raise ValueError(f"k must be a whole number of at least 1, got {self.k!r}")
         Xn, y = _normalize(X), np.asarray(y)
         self.bank_ = Xn
+        self.negatives_ = None if negatives is None or not len(negatives) else _normalize(negatives)
         pca = PCA(n_components=min(self.pca_components, len(Xn) - 1, Xn.shape[1]), random_state=0).fit(Xn)
         self.pca_mean_, self.pca_components_ = pca.mean_.astype(np.float64), pca.components_.astype(np.float64)
         Z = self._project(Xn)
@@ -88,12 +91,13 @@ class OpenSetScorer:
     def _project(self, Xn: np.ndarray) -> np.ndarray:
         return (np.asarray(Xn, np.float64) - self.pca_mean_) @ self.pca_components_.T
 
-    def knn(self, X: np.ndarray) -> np.ndarray:
-        """Cosine similarity of each row to its k-th nearest training row."""
-        Xn, k = _normalize(X), min(self.k, len(self.bank_))
+    def knn(self, X: np.ndarray, bank: np.ndarray | None = None) -> np.ndarray:
+        """Cosine similarity of each row to its k-th nearest training row (or row of ``bank``)."""
+        bank = self.bank_ if bank is None else bank
+        Xn, k = _normalize(X), min(self.k, len(bank))
         out = np.empty(len(Xn))
         for start in range(0, len(Xn), _CHUNK):
-            sims = Xn[start:start + _CHUNK] @ self.bank_.T
+            sims = Xn[start:start + _CHUNK] @ bank.T
             out[start:start + _CHUNK] = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
         return out
 
@@ -112,11 +116,14 @@ class OpenSetScorer:
             found["energy"] = logsumexp(out.logits, axis=1)
         found["knn"] = self.knn(out.X)
         found["mahalanobis"] = self.mahalanobis(out.X)
+        if self.negatives_ is not None:
+            found["knn_negatives"] = found["knn"] - self.knn(out.X, self.negatives_)
         return found
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"bank": self.bank_, "pca_mean": self.pca_mean_, "pca_components": self.pca_components_,
-                "class_means": self.class_means_, "precision": self.precision_}
+        arrays = {"bank": self.bank_, "pca_mean": self.pca_mean_, "pca_components": self.pca_components_,
+                  "class_means": self.class_means_, "precision": self.precision_}
+        return arrays if self.negatives_ is None else {**arrays, "negatives": self.negatives_}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], k: int) -> OpenSetScorer:
@@ -124,6 +131,7 @@ class OpenSetScorer:
         scorer.bank_ = arrays["bank"].astype(np.float32)
         scorer.pca_mean_, scorer.pca_components_ = arrays["pca_mean"], arrays["pca_components"]
         scorer.class_means_, scorer.precision_ = arrays["class_means"], arrays["precision"]
+        scorer.negatives_ = arrays["negatives"].astype(np.float32) if "negatives" in arrays else None
         return scorer
 
 
@@ -294,10 +302,12 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
 def _shapes_ok(a: dict[str, np.ndarray], entry: dict) -> bool:
     base = {"bank", "pca_mean", "pca_components", "class_means", "precision"}
     comb = {"comb_mean", "comb_scale", "comb_coef", "comb_intercept"}
-    if set(a) != (base | comb if "components" in entry else base) or any(v.dtype.kind != "f" for v in a.values()):
+    expected = (base | comb if "components" in entry else base) | ({"negatives"} if "negatives" in a else set())
+    if set(a) != expected or any(v.dtype.kind != "f" for v in a.values()):
         return False
     d, p = a["bank"].shape[1] if a["bank"].ndim == 2 else -1, len(a["pca_components"])
-    return (a["pca_components"].shape[1:] == (d,) and a["pca_mean"].shape == (d,) and a["class_means"].ndim == 2
+    return (a["pca_components"].shape[1:] == (d,) and a.get("negatives", a["bank"]).shape[1:] == (d,)
+            and a["pca_mean"].shape == (d,) and a["class_means"].ndim == 2
             and a["class_means"].shape[1] == p and a["precision"].shape == (p, p)
             and all(a[k].shape == (len(entry.get("components", [])),) for k in comb & set(a) - {"comb_intercept"}))
 

@@ -65,19 +65,22 @@ class Rejection:
     figures: dict  # the metrics file's ``openset`` record
 
 
-def fit_rejection(model: Any, data: FeatureSet, unknown: UnknownSet, *, tta: bool, seed: int) -> Rejection:
+def fit_rejection(model: Any, data: FeatureSet, unknown: UnknownSet, *, tta: bool, seed: int,
+                  negatives: UnknownSet | None = None) -> Rejection:
     """Choose the score and threshold (validation knowns + the tuning part); then measure them on test knowns
-    + the reporting part. ``model`` was fitted on train only (``--select validation``)."""
+    + the reporting part. ``model`` was fitted on train only (``--select validation``). ``negatives``: photos of
+    other garments (not the unknown ones) the distance scores contrast with (outlier exposure)."""
     train, val, n = data.splits["train"], data.splits.get("validation"), len(data.class_names)
     if val is None or not len(val):
         raise ClothprobeError("--unknown needs a validation split: the threshold is set at 95% recall of the "
                               "validation photos. Featurize DIR/{train,validation,test}/<class>/<image>.")
     tuning_rows, report_rows = openset.split_unknown(unknown.rows.y, seed)
-    scorer = openset.OpenSetScorer().fit(train.X, train.y)
+    scorer = openset.OpenSetScorer().fit(train.X, train.y, None if negatives is None else negatives.rows.X)
     tuning = output_of(model, subset(unknown.rows, tuning_rows), n, tta)
     chosen = openset.tune(scorer, output_of(model, val, n, tta), tuning, seed=seed)
     figures: dict[str, Any] = {
-        "unknown_folder": unknown.folder, "score": chosen.score, "threshold": chosen.threshold,
+        "unknown_folder": unknown.folder, "negatives_folder": None if negatives is None else negatives.folder,
+        "negatives": 0 if negatives is None else len(negatives.rows), "score": chosen.score, "threshold": chosen.threshold,
         "known_recall_target": openset.KNOWN_RECALL, "tuning_auroc": chosen.tuning_auroc,
         "tuning": {"validation_known": len(val), "unknown": len(tuning_rows)},
         "types": {t: {"tuning": int(np.sum(unknown.rows.y[tuning_rows] == i)),

@@ -108,6 +108,19 @@ def test_save_and_load_give_the_same_values(world, tmp_path, allowed) -> None:
     assert np.allclose(back.values(unknown), chosen.values(unknown))
 
 
+def test_negatives_give_a_contrast_score_that_survives_saving(world, tmp_path) -> None:
+    scorer, known, unknown, _ = world
+    negatives = unknown.X[:40]  # photos like the unknown ones: the contrast must separate better than plain knn
+    labels = np.zeros(len(scorer.bank_), int)  # the k-NN scores do not look at labels
+    with_neg = OpenSetScorer(k=5, pca_components=6).fit(scorer.bank_, labels, negatives)
+    later = HeadOutput(unknown.X[40:], unknown.proba[40:], unknown.logits[40:])
+    k, u = with_neg.scores(known), with_neg.scores(later)
+    assert openset.auroc(k["knn_negatives"], u["knn_negatives"]) >= openset.auroc(k["knn"], u["knn"])
+    chosen = openset.tune(with_neg, known, later, allowed=("knn_negatives",))
+    back = openset.load(tmp_path, openset.save(chosen, tmp_path))
+    assert np.allclose(back.values(later), chosen.values(later))
+
+
 def test_load_refuses_a_pickle_and_a_wrong_shape(world, tmp_path) -> None:
     scorer, known, unknown, _ = world
     entry = openset.save(openset.tune(scorer, known, unknown, allowed=("knn",)), tmp_path)

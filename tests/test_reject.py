@@ -208,3 +208,20 @@ def test_load_run_exposes_the_score_and_the_answer(tiny_run) -> None:
     assert scores.shape == (16,) and set(plain.predict(photos)) <= {"hat", "shirt", "t-shirt"}
     answers = clothprobe.load_run(run_dir, unknown=True).predict(photos)
     assert list(answers == "unknown") == list(scores < plain.unknown_threshold_)
+
+
+def test_negatives_add_a_contrast_score_and_must_differ_from_the_unknown_photos(features: Path, tmp_path: Path) -> None:
+    from clothprobe.classifiers.openset import load
+    from clothprobe.runs.directory import read_manifest
+
+    make_cache(features, dataset="others", seed=11, splits={"train": (10, 10, 10)}, separation=3.0)
+    (result,) = fit("clothes", features_dir=features, models_dir=tmp_path / "m", unknown="outside", negatives="others")
+    figures = result.metrics.openset
+    assert figures["negatives"] == 30 and "knn_negatives" in figures["tuning_auroc"]
+    assert "knn_negatives" in figures["report"]["scores"]
+    back = load(result.run_dir, read_manifest(result.run_dir).openset)
+    assert back.scorer.negatives_.shape == (30, 16)
+    with pytest.raises(ClothprobeError, match="must be different photos"):
+        fit("clothes", features_dir=features, models_dir=tmp_path / "m", unknown="outside", negatives="outside")
+    with pytest.raises(ClothprobeError, match="--negatives DIR is used with --unknown"):
+        fit("clothes", features_dir=features, models_dir=tmp_path / "m", negatives="others")
