@@ -14,8 +14,9 @@ The head is cli fit's logistic regression (balanced class weights, C chosen on t
 2. Leave one garment type out: each type in turn is left out of tuning (the other types' photos tune), and
    every score is measured on test knowns against that type alone, with the known-class accuracy cost of the
    chosen threshold (test photos below it counted wrong). This is what generalization to new garments means.
-3. Outlier exposure (``--negatives``): the other types' photos as an extra rejected class of the head
-   (score: 1 - its probability), measured on the left-out type, against the same head without them.
+3. Outlier exposure, type by type: the other types' photos split into negatives and tuning photos; no
+   negatives, against negatives as the k-NN contrast set (``cli fit --negatives``), against negatives as an
+   extra rejected class of the head (score: 1 - its probability); measured on the left-out type.
 
 Nothing is chosen on test or on the left-out type. Every AUROC and FPR@95 has a 95% bootstrap interval.
 """
@@ -71,7 +72,7 @@ def _protocol(model, data, unknown, seed: int) -> str:  # noqa: ANN001
     return "\n".join(lines)
 
 
-def _leave_one_out(model, data, unknown, seed: int) -> tuple[str, dict]:  # noqa: ANN001
+def _leave_one_out(model, data, unknown, seed: int) -> str:  # noqa: ANN001
     from clothprobe.classifiers import openset
     from clothprobe.classifiers.rejection import output_of, subset
 
@@ -79,8 +80,7 @@ def _leave_one_out(model, data, unknown, seed: int) -> tuple[str, dict]:  # noqa
     scorer = openset.OpenSetScorer().fit(data.splits["train"].X, data.splits["train"].y)
     known_val, known_test = output_of(model, val, n, False), output_of(model, test, n, False)
     correct = known_test.proba.argmax(1) == test.y
-    rows, aurocs = [], {}
-    header = None
+    rows, header = [], None
     for t, name in enumerate(unknown.type_names):
         others, held = np.flatnonzero(unknown.rows.y != t), np.flatnonzero(unknown.rows.y == t)
         chosen = openset.tune(scorer, known_val, output_of(model, subset(unknown.rows, others), n, False), seed=seed)
@@ -89,34 +89,47 @@ def _leave_one_out(model, data, unknown, seed: int) -> tuple[str, dict]:  # noqa
         evals = {s: openset.evaluate(k_all[s], u_all[s], seed=seed) for s in k_all}
         kept = ~chosen.is_unknown(k_all[chosen.score])
         cost = 100 * (correct.mean() - (correct & kept).mean())
-        aurocs[name] = evals[chosen.score]["auroc"]
         header = header or list(evals)
         rows.append(f"| {name} ({len(held)}) | {chosen.score} | {_f(evals[chosen.score], 'auroc')} | "
                     f"{_f(evals[chosen.score], 'fpr95')} | {100 * kept.mean():.1f} | {cost:.1f} | "
                     + " | ".join(f"{evals[s]['auroc']:.3f}" for s in header) + " |")
     head = ("| left-out type (photos) | chosen on the other types | AUROC (95% CI) | FPR@95 (95% CI) | test kept % | "
             "accuracy cost pp | " + " | ".join(f"AUROC {s}" for s in header) + " |")
-    return "\n".join([head, "|" + "---|" * (6 + len(header)), *rows]), aurocs
+    return "\n".join([head, "|" + "---|" * (6 + len(header)), *rows])
 
 
-def _negatives(data, unknown, seed: int, plain: dict) -> str:  # noqa: ANN001
-    """Outlier exposure: the other types as an extra class of the head; score 1 - p(extra class)."""
+def _negatives(model, data, unknown, seed: int) -> str:  # noqa: ANN001
+    """Outlier exposure, left-out type by type: the other types' photos split (seeded, per type) into negatives
+    and tuning photos. Three ways, all tuned on the same tuning photos and measured on the left-out type:
+    no negatives; negatives as the k-NN contrast set (cli fit --negatives); negatives as an extra class of the
+    head (score 1 - its probability; the head's C chosen on validation)."""
     from clothprobe.classifiers import openset
+    from clothprobe.classifiers.rejection import output_of, subset
 
-    train, test = data.splits["train"], data.splits["test"]
+    train, val, test = data.splits["train"], data.splits["validation"], data.splits["test"]
     n = len(data.class_names)
-    lines = [("| left-out type | AUROC without negatives (chosen score) | AUROC with negatives (1 - p(other)) | "
-              "test accuracy with negatives (known classes only) |"), "|---|---|---|---|"]
+    known_val, known_test = output_of(model, val, n, False), output_of(model, test, n, False)
+    lines = [("| left-out type | tuning / negative photos | no negatives: chosen, AUROC | --negatives (k-NN contrast): "
+              "chosen, AUROC | negatives as an extra class: AUROC | extra class: test accuracy |"), "|---|---|---|---|---|---|"]
     for t, name in enumerate(unknown.type_names):
         others, held = np.flatnonzero(unknown.rows.y != t), np.flatnonzero(unknown.rows.y == t)
-        X = np.vstack([train.X, unknown.rows.X[others]])
-        y = np.concatenate([train.y, np.full(len(others), n)])
-        model = _head(data, seed, X, y)
-        p_test = model.predict_proba(test.X)
-        p_held = model.predict_proba(unknown.rows.X[held])
+        neg_part, tune_part = openset.split_unknown(unknown.rows.y[others], seed)
+        negatives, tuning = others[neg_part], others[tune_part]
+        tuning_out = output_of(model, subset(unknown.rows, tuning), n, False)
+        held_out = output_of(model, subset(unknown.rows, held), n, False)
+        cells = []
+        for bank in (None, unknown.rows.X[negatives]):
+            scorer = openset.OpenSetScorer().fit(train.X, train.y, bank)
+            chosen = openset.tune(scorer, known_val, tuning_out, seed=seed)
+            e = openset.evaluate(chosen.values(known_test), chosen.values(held_out), seed=seed)
+            cells.append(f"{chosen.score}, {_f(e, 'auroc')}")
+        extra = _head(data, seed, np.vstack([train.X, unknown.rows.X[negatives]]),
+                      np.concatenate([train.y, np.full(len(negatives), n)]))
+        p_test, p_held = extra.predict_proba(test.X), extra.predict_proba(unknown.rows.X[held])
         e = openset.evaluate(1 - p_test[:, n], 1 - p_held[:, n], seed=seed)
         accuracy = float(np.mean(p_test[:, :n].argmax(1) == test.y))
-        lines.append(f"| {name} | {plain[name]:.3f} | {_f(e, 'auroc')} | {100 * accuracy:.1f} |")
+        lines.append(f"| {name} ({len(held)}) | {len(tuning)} / {len(negatives)} | {cells[0]} | {cells[1]} | "
+                     f"{_f(e, 'auroc')} | {100 * accuracy:.1f} |")
     return "\n".join(lines)
 
 
@@ -137,11 +150,11 @@ def main() -> None:
     data = load_feature_set(a.backbone, a.dataset, a.features)
     unknown = load_unknown(a.unknown, a.backbone, a.features, data, tta=False)
     model = _head(data, a.seed)
-    loo, aurocs = _leave_one_out(model, data, unknown, a.seed)
+    loo = _leave_one_out(model, data, unknown, a.seed)
     parts = ["## cli fit --unknown's protocol", _protocol(model, data, unknown, a.seed),
              "## Leave one garment type out", loo]
     if not a.no_negatives:
-        parts += ["## Outlier exposure (the other types as a rejected class)", _negatives(data, unknown, a.seed, aurocs)]
+        parts += ["## Outlier exposure, leave one garment type out", _negatives(model, data, unknown, a.seed)]
     parts.append(f"{a.backbone} final-layer features, logistic regression; seed {a.seed}; {os.cpu_count()} CPU cores.")
     write_report(a.report, "\n\n".join(parts) + "\n")
 
