@@ -224,6 +224,13 @@ def fit(
     taps: Annotated[str, typer.Option(help=(
         "Cached taps to fit on: final, all, tap names, or auto (final, the last 2 and 4, and all, each fitted and "
         "the best kept on the selection data, never test)."))] = "auto",
+    unknown: Annotated[Path | None, typer.Option(
+        help="Photos of garments outside the classes (DIR/<garment type>/<image>, featurized like the dataset): "
+             "each run learns to answer 'unknown'. Half of them (seeded, per type) and the validation split choose "
+             "the score and threshold; test and the other half measure them.")] = None,
+    negatives: Annotated[Path | None, typer.Option(
+        help="With --unknown: photos of other garments (featurized, not the --unknown ones) the distance scores "
+             "contrast with (outlier exposure: the knn_negatives score).")] = None,
 ) -> None:
     """Train classifiers on cached embeddings; settings chosen without the test split, test scored once."""
     from clothprobe.classifiers import fit as run_fit
@@ -238,13 +245,38 @@ def fit(
         m = result.metrics
         err.print(Text(f"{m.run}: val {_pct(m.validation)}%  ({m.fit_seconds:.1f} s) -> {result.run_dir}"))
         tap_set = {"taps": m.taps["chosen"]} if m.taps else {}
+        if m.openset is not None:
+            _print_openset(m.run, m.openset)
         table.add_row(*(Text(c) for c in (m.run, m.selection, _pct(m.validation), _pct(m.test),
                                           _pct(m.test, "macro_f1"), f"{m.fit_seconds:.1f}",
                                           json.dumps({**m.params, **m.chosen, **tap_set}))))
 
     run_fit(name, backbone=backbone, clf=clf, balance=balance, tta=tta, loss=loss, seed=seed,
             select=select or DEFAULT_SELECT, features_dir=features_dir, models_dir=models_dir, out=out_dir,
-            on_result=show, taps=taps)
+            on_result=show, taps=taps, unknown=unknown, negatives=negatives)
+    out.print(table)
+
+
+def _print_openset(run: str, figures: dict) -> None:
+    """The reject option a fit chose, and each score measured on test knowns + the reporting unknowns."""
+    reported = figures.get("report")
+    chosen = f"{run}: 'unknown' below {figures['score']} {figures['threshold']:.4g}"
+    if reported is None:
+        err.print(Text(chosen + " (no test split: not measured)"))
+        return
+    err.print(Text(f"{chosen}: keeps {100 * reported['known_kept']:.1f}% of test photos, rejects "
+                   f"{100 * reported['unknown_rejected']:.1f}% of unknown ones; test accuracy "
+                   f"{100 * reported['accuracy']:.1f}% -> {100 * reported['accuracy_with_reject']:.1f}% "
+                   f"(rejected counted wrong)"))
+    table = Table(title=Text(f"{run}: open-set scores on {reported['n_known']} test + {reported['n_unknown']} "
+                             f"unknown photos (95% intervals)"))
+    for col in ("score", "tuning AUROC", "AUROC", "FPR@95"):
+        table.add_column(col, no_wrap=True)
+    for name, f in reported["scores"].items():
+        mark = " (chosen)" if name == figures["score"] else ""
+        table.add_row(Text(name + mark), f"{figures['tuning_auroc'].get(name, float('nan')):.3f}",
+                      f"{f['auroc']:.3f} [{f['auroc_ci'][0]:.3f}, {f['auroc_ci'][1]:.3f}]",
+                      f"{f['fpr95']:.3f} [{f['fpr95_ci'][0]:.3f}, {f['fpr95_ci'][1]:.3f}]")
     out.print(table)
 
 
@@ -383,12 +415,16 @@ def _print_summary(result) -> None:  # noqa: ANN001 - a PredictResult
 
 
 def _print_table(result, top_k: int) -> None:  # noqa: ANN001 - a PredictResult
-    table = Table(title=Text(result.run))
+    reject = result.openset is not None
+    table = Table(title=Text(result.run + (f" ('unknown' by {result.openset})" if reject else "")))
     table.add_column("image", overflow="fold")
+    if reject:
+        table.add_column("answer", no_wrap=True)
     for k in range(1, top_k + 1):
         table.add_column(f"#{k}", no_wrap=True)
     for p in result.predictions:
-        table.add_row(Text(p.path), *(Text(f"{c} {100 * v:.1f}%") for c, v in p.top(top_k)))
+        table.add_row(Text(p.path), *([Text(p.answer)] if reject else []),
+                      *(Text(f"{c} {100 * v:.1f}%") for c, v in p.top(top_k)))
     out.print(table)
 
 
@@ -414,6 +450,9 @@ def predict(
     engine: Engine = EngineKind.local,
     address: Address = None,
     workers: Workers = None,
+    unknown: Annotated[bool, typer.Option("--unknown/--no-unknown", help=(
+        "A run fitted with --unknown answers 'unknown' below its open-set threshold (score files carry "
+        "'answer' and 'openset_score'); --no-unknown always names a class."))] = True,
 ) -> None:
     """Classify new photos with a finished run (its own backbone, weights and preprocessing)."""
     from clothprobe.runs.predicting import check_score_output, list_images, score_catalogue, write_scores
@@ -423,7 +462,7 @@ def predict(
     if output is not None:
         check_score_output(output, images, model)
     files = list_images(images)
-    options = {"weights": weights, "batch_size": batch_size, "calibrate": calibrate}
+    options = {"weights": weights, "batch_size": batch_size, "calibrate": calibrate, "unknown": unknown}
     if engine is EngineKind.ray:
         with _engine(ctx, engine, address, workers) as cluster:
             done = score_catalogue(files, model, output, engine=cluster, top_k=top_k, fmt=chosen,
@@ -442,6 +481,41 @@ def predict(
     write_scores(result, output, top_k, chosen)
     if output:
         err.print(Text(f"wrote {output}"))
+
+
+@app.command()
+def audit(
+    data: Annotated[Path | None, typer.Option(help="The dataset folder that was featurized (its name picks the cache). "
+                                                   "Default: the only dataset featurized under --features-dir.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset name under --features-dir (instead of --data).")] = None,
+    backbone: Annotated[str, typer.Option(help="Whose embeddings to audit with (a featurized backbone).")] = "xception",
+    features_dir: Annotated[Path, typer.Option(help="Where the caches are.")] = Path("features"),
+    html: Annotated[Path, typer.Option(help="The page: every finding, most suspicious first, with thumbnails.")] = Path(
+        "audit.html"),
+    csv_out: Annotated[Path, typer.Option("--csv", help="Every finding as CSV.")] = Path("audit.csv"),
+    near_threshold: Annotated[float | None, typer.Option(
+        help="Cosine similarity from which two photos are near duplicates (default: measured, the median cosine of "
+             "a photo and its mirror image; needs a cache made with --tta flip).")] = None,
+    few: Annotated[int, typer.Option(help="List classes with fewer photos than this in a split.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the folds behind the label-issue search.")] = 0,
+) -> None:
+    """What in a featurized dataset deserves a second look: likely label issues (cleanlab), exact and near
+    duplicates, test photos near training photos, small classes. Nothing in the dataset is changed."""
+    from clothprobe.audit import audit as run_audit
+
+    name = dataset or (data.expanduser().resolve().name if data else None)
+    result = run_audit(name, backbone, features_dir, html=html, csv=csv_out, seed=seed,
+                       near_threshold=near_threshold, few=few)
+    table = Table(title=Text(f"audit: {len(result.findings)} finding(s), most suspicious first"))
+    for col in ("kind", "suspicion", "photo", "why"):
+        table.add_column(col, overflow="fold")
+    for f in result.findings[:10]:
+        table.add_row(Text(f.kind), f"{f.suspicion:.3f}", Text(f"{f.split}/{f.path}" if f.path else f.split),
+                      Text(f.detail + (f" ({f.other_split} {f.other_path})" if f.other_path else "")))
+    out.print(table)
+    out.print(Text(", ".join(f"{n} {k}" for k, n in sorted(result.counts.items())) or "nothing found"))
+    out.print(Text(f"near duplicates from cosine {result.near_threshold:.4f} ({result.threshold_source})"))
+    out.print(Text(f"wrote {result.html_path} and {result.csv_path}"))
 
 
 cache_app = typer.Typer(help="The compiled-model store ($CLOTHPROBE_HOME, default ~/.cache/clothprobe).",

@@ -12,6 +12,7 @@ import numpy as np
 from clothprobe.classifiers.data import FeatureSet, load_feature_set, parse_backbones
 from clothprobe.classifiers.metrics import classification_metrics
 from clothprobe.classifiers.modelio import save_model
+from clothprobe.classifiers.openset import save as save_openset
 from clothprobe.classifiers.registry import (
     BALANCES,
     CLASSIFIERS,
@@ -20,6 +21,7 @@ from clothprobe.classifiers.registry import (
     check_loss,
     get_classifier,
 )
+from clothprobe.classifiers.rejection import UnknownSet, fit_rejection, load_unknown, with_taps
 from clothprobe.classifiers.select import DEFAULT_SELECT, Held, Selection, check_select, predict_split, select
 from clothprobe.classifiers.taps import DEFAULT_FIT_TAPS, check_taps, held_score, restrict, tap_candidates
 from clothprobe.classifiers.stats import apply_temperature, expected_calibration_error, fit_temperature
@@ -66,10 +68,17 @@ class FitPlan:
 
 
 def plan_fit(backbone: str = "xception", clf: str = "logreg", balance: str = "weights", loss: str = "categorical",
-             select: str = DEFAULT_SELECT, out: str | Path | None = None, taps: str = DEFAULT_FIT_TAPS) -> FitPlan:
+             select: str = DEFAULT_SELECT, out: str | Path | None = None, taps: str = DEFAULT_FIT_TAPS,
+             unknown: str | Path | None = None, negatives: str | Path | None = None) -> FitPlan:
     """Check every option (before featurizing or loading anything) and expand ``all``."""
     parse_backbones(backbone)
     check_taps(taps)
+    if unknown is not None and select != "validation":
+        raise ClothprobeError(f"--unknown needs --select validation (given: {select}): the reject threshold is set "
+                              f"on validation photos the model was not fitted on.")
+    if negatives is not None and (unknown is None or Path(negatives).resolve() == Path(unknown).resolve()):
+        raise ClothprobeError("--negatives DIR is used with --unknown OTHER_DIR: the negatives shape the scores, the "
+                              "unknown photos choose and measure them, so they must be different photos.")
     clfs = list(CLASSIFIERS) if clf == "all" else [get_classifier(clf).name]
     balances = list(BALANCES) if balance == "all" else [check_balance(balance)]
     check_loss(loss)
@@ -110,12 +119,16 @@ def fit(
     out: str | Path | None = None,
     on_result=None,  # noqa: ANN001 - called with each FitResult as it finishes
     taps: str = DEFAULT_FIT_TAPS,
+    unknown: str | Path | None = None,
+    negatives: str | Path | None = None,
 ) -> list[FitResult]:
     """Fit ``clf`` (or ``all``) with ``balance`` (or ``all``) on the caches of ``backbone`` (``a+b`` joins) of
     ``dataset`` (None: the only dataset featurized under ``features_dir``). ``select``: ``validation`` or
     ``cv`` (see ``classifiers/select.py``). ``taps``: which cached taps, ``auto`` chosen like the other
-    settings (see ``classifiers/taps.py``)."""
-    plan = plan_fit(backbone, clf, balance, loss, select, out, taps)
+    settings (see ``classifiers/taps.py``). ``unknown``: a featurized folder of photos outside the classes;
+    each run gets a reject option (``classifiers/rejection.py``); ``negatives``: a featurized folder of other
+    garments its distance scores contrast with."""
+    plan = plan_fit(backbone, clf, balance, loss, select, out, taps, unknown, negatives)
     dataset = resolve_dataset(features_dir, dataset)
     joined = "+".join(parse_backbones(backbone))
     run_dirs = [run_path(models_dir, dataset, joined, cached_run_name(name, bal, tta, run_loss), out)
@@ -125,9 +138,12 @@ def fit(
     data = load_feature_set(backbone, dataset, features_dir)
     _check_data(data, tta)
     tap_candidates(data, plan.taps)  # a tap no cache holds: one line, before any fitting
+    outside = None if unknown is None else load_unknown(unknown, backbone, features_dir, data, tta)
+    negative = None if negatives is None else load_unknown(negatives, backbone, features_dir, data, False)
     results = []
     for (name, bal, run_loss), run_dir in zip(plan.runs(), run_dirs):
-        result = fit_one(data, name, bal, tta, run_loss, seed, run_dir, plan.select, plan.taps)
+        result = fit_one(data, name, bal, tta, run_loss, seed, run_dir, plan.select, plan.taps, unknown=outside,
+                         negatives=negative)
         if on_result:
             on_result(result)
         results.append(result)
@@ -176,12 +192,16 @@ def select_taps(spec: ClassifierSpec, data: FeatureSet, balance: str, seed: int,
 
 
 def fit_one(data: FeatureSet, clf: str, balance: str, tta: bool, loss: str, seed: int, run_dir: Path,
-            select_mode: str = DEFAULT_SELECT, taps: str = DEFAULT_FIT_TAPS) -> FitResult:
+            select_mode: str = DEFAULT_SELECT, taps: str = DEFAULT_FIT_TAPS, *, unknown: UnknownSet | None = None,
+            negatives: UnknownSet | None = None) -> FitResult:
     spec = get_classifier(clf)
     n_classes = len(data.class_names)
     started = time.perf_counter()
     data, selection, tap_record = select_taps(spec, data, balance, seed, tta, loss, select_mode, taps)
     fit_seconds = time.perf_counter() - started
+    rejection = None if unknown is None else fit_rejection(selection.model, data, with_taps(unknown, data, tta),
+                                                           tta=tta, seed=seed,
+                                                           negatives=with_taps(negatives, data, False))
     held = selection.held
     validation = classification_metrics(held.y, held.proba, data.class_names, seed, held.source)
     test = data.splits.get("test")
@@ -206,10 +226,17 @@ def fit_one(data: FeatureSet, clf: str, balance: str, tta: bool, loss: str, seed
         fit_seconds=fit_seconds, featurize_seconds=data.featurize_seconds, predict_seconds=predict_seconds,
         train_counts=dict(zip(data.class_names, np.bincount(data.splits["train"].y, minlength=n_classes).tolist())),
         validation=validation, test=test_metrics, calibrated_test_ece=calibrated_ece, taps=tap_record,
+        openset=None if rejection is None else rejection.figures,
     )
     manifest = Manifest(
         **record.shared(), classes=data.class_names, backbones=data.backbones, versions=versions(),
         caches=data.caches, data_root=data.data_root,
     )
-    write_run(run_dir, manifest, metrics, predictions, lambda d: save_model(selection.model, spec.file_format, d))
+
+    def save(directory: Path) -> dict:
+        if rejection is not None:
+            manifest.openset = save_openset(rejection.openset, directory)
+        return save_model(selection.model, spec.file_format, directory)
+
+    write_run(run_dir, manifest, metrics, predictions, save)
     return FitResult(run_dir, metrics)

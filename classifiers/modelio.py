@@ -81,15 +81,20 @@ def _save_linear(steps: list[tuple[str, Any]], directory: Path) -> dict:
     return {"file": LINEAR_FILE}
 
 
-def _linear_proba(X: np.ndarray, coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray | None = None,
-                  scale: np.ndarray | None = None) -> np.ndarray:
-    """What scikit-learn's ``predict_proba`` computes: softmax of the scores (the logistic for two classes)."""
+def _linear_logits(X: np.ndarray, coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray | None = None,
+                   scale: np.ndarray | None = None) -> np.ndarray:
+    """What scikit-learn's ``decision_function`` computes (a column per row of ``coef``)."""
     X = np.asarray(X, np.float64)
     if X.ndim != 2 or X.shape[1] != coef.shape[1]:
         raise ClothprobeError(f"The model expects {coef.shape[1]}-d embeddings, got an array of shape {X.shape}.")
     if mean is not None:
         X = (X - mean) / scale
-    z = X @ coef.T + intercept
+    return X @ coef.T + intercept
+
+
+def _linear_proba(X: np.ndarray, **arrays: np.ndarray) -> np.ndarray:
+    """What scikit-learn's ``predict_proba`` computes: softmax of the scores (the logistic for two classes)."""
+    z = _linear_logits(X, **arrays)
     if z.shape[1] == 1:
         p = 1.0 / (1.0 + np.exp(-z[:, 0]))
         return np.column_stack([1 - p, p])
@@ -108,7 +113,7 @@ def _linear_shapes_ok(arrays: dict[str, np.ndarray], rows: int) -> bool:
             and all(arrays[k].shape == (dims,) for k in ("mean", "scale") if k in arrays))
 
 
-def _load_linear(path: Path, n_classes: int) -> Callable[[np.ndarray], np.ndarray]:
+def _load_linear(path: Path, n_classes: int) -> tuple[Callable[[np.ndarray], np.ndarray], Callable]:
     try:
         with zipfile.ZipFile(path) as z:  # a bound before numpy allocates: a crafted file may claim any size
             if sum(info.file_size for info in z.infolist()) > LINEAR_MAX_BYTES:
@@ -121,7 +126,8 @@ def _load_linear(path: Path, n_classes: int) -> Callable[[np.ndarray], np.ndarra
     if not _linear_shapes_ok(arrays, rows=1 if n_classes == 2 else n_classes):
         raise ClothprobeError(f"{path} is not a linear model of this run's {n_classes} classes (arrays: "
                               f"{ {k: v.shape for k, v in arrays.items()} }); refusing to load it. Fit the model again.")
-    return lambda X: _linear_proba(X, **arrays)
+    return (lambda X: _linear_proba(X, **arrays)), (lambda X: _linear_logits(X, **arrays)[:, 0] if n_classes == 2
+                                                    else _linear_logits(X, **arrays))
 
 
 def _lgbm_header(path: Path, n_classes: int) -> None:
@@ -249,6 +255,7 @@ class LoadedModel:
     manifest: Manifest
     _predict: Callable[[np.ndarray], np.ndarray]
     classes_: np.ndarray
+    decision_function: Callable[[np.ndarray], np.ndarray] | None = None  # the logits, for a linear head
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         return self._predict(X)
@@ -271,12 +278,13 @@ def load_model(directory: str | Path, fingerprints: dict[str, str] | None = None
         file_format, classes = entry["format"], np.asarray(entry["classes"])
     except KeyError as err:
         raise ClothprobeError(f"{directory / 'manifest.json'}: the model entry lacks {err}; fit again.") from None
+    logits = None
     if file_format == "linear":
-        predict = _load_linear(_run_file(directory, manifest, entry.get("file")), len(classes))
+        predict, logits = _load_linear(_run_file(directory, manifest, entry.get("file")), len(classes))
     elif file_format == "skops":
         predict = _load_skops(_run_file(directory, manifest, entry.get("file"))).predict_proba
     else:
         estimator = _load_estimator(file_format, directory, manifest, len(classes))
         pre = _load_skops(_run_file(directory, manifest, entry["preprocess"])) if "preprocess" in entry else None
         predict = estimator if pre is None else (lambda X: estimator(pre.transform(X)))
-    return LoadedModel(manifest, predict, classes)
+    return LoadedModel(manifest, predict, classes, logits)

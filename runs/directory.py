@@ -10,10 +10,12 @@ A run directory (``cli fit`` and ``cli e2e`` write them) holds::
                       the choice was made among, timings
     predictions.csv   Predictions: the test split, path, true and predicted class, every probability
     model files       written and read by classifiers/modelio.py (never a pickle)
+    openset.npz       the reject option's state (cli fit --unknown), written and read by classifiers/openset.py
 
 Nothing else reads these files' keys: callers get the dataclasses below. Two records inside are owned
 elsewhere and kept opaque here: each cache record (featurize) and the embedding recipe
-(``featurize.recipe``), and the model entry (``classifiers.modelio``).
+(``featurize.recipe``), the model entry (``classifiers.modelio``) and the open-set entry and figures
+(``classifiers.openset``, ``classifiers.rejection``).
 
 Replacing a run is atomic: the new run is written to ``.<run>.tmp-<pid>/``, the old one renamed aside to
 ``.<run>.old-<pid>/``, the new one renamed into place, the old one deleted. A kill at any moment leaves
@@ -135,6 +137,7 @@ class Manifest(RunRecord):
     config: dict = field(default_factory=dict)  # end to end: the training settings
     data_root: str | None = None  # the image folder the run was made from (report thumbnails)
     model: dict = field(default_factory=dict)  # classifiers.modelio's entry
+    openset: dict | None = None  # classifiers.openset's entry: the reject option (cli fit --unknown)
     sha256: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
@@ -207,6 +210,7 @@ class Metrics(RunRecord):
     skipped: list[list[str]] = field(default_factory=list)  # [path, reason]
     wall_seconds: float | None = None
     taps: dict = field(default_factory=dict)  # the tap sets tried and the one kept (classifiers/taps.py)
+    openset: dict | None = None  # classifiers.rejection's figures (cli fit --unknown)
     format_version: int = FORMAT_VERSION
 
     @property

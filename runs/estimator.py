@@ -4,6 +4,8 @@
     clf.predict(["shirt.jpg", "hat.png"])        # -> array(['shirt', 'hat'])
     clf.predict_proba(paths)                     # columns in clf.classes_ order
     clf.score(paths, true_class_names)           # accuracy
+    clf.openset_score(paths)                     # a run fitted with --unknown: higher = more like its classes
+    clothprobe.load_run(RUN, unknown=True).predict(paths)   # 'unknown' below the run's open-set threshold
 
 The run is already trained: ``fit`` loads and verifies it (every file's sha256, safe model formats) and
 ignores ``X`` and ``y``, as scikit-learn's ``FrozenEstimator`` does, so the estimator clones, nests in a
@@ -42,16 +44,19 @@ class RunClassifier(ClassifierMixin, BaseEstimator):
     Parameters: ``run_dir`` (the run folder), ``weights`` (backbone weights file or folder, if not found as
     featurize finds them; checked against the run's sha256), ``batch_size``, ``max_pixels`` (decompression
     bomb guard), ``calibrate`` (temperature-scaled probabilities, fitted at fit time on validation or
-    out-of-fold predictions). Fitted: ``classes_`` (class names), ``predictor_``.
+    out-of-fold predictions), ``unknown`` (``predict`` answers ``"unknown"`` below the open-set threshold of a run
+    fitted with ``--unknown``; off by default, so that ``predict`` names only the run's classes). Fitted:
+    ``classes_`` (class names), ``predictor_``, ``unknown_threshold_`` (None without a reject option).
     """
 
     def __init__(self, run_dir: str | Path | None = None, *, weights: str | None = None, batch_size: int = 16,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, calibrate: bool = False) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, calibrate: bool = False, unknown: bool = False) -> None:
         self.run_dir = run_dir
         self.weights = weights
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.calibrate = calibrate
+        self.unknown = unknown
 
     def fit(self, X=None, y=None):  # noqa: ANN001, ANN201, ARG002 - scikit-learn signature; the run is trained
         """Load and verify the run; ``X`` and ``y`` are not used (the run is already trained)."""
@@ -62,21 +67,40 @@ class RunClassifier(ClassifierMixin, BaseEstimator):
         self.predictor_ = Predictor(self.run_dir, weights=self.weights, batch_size=self.batch_size,
                                     max_pixels=self.max_pixels, calibrate=self.calibrate)
         self.classes_ = np.asarray(self.predictor_.classes)
+        openset = self.predictor_.openset
+        self.unknown_threshold_ = None if openset is None else openset.threshold
+        if self.unknown and openset is None:
+            raise ClothprobeError(f"{self.run_dir} has no open-set threshold; fit it with --unknown DIR to use "
+                                  f"unknown=True.")
         return self
+
+    def _scored(self, X):  # noqa: ANN001, ANN202 - a Scored
+        check_is_fitted(self, "predictor_")
+        files = _paths(X)
+        scored = self.predictor_.score(files)
+        if scored.skipped:
+            listed = "; ".join(f"{files[i]}: {why}" for i, why in sorted(scored.skipped.items())[:5])
+            raise ClothprobeError(f"{len(scored.skipped)} image(s) cannot be used ({listed}). Remove them from X.")
+        return scored
 
     def predict_proba(self, X) -> np.ndarray:  # noqa: ANN001
         """Probabilities over ``classes_``, one row per path; a file that cannot be decoded is an error."""
+        return self._scored(X).proba
+
+    def openset_score(self, X) -> np.ndarray:  # noqa: ANN001
+        """The run's open-set score per path (higher = more like its classes; below ``unknown_threshold_``:
+        unknown)."""
         check_is_fitted(self, "predictor_")
-        files = _paths(X)
-        proba, good, skipped = self.predictor_.proba(files)
-        if skipped:
-            listed = "; ".join(f"{files[i]}: {why}" for i, why in sorted(skipped.items())[:5])
-            raise ClothprobeError(f"{len(skipped)} image(s) cannot be used ({listed}). Remove them from X.")
-        return proba
+        if self.predictor_.openset is None:
+            raise ClothprobeError(f"{self.run_dir} has no open-set score; fit it with --unknown DIR.")
+        return self._scored(X).openset
 
     def predict(self, X) -> np.ndarray:  # noqa: ANN001
-        check_is_fitted(self, "predictor_")
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        scored = self._scored(X)
+        answers = self.classes_[np.argmax(scored.proba, axis=1)]
+        if self.unknown:
+            answers = np.where(self.predictor_.openset.is_unknown(scored.openset), "unknown", answers.astype(object))
+        return answers
 
     def __sklearn_tags__(self):  # noqa: ANN204
         tags = super().__sklearn_tags__()

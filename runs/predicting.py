@@ -32,10 +32,20 @@ if TYPE_CHECKING:
     from clothprobe.featurize.model.recipe import Recipe
 
 
+UNKNOWN = "unknown"  # the answer for a photo below the run's open-set threshold
+
+
 @dataclass
 class Prediction:
     path: str
     probabilities: dict[str, float]  # every class, in the run's class order
+    openset_score: float | None = None  # higher = more like the run's classes (runs fitted with --unknown)
+    unknown: bool = False  # below the run's open-set threshold
+
+    @property
+    def answer(self) -> str:
+        """The most probable class, or ``unknown`` below the open-set threshold."""
+        return UNKNOWN if self.unknown else self.top(1)[0][0]
 
     def top(self, k: int) -> list[tuple[str, float]]:
         ranked = sorted(self.probabilities.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -51,6 +61,7 @@ class PredictResult:
     model_seconds: float = 0.0  # building the backbone(s) and embedding
     seconds: float = 0.0
     calibrated: bool = False
+    openset: str | None = None  # the open-set score in use (None: the run has none, or --no-unknown)
 
     @property
     def seconds_per_image(self) -> float:
@@ -144,13 +155,25 @@ def head_proba(predictor: Predictor, views: dict[str, np.ndarray]) -> np.ndarray
     return proba
 
 
+@dataclass
+class Scored:
+    """Probabilities (and, for a run with a reject option, open-set scores) of the files that could be used,
+    their positions, and why the others could not."""
+
+    proba: np.ndarray
+    good: list[int]
+    skipped: dict[int, str]
+    openset: np.ndarray | None = None
+
+
 class Predictor:
     """A finished run opened for predictions: every file checked against its manifest, the model loaded once.
+    ``unknown``: use the run's reject option, when it has one (``cli fit --unknown``).
 
     Reused by ``predict()`` and by the scikit-learn estimator (``clothprobe.load_run``)."""
 
     def __init__(self, run_dir: str | Path, *, weights: str | None = None, batch_size: int = 16,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, calibrate: bool = False) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, calibrate: bool = False, unknown: bool = True) -> None:
         from clothprobe.classifiers.modelio import load_e2e_model, load_model
 
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -168,36 +191,60 @@ class Predictor:
             self.model, self.network = None, load_e2e_model(self.run_dir)[1]
         else:
             self.model, self.network = load_model(self.run_dir), None
+        self.openset = None
+        if unknown and self.manifest.openset is not None:
+            from clothprobe.classifiers import openset
+
+            self.openset = openset.load(self.run_dir, self.manifest.openset)
 
     @property
     def classes(self) -> list[str]:
         return list(self.manifest.classes)
 
-    def proba(self, files: list[Path]) -> tuple[np.ndarray, list[int], dict[int, str]]:
-        """Probabilities over the run's classes for the files that could be used, their positions, and why
-        the others could not."""
+    def from_views(self, views: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """A cached-features run's probabilities over embeddings (calibrated if asked) and, with a reject
+        option, each row's open-set score (on the head's own probabilities, as at fit time)."""
+        proba = head_proba(self, views)
+        scores = None
+        if self.openset is not None and len(proba):
+            from clothprobe.classifiers.openset import head_output
+
+            scores = self.openset.values(head_output(self.model, views["embeddings"], proba))
+        if self.temperature is not None and len(proba):
+            proba = apply_temperature(proba, self.temperature)
+        return proba, scores
+
+    def score(self, files: list[Path]) -> Scored:
         if self.network is not None:
             proba, good, skipped = _e2e_proba(files, self.manifest.recipe or {}, self.network, self.batch_size,
                                               self.max_pixels)
-        else:
-            done = _embed(files, self.manifest.caches, self.manifest.tta, self.batch_size, self.max_pixels,
-                          self.weights)
-            good, skipped = done.good, done.skipped
-            proba = head_proba(self, done.views)
-        if self.temperature is not None and len(proba):
-            proba = apply_temperature(proba, self.temperature)
-        return proba, good, skipped
+            if self.temperature is not None and len(proba):
+                proba = apply_temperature(proba, self.temperature)
+            return Scored(proba, good, skipped)
+        done = _embed(files, self.manifest.caches, self.manifest.tta, self.batch_size, self.max_pixels, self.weights)
+        proba, scores = self.from_views(done.views)
+        return Scored(proba, done.good, done.skipped, scores)
+
+    def proba(self, files: list[Path]) -> tuple[np.ndarray, list[int], dict[int, str]]:
+        """Probabilities over the run's classes for the files that could be used, their positions, and why
+        the others could not."""
+        scored = self.score(files)
+        return scored.proba, scored.good, scored.skipped
 
     def predict(self, images: Sequence[str | Path]) -> PredictResult:
         started = time.perf_counter()
         files = list_images(images)
-        proba, good, skipped = self.proba(files)
+        s = self.score(files)
         model_seconds = time.perf_counter() - started
-        predictions = [Prediction(str(files[i]), dict(zip(self.classes, map(float, row)))) for i, row in zip(good, proba)]
+        values = [None] * len(s.good) if s.openset is None else s.openset.tolist()
+        predictions = [Prediction(str(files[i]), dict(zip(self.classes, map(float, row))), v,
+                                  v is not None and bool(self.openset.is_unknown(v)))
+                       for i, row, v in zip(s.good, s.proba, values)]
         return PredictResult(run=self.manifest.id, classes=self.classes, predictions=predictions,
-                             skipped=[(str(files[i]), why) for i, why in sorted(skipped.items())],
+                             skipped=[(str(files[i]), why) for i, why in sorted(s.skipped.items())],
                              model_seconds=model_seconds, seconds=time.perf_counter() - started,
-                             calibrated=self.temperature is not None)
+                             calibrated=self.temperature is not None,
+                             openset=None if self.openset is None else self.openset.score)
 
 
 def predict(
@@ -207,11 +254,13 @@ def predict(
     batch_size: int = 16,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     calibrate: bool = False,
+    unknown: bool = True,
 ) -> PredictResult:
-    """Class probabilities for each image; files that cannot be decoded are skipped and reported."""
+    """Class probabilities for each image; files that cannot be decoded are skipped and reported. ``unknown``:
+    answer ``unknown`` below the run's open-set threshold (runs fitted with ``--unknown``)."""
     started = time.perf_counter()
     result = Predictor(model_dir, weights=weights, batch_size=batch_size, max_pixels=max_pixels,
-                       calibrate=calibrate).predict(images)
+                       calibrate=calibrate, unknown=unknown).predict(images)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -233,10 +282,12 @@ def score_format(path: str | Path | None, fmt: str | None = None) -> str:
     return chosen
 
 
-def score_columns(classes: Sequence[str], top_k: int) -> list[str]:
-    """Every score file's columns, in order: the same for CSV, JSON and Parquet, local or Ray."""
+def score_columns(classes: Sequence[str], top_k: int, openset: bool = False) -> list[str]:
+    """Every score file's columns, in order: the same for CSV, JSON and Parquet, local or Ray; with ``openset``
+    (a run with a reject option) ``answer`` and ``openset_score`` follow ``path``."""
     tops = [f"top{k}{s}" for k in range(1, top_k + 1) for s in ("", "_p")]
-    return ["path", *tops, *(f"p_{c}" for c in classes), "skipped"]
+    rejects = ["answer", "openset_score"] if openset else []
+    return ["path", *rejects, *tops, *(f"p_{c}" for c in classes), "skipped"]
 
 
 def is_score_file(path: Path) -> bool:
@@ -251,7 +302,7 @@ def is_score_file(path: Path) -> bool:
         if head.lstrip().startswith("{"):
             return f'"{SCORES_TAG}"' in head
         first = head.split("\n", 1)[0].replace('"', "").split(",")
-        return first[:3] == ["path", "top1", "top1_p"] and first[-1] == "skipped"
+        return first[0] == "path" and "top1" in first and first[-1] == "skipped"
     except (OSError, UnicodeDecodeError, ValueError, ImportError):
         return False
 
@@ -271,13 +322,14 @@ def check_score_output(output: str | Path, images: Sequence[str | Path], model_d
 class ScoreWriter:
     """One row per photo, written as batches come (``score_columns``): ``path``, the top-k classes and their
     probabilities, every class's probability (``p_<class>``) and ``skipped`` (why a photo could not be scored;
-    empty otherwise, and then the other columns are null). CSV or Parquet through Arrow's writers, JSON as
+    empty otherwise, and then the other columns are null); with ``openset`` (a run's reject option), also
+    ``answer`` (the top class, or ``unknown`` below the threshold) and ``openset_score``. CSV or Parquet through Arrow's writers, JSON as
     ``{"clothprobe-scores": 1, "run", "calibrated", "columns", "rows": [{column: value}]}``; to a file
     through a temporary one renamed into place once complete (a failed or killed run leaves the previous
     file), or to stdout (``path`` None; CSV or JSON)."""
 
     def __init__(self, path: str | Path | None, classes: Sequence[str], top_k: int, fmt: str | None = None, *,
-                 run: str = "", calibrated: bool = False) -> None:
+                 run: str = "", calibrated: bool = False, openset: bool = False) -> None:
         from clothprobe._util.extras import require
 
         pa = require("pyarrow", "export", f"Writing scores to {path or 'stdout'}")
@@ -285,11 +337,11 @@ class ScoreWriter:
         self.path, self.classes, self.top_k = (Path(path) if path is not None else None), list(classes), top_k
         self.top_k = max(1, min(top_k, len(self.classes)))
         self.fmt = score_format(path, fmt)
-        self.run, self.calibrated = run, calibrated
-        types = {"path": pa.string(), "skipped": pa.string()}
+        self.run, self.calibrated, self.openset = run, calibrated, openset
+        types = {"path": pa.string(), "skipped": pa.string(), "answer": pa.string(), "openset_score": pa.float64()}
         self.schema = pa.schema([pa.field(c, types.get(c, pa.string() if c[-2:] != "_p" and c.startswith("top")
                                                        else pa.float64()))
-                                 for c in score_columns(self.classes, self.top_k)],
+                                 for c in score_columns(self.classes, self.top_k, openset)],
                                 metadata={SCORES_TAG: "1", "run": run, "calibrated": str(calibrated)})
         self._stack: Any = None
         self._writer: Any = None
@@ -342,13 +394,18 @@ class ScoreWriter:
         else:
             Path(self._sink).write_text(text, encoding="utf-8")
 
-    def write(self, paths: Sequence[str], proba: np.ndarray, skipped: Sequence[tuple[str, str]] = ()) -> None:
-        """Rows for ``paths`` (``proba``: one row each, the run's class order) and for ``skipped`` photos."""
+    def write(self, paths: Sequence[str], proba: np.ndarray, skipped: Sequence[tuple[str, str]] = (),
+              answers: Sequence[str] = (), openset_scores: Sequence[float] = ()) -> None:
+        """Rows for ``paths`` (``proba``: one row each, the run's class order; with ``openset``, their answers
+        and open-set scores) and for ``skipped`` photos."""
         import pyarrow as pa
 
         n, m = len(paths), len(skipped)
         order = np.argsort(-proba, axis=1, kind="stable")[:, : self.top_k]  # ties: the run's class order
         columns: dict[str, list] = {"path": [*paths, *(p for p, _ in skipped)]}
+        if self.openset:
+            columns["answer"] = [*answers, *[None] * m]
+            columns["openset_score"] = [*map(float, openset_scores), *[None] * m]
         for k in range(self.top_k):
             columns[f"top{k + 1}"] = [*(self.classes[i] for i in order[:, k]), *[None] * m]
             columns[f"top{k + 1}_p"] = [*np.take_along_axis(proba, order[:, k : k + 1], 1)[:, 0].tolist(), *[None] * m]
@@ -366,8 +423,10 @@ def write_scores(result: PredictResult, output: str | Path | None, top_k: int, f
     """A local ``predict`` result as ``ScoreWriter`` rows (the same file ``score_catalogue`` writes);
     ``output`` None: stdout."""
     proba = np.array([[p.probabilities[c] for c in result.classes] for p in result.predictions], np.float64)
-    with ScoreWriter(output, result.classes, top_k, fmt, run=result.run, calibrated=result.calibrated) as writer:
-        writer.write([p.path for p in result.predictions], proba.reshape(-1, len(result.classes)), result.skipped)
+    with ScoreWriter(output, result.classes, top_k, fmt, run=result.run, calibrated=result.calibrated,
+                     openset=result.openset is not None) as writer:
+        writer.write([p.path for p in result.predictions], proba.reshape(-1, len(result.classes)), result.skipped,
+                     [p.answer for p in result.predictions], [p.openset_score for p in result.predictions])
 
 
 @dataclass
@@ -388,7 +447,7 @@ class ScoreResult:
 def score_catalogue(images: Sequence[str | Path], model_dir: str | Path, output: str | Path, *, engine: RayEngine,
                     weights: str | None = None, batch_size: int = 16, max_pixels: int = DEFAULT_MAX_PIXELS,
                     calibrate: bool = False, top_k: int = 3, fmt: str | None = None,
-                    progress: bool = False) -> ScoreResult:
+                    progress: bool = False, unknown: bool = True) -> ScoreResult:
     """Score every photo under ``images`` with a run fitted on cached embeddings, on a Ray cluster, into
     ``output`` (CSV or Parquet: ``ScoreWriter``), rows in the order they finish.
 
@@ -404,14 +463,16 @@ def score_catalogue(images: Sequence[str | Path], model_dir: str | Path, output:
         raise ClothprobeError(f"{model_dir} is an end-to-end run; batch scoring on Ray takes a run fitted on cached "
                               f"embeddings (cli fit). Score it with the local engine.")
     predictor = Predictor(model_dir, weights=weights, batch_size=batch_size, max_pixels=max_pixels,
-                          calibrate=calibrate)
+                          calibrate=calibrate, unknown=unknown)
     writer = ScoreWriter(output, predictor.classes, top_k, fmt, run=predictor.manifest.id,
-                         calibrated=predictor.temperature is not None)
+                         calibrated=predictor.temperature is not None, openset=predictor.openset is not None)
     files = list_images(images)
     skipped: list[tuple[str, str]] = []
     with writer, progress_bar("scoring", len(files), progress, unit="img") as advance:
-        for paths, proba, bad in _score_batches(files, predictor, engine):
-            writer.write(paths, proba, bad)
+        for paths, proba, bad, scores in _score_batches(files, predictor, engine):
+            answers = [] if scores is None else [UNKNOWN if predictor.openset.is_unknown(v) else predictor.classes[i]
+                                                 for v, i in zip(scores, proba.argmax(1))]
+            writer.write(paths, proba, bad, answers, [] if scores is None else scores)
             skipped += bad
             advance(len(paths) + len(bad))
     return ScoreResult(output=writer.path, run=predictor.manifest.id, classes=predictor.classes,
@@ -420,9 +481,9 @@ def score_catalogue(images: Sequence[str | Path], model_dir: str | Path, output:
 
 
 def _score_batches(files: list[Path], predictor: Predictor,
-                   engine: RayEngine) -> Iterator[tuple[list[str], np.ndarray, list[tuple[str, str]]]]:
-    """(paths, probabilities, skipped photos with why) per batch the cluster finishes; at the end, the photos
-    whose batch failed."""
+                   engine: RayEngine) -> Iterator[tuple[list[str], np.ndarray, list[tuple[str, str]], np.ndarray | None]]:
+    """(paths, probabilities, skipped photos with why, open-set scores or None) per batch the cluster finishes;
+    at the end, the photos whose batch failed."""
     from clothprobe.featurize.engines.plan import EmbedTask
     from clothprobe.featurize.engines.ray import LOST, Block, view_column
 
@@ -440,11 +501,10 @@ def _score_batches(files: list[Path], predictor: Predictor,
         why = np.where(batch["fault"] != "", batch["fault"], batch["error"])
         good = why == ""
         joined = {v: np.hstack([np.asarray(batch[view_column(k, v)][good]) for k in range(len(tasks))]) for v in views}
-        proba = head_proba(predictor, joined)
-        if predictor.temperature is not None and len(proba):
-            proba = apply_temperature(proba, predictor.temperature)
+        proba, scores = predictor.from_views(joined)
         yield ([str(files[i]) for i in position[good]], proba,
-               [(str(files[i]), str(reason)) for i, reason in zip(position[~good], why[~good])])
+               [(str(files[i]), str(reason)) for i, reason in zip(position[~good], why[~good])],
+               None if scores is None else scores)
     lost = [(str(files[i]), f"not scored: {LOST}") for i in np.flatnonzero(~done)]
     if lost:
-        yield [], np.zeros((0, len(predictor.classes))), lost
+        yield [], np.zeros((0, len(predictor.classes))), lost, None if predictor.openset is None else np.zeros(0)

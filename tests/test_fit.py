@@ -321,9 +321,10 @@ def test_a_linear_head_predicts_what_scikit_learn_does(tmp_path: Path, n_classes
     steps = [("scale", StandardScaler())] if scale else []
     pipeline = Pipeline([*steps, ("clf", LogisticRegression(C=0.5))]).fit(X, y)
     entry = modelio.save_model(pipeline, "linear", tmp_path)
-    predict = modelio._load_linear(tmp_path / entry["file"], n_classes)
+    predict, logits = modelio._load_linear(tmp_path / entry["file"], n_classes)
     new = rng.normal(3, 2, (20, 5)).astype(np.float32)
     assert np.allclose(predict(new), pipeline.predict_proba(new), rtol=0, atol=1e-6)
+    assert np.allclose(logits(new), pipeline.decision_function(new), rtol=0, atol=1e-6)
     with pytest.raises(ClothprobeError, match=r"expects 5-d embeddings, got an array of shape \(20, 4\)"):
         predict(new[:, :4])
 

@@ -1,0 +1,128 @@
+"""The reject option of a fit (``cli fit --unknown DIR``): photos outside the classes, featurized with the same
+recipe, split into a tuning and a reporting part; the score and its threshold chosen on validation knowns +
+the tuning part (``classifiers/openset.py``), the figures measured on test knowns + the reporting part.
+
+The test split and the reporting part are read only after the choice, to measure it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clothprobe.classifiers import openset
+from clothprobe.classifiers.data import FeatureSet, SplitData, load_feature_set
+from clothprobe.classifiers.select import predict_split
+from clothprobe.classifiers.taps import TapChoice, restrict
+from clothprobe.errors import ClothprobeError
+from clothprobe.featurize.cache.schema import CacheInfo
+
+
+@dataclass
+class UnknownSet:
+    """Photos of garments outside the classes, as features: ``types[i]`` indexes ``type_names``."""
+
+    folder: str
+    rows: SplitData  # y holds the garment type
+    type_names: list[str]
+    features: FeatureSet  # the cache(s) the rows came from, every tap: ``with_taps`` restricts them
+
+
+def _rows(found: FeatureSet, folder: str | Path, tta: bool) -> SplitData:
+    """Every split of ``found`` joined (the flipped view too with ``tta``)."""
+    parts = [s for s in found.splits.values() if len(s)]
+    if not parts:
+        raise ClothprobeError(f"The cache of {folder} holds no photos; featurize DIR/<garment type>/<image>.")
+    flips = [s.X_flip for s in parts]
+    if tta and any(f is None for f in flips):
+        raise ClothprobeError(f"--tta needs the flipped view of {folder}; featurize it with --tta flip.")
+    return SplitData(np.vstack([s.X for s in parts]), np.concatenate([s.y for s in parts]),
+                     np.concatenate([s.paths for s in parts]), None if not tta else np.vstack(flips))
+
+
+def with_taps(unknown: UnknownSet | None, fitted: FeatureSet, tta: bool) -> UnknownSet | None:
+    """``unknown`` with the columns ``fitted`` holds (the tap set a fit chose, ``classifiers/taps.py``)."""
+    if unknown is None:
+        return None
+    found = restrict(unknown.features, TapChoice("fitted", fitted.taps_held()))
+    return UnknownSet(unknown.folder, _rows(found, unknown.folder, tta), unknown.type_names, found)
+
+
+def load_unknown(folder: str | Path, backbone: str, features_dir: str | Path, known: FeatureSet,
+                 tta: bool) -> UnknownSet:
+    """The cache(s) of ``folder`` (``DIR/<garment type>/<image>``, featurized like the dataset), every split
+    joined; refused when made with another recipe than the dataset's."""
+    name = Path(folder).expanduser().resolve().name
+    found = load_feature_set(backbone, name, features_dir)
+    for b in found.backbones:
+        theirs, ours = CacheInfo.from_dict(found.caches[b]).fingerprint, CacheInfo.from_dict(known.caches[b]).fingerprint
+        if theirs != ours:
+            raise ClothprobeError(f"The {b} cache of {name} was made with another recipe than {known.dataset}'s "
+                                  f"({theirs} vs {ours}); featurize {folder} with the same --backbone, --weights, "
+                                  f"--precision and --runtime.")
+    return UnknownSet(str(folder), _rows(found, folder, tta), list(found.class_names), found)
+
+
+def subset(split: SplitData, rows: np.ndarray) -> SplitData:
+    return SplitData(split.X[rows], split.y[rows], split.paths[rows], None if split.X_flip is None else split.X_flip[rows])
+
+
+def output_of(model: Any, split: SplitData, n_classes: int, tta: bool) -> openset.HeadOutput:
+    return openset.head_output(model, split.X, predict_split(model, split, n_classes, tta))
+
+
+@dataclass
+class Rejection:
+    openset: openset.OpenSet
+    figures: dict  # the metrics file's ``openset`` record
+
+
+def fit_rejection(model: Any, data: FeatureSet, unknown: UnknownSet, *, tta: bool, seed: int,
+                  negatives: UnknownSet | None = None) -> Rejection:
+    """Choose the score and threshold (validation knowns + the tuning part); then measure them on test knowns
+    + the reporting part. ``model`` was fitted on train only (``--select validation``). ``negatives``: photos of
+    other garments (not the unknown ones) the distance scores contrast with (outlier exposure)."""
+    train, val, n = data.splits["train"], data.splits.get("validation"), len(data.class_names)
+    if val is None or not len(val):
+        raise ClothprobeError("--unknown needs a validation split: the threshold is set at 95% recall of the "
+                              "validation photos. Featurize DIR/{train,validation,test}/<class>/<image>.")
+    tuning_rows, report_rows = openset.split_unknown(unknown.rows.y, seed)
+    scorer = openset.OpenSetScorer().fit(train.X, train.y, None if negatives is None else negatives.rows.X)
+    tuning = output_of(model, subset(unknown.rows, tuning_rows), n, tta)
+    chosen = openset.tune(scorer, output_of(model, val, n, tta), tuning, seed=seed)
+    figures: dict[str, Any] = {
+        "unknown_folder": unknown.folder, "negatives_folder": None if negatives is None else negatives.folder,
+        "negatives": 0 if negatives is None else len(negatives.rows), "score": chosen.score, "threshold": chosen.threshold,
+        "known_recall_target": openset.KNOWN_RECALL, "tuning_auroc": chosen.tuning_auroc,
+        "tuning": {"validation_known": len(val), "unknown": len(tuning_rows)},
+        "types": {t: {"tuning": int(np.sum(unknown.rows.y[tuning_rows] == i)),
+                      "report": int(np.sum(unknown.rows.y[report_rows] == i))} for i, t in enumerate(unknown.type_names)},
+    }
+    test = data.splits.get("test")
+    if test is not None and len(test) and len(report_rows):  # measured once, after the choice
+        figures["report"] = _report(model, chosen, test, subset(unknown.rows, report_rows), unknown.type_names,
+                                    n=n, tta=tta, seed=seed)
+    return Rejection(chosen, figures)
+
+
+def _report(model: Any, chosen: openset.OpenSet, test: SplitData, unknown: SplitData, type_names: list[str], *,
+            n: int, tta: bool, seed: int) -> dict:
+    """Every score's AUROC and FPR@95 (bootstrap intervals), and the chosen threshold's effect on test."""
+    known_out, unknown_out = output_of(model, test, n, tta), output_of(model, unknown, n, tta)
+    k_all, u_all = chosen.every_value(known_out), chosen.every_value(unknown_out)
+    kept = ~chosen.is_unknown(k_all[chosen.score])
+    correct = known_out.proba.argmax(1) == test.y
+    accuracy, with_reject = float(correct.mean()), float((correct & kept).mean())
+    rejected = chosen.is_unknown(u_all[chosen.score])
+    return {
+        "n_known": len(test), "n_unknown": len(unknown),
+        "scores": {name: openset.evaluate(k_all[name], u_all[name], seed=seed) for name in k_all},
+        "known_kept": float(kept.mean()), "unknown_rejected": float(rejected.mean()),
+        "accuracy": accuracy, "accuracy_with_reject": with_reject, "accuracy_cost_pp": 100 * (accuracy - with_reject),
+        "accuracy_of_kept": float(correct[kept].mean()) if kept.any() else None,
+        "per_type": {t: {"n": int(np.sum(unknown.y == i)), "rejected": float(rejected[unknown.y == i].mean()),
+                         "auroc": openset.auroc(k_all[chosen.score], u_all[chosen.score][unknown.y == i])}
+                     for i, t in enumerate(type_names) if np.any(unknown.y == i)},
+    }

@@ -1,0 +1,101 @@
+"""cli audit on a tiny synthetic dataset with planted duplicates, a planted leak and planted label flips."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synthetic import make_cache
+
+from clothprobe.audit import audit
+from clothprobe.audit import findings as checks
+from clothprobe.errors import ClothprobeError
+from clothprobe.featurize.cache.read import load_features
+from clothprobe.featurize.cache.write import write_arrays
+
+HOSTILE = 'train/dress/<script>alert("x")</script>&.jpg'
+SIZES = {"train": (30, 30, 30), "validation": (8, 8, 8), "test": (8, 8, 8)}
+
+
+@pytest.fixture
+def planted(tmp_path: Path) -> tuple[Path, dict]:
+    """Well-separated classes; then: train row 1 copied byte for byte as test row 0 (an exact duplicate across
+    splits), train row 2 nearly copied as test row 1 (a leak), 4 training labels flipped, one with a hostile file
+    name."""
+    path = make_cache(tmp_path / "features", splits=SIZES, separation=4.0, images=tmp_path / "clothes")
+    cache = load_features(path)
+    train, test = cache.splits["train"], cache.splits["test"]
+    test.embeddings[0], test.sha256[0] = train.embeddings[1], train.sha256[1]
+    test.embeddings[1] = train.embeddings[2] + 1e-3
+    flipped = [5, 35, 65, 80]
+    for i in flipped:
+        train.labels[i] = (train.labels[i] + 1) % 3
+    train.paths[5] = HOSTILE  # a flipped photo: it is on the page
+    write_arrays(path, cache.header, cache.splits)
+    plant = {"exact": (str(test.paths[0]), str(train.paths[1])), "leak": (str(test.paths[1]), str(train.paths[2])),
+             "flipped": {str(train.paths[i]) for i in flipped}}
+    return tmp_path, plant
+
+
+def run(root: Path, **kw):
+    return audit("clothes", features_dir=root / "features", html=root / "audit.html", csv=root / "audit.csv", **kw)
+
+
+def test_audit_finds_the_planted_duplicates_leak_and_flips(planted) -> None:
+    root, plant = planted
+    result = run(root)
+    by_kind = {k: [f for f in result.findings if f.kind == k] for k in result.counts}
+    assert [(f.path, f.other_path) for f in by_kind[checks.EXACT_DUPLICATE]] == [plant["exact"]]
+    assert [(f.path, f.other_path) for f in by_kind[checks.TEST_NEAR_TRAINING]] == [plant["leak"]]
+    assert checks.NEAR_DUPLICATE not in by_kind  # no other pair is as alike as a photo and its mirror image
+    issues = {f.path for f in by_kind[checks.LABEL_ISSUE]}
+    assert plant["flipped"] <= issues and len(issues) <= len(plant["flipped"]) + 2
+    assert [f.suspicion for f in result.findings] == sorted((f.suspicion for f in result.findings), reverse=True)
+    assert 0.9 < result.near_threshold < 1 and result.threshold_source.startswith("measured")
+
+
+def test_the_csv_holds_every_finding_and_the_dataset_is_unchanged(planted) -> None:
+    root, _ = planted
+    before = {p: p.read_bytes() for p in (root / "clothes").rglob("*") if p.is_file()}
+    cache_before = (root / "features" / "clothes" / "xception.h5").read_bytes()
+    result = run(root)
+    with open(root / "audit.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(result.findings) and rows[0]["kind"] == result.findings[0].kind
+    assert before == {p: p.read_bytes() for p in (root / "clothes").rglob("*") if p.is_file()}
+    assert cache_before == (root / "features" / "clothes" / "xception.h5").read_bytes()
+    run(root)  # its own files are replaced; a file it did not write is not
+    (root / "other.csv").write_text("precious\n")
+    with pytest.raises(ClothprobeError, match="was not written by this command"):
+        audit("clothes", features_dir=root / "features", html=root / "audit.html", csv=root / "other.csv")
+
+
+def test_the_page_has_thumbnails_and_escapes_file_names(planted) -> None:
+    root, _ = planted
+    run(root, few=40)
+    page = (root / "audit.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;.jpg" in page
+    assert page.count('src="data:image/jpeg;base64,') >= 4
+    assert "image not found" in page  # the hostile name has no file behind it
+    assert "few photos" in page  # 30 per class in train, 8 in validation and test: under 40
+
+
+def test_near_duplicate_threshold_needs_a_mirror_or_a_value(planted) -> None:
+    root, _ = planted
+    from clothprobe.audit.run import load_rows, near_threshold_of
+
+    rows, _ = load_rows("clothes", "xception", root / "features")
+    rows.X_flip = None
+    with pytest.raises(ClothprobeError, match="--tta flip, or give --near-threshold"):
+        near_threshold_of(rows, None)
+    with pytest.raises(ClothprobeError, match=r"cosine similarity in \(0, 1\]"):
+        near_threshold_of(rows, 1.5)
+    assert near_threshold_of(rows, 0.9) == (0.9, "given (--near-threshold)")
+
+
+def test_similar_pairs_are_exact() -> None:
+    X = np.array([[1.0, 0], [1.0, 0.01], [0, 1.0], [0.7, 0.7]])
+    i, j, s = checks.similar_pairs(X, 0.99)
+    assert list(zip(i.tolist(), j.tolist())) == [(0, 1)] and s[0] == pytest.approx(1 / np.sqrt(1.0001), abs=1e-6)
