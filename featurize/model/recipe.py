@@ -143,7 +143,8 @@ def resolve_runtime(runtime: str, source: str = "keras-applications") -> str:
 
 def resolve_precision(precision: str, runtime: str) -> str:
     """``auto`` is bfloat16 where the CPU has bf16 units, else float32 (bf16 is emulated there, slow).
-    int8 is opt-in (see the README for the measured accuracy) and needs OpenVINO."""
+    int8 needs OpenVINO and calibration photos: ``featurize`` makes it its own ``auto`` where it has
+    training photos to calibrate on (``featurize/pipeline.py``); here ``auto`` stays a float precision."""
     if precision not in PRECISIONS:
         raise ClothprobeError(f"Unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if precision == "int8" and runtime != "openvino":
