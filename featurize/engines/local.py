@@ -51,6 +51,11 @@ class LocalEngine(Engine):
         return self._worker.recipe
 
     @property
+    def batch_size(self) -> int | None:
+        """Images per request of the opened model (asked for, or measured on this machine)."""
+        return self._worker.embedder.batch_size if self._worker else None
+
+    @property
     def network_seconds(self) -> float:
         """Seconds the network ran so far (its warm-up batch included): against the run's embedding time,
         how busy decoding kept it."""
