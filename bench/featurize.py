@@ -48,8 +48,9 @@ def cpu_line() -> str:
     field = {ln.split(":", 1)[0].strip(): ln.split(":", 1)[1].strip() for ln in info.splitlines() if ":" in ln}
     flags = field.get("Flags", "").split()
     wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
     return (f"{field.get('Model name', '?')} (CPU family {field.get('CPU family', '?')}), {os.cpu_count()} cores, "
-            f"flags: {' '.join(wanted)}")
+            f"flags: {' '.join(wanted)}" + (f"; ONEDNN_MAX_CPU_ISA={cap} (AVX2 stand-in)" if cap else ""))
 
 
 def child(args: list[str], env: dict | None = None) -> dict:

@@ -170,3 +170,9 @@ def test_default_int8_falls_back_with_one_line_when_the_self_check_fails(colours
     result, said = run_default(colours, tmp_path, "d")
     assert result.precision == FALLBACK
     assert len(said) == 1 and "disagree with float32" in said[0] and f"using {FALLBACK} instead" in said[0]
+
+
+def test_a_onednn_isa_cap_below_bf16_turns_bf16_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # how bench/featurize.py stands in for an AVX2-only CPU
+    assert not cpu_has_bf16()
+    assert resolve_recipe("vgg16", weights=None, image_size=32, runtime="openvino").precision == "float32"
