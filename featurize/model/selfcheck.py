@@ -97,9 +97,9 @@ class _Loader:
         if not self.calibration:
             raise ClothprobeError(
                 f"The int8 model for {recipe.backbone} (calibration {recipe.calibration}) is not in the model store "
-                f"{self.store.root}; re-make the same model with `cli featurize --data DIR --backbone "
-                f"{recipe.backbone} --precision int8` on the photos it was calibrated on (found by content), or copy "
-                f"its store entry here."
+                f"{self.store.root}; re-make it with `cli featurize --data DIR --backbone {recipe.backbone} "
+                f"--precision int8` over the same training photos (any names: they are sampled by content, same "
+                f"--seed and --calibration-size), or copy its store entry here."
             )
         from clothprobe.featurize.embed import model_input
 
