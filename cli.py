@@ -113,10 +113,13 @@ def featurize(
     out_path: Annotated[Path | None, typer.Option("--out", help=(
         "Cache file (default: features/<dataset>/<backbone>.h5). Only a clothprobe cache is ever replaced."))] = None,
     features_dir: FeaturesDir = Path("features"),
-    batch_size: Annotated[int, typer.Option(help="Images per inference batch; memory grows with it.")] = 32,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Images per inference batch; memory grows with it [default: the fastest measured for the model on "
+             "this machine, recorded in its store entry].")] = None,
     precision: Annotated[str, typer.Option(
-        help="auto (bfloat16 where the CPU has bf16 units, else float32), float32, bfloat16, or int8 "
-             "(OpenVINO, calibrated on a sample of the training photos).")] = "auto",
+        help="auto (OpenVINO: int8 calibrated on a sample of the training photos, checked against float32 and "
+             "on the validation photos before first use, else bfloat16 where the CPU has bf16 units, else "
+             "float32), float32, bfloat16, or int8.")] = "auto",
     runtime: Annotated[str, typer.Option(
         help="auto (OpenVINO on a CPU-only machine, else Keras/TensorFlow), keras or openvino.")] = "auto",
     tta: Annotated[TTA, typer.Option(help="'flip' also caches the horizontally flipped view, for TTA in fit.")] = TTA.none,

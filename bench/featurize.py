@@ -4,8 +4,11 @@ one run, and what the model store buys `cli predict`.
 For each backbone, on the same photos (a split of the real dataset) and the same ImageNet weights:
   reference       ImageDataGenerator(preprocessing_function=preprocess_input).flow_from_directory(...)
                   + model.predict, Keras float32 (the notebooks' own pipeline)
-  float32 / bfloat16 / int8    featurize() on OpenVINO at that precision (bfloat16 only where the CPU has
-                  bfloat16 units; int8 calibrated on 300 training photos); `auto` is marked
+  float32 / bfloat16 / int8    featurize() on OpenVINO at that precision and 8, 16, 32 rows per request
+                  (bfloat16 only where the CPU has bfloat16 units; int8 calibrated on 300 training photos)
+  default         featurize() as a user runs it: auto precision (int8, guarded) and the rows measured
+Each row also shows its share of the best end-to-end rate measured and how busy the network was in the
+embedding loop (seconds inside the network / loop seconds: decoding runs ahead in threads).
 Each pipeline runs in its own process; img/s is the embedding loop after the model is built (a stored
 model for clothprobe, measured on its second run; a built one for the reference, the better of two
 runs); "network alone" times clothprobe's stored network with its preprocessing on one fixed batch,
@@ -45,8 +48,9 @@ def cpu_line() -> str:
     field = {ln.split(":", 1)[0].strip(): ln.split(":", 1)[1].strip() for ln in info.splitlines() if ":" in ln}
     flags = field.get("Flags", "").split()
     wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
     return (f"{field.get('Model name', '?')} (CPU family {field.get('CPU family', '?')}), {os.cpu_count()} cores, "
-            f"flags: {' '.join(wanted)}")
+            f"flags: {' '.join(wanted)}" + (f"; ONEDNN_MAX_CPU_ISA={cap} (AVX2 stand-in)" if cap else ""))
 
 
 def child(args: list[str], env: dict | None = None) -> dict:
@@ -78,14 +82,19 @@ def run_reference(backbone: str, data: str, weights: str, batch: int) -> dict:
     return {"images": len(emb), "seconds": time.perf_counter() - start}
 
 
-def run_clothprobe(backbone: str, data: str, weights: str, batch: int, out: str, precision: str,
+def run_clothprobe(backbone: str, data: str, weights: str, batch: int | None, out: str, precision: str,
                    alone: bool) -> dict:
+    """One featurize run (a fresh cache ``out``); ``batch`` None and ``precision`` auto: the defaults."""
     from clothprobe.featurize import featurize
+    from clothprobe.featurize.engines.local import LocalEngine
 
+    engine = LocalEngine()
     r = featurize(data, backbone=backbone, weights=weights, batch_size=batch, out=out, runtime="openvino",
-                  precision=precision, features_dir=str(Path(out).parent / "catalog"))
-    return {"images": r.computed, "seconds": r.model_seconds, "precision": r.precision,
-            "alone": network_alone(out, batch, weights) if alone else None}
+                  precision=precision, features_dir=str(Path(out).parent / "catalog"), engine=engine)
+    rows = engine.batch_size or batch
+    return {"images": r.computed, "seconds": r.model_seconds, "precision": r.precision, "rows": rows,
+            "busy": engine.network_seconds / r.model_seconds if r.model_seconds else 0.0,
+            "alone": network_alone(out, rows, weights) if alone else None}
 
 
 def network_alone(cache: str, batch: int, weights: str, seconds: float = 8.0) -> float:
@@ -115,28 +124,36 @@ def subset(data: Path, split: str, limit: int | None, dest: Path) -> int:
     return len(files)
 
 
-def speed_rows(a: argparse.Namespace, tmp: Path, backbone: str, precisions: list[str], auto: str, home: Path) -> list:
+def speed_rows(a: argparse.Namespace, tmp: Path, backbone: str, precisions: list[str], home: Path) -> list:
+    """The seed pipeline, then each precision at 8/16/32 rows per request and the default (auto precision,
+    measured rows), end to end and network alone, each against the reference and the best rate measured."""
     weights = str(a.weights / f"{backbone}_notop.weights.h5")
     env = {"CLOTHPROBE_HOME": str(home)}
     # best of two: a process run right after another backbone's was measured at half speed here (VGG16 after
     # Xception: 8.3 against 15.8 img/s, reproducibly, even after a minute's pause), an effect a second run clears
-    refs = [child(["--_reference", backbone, str(tmp / "data" / "train"), weights, "--batch-size", str(a.batch_size)],
-                  env) for _ in range(2)]
+    refs = [child(["--_reference", backbone, str(tmp / "data" / "train"), weights, "--batch-size", "32"], env)
+            for _ in range(2)]
     ref = max(refs, key=lambda r: r["images"] / r["seconds"])
     ref_rate = ref["images"] / ref["seconds"]
-    rows = [(backbone, "reference (IDG + predict, Keras float32), best of 2", ref["images"], f"{ref_rate:.1f}", "1.00x",
-             "", "")]
-    for p in precisions:
-        # a first run fills the store (export, quantization); the measured run loads the stored model
-        child(["--_clothprobe", backbone, str(tmp / "data"), weights, str(tmp / f"warm-{backbone}-{p}.h5"), p,
-               "--batch-size", str(a.batch_size)], env)
-        r = child(["--_clothprobe", backbone, str(tmp / "data"), weights, str(tmp / f"{backbone}-{p}.h5"), p,
-                   "--batch-size", str(a.batch_size), "--_alone"], env)
+    measured = []
+    for p in [*precisions, "auto"]:
+        # a first run fills the store (export, quantization, self-check, rows timing, guard); then measured runs
+        child(["--_clothprobe", backbone, str(tmp / "data"), weights, str(tmp / f"warm-{backbone}-{p}.h5"), p], env)
+        for rows in (a.rows if p != "auto" else [None]):
+            size = [] if rows is None else ["--batch-size", str(rows)]
+            r = child(["--_clothprobe", backbone, str(tmp / "data"), weights, str(tmp / f"{backbone}-{p}-{rows}.h5"),
+                       p, *size, "--_alone"], env)
+            measured.append((p, rows, r))
+    best = max(r["images"] / r["seconds"] for _, _, r in measured)
+    out = [(backbone, "reference (IDG + predict, Keras float32), best of 2", "-", ref["images"], f"{ref_rate:.1f}",
+            "1.00x", "-", "-", "-", "-")]
+    for p, rows, r in measured:
         rate = r["images"] / r["seconds"]
-        label = f"clothprobe OpenVINO {r['precision']}" + (" (default here)" if p == auto else "")
-        rows.append((backbone, label, r["images"], f"{rate:.1f}", f"{rate / ref_rate:.2f}x", f"{r['alone']:.1f}",
+        label = f"default: auto -> {r['precision']}, measured rows" if p == "auto" else f"{r['precision']}"
+        out.append((backbone, label, r["rows"], r["images"], f"{rate:.1f}", f"{rate / ref_rate:.2f}x",
+                     f"{100 * rate / best:.0f}%", f"{100 * r['busy']:.0f}%", f"{r['alone']:.1f}",
                      f"{r['alone'] / ref_rate:.2f}x"))
-    return rows
+    return out
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -178,8 +195,7 @@ def accuracy_rows(a: argparse.Namespace, backbone: str, precisions: list[str], h
     results, rows = {}, []
     for p in precisions:
         out = a.features / f"{backbone}-{p}.h5"
-        child(["--_clothprobe", backbone, str(a.data), weights, str(out), p, "--batch-size", str(a.batch_size)],
-              {"CLOTHPROBE_HOME": str(home)})
+        child(["--_clothprobe", backbone, str(a.data), weights, str(out), p], {"CLOTHPROBE_HOME": str(home)})
         results[p] = logreg(out)
     ref = load_features(a.features / f"{backbone}-float32.h5")
     for p in precisions:
@@ -252,7 +268,9 @@ def main() -> None:
     p.add_argument("--backbones", default="xception,vgg16")
     p.add_argument("--split", default="validation", help="split whose photos are timed")
     p.add_argument("--limit", type=int, default=None, help="at most this many photos timed")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--rows", type=lambda v: [int(x) for x in v.split(",")], default=[8, 16, 32],
+                   help="rows per request timed at each precision")
     p.add_argument("--no-full", action="store_true", help="skip full caches (accuracy) and predict timings")
     p.add_argument("--features", type=Path, default=ROOT / "features" / "bench", help="full caches, kept for reruns")
     p.add_argument("--report", type=Path, default=ROOT / "bench" / "results" / "featurize.md")
@@ -261,7 +279,7 @@ def main() -> None:
     p.add_argument("--_alone", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a._reference:
-        print(json.dumps(run_reference(*a._reference, a.batch_size)))
+        print(json.dumps(run_reference(*a._reference, a.batch_size or 32)))
         return
     if a._clothprobe:
         backbone, data, weights, out, precision = a._clothprobe
@@ -278,9 +296,9 @@ def main() -> None:
         tmp = Path(tmp)
         home = tmp / "home"  # a store of this run: compiled models and the int8 quantization are made here
         n = subset(a.data, a.split, a.limit, tmp / "data")
-        print(f"{n} photos from {a.data / a.split}, batch {a.batch_size}; {cpu_line()}", flush=True)
+        print(f"{n} photos from {a.data / a.split}; {cpu_line()}", flush=True)
         for bb in a.backbones.split(","):
-            speed += speed_rows(a, tmp, bb, precisions, auto, home)
+            speed += speed_rows(a, tmp, bb, precisions, home)
             print(f"{bb}: speed done", flush=True)
             if not a.no_full:
                 accuracy += accuracy_rows(a, bb, precisions, home)
@@ -289,9 +307,12 @@ def main() -> None:
         if not a.no_full:
             other += predict_rows(a, tmp, first, auto)
         other += rerun_row(a, tmp, first, home)
-    lines = [f"CPU: {cpu_line()}. Photos timed: {n} ({a.split}), batch {a.batch_size}.", ""]
-    lines += table(("backbone", "pipeline", "photos", "img/s", "vs reference", "network alone img/s (no decoding)",
-                    "network alone vs reference"), speed) + [""]
+    load = os.getloadavg()
+    lines = [f"CPU: {cpu_line()}. Photos timed: {n} ({a.split}). Load average at the end (1/5/15 min): "
+             f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}.", ""]
+    lines += table(("backbone", "pipeline", "rows per request", "photos", "img/s end to end", "vs reference",
+                    "share of best end-to-end rate", "network busy (share of the embedding loop)",
+                    "network alone img/s (no decoding)", "network alone vs reference"), speed) + [""]
     if accuracy:
         lines += ["Full caches of all 3,781 photos; logistic regression with C chosen on validation (95% bootstrap "
                   "intervals; test touched once):", ""]

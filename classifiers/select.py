@@ -13,6 +13,7 @@ of the data it is fitted on, never on the rows it is then scored on. With no val
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,7 @@ class Candidate:
     accuracy: float
     log_loss: float
     chosen: dict = field(default_factory=dict)
+    seconds: float = 0.0  # fitting this grid entry's estimator (summed over folds; shared scaling/SMOTE not included)
 
 
 @dataclass
@@ -98,9 +100,9 @@ def _hold_out(X: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.n
 
 def _fit_grid(spec: ClassifierSpec, grid: tuple[dict, ...] | list[dict], X: np.ndarray, y: np.ndarray,
               balance: str, seed: int, loss: str, early_stop: bool = True,
-              column_scale: np.ndarray | None = None) -> list[Any]:
-    """One fitted pipeline per grid entry, fitted on ``X``/``y`` only. A head with ``spec.fit_params``
-    (early stopping) stops on a seeded, stratified share of these rows, held out of its fitting. The
+              column_scale: np.ndarray | None = None) -> tuple[list[Any], list[float]]:
+    """One fitted pipeline per grid entry, fitted on ``X``/``y`` only, and the seconds each estimator took. A
+    head with ``spec.fit_params`` (early stopping) stops on a seeded, stratified share of these rows, held out of its fitting. The
     preprocessing (scaling, SMOTE) is fitted once and shared; ``spec.path`` heads warm-start along the grid.
     ``column_scale``: each tap's weight, folded into the scaler (``classifiers/taps.py``)."""
     extra_rows = None
@@ -123,16 +125,18 @@ def _fit_grid(spec: ClassifierSpec, grid: tuple[dict, ...] | list[dict], X: np.n
             if not hasattr(step, "fit_resample"):  # samplers only act while fitting
                 X_stop = step.transform(X_stop)
         extra = spec.fit_params(X_stop, y_stop)
-    models, warm = [], None
+    models, seconds, warm = [], [], None
     for params in grid:
         estimator = make_pipeline(spec, {**params, "n_jobs": threads_for(X)}, balance, seed, min_count, loss)[-1]
         if spec.path and warm is not None:
             estimator = warm.set_params(**estimator.get_params())
+        started = time.perf_counter()
         estimator.fit(X, y, **extra)
+        seconds.append(time.perf_counter() - started)
         if spec.path:
             warm, estimator = estimator, copy.deepcopy(estimator)
         models.append(Pipeline([*shared, ("clf", estimator)]))
-    return models
+    return models, seconds
 
 
 def select(spec: ClassifierSpec, data: FeatureSet, balance: str, seed: int = 0, tta: bool = False,
@@ -148,10 +152,11 @@ def select(spec: ClassifierSpec, data: FeatureSet, balance: str, seed: int = 0, 
 def _on_validation(spec: ClassifierSpec, data: FeatureSet, balance: str, seed: int, tta: bool,
                    loss: str) -> Selection:
     train, val, n_classes = data.splits["train"], data.splits["validation"], len(data.class_names)
-    models = _fit_grid(spec, spec.grid, train.X, train.y, balance, seed, loss, column_scale=data.column_scale)
+    models, seconds = _fit_grid(spec, spec.grid, train.X, train.y, balance, seed, loss,
+                                column_scale=data.column_scale)
     probas = [predict_split(model, val, n_classes, tta) for model in models]
-    candidates = [Candidate(params, *_score(val.y, proba), spec.chosen(model[-1]))
-                  for params, model, proba in zip(spec.grid, models, probas)]
+    candidates = [Candidate(params, *_score(val.y, proba), spec.chosen(model[-1]), took)
+                  for params, model, proba, took in zip(spec.grid, models, probas, seconds)]
     best = _best(candidates)
     held = Held(val.y, probas[best], "validation split", val.y, probas[best])
     return Selection(spec.grid[best], candidates[best].chosen, "validation split", "validation", candidates,
@@ -179,23 +184,24 @@ def _cross_validated(spec: ClassifierSpec, data: FeatureSet, balance: str, seed:
     for k, (fit_rows, out_rows) in enumerate(splitter.split(rows.X, rows.y)):
         held = SplitData(rows.X[out_rows], rows.y[out_rows], rows.paths[out_rows],
                          None if rows.X_flip is None else rows.X_flip[out_rows])
-        models = _fit_grid(spec, spec.grid, rows.X[fit_rows], rows.y[fit_rows], balance, seed, loss,
-                           column_scale=data.column_scale)
+        models, seconds = _fit_grid(spec, spec.grid, rows.X[fit_rows], rows.y[fit_rows], balance, seed, loss,
+                                    column_scale=data.column_scale)
         for i, model in enumerate(models):
             oof[i, k // folds, out_rows] = predict_split(model, held, n_classes, tta)
-        scores.append([Candidate(p, *_score(held.y, oof[i, k // folds, out_rows]), spec.chosen(m[-1]))
-                       for i, (p, m) in enumerate(zip(spec.grid, models))])
+        scores.append([Candidate(p, *_score(held.y, oof[i, k // folds, out_rows]), spec.chosen(m[-1]), took)
+                       for i, (p, m, took) in enumerate(zip(spec.grid, models, seconds))])
     candidates = []
     for i, params in enumerate(spec.grid):
         runs = [fold[i] for fold in scores]
         chosen = {key: int(round(np.mean([r.chosen[key] for r in runs]))) for key in runs[0].chosen}
         candidates.append(Candidate(params, float(np.mean([r.accuracy for r in runs])),
-                                    float(np.mean([r.log_loss for r in runs])), chosen))
+                                    float(np.mean([r.log_loss for r in runs])), chosen,
+                                    float(sum(r.seconds for r in runs))))
     best = _best(candidates)
     params, chosen = spec.grid[best], candidates[best].chosen
     # Refit on every row; settings the folds chose (rounds) are fixed now that no held-out data is left.
-    (model,) = _fit_grid(spec, [{**params, **chosen}], rows.X, rows.y, balance, seed, loss, early_stop=False,
-                         column_scale=data.column_scale)
+    (model,), _ = _fit_grid(spec, [{**params, **chosen}], rows.X, rows.y, balance, seed, loss, early_stop=False,
+                            column_scale=data.column_scale)
     where = "train + validation" if "validation" in data.splits and len(data.splits["validation"]) else "train"
     mode = f"{folds}-fold CV x{CV_REPEATS} on {where}"
     held = Held(rows.y, oof[best, 0], f"out of fold ({mode}, first repeat)", np.tile(rows.y, CV_REPEATS),

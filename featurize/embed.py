@@ -13,6 +13,7 @@ float32 on a fixed probe batch the first time it runs on a machine (``featurize/
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -67,7 +68,7 @@ class Embedder:
         self.batch_size = batch_size
         self.flip = flip
         self._runner = runner
-
+        self.network_seconds = 0.0  # inside the network, summed over calls: its busy share of a run
     @property
     def view_names(self) -> tuple[str, ...]:
         return ("embeddings", "flip") if self.flip else ("embeddings",)
@@ -78,7 +79,11 @@ class Embedder:
         padded = np.zeros((self.batch_size, size, size, 3), np.uint8)
         padded[:n] = images
         views = [padded, padded[:, :, ::-1]] if self.flip else [padded]
-        out = pool(self.recipe, self._runner(model_input(self.recipe, np.concatenate(views))))
+        x = model_input(self.recipe, np.concatenate(views))
+        started = time.perf_counter()
+        raw = self._runner(x)
+        self.network_seconds += time.perf_counter() - started
+        out = pool(self.recipe, raw)
         b = self.batch_size
         return {view: out[i * b : i * b + n] for i, view in enumerate(self.view_names)}
 
@@ -148,19 +153,20 @@ def embed_files(recipe: Recipe, files: Sequence[Path], *, flip: bool = False, ba
     return Embedded(embedder.recipe, views, good, skipped)
 
 
-def open_embedder(recipe: Recipe, *, batch_size: int = 32, flip: bool = False,
+def open_embedder(recipe: Recipe, *, batch_size: int | None = None, flip: bool = False,
                   calibration_files: Sequence[Path] = (), weights: object = None, store: object = None,
                   threads: int | None = None) -> Embedder:
     """The embedder for ``recipe``, its model from the store (made there the first time). ``.recipe``
-    of the result is the one that really runs: float32 when a bfloat16 or int8 runtime failed its
-    self-check on this machine (with a ``ClothprobeWarning``)."""
+    of the result is the one that really runs: a wider precision when a bfloat16 or int8 runtime failed its
+    self-check on this machine (with a ``ClothprobeWarning``). ``batch_size`` None: images per batch from
+    the rows per request measured for this model on this machine (``featurize/model/rows.py``)."""
     from clothprobe.featurize.model.selfcheck import checked_runner
 
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         from clothprobe.errors import ClothprobeError
 
         raise ClothprobeError(f"--batch-size must be at least 1, got {batch_size}.")
-    rows = batch_size * (2 if flip else 1)
-    recipe, runner = checked_runner(recipe, rows=rows, calibration_files=calibration_files, weights=weights,
-                                    store=store, threads=threads)
-    return Embedder(recipe, runner, batch_size, flip)
+    views = 2 if flip else 1
+    checked = checked_runner(recipe, rows=None if batch_size is None else batch_size * views,
+                             calibration_files=calibration_files, weights=weights, store=store, threads=threads)
+    return Embedder(checked.recipe, checked.runner, checked.rows // views, flip)

@@ -32,6 +32,7 @@ from clothprobe.featurize.engines.plan import (
 )
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS
 from clothprobe.featurize.model.calibration import DEFAULT_SIZE
+from clothprobe.featurize.model.guard import GuardSample, LabelledPhoto, guard_sample, guarded_recipe
 from clothprobe.featurize.model.recipe import Recipe, resolve_recipe
 from clothprobe.featurize.model.taps import DEFAULT_TAPS
 
@@ -87,11 +88,13 @@ def library_versions() -> dict[str, str]:
 class _Options:
     out: Path
     views: tuple[str, ...]
-    batch_size: int
+    batch_size: int | None
     max_pixels: int
     strict: bool
     progress: bool
     shard_size: int
+    seed: int
+    guard: bool  # the default int8: checked against its reference on validation before first use
 
 
 def featurize(
@@ -100,7 +103,7 @@ def featurize(
     out: str | Path | None = None,
     features_dir: str | Path = "features",
     weights: str | Path | None = "imagenet",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     precision: str = "auto",
     runtime: str = "auto",
     tta: bool = False,
@@ -130,7 +133,7 @@ def featurize(
     from clothprobe.featurize.model.selfcheck import effective_recipe
 
     started = time.perf_counter()
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ClothprobeError(f"--batch-size must be at least 1, got {batch_size}.")
     if max_pixels < 1:
         raise ClothprobeError(f"--max-pixels must be at least 1, got {max_pixels}.")
@@ -140,7 +143,8 @@ def featurize(
     out = Path(out) if out else default_path(features_dir, dataset.name, recipe.backbone)
     check_target(out, rebuild)
     opts = _Options(out=out, views=("embeddings", "flip") if tta else ("embeddings",), batch_size=batch_size,
-                    max_pixels=max_pixels, strict=strict, progress=progress, shard_size=shard_size)
+                    max_pixels=max_pixels, strict=strict, progress=progress, shard_size=shard_size, seed=seed,
+                    guard=precision == "auto")
     engine = engine or LocalEngine()
     with writer_lock(out):
         check_target(out, rebuild)  # again, now that no other clothprobe writes it
@@ -148,12 +152,29 @@ def featurize(
         if strict and index.unusable:
             raise strict_error(index.unusable, dataset.root)
         with ExistingCache(out) as existing:
+            if opts.guard:
+                recipe = _default_precision(recipe, index, calibration)
             recipe, calibration_files = _calibrated(recipe, index, calibration, calibration_size, seed, existing)
             result = _update(index, effective_recipe(recipe), calibration_files, existing, engine, opts)
     catalog.record(features_dir, dataset=dataset.name, backbone=result.backbone, cache_path=out,
                    data_root=dataset.root)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _default_precision(recipe: Recipe, index: FileIndex, calibration: str | Path | None) -> Recipe:
+    """``--precision auto``: int8 on OpenVINO where there are photos to calibrate it on (guarded on
+    validation before first use, see ``featurize/model/guard.py``), else ``recipe`` as resolved."""
+    if recipe.runtime == "openvino" and (calibration is not None or index.dataset.files.get("train")):
+        return recipe.with_precision("int8")
+    return recipe
+
+
+def _guard_sample(index: FileIndex, seed: int) -> GuardSample | None:
+    splits = {split: [LabelledPhoto(f.path, index.hashes[f.rel_path], f.label)
+                      for f in index.dataset.files.get(split, []) if f.rel_path in index.hashes]
+              for split in ("train", "validation")}
+    return guard_sample(splits["train"], splits["validation"], seed)
 
 
 def _calibrated(recipe: Recipe, index: FileIndex, calibration: str | Path | None, size: int, seed: int,
@@ -229,6 +250,14 @@ def _embed(index: FileIndex, recipe: Recipe, calibration_files: tuple[str, ...],
     plan, merger = _plan(index, recipe, existing, o)
     if not plan.todo:
         return plan, merger, 0.0
+    if o.guard and recipe.precision == "int8":
+        guarded = guarded_recipe(recipe, _guard_sample(index, o.seed), len(index.dataset.class_names),
+                                 calibration_files=[Path(p) for p in calibration_files], seed=o.seed)
+        if guarded != recipe:
+            recipe = guarded
+            plan, merger = _plan(index, recipe, existing, o)
+            if not plan.todo:
+                return plan, merger, 0.0
     ran = engine.open(EmbedTask(recipe, o.views, o.batch_size, o.max_pixels, calibration_files))
     if ran != recipe:  # the runtime's self-check fell back to another precision here: plan for what runs
         plan, merger = _plan(index, ran, existing, o)

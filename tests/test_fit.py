@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import pickle
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -131,8 +132,19 @@ def test_same_seed_same_model_and_metrics(features: Path, tmp_path: Path, clf: s
     (b,) = fit("clothes", clf=clf, features_dir=features, models_dir=tmp_path / "b")
     drop = ("fit_seconds", "predict_seconds")
     same = [{k: v for k, v in asdict(r.metrics).items() if k not in drop} for r in (a, b)]
+    for metrics in same:  # timings differ run to run
+        metrics["candidates"] = [{k: v for k, v in c.items() if k != "seconds"} for c in metrics["candidates"]]
     assert same[0] == same[1]
     assert (a.run_dir / "predictions.csv").read_text() == (b.run_dir / "predictions.csv").read_text()
+
+
+@pytest.mark.parametrize("select_mode", ["validation", "cv"])
+def test_each_grid_entry_is_timed_in_the_metrics(features: Path, tmp_path: Path, select_mode: str) -> None:
+    (result,) = fit("clothes", clf="logreg", select=select_mode, features_dir=features, models_dir=tmp_path / "m")
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    seconds = [c["seconds"] for c in metrics["candidates"]]
+    assert len(seconds) == len(CLASSIFIERS["logreg"].grid) and all(s > 0 for s in seconds)
+    assert sum(seconds) <= metrics["fit_seconds"]  # the estimators alone, within the whole search
 
 
 def test_tta_and_joined_backbones(tmp_path: Path) -> None:
@@ -225,9 +237,9 @@ def test_warm_started_path_matches_cold_fits(features: Path, monkeypatch: pytest
 
     spec = CLASSIFIERS["logreg"]
     train = load_feature_set("xception", "clothes", features).splits["train"]
-    warm = _fit_grid(spec, spec.grid, train.X, train.y, "none", 0, "categorical")
+    warm, _ = _fit_grid(spec, spec.grid, train.X, train.y, "none", 0, "categorical")
     for params, model in zip(spec.grid, warm):
-        (cold,) = _fit_grid(dc_replace(spec, path=False), [params], train.X, train.y, "none", 0, "categorical")
+        (cold,), _ = _fit_grid(dc_replace(spec, path=False), [params], train.X, train.y, "none", 0, "categorical")
         assert model[-1].C == params["C"]
         assert np.allclose(model.predict_proba(train.X), cold.predict_proba(train.X), atol=1e-3)
 

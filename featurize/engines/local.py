@@ -50,6 +50,17 @@ class LocalEngine(Engine):
         self._worker = ShardEmbedder(task)
         return self._worker.recipe
 
+    @property
+    def batch_size(self) -> int | None:
+        """Images per request of the opened model (asked for, or measured on this machine)."""
+        return self._worker.embedder.batch_size if self._worker else None
+
+    @property
+    def network_seconds(self) -> float:
+        """Seconds the network ran so far (its warm-up batch included): against the run's embedding time,
+        how busy decoding kept it."""
+        return self._worker.embedder.network_seconds if self._worker else 0.0
+
     def embed(self, shards: Iterable[Shard]) -> Iterator[ShardBatch | ShardFailed]:
         if self._worker is None:
             raise RuntimeError("LocalEngine.embed called before open")

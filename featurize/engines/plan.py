@@ -47,19 +47,27 @@ class Shard:
     items: tuple[WorkItem, ...]
 
 
+TRANSFER_ROWS = 32  # with a measured batch size, a worker slices what it is handed into its own requests
+
+
 @dataclass(frozen=True)
 class EmbedTask:
     """What every worker needs to embed any shard of a run; the same for all of them."""
 
     recipe: Recipe
     views: tuple[str, ...]
-    batch_size: int
+    batch_size: int | None  # None: from the rows per request measured for the model on the worker's machine
     max_pixels: int
     calibration_files: tuple[str, ...] = ()  # int8: the photos that calibrate the quantization
 
     @property
     def flip(self) -> bool:
         return "flip" in self.views
+
+    @property
+    def transfer_rows(self) -> int:
+        """Images handed to a worker at once by engines that move decoded images between processes."""
+        return self.batch_size or TRANSFER_ROWS
 
 
 @dataclass

@@ -416,7 +416,7 @@ class RayEngine(Engine):
             raise RuntimeError("RayEngine.embed called before open")
         task = self._task
         shards = [s for s in shards if s.items]
-        rows = task.batch_size * self.block_batches
+        rows = task.transfer_rows * self.block_batches
         blocks = [Block(s.index, tuple(i.sha256 for i in part), tuple(i.path for i in part))
                   for s in shards for part in (s.items[k : k + rows] for k in range(0, len(s.items), rows))]
         seen: Counter[int] = Counter()
@@ -451,12 +451,12 @@ class RayEngine(Engine):
         ds = self._dataset(tables)
         ds.context.max_errored_blocks = -1  # a batch whose retries are spent is dropped (reported), not fatal
         sizes = tuple(sorted({t.recipe.input_size for t in tasks}))
-        decoded = ds.map_batches(decode_rows, batch_size=tasks[0].batch_size, num_cpus=DECODE_CPUS,
+        decoded = ds.map_batches(decode_rows, batch_size=tasks[0].transfer_rows, num_cpus=DECODE_CPUS,
                                  fn_kwargs={"sizes": sizes, "max_pixels": tasks[0].max_pixels,
                                             "pillow_limit": Image.MAX_IMAGE_PIXELS})
         attempts = self._ray.remote(_Attempts).options(num_cpus=0).remote()
         embedded = decoded.map_batches(
-            self.actor, batch_size=max(t.batch_size for t in tasks), num_cpus=sizing.threads,
+            self.actor, batch_size=max(t.transfer_rows for t in tasks), num_cpus=sizing.threads,
             compute=self._ray.data.ActorPoolStrategy(size=sizing.workers),
             fn_constructor_kwargs={"tasks": tasks, "threads": sizing.threads, "store_home": self.store_home,
                                    "weights": weights, "attempts": attempts})

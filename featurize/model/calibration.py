@@ -24,6 +24,7 @@ DEFAULT_SIZE = 300  # NNCF's default subset size; enough for stable activation r
 class Calibration:
     files: tuple[Path, ...]
     digest: str  # goes into the recipe: another sample gives another int8 model
+    hashes: tuple[str, ...]  # SHA-256 of each photo, in ``files`` order (sorted by content)
 
 
 def calibration_sample(candidates: Sequence[tuple[Path, str]], size: int = DEFAULT_SIZE, seed: int = 0) -> Calibration:
@@ -38,8 +39,13 @@ def calibration_sample(candidates: Sequence[tuple[Path, str]], size: int = DEFAU
     hashes = list(by_hash)
     picked = sorted(np.random.default_rng(seed).choice(len(hashes), size=min(size, len(hashes)), replace=False))
     chosen = [hashes[i] for i in picked]
-    digest = hashlib.sha256(json.dumps(chosen).encode()).hexdigest()[:16]
-    return Calibration(files=tuple(by_hash[h] for h in chosen), digest=digest)
+    return Calibration(files=tuple(by_hash[h] for h in chosen), digest=calibration_digest(chosen),
+                       hashes=tuple(chosen))
+
+
+def calibration_digest(hashes: Sequence[str]) -> str:
+    """The recipe's name for a calibration sample: a digest of its photos' content hashes, in order."""
+    return hashlib.sha256(json.dumps(list(hashes)).encode()).hexdigest()[:16]
 
 
 def calibration_from_folder(folder: str | Path, size: int = DEFAULT_SIZE, seed: int = 0) -> Calibration:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,11 @@ def _show(value: Any) -> str:
 
 
 def cpu_has_bf16() -> bool:
-    """True on CPUs with bfloat16 units (AMX or AVX512-BF16), where bf16 inference is about 2x faster."""
+    """True on CPUs with bfloat16 units (AMX or AVX512-BF16), where bf16 inference is about 2x faster, unless
+    ``ONEDNN_MAX_CPU_ISA`` keeps the runtime below them (``AVX2`` lets one CPU stand in for an AVX2 one)."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if cap and "BF16" not in cap and "AMX" not in cap and cap != "ALL":
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:
@@ -162,7 +167,8 @@ def resolve_runtime(runtime: str, source: str = "keras-applications") -> str:
 
 def resolve_precision(precision: str, runtime: str) -> str:
     """``auto`` is bfloat16 where the CPU has bf16 units, else float32 (bf16 is emulated there, slow).
-    int8 is opt-in (see the README for the measured accuracy) and needs OpenVINO."""
+    int8 needs OpenVINO and calibration photos: ``featurize`` makes it its own ``auto`` where it has
+    training photos to calibrate on (``featurize/pipeline.py``); here ``auto`` stays a float precision."""
     if precision not in PRECISIONS:
         raise ClothprobeError(f"Unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if precision == "int8" and runtime != "openvino":

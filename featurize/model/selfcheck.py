@@ -3,8 +3,9 @@ checked against float32 the first time it runs on a machine.
 
 Trust, but check, the runtime: OpenVINO has an open report of wrong bfloat16 results on some AMD Zen 5
 CPUs. A fixed probe batch is embedded with the reduced-precision model and with float32; if the lowest
-cosine similarity is below the threshold for that precision, float32 is used instead, with one warning,
+cosine similarity is below the threshold for that precision, a wider one is used instead, with one warning,
 and the outcome is recorded in the store entry so the check (and the warning's cause) is not repeated.
+A failed int8 falls back to bfloat16 where the CPU has bfloat16 units (itself checked), else float32.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ import platform
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from clothprobe.errors import ClothprobeError, ClothprobeWarning
-from clothprobe.featurize.model.recipe import Recipe
+from clothprobe.featurize.model.recipe import Recipe, cpu_has_bf16
+from clothprobe.featurize.model.rows import chosen_rows
 from clothprobe.featurize.model.runtimes import IR_FILE, Runner, export_float, load_runner, quantize_int8
 from clothprobe.featurize.model.store import ModelStore, SelfCheck, StoreEntry
 
@@ -101,59 +104,105 @@ class _Loader:
         if recipe.precision != "int8":
             return self.store.get_or_build(recipe, lambda d: export_float(recipe, d, self.weights))
         float_entry = self.entry(recipe.with_precision("float32"))
-        if not self.calibration and self.store.read_for(recipe) is None:
+        if self.store.read_for(recipe) is not None:
+            return self.store.get_or_build(recipe, _unreachable)
+        if not self.calibration:
             raise ClothprobeError(
                 f"The int8 model for {recipe.backbone} (calibration {recipe.calibration}) is not in the model store "
-                f"{self.store.root}, and no calibration photos were given to make it. Featurize with "
-                f"--precision int8 on this machine (or copy that store entry here)."
+                f"{self.store.root}; re-make it with `cli featurize --data DIR --backbone {recipe.backbone} "
+                f"--precision int8` over the same training photos (any names: they are sampled by content, same "
+                f"--seed and --calibration-size), or copy its store entry here."
             )
         from clothprobe.featurize.embed import model_input
 
+        hashes = checked_calibration(recipe, self.calibration)
         return self.store.get_or_build(recipe, lambda d: quantize_int8(
-            recipe, float_entry.file(IR_FILE), d, self.calibration, lambda px: model_input(recipe, px)))
+            recipe, float_entry.file(IR_FILE), d, self.calibration, lambda px: model_input(recipe, px)), hashes)
 
-    def runner(self, recipe: Recipe, entry: StoreEntry, rows: int) -> Runner:
-        return load_runner(recipe, entry.file, rows, cache_dir=self.store.home / "compiled", threads=self.threads)
+    def runner(self, recipe: Recipe, entry: StoreEntry, rows: int | None) -> tuple[int, Runner]:
+        """The model compiled for ``rows``, or for the rows per request measured on this machine."""
+        def compile_for(n: int) -> Runner:
+            return load_runner(recipe, entry.file, n, cache_dir=self.store.home / "compiled", threads=self.threads)
+
+        if rows is not None:
+            return rows, compile_for(rows)
+        return chosen_rows(recipe, entry, self.store, machine_id(), compile_for)
+
+
+def _unreachable(directory: Path) -> None:
+    raise AssertionError(f"{directory}: an existing store entry is never built again")
+
+
+def checked_calibration(recipe: Recipe, files: Sequence[Path]) -> tuple[str, ...]:
+    """The content hashes of the calibration photos, in the order NNCF sees them, checked against the
+    recipe's calibration digest (other photos would make another model under the same name)."""
+    from clothprobe._util.files import file_sha256
+    from clothprobe.featurize.model.calibration import calibration_digest
+
+    hashes = tuple(file_sha256(f) for f in files)
+    if calibration_digest(hashes) != recipe.calibration:
+        raise ClothprobeError(f"The {len(hashes)} calibration photos given do not make calibration {recipe.calibration} "
+                              f"of {recipe.backbone} (their content differs); give the photos it was made from.")
+    return hashes
+
+
+def fallback_precision(recipe: Recipe) -> str:
+    """What runs instead of a precision that failed a check here: int8 -> bfloat16 where the CPU has bfloat16
+    units, else float32."""
+    return "bfloat16" if recipe.precision == "int8" and cpu_has_bf16() else "float32"
 
 
 def effective_recipe(recipe: Recipe, store: ModelStore | None = None) -> Recipe:
-    """``recipe``, or its float32 form when its precision already failed the self-check on this machine.
+    """``recipe``, or what runs instead when its precision already failed the self-check on this machine.
     Cheap (reads a manifest, builds nothing): call it before comparing with a cache."""
-    if recipe.precision == "float32":
-        return recipe
     store = store or ModelStore()
-    entry = store.read_for(recipe)
-    check = entry.checks.get(_check_key(recipe)) if entry else None
-    return recipe.with_precision("float32") if check and not check.passed else recipe
+    while recipe.precision != "float32":
+        entry = store.read_for(recipe)
+        check = entry.checks.get(_check_key(recipe)) if entry else None
+        if not check or check.passed:
+            break
+        recipe = recipe.with_precision(fallback_precision(recipe))
+    return recipe
 
 
 def _check_key(recipe: Recipe) -> str:
     return f"{recipe.precision} on {machine_id()}"
 
 
-def checked_runner(recipe: Recipe, *, rows: int, calibration_files: Sequence[Path] = (), weights: Any = None,
-                   store: ModelStore | None = None, threads: int | None = None) -> tuple[Recipe, Runner]:
-    """The recipe that really runs here and its compiled model (see the module docstring)."""
+@dataclass(frozen=True)
+class Checked:
+    """The recipe that really runs here, its compiled model, and the rows per request it takes."""
+
+    recipe: Recipe
+    runner: Runner
+    rows: int
+
+
+def checked_runner(recipe: Recipe, *, rows: int | None = None, calibration_files: Sequence[Path] = (),
+                   weights: Any = None, store: ModelStore | None = None, threads: int | None = None) -> Checked:
+    """The recipe that really runs here and its compiled model (see the module docstring); ``rows`` None:
+    the rows per request measured for it on this machine (``featurize/model/rows.py``)."""
     store = store or ModelStore()
     recipe = effective_recipe(recipe, store)
     with store.in_use(recipe, recipe.with_precision("float32")):  # a prune waits until the files are loaded
         return _checked_runner(recipe, _Loader(store, weights, calibration_files, threads), store, rows)
 
 
-def _checked_runner(recipe: Recipe, loader: _Loader, store: ModelStore, rows: int) -> tuple[Recipe, Runner]:
+def _checked_runner(recipe: Recipe, loader: _Loader, store: ModelStore, rows: int | None) -> Checked:
     entry = loader.entry(recipe)
-    runner = loader.runner(recipe, entry, rows)
+    chosen, runner = loader.runner(recipe, entry, rows)
     if recipe.precision == "float32" or _check_key(recipe) in entry.checks:
-        return recipe, runner
+        return Checked(recipe, runner, chosen)
     reference = recipe.with_precision("float32")
-    ref_runner = loader.runner(reference, loader.entry(reference), rows)
-    cos = taps_cosine_min(recipe, _embed_probe(recipe, runner, rows), _embed_probe(reference, ref_runner, rows))
+    _, ref_runner = loader.runner(reference, loader.entry(reference), chosen)
+    cos = taps_cosine_min(recipe, _embed_probe(recipe, runner, chosen), _embed_probe(reference, ref_runner, chosen))
     threshold = THRESHOLDS[recipe.precision]
     passed = bool(cos >= threshold)
     store.record_check(entry, _check_key(recipe), SelfCheck(passed, cos, threshold, PROBE_IMAGES, time.time()))
     if passed:
-        return recipe, runner
+        return Checked(recipe, runner, chosen)
+    fallback = fallback_precision(recipe)
     warnings.warn(ClothprobeWarning(
         f"{recipe.label} embeddings disagree with float32 on this CPU (probe cosine min {cos:.4f} < {threshold}): "
-        f"using float32 instead. Recorded in {entry.path}."), stacklevel=4)
-    return reference, ref_runner
+        f"using {fallback} instead. Recorded in {entry.path}."), stacklevel=4)
+    return _checked_runner(effective_recipe(recipe.with_precision(fallback), store), loader, store, rows)

@@ -32,7 +32,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +104,35 @@ class SelfCheck:
     checked: float  # when, seconds since the epoch
 
 
+@dataclass(frozen=True)
+class RowsChoice:
+    """Rows per inference request chosen by timing each candidate on one machine (``featurize/model/rows.py``)."""
+
+    rows: int
+    rates: dict[str, float]  # candidate rows -> images per second measured
+    measured: float  # when, seconds since the epoch
+
+
+@dataclass(frozen=True)
+class AccuracyGuard:
+    """An int8 model's accuracy on a labelled validation sample against its float reference
+    (``featurize/model/guard.py``): ``passed`` when it lies inside the reference's 95% interval."""
+
+    passed: bool
+    accuracy: float
+    reference: str  # the precision compared with
+    reference_accuracy: float
+    interval: tuple[float, float]
+    images: int  # validation photos scored
+    sample: str  # digest of the photos (train + validation) the guard used
+    checked: float
+
+
 @dataclass
 class StoreEntry:
-    """One stored model: ``files`` name -> SHA-256, ``checks`` "<precision> on <machine>" -> its self-check."""
+    """One stored model: ``files`` name -> SHA-256, ``checks`` "<precision> on <machine>" -> its self-check,
+    ``rows`` "<precision> on <machine>" -> rows per request, ``guards`` (int8) "<sample digest>" -> accuracy
+    guard, ``calibration`` (int8) the SHA-256 of each photo that calibrated it."""
 
     key: str
     path: Path
@@ -115,6 +141,9 @@ class StoreEntry:
     created: str
     last_used: float
     checks: dict[str, SelfCheck]
+    rows: dict[str, RowsChoice] = field(default_factory=dict)
+    guards: dict[str, AccuracyGuard] = field(default_factory=dict)
+    calibration: tuple[str, ...] = ()
 
     @property
     def size_bytes(self) -> int:
@@ -137,7 +166,9 @@ class StoreEntry:
     def to_manifest(self) -> dict[str, Any]:
         return {"store_version": STORE_VERSION, "key": self.key, "recipe": self.recipe.to_dict(),
                 "files": self.files, "created": self.created, "last_used": self.last_used,
-                "checks": {k: asdict(c) for k, c in self.checks.items()}}
+                "checks": {k: asdict(c) for k, c in self.checks.items()},
+                "rows": {k: asdict(c) for k, c in self.rows.items()},
+                "guards": {k: asdict(c) for k, c in self.guards.items()}, "calibration": list(self.calibration)}
 
     @classmethod
     def from_manifest(cls, path: Path, doc: dict[str, Any]) -> StoreEntry:
@@ -150,7 +181,11 @@ class StoreEntry:
             return cls(key=check_key(doc["key"], str(path / MANIFEST)), path=path,
                        recipe=Recipe.from_dict(doc["recipe"]), files=_check_files(doc["files"], str(path)),
                        created=str(doc["created"]), last_used=_finite_time(doc["last_used"]),
-                       checks={str(k): SelfCheck(**c) for k, c in dict(doc.get("checks", {})).items()})
+                       checks={str(k): SelfCheck(**c) for k, c in dict(doc.get("checks", {})).items()},
+                       rows={str(k): RowsChoice(**c) for k, c in dict(doc.get("rows", {})).items()},
+                       guards={str(k): AccuracyGuard(**{**c, "interval": tuple(c["interval"])})
+                               for k, c in dict(doc.get("guards", {})).items()},
+                       calibration=tuple(doc.get("calibration", ())))
         except (KeyError, TypeError, ValueError, AttributeError, ClothprobeError) as err:
             raise ClothprobeError(f"{path / MANIFEST} is not a store manifest ({err}); prune it with "
                                   f"`cli cache prune --key {path.name}`.") from None
@@ -228,19 +263,20 @@ class ModelStore:
         """The finished entry holding ``recipe``'s files, if any (not yet verified)."""
         return self.read(artifact_recipe(recipe).fingerprint)
 
-    def get_or_build(self, recipe: Recipe, build: Callable[[Path], None]) -> StoreEntry:
-        """The verified entry for ``recipe``'s files, building it with ``build(directory)`` if missing.
+    def get_or_build(self, recipe: Recipe, build: Callable[[Path], None], calibration: tuple[str, ...] = ()) -> StoreEntry:
+        """The verified entry for ``recipe``'s files, building it with ``build(directory)`` if missing
+        (``calibration``: the content hashes of the photos ``build`` calibrates on, kept in the manifest).
         Two processes asking at once: one builds, the other waits for the lock and reuses it."""
         key = artifact_recipe(recipe).fingerprint
         entry = self.read(key)
         if entry is None:
             with self._locked(key):
-                entry = self.read(key) or self._build(key, artifact_recipe(recipe), build)
+                entry = self.read(key) or self._build(key, artifact_recipe(recipe), build, calibration)
         entry.verify()
         self._touch(entry)
         return entry
 
-    def _build(self, key: str, recipe: Recipe, build: Callable[[Path], None]) -> StoreEntry:
+    def _build(self, key: str, recipe: Recipe, build: Callable[[Path], None], calibration: tuple[str, ...]) -> StoreEntry:
         tmp = self.root / f".{key}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -252,7 +288,7 @@ class ModelStore:
                 raise _build_failed(err, tmp, recipe) from None
             files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file() and p.name != MARKER}
             entry = StoreEntry(key, self._dir(key), recipe, files, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                               time.time(), {})
+                               time.time(), {}, calibration=tuple(calibration))
             _write_json(tmp / MANIFEST, entry.to_manifest())
             os.replace(tmp, self._dir(key))
             return entry
@@ -274,12 +310,23 @@ class ModelStore:
 
     def record_check(self, entry: StoreEntry, machine: str, check: SelfCheck) -> None:
         """Keep a runtime self-check's outcome in the entry, so it runs once per machine."""
+        self._record(entry, "checks", machine, check)
+
+    def record_rows(self, entry: StoreEntry, machine: str, choice: RowsChoice) -> None:
+        """Keep the rows per request measured on ``machine``, so the timing runs once per machine."""
+        self._record(entry, "rows", machine, choice)
+
+    def record_guard(self, entry: StoreEntry, sample: str, guard: AccuracyGuard) -> None:
+        """Keep an int8 accuracy guard's outcome, so it runs once per validation sample."""
+        self._record(entry, "guards", sample, guard)
+
+    def _record(self, entry: StoreEntry, section: str, key: str, value: Any) -> None:
         with self._locked(entry.key):
             if _made_by_store(entry.path):  # not pruned meanwhile
                 fresh = self._fresh(entry)
-                fresh.checks[machine] = check
+                getattr(fresh, section)[key] = value
                 _write_json(entry.path / MANIFEST, fresh.to_manifest())
-        entry.checks[machine] = check
+        getattr(entry, section)[key] = value
 
     def _folders(self) -> list[Path]:
         return sorted(p for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
