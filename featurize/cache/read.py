@@ -24,6 +24,7 @@ from clothprobe.featurize.cache.schema import (
     refusal,
     verify_streamed,
 )
+from clothprobe.featurize.embed import FLIPPED, ORIGINAL
 from clothprobe.featurize.model.recipe import Recipe
 
 
@@ -124,11 +125,11 @@ def load_features(path: str | Path, hint: str = "") -> FeatureCache:
 
 def _read_split(group: h5py.Group, views: Sequence[str]) -> SplitFeatures:
     return SplitFeatures(
-        embeddings=read_verified(group["embeddings"]),
+        embeddings=read_verified(group[ORIGINAL]),
         labels=read_verified(group["labels"]).astype(np.int64),
         paths=as_strings(read_verified(group["paths"])),
         sha256=as_strings(read_verified(group["sha256"])),
-        flip=read_verified(group["flip"]) if "flip" in views else None,
+        flip=read_verified(group[FLIPPED]) if FLIPPED in views else None,
         skipped=list(zip(as_strings(read_verified(group["skipped_paths"])), as_strings(read_verified(group["skipped_reasons"])))),
     )
 
