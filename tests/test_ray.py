@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, make_image
+from conftest import TINY, cli, make_image
+from conftest import featurize_tiny as run
 
 from clothprobe.errors import ClothprobeError, ClothprobeWarning
 from clothprobe.featurize import featurize, load_features
@@ -38,10 +39,6 @@ def cluster() -> Iterator[str]:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
-
-
-def run(data: Path, out: Path, **kw):  # noqa: ANN201 - a FeaturizeResult
-    return featurize(data, out=out, **{"features_dir": out.parent / "features", **TINY, **kw})
 
 
 def engine(**kw):  # noqa: ANN201 - a RayEngine
@@ -411,11 +408,10 @@ def test_cli_featurize_joins_a_cluster_started_with_ray_start(dataset: Path, tmp
     try:
         started = subprocess.run(start, capture_output=True, text=True, timeout=120)
         assert started.returncode == 0, started.stderr[-3000:]
-        res = subprocess.run([sys.executable, "-m", "clothprobe.cli", "featurize", "--data", str(with_bad_files(dataset)),
-                              "--out", str(tmp_path / "ray.h5"), "--features-dir", str(tmp_path / "features"),
-                              "--backbone", "vgg16", "--weights", "none", "--image-size", "32", "--batch-size", "4",
-                              "--precision", "float32", "--engine", "ray", "--address", f"127.0.0.1:{port}"],
-                             capture_output=True, text=True, timeout=300)
+        res = cli("featurize", "--data", str(with_bad_files(dataset)), "--out", str(tmp_path / "ray.h5"),
+                  "--features-dir", str(tmp_path / "features"), "--backbone", "vgg16", "--weights", "none",
+                  "--image-size", "32", "--batch-size", "4", "--precision", "float32", "--engine", "ray",
+                  "--address", f"127.0.0.1:{port}", timeout=300)
     finally:
         _stop_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
