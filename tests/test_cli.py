@@ -148,9 +148,9 @@ def test_fit_cli_errors_name_the_cache_and_the_choices(tmp_path: Path) -> None:
     res = cli("fit", "--dataset", "clothes", "--features-dir", str(tmp_path / "features"))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "xception.h5" in res.stderr and "cli featurize --backbone xception" in res.stderr
-    res = cli("fit", "--dataset", "clothes", "--clf", "svm")
+    res = cli("fit", "--dataset", "clothes", "--clf", "svm", cwd=tmp_path)  # refused before any cache is looked for
     assert res.returncode == 2 and "choose one of: logreg, lgbm, dense" in res.stderr
-    res = cli("fit")
+    res = cli("fit", cwd=tmp_path)  # an empty folder: nothing featurized under ./features
     assert res.returncode == 2 and "--data DIR" in res.stderr
 
 
