@@ -16,6 +16,8 @@ from rich.text import Text
 
 from clothprobe._util.bounds import bounded
 from clothprobe.errors import ClothprobeError
+from clothprobe.featurize.images import DEFAULT_MAX_PIXELS
+from clothprobe.featurize.model.backbones import BACKBONES, COMPARED_BACKBONES, DEFAULT_BACKBONE
 
 app = typer.Typer(
     help="clothprobe: classify clothing photos from frozen CNN embeddings.",
@@ -69,7 +71,8 @@ Balance = Annotated[str, typer.Option(help="Class imbalance: none, weights (bala
 Select = Annotated[str | None, typer.Option(
     help="How settings are chosen: validation (fitted on train, scored on the validation split) or cv (repeated "
          "stratified 5-fold over train + validation, then refitted on both). Default: validation.")]
-FeaturesDir = Annotated[Path, typer.Option(help="Where the feature caches are: <features-dir>/<dataset>/<backbone>.h5.")]
+FeaturesDir = Annotated[Path, typer.Option(
+    help="Where the feature caches are: <features-dir>/<dataset>/<backbone>.h5.")]
 ModelsDir = Annotated[Path, typer.Option(help="Where the runs are: <models-dir>/<dataset>/<backbone>/<run>/.")]
 Top = Annotated[int, typer.Option(help="Leaderboard rows to print per dataset.")]
 TAPS_HELP = ("Layers whose average-pooled outputs are cached side by side: final, all, or names (e.g. "
@@ -107,8 +110,7 @@ def featurize(
         help="Dataset folder: DIR/<split>/<class>/<image> or DIR/<class>/<image> (default: the folder "
              "featurized last under --features-dir).")] = None,
     backbone: Annotated[str, typer.Option(
-        help="A registry name (vgg16, xception, mobilenetv2, efficientnetv2s, convnext_tiny), onnx:PATH or "
-             "keras:PATH.")] = "xception",
+        help=f"A registry name ({', '.join(BACKBONES)}), onnx:PATH or keras:PATH.")] = DEFAULT_BACKBONE,
     weights: Weights = "imagenet",
     out_path: Annotated[Path | None, typer.Option("--out", help=(
         "Cache file (default: features/<dataset>/<backbone>.h5). Only a clothprobe cache is ever replaced."))] = None,
@@ -127,7 +129,7 @@ def featurize(
         help="Stop at the first file that cannot be used instead of skipping it; refuse to rebuild a damaged "
              "cache.")] = False,
     image_size: Annotated[int | None, typer.Option(help="Override the backbone's input size (changes the cache).")] = None,
-    max_pixels: Annotated[int, typer.Option(help="Refuse images above this many pixels (decompression bombs).")] = 50_000_000,
+    max_pixels: Annotated[int, typer.Option(help="Refuse images above this many pixels (decompression bombs).")] = DEFAULT_MAX_PIXELS,
     seed: Annotated[int, typer.Option(help="Seed for random weights (--weights none) and the int8 calibration sample.")] = 0,
     rebuild: Annotated[bool, typer.Option(help="Replace a cache of another clothprobe schema version.")] = False,
     calibration: Annotated[Path | None, typer.Option(
@@ -214,7 +216,7 @@ def fit(
         help="The dataset folder that was featurized (its name picks the caches). Default: the only dataset "
              "featurized under --features-dir.")] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset name under --features-dir (instead of --data).")] = None,
-    backbone: Annotated[str, typer.Option(help="Cache(s) to fit on: xception, vgg16, or several joined: vgg16+xception.")] = "xception",
+    backbone: Annotated[str, typer.Option(help="Cache(s) to fit on: xception, vgg16, or several joined: vgg16+xception.")] = DEFAULT_BACKBONE,
     clf: Clf = "logreg",
     balance: Balance = "weights",
     tta: Annotated[bool, typer.Option(help="Average probabilities of the original and flipped views (cache made with --tta flip).")] = False,
@@ -284,17 +286,18 @@ def _print_openset(run: str, figures: dict) -> None:
 
 
 def _print_top(report, rows: int) -> None:  # noqa: ANN001 - a clothprobe.report.Report
+    from clothprobe.report.render import SUMMARY_COLUMNS
+
     for folder, why in report.skipped:
         err.print(Text.assemble(("skipped run", "yellow"), f" {folder}: {why}"))
     for section in report.sections:
         board = section.tables[0]
-        keep = ["#", "run", "val acc", "test acc", "test vs chosen (paired)", "fit s", "note"]
         table = Table(title=Text(f"{section.dataset}: top {min(rows, len(board.rows))} of {len(board.rows)} runs, "
                                  f"by validation accuracy"))
-        for col in keep:
+        for col in SUMMARY_COLUMNS:
             table.add_column(col, no_wrap=True)
         for row in board.rows[:rows]:
-            table.add_row(*(Text(str(row[board.header.index(col)])) for col in keep))
+            table.add_row(*(Text(str(row[board.header.index(col)])) for col in SUMMARY_COLUMNS))
         out.print(table)
     out.print(Text(f"report: {report.html_path}\n        {report.md_path}"))
 
@@ -317,7 +320,7 @@ def report(
 @bounded
 def run_job(
     data: DataFolder,
-    backbones: Annotated[str, typer.Option(help="Comma-separated backbones; each alone and all joined are fitted.")] = "vgg16,xception",
+    backbones: Annotated[str, typer.Option(help="Comma-separated backbones; each alone and all joined are fitted.")] = COMPARED_BACKBONES,
     weights: Weights = "imagenet",
     clf: Clf = "all",
     balance: Balance = "all",
@@ -354,7 +357,7 @@ def run_job(
 @bounded
 def e2e(
     data: DataFolder,
-    backbone: Annotated[str, typer.Option(help="vgg16, xception or mobilenetv2.")] = "xception",
+    backbone: Annotated[str, typer.Option(help=f"{', '.join(BACKBONES)}.")] = DEFAULT_BACKBONE,
     weights: Weights = "imagenet",
     epochs: Annotated[int, typer.Option(help="Epochs of head training (the notebook: 12).")] = 12,
     image_size: Annotated[int | None, typer.Option(help="Input size (default: the backbone's).")] = None,

@@ -13,11 +13,10 @@ from clothprobe.classifiers.select import DEFAULT_SELECT
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize import FeaturizeResult, featurize
 from clothprobe.featurize.dataset import scan
+from clothprobe.featurize.model.backbones import COMPARED_BACKBONES
 from clothprobe.featurize.model.recipe import resolve_recipe
 from clothprobe.report import Report, build_report
 from clothprobe.report.folder import ReportFolder
-
-DEFAULT_BACKBONES = "vgg16,xception"
 
 
 @dataclass
@@ -34,7 +33,7 @@ def feature_sets(backbones: Sequence[str]) -> list[str]:
 
 def run_all(
     data: str | Path,
-    backbones: str = DEFAULT_BACKBONES,
+    backbones: str = COMPARED_BACKBONES,
     weights: str = "imagenet",
     clf: str = "all",
     balance: str = "all",

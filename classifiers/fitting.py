@@ -27,6 +27,7 @@ from clothprobe.classifiers.taps import DEFAULT_FIT_TAPS, check_taps, held_score
 from clothprobe.classifiers.stats import apply_temperature, expected_calibration_error, fit_temperature
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.catalog import resolve_dataset
+from clothprobe.featurize.model.backbones import DEFAULT_BACKBONE
 from clothprobe.runs.directory import (
     Calibration,
     Manifest,
@@ -67,7 +68,7 @@ class FitPlan:
         return [(c, b, self.loss if c == "dense" else "categorical") for c in self.clfs for b in self.balances]
 
 
-def plan_fit(backbone: str = "xception", clf: str = "logreg", balance: str = "weights", loss: str = "categorical",
+def plan_fit(backbone: str = DEFAULT_BACKBONE, clf: str = "logreg", balance: str = "weights", loss: str = "categorical",
              select: str = DEFAULT_SELECT, out: str | Path | None = None, taps: str = DEFAULT_FIT_TAPS,
              unknown: str | Path | None = None, negatives: str | Path | None = None) -> FitPlan:
     """Check every option (before featurizing or loading anything) and expand ``all``."""
@@ -107,7 +108,7 @@ def versions() -> dict[str, str]:
 
 def fit(
     dataset: str | None = None,
-    backbone: str = "xception",
+    backbone: str = DEFAULT_BACKBONE,
     clf: str = "logreg",
     balance: str = "weights",
     tta: bool = False,

@@ -34,7 +34,7 @@ from clothprobe.e2e.data import ImageSplit, batches, load_splits
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.dataset import scan
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS
-from clothprobe.featurize.model.backbones import get_backbone
+from clothprobe.featurize.model.backbones import DEFAULT_BACKBONE, get_backbone
 from clothprobe.featurize.model.recipe import Recipe, resolve_recipe
 from clothprobe.runs.directory import (
     Manifest,
@@ -211,7 +211,7 @@ def _plan(backbone: str, weights, image_size: int | None, batch_size: int, epoch
 
 def e2e(
     data: str | Path,
-    backbone: str = "xception",
+    backbone: str = DEFAULT_BACKBONE,
     weights: str | Path | None = "imagenet",
     epochs: int = 12,
     image_size: int | None = None,

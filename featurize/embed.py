@@ -26,6 +26,14 @@ from clothprobe.featurize.images import DEFAULT_MAX_PIXELS, BadImage, decode
 from clothprobe.featurize.model.recipe import Recipe
 from clothprobe.featurize.model.runtimes import Runner
 
+ORIGINAL = "embeddings"  # the view of the photo as it is
+FLIPPED = "flip"  # the view of the photo mirrored left to right (test-time augmentation)
+
+
+def view_names(flip: bool) -> tuple[str, ...]:
+    """The views an embedder makes and a cache holds: the original, and the flipped one with ``flip``."""
+    return (ORIGINAL, FLIPPED) if flip else (ORIGINAL,)
+
 PREFETCH_BATCHES = 2
 
 
@@ -71,7 +79,7 @@ class Embedder:
         self.network_seconds = 0.0  # inside the network, summed over calls: its busy share of a run
     @property
     def view_names(self) -> tuple[str, ...]:
-        return ("embeddings", "flip") if self.flip else ("embeddings",)
+        return view_names(self.flip)
 
     def embed_array(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Embeddings of up to ``batch_size`` decoded uint8 images, one array per view."""

@@ -18,6 +18,7 @@ from clothprobe.featurize.cache.read import ExistingCache
 from clothprobe.featurize.cache.schema import CacheHeader, check_target, default_path
 from clothprobe.featurize.cache.write import writer_lock
 from clothprobe.featurize.dataset import scan
+from clothprobe.featurize.embed import view_names
 from clothprobe.featurize.engines.base import Engine
 from clothprobe.featurize.engines.local import LocalEngine
 from clothprobe.featurize.engines.merge import Merger, PartialStore, strict_error
@@ -31,6 +32,7 @@ from clothprobe.featurize.engines.plan import (
     make_plan,
 )
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS
+from clothprobe.featurize.model.backbones import DEFAULT_BACKBONE
 from clothprobe.featurize.model.calibration import DEFAULT_SIZE
 from clothprobe.featurize.model.guard import GuardSample, LabelledPhoto, guard_sample, guarded_recipe
 from clothprobe.featurize.model.recipe import Recipe, resolve_recipe
@@ -99,7 +101,7 @@ class _Options:
 
 def featurize(
     data: str | Path,
-    backbone: str = "xception",
+    backbone: str = DEFAULT_BACKBONE,
     out: str | Path | None = None,
     features_dir: str | Path = "features",
     weights: str | Path | None = "imagenet",
@@ -142,7 +144,7 @@ def featurize(
     dataset = scan(data)
     out = Path(out) if out else default_path(features_dir, dataset.name, recipe.backbone)
     check_target(out, rebuild)
-    opts = _Options(out=out, views=("embeddings", "flip") if tta else ("embeddings",), batch_size=batch_size,
+    opts = _Options(out=out, views=view_names(tta), batch_size=batch_size,
                     max_pixels=max_pixels, strict=strict, progress=progress, shard_size=shard_size, seed=seed,
                     guard=precision == "auto")
     engine = engine or LocalEngine()

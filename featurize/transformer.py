@@ -17,7 +17,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from clothprobe._util.files import file_sha256
 from clothprobe.errors import ClothprobeError
+from clothprobe.featurize.embed import ORIGINAL
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS
+from clothprobe.featurize.model.backbones import DEFAULT_BACKBONE
 from clothprobe.featurize.model.recipe import Recipe, resolve_recipe
 
 
@@ -32,7 +34,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
     float32 array with one row per path, or raises naming the files that cannot be decoded.
     """
 
-    def __init__(self, backbone: str | Recipe = "xception", *, weights: Any = "imagenet", image_size: int | None = None,
+    def __init__(self, backbone: str | Recipe = DEFAULT_BACKBONE, *, weights: Any = "imagenet", image_size: int | None = None,
                  runtime: str = "auto", precision: str = "auto", seed: int = 0, batch_size: int = 32,
                  max_pixels: int = DEFAULT_MAX_PIXELS, cache: str | Path | None = None) -> None:
         self.backbone = backbone
@@ -85,7 +87,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
                 listed = "; ".join(f"{paths[todo[k]]}: {why}" for k, why in sorted(done.skipped.items())[:5])
                 raise ClothprobeError(f"{len(done.skipped)} image(s) cannot be embedded ({listed}). Remove them "
                                       f"from X, or use cli featurize, which skips and reports them.")
-            rows.update({todo[k]: row for k, row in zip(done.good, done.views["embeddings"])})
+            rows.update({todo[k]: row for k, row in zip(done.good, done.views[ORIGINAL])})
         if not paths:
             return np.empty((0, 0), np.float32)
         return np.stack([rows[i] for i in range(len(paths))]).astype(np.float32)
@@ -100,4 +102,4 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         from clothprobe.featurize.model.selfcheck import probe_batch
 
         embedder = open_embedder(self.recipe_, batch_size=1)
-        return int(embedder.embed_array(probe_batch(self.recipe_.input_size)[:1])["embeddings"].shape[1])
+        return int(embedder.embed_array(probe_batch(self.recipe_.input_size)[:1])[ORIGINAL].shape[1])

@@ -20,6 +20,13 @@ TOP_RUNS = 3  # runs in the per-class plot
 SMALL_CLASSES = 2  # the smallest training classes get a recall column each
 
 
+# Column titles, defined once: the tables are built with them and `cli report` picks its columns by them.
+RANK, RUN, VAL_ACC, TEST_ACC, TEST_VS_CHOSEN, FIT_S, NOTE = (
+    "#", "run", "val acc", "test acc", "test vs chosen (paired)", "fit s", "note")
+APPROACH, SOURCE = "approach", "source"
+SUMMARY_COLUMNS = (RANK, RUN, VAL_ACC, TEST_ACC, TEST_VS_CHOSEN, FIT_S, NOTE)  # the leaderboard in the terminal
+TEXT_COLUMNS = {RUN, APPROACH, SOURCE, NOTE}  # left-aligned, wrapped
+
 @dataclass
 class Cell:
     """A table cell: its text and, optionally, a second line (an interval, a test's verdict)."""
@@ -125,8 +132,8 @@ def _leaderboard(runs: list[Run], index: int) -> Table:
     watched = _watched_classes(chosen)
     tested = [r for r in runs if r.score("test") is not None]
     best_test = max(tested, key=lambda r: (r.score("test"), r.val_accuracy or 0, r.id)) if tested else None
-    header = ["#", "run", "val acc", "test acc", "test vs chosen (paired)", f"vs {100 * BEST_REFERENCE_TEST:.0f}% ref",
-              "test macro-F1", "test bal. acc", *[f"recall {c}" for c in watched], "featurize s", "fit s", "note"]
+    header = [RANK, RUN, VAL_ACC, TEST_ACC, TEST_VS_CHOSEN, f"vs {100 * BEST_REFERENCE_TEST:.0f}% ref",
+              "test macro-F1", "test bal. acc", *[f"recall {c}" for c in watched], "featurize s", FIT_S, NOTE]
     rows = []
     for i, r in enumerate(runs, 1):
         test = r.metrics.test
@@ -149,7 +156,7 @@ def _leaderboard(runs: list[Run], index: int) -> Table:
 def _comparison(runs: list[Run], index: int) -> Table:
     """The reference notebooks' figures (quoted), measured end-to-end runs, and the chosen cached run."""
     chosen = next((r for r in runs if r.kind is RunKind.CACHED_FEATURES), None)
-    header = ["approach", "source", "val acc", "test acc", "seconds", "chosen cached run: val", "test (paired)"]
+    header = [APPROACH, SOURCE, VAL_ACC, TEST_ACC, "seconds", "chosen cached run: val", "test (paired)"]
     rows = []
     for r in runs:
         if r.kind is not RunKind.CACHED_FEATURES:
@@ -289,7 +296,6 @@ tr.best td { background: #e8f4e8; font-weight: 600; } tr.ref td { color: #666; f
 p.note { font-size: 12px; color: #555; max-width: 70em; } p.warn { color: #a40; }
 img { max-width: 100%; height: auto; }
 """
-TEXT_COLUMNS = {"run", "approach", "source", "note"}
 
 
 def _cell(c: Cell, column: str) -> str:

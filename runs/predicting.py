@@ -24,6 +24,7 @@ from clothprobe._util.progress import progress_bar
 from clothprobe.classifiers.proba import full_proba
 from clothprobe.classifiers.stats import apply_temperature
 from clothprobe.errors import ClothprobeError
+from clothprobe.featurize.embed import FLIPPED, ORIGINAL, view_names
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS, is_ignored
 from clothprobe.runs.directory import RunKind, read_manifest, verify
 
@@ -120,7 +121,7 @@ def _embed(files: list[Path], caches: dict[str, dict], tta: bool, batch_size: in
     where = [{g: k for k, g in enumerate(p.good)} for p in parts]
     rows = [[w[i] for i in good] for w in where]  # each good file's row in each backbone's embeddings
     views = {view: np.hstack([p.views[view][r] for p, r in zip(parts, rows)]) if good else np.empty((0, 0))
-             for view in (("embeddings", "flip") if tta else ("embeddings",))}
+             for view in view_names(tta)}
     return Embedded(views, good, skipped)
 
 
@@ -147,11 +148,11 @@ def head_proba(predictor: Predictor, views: dict[str, np.ndarray]) -> np.ndarray
     """A cached-features run's classifier over embeddings (its backbones side by side, in its order), the
     flipped view averaged in when the run uses TTA; not calibrated."""
     n = len(predictor.classes)
-    if not len(views["embeddings"]):
+    if not len(views[ORIGINAL]):
         return np.zeros((0, n))
-    proba = full_proba(predictor.model, views["embeddings"], n)
+    proba = full_proba(predictor.model, views[ORIGINAL], n)
     if predictor.manifest.tta:
-        proba = (proba + full_proba(predictor.model, views["flip"], n)) / 2
+        proba = (proba + full_proba(predictor.model, views[FLIPPED], n)) / 2
     return proba
 
 
@@ -209,7 +210,7 @@ class Predictor:
         if self.openset is not None and len(proba):
             from clothprobe.classifiers.openset import head_output
 
-            scores = self.openset.values(head_output(self.model, views["embeddings"], proba))
+            scores = self.openset.values(head_output(self.model, views[ORIGINAL], proba))
         if self.temperature is not None and len(proba):
             proba = apply_temperature(proba, self.temperature)
         return proba, scores
@@ -487,7 +488,7 @@ def _score_batches(files: list[Path], predictor: Predictor,
     from clothprobe.featurize.engines.plan import EmbedTask
     from clothprobe.featurize.engines.ray import LOST, Block, view_column
 
-    views = ("embeddings", "flip") if predictor.manifest.tta else ("embeddings",)
+    views = view_names(predictor.manifest.tta)
     tasks = tuple(EmbedTask(recipe, views, predictor.batch_size, predictor.max_pixels)
                   for recipe in run_recipes(predictor.manifest.caches))
     rows = predictor.batch_size * engine.block_batches

@@ -9,10 +9,14 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from PIL import Image
+
+if TYPE_CHECKING:
+    from clothprobe.featurize import FeaturizeResult
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CLOTHPROBE_OFFLINE", "1")  # tests never reach for the network
@@ -38,6 +42,24 @@ def python_output(code: str, timeout: float = 120) -> str:
         pytest.fail(f"still running after {timeout} s (killed): a hang")
     assert res.returncode == 0, res.stderr
     return res.stdout
+
+
+def cli(*args: str, cwd: Path | None = None, home: Path | None = None, env: dict | None = None,
+        unset: tuple[str, ...] = (), timeout: float = 600) -> subprocess.CompletedProcess:
+    """The installed entry point in a subprocess, as a user runs it: in ``cwd``, with the compiled-model store
+    ``home``, this process's environment plus ``env`` and less the variables named in ``unset``."""
+    environment = {k: v for k, v in os.environ.items() if k not in unset}
+    environment.update(env or {}, **({"CLOTHPROBE_HOME": str(home)} if home is not None else {}))
+    return subprocess.run([sys.executable, "-m", "clothprobe.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=environment, timeout=timeout, check=False)
+
+
+def featurize_tiny(data: Path, out: Path, **kw: object) -> FeaturizeResult:
+    """``featurize`` with the tiny backbone into the cache ``out`` (``features/`` beside it for the catalogue);
+    ``kw`` overrides any setting."""
+    from clothprobe.featurize import featurize
+
+    return featurize(data, out=out, **{"features_dir": out.parent / "features", **TINY, **kw})
 
 
 def make_image(path: Path, seed: int, size: tuple[int, int] = (40, 30), mode: str = "RGB", fmt: str | None = None) -> Path:

@@ -9,16 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_dataset
+from conftest import cli, make_dataset
 
 CHATTER = ("absl::InitializeLog", "oneDNN custom operations", "cudart_stub", "cpu_feature_guard", "retracing")
-
-
-def cli(*args: str, home: Path, extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user's shell has it
-    env.update(CLOTHPROBE_HOME=str(home), **(extra_env or {}))
-    return subprocess.run([sys.executable, "-m", "clothprobe.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
 
 
 @pytest.mark.parametrize("verbose", [False, True])
@@ -27,7 +20,8 @@ def test_tensorflow_start_up_lines_only_with_verbose(tmp_path: Path, verbose: bo
     data = make_dataset(tmp_path / "clothes", per_class={"hat": 2, "shirt": 2})
     args = ["featurize", "--data", str(data), "--backbone", "vgg16", "--weights", "none", "--image-size", "32",
             "--runtime", "keras", "--precision", "float32", "--out", str(tmp_path / "c.h5")]
-    res = cli(*(["--verbose"] if verbose else []), *args, home=tmp_path / "home")
+    res = cli(*(["--verbose"] if verbose else []), *args, home=tmp_path / "home",
+              unset=("TF_CPP_MIN_LOG_LEVEL",))  # as a user's shell has it
     assert res.returncode == 0, res.stderr
     shown = [c for c in CHATTER if c in res.stderr]
     if verbose:

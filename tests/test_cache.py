@@ -15,12 +15,12 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY
+from conftest import featurize_tiny as run
 from synthetic import make_cache
 from synthetic import recipe as synthetic_recipe
 
 from clothprobe.errors import ClothprobeError
-from clothprobe.featurize import featurize, load_features
+from clothprobe.featurize import load_features
 from clothprobe.featurize.cache.read import SplitFeatures
 from clothprobe.featurize.cache.schema import CacheHeader, CacheInfo
 from clothprobe.featurize.cache.write import write_arrays
@@ -28,10 +28,6 @@ from clothprobe.featurize.engines.base import Engine
 from clothprobe.featurize.engines.local import LocalEngine, ShardEmbedder
 from clothprobe.featurize.engines.plan import EmbedTask, Shard, ShardBatch, ShardFailed
 from clothprobe.featurize.model.recipe import Recipe
-
-
-def run(data: Path, out: Path, **kw):
-    return featurize(data, out=out, **{"features_dir": out.parent / "features", **TINY, **kw})
 
 
 def arrays(path: Path) -> dict[str, np.ndarray]:

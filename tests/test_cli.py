@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image
+from conftest import cli, make_image
 from typer.testing import CliRunner
 
 from clothprobe.cli import app
@@ -19,12 +18,6 @@ from clothprobe.featurize import load_features
 
 runner = CliRunner()
 COMMANDS = [c.name or c.callback.__name__ for c in app.registered_commands]
-
-
-def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """The installed entry point in a subprocess, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "clothprobe.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=300)
 
 
 def test_help_of_every_command() -> None:
@@ -155,9 +148,9 @@ def test_fit_cli_errors_name_the_cache_and_the_choices(tmp_path: Path) -> None:
     res = cli("fit", "--dataset", "clothes", "--features-dir", str(tmp_path / "features"))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "xception.h5" in res.stderr and "cli featurize --backbone xception" in res.stderr
-    res = cli("fit", "--dataset", "clothes", "--clf", "svm")
+    res = cli("fit", "--dataset", "clothes", "--clf", "svm", cwd=tmp_path)  # refused before any cache is looked for
     assert res.returncode == 2 and "choose one of: logreg, lgbm, dense" in res.stderr
-    res = cli("fit")
+    res = cli("fit", cwd=tmp_path)  # an empty folder: nothing featurized under ./features
     assert res.returncode == 2 and "--data DIR" in res.stderr
 
 

@@ -7,15 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, make_image
+from conftest import featurize_tiny as run
+from conftest import make_image
 
 from clothprobe.errors import ClothprobeError
-from clothprobe.featurize import featurize, load_features
+from clothprobe.featurize import load_features
 from clothprobe.featurize.cache.write import writer_lock
-
-
-def run(data: Path, out: Path, **kw):
-    return featurize(data, out=out, **{"features_dir": out.parent / "features", **TINY, **kw})
 
 
 def no_model(monkeypatch: pytest.MonkeyPatch) -> None:

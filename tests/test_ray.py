@@ -4,6 +4,7 @@ VGG16 (conftest.TINY). Skipped, with the reason, where Ray is not installed."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, make_image
+from conftest import TINY, cli, make_image
+from conftest import featurize_tiny as run
 
 from clothprobe.errors import ClothprobeError, ClothprobeWarning
 from clothprobe.featurize import featurize, load_features
@@ -38,10 +40,6 @@ def cluster() -> Iterator[str]:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
-
-
-def run(data: Path, out: Path, **kw):  # noqa: ANN201 - a FeaturizeResult
-    return featurize(data, out=out, **{"features_dir": out.parent / "features", **TINY, **kw})
 
 
 def engine(**kw):  # noqa: ANN201 - a RayEngine
@@ -180,23 +178,11 @@ def test_a_file_the_workers_cannot_read_is_reported_not_remembered(cluster: str,
 @needs_ray
 @pytest.mark.slow
 def test_a_block_the_cluster_drops_is_reported_and_tried_again(cluster: str, dataset: Path, tmp_path: Path) -> None:
-    """Ray Data drops a block whose code raised (logged); its shard is reported, the rest kept."""
-    from clothprobe.featurize.engines.ray import LOST, RayEngine
+    """The actor's code raises on one batch, on the Ray worker: Ray Data drops that block (logged); its shard
+    is reported, the rest kept, and the next run embeds it."""
+    from clothprobe.featurize.engines.ray import LOST
 
-    class DropsABlock(RayEngine):
-        def stream(self, *args, **kwargs) -> Iterator[dict[str, np.ndarray]]:  # noqa: ANN002, ANN003
-            for k, batch in enumerate(super().stream(*args, **kwargs)):
-                if k != 1:
-                    yield batch
-
-    out = tmp_path / "f.h5"
-    with DropsABlock() as eng:
-        result = run(dataset, out, engine=eng, shard_size=5)
-    lost = [p for p, why in result.skipped if why == f"not embedded: {LOST}"]
-    assert lost and len(lost) == len(result.skipped) <= 5 and result.computed == 27 - len(lost)
-    with engine() as eng:
-        again = run(dataset, out, engine=eng)
-    assert again.computed == len(lost) and not again.skipped and again.remembered == 0
+    _lost_then_embedded(dataset, tmp_path / "f.h5", crash=False, why=LOST, shard_size=5)
 
 
 @needs_ray
@@ -266,18 +252,37 @@ def test_a_killed_worker_is_restarted_and_the_run_completes(cluster: str, tmp_pa
     assert_same_cache(tmp_path / "ray.h5", tmp_path / "local.h5")
 
 
-def _poisoned_engine(poison: str):  # noqa: ANN202 - a RayEngine subclass (ray is imported lazily)
-    """An engine whose actors die (the process exits) on every batch holding the file of sha256 ``poison``:
-    a crash that a retry cannot cure. The actor class is local, so Ray ships it to the workers by value."""
+def _poisoned_engine(poison: str, crash: bool = True):  # noqa: ANN202 - a RayEngine subclass (ray is lazy)
+    """An engine whose actors fail on every batch holding the file of sha256 ``poison``: ``crash``, the actor's
+    process exits (a crash that a retry cannot cure); else its code raises. The actor class is local, so Ray
+    ships it to the workers by value."""
     from clothprobe.featurize.engines.ray import RayEngine, _EmbedActor
 
-    class DiesOnPoison(_EmbedActor):
+    class FailsOnPoison(_EmbedActor):
         def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            if poison in set(batch["key"]) and not self._given_up(batch):
-                os._exit(1)
+            if poison in set(batch["key"]):
+                if not crash:
+                    raise RuntimeError("a bug in the model actor's code")
+                if not self._given_up(batch):
+                    os._exit(1)
             return super().__call__(batch)
 
-    return type("PoisonedEngine", (RayEngine,), {"actor": DiesOnPoison})
+    return type("PoisonedEngine", (RayEngine,), {"actor": FailsOnPoison})
+
+
+def _lost_then_embedded(dataset: Path, out: Path, *, crash: bool, why: str, shard_size: int) -> None:
+    """Featurize ``dataset`` with actors that fail on train/hat/0.png (see ``_poisoned_engine``): that file's
+    shard, and only it, is reported with ``why``, every other file is embedded; the next run embeds the
+    reported files (they are not remembered as bad)."""
+    poison = hashlib.sha256((dataset / "train" / "hat" / "0.png").read_bytes()).hexdigest()
+    with _poisoned_engine(poison, crash=crash)() as eng:
+        result = run(dataset, out, engine=eng, shard_size=shard_size)
+    lost = [p for p, reason in result.skipped if reason == f"not embedded: {why}"]
+    assert "train/hat/0.png" in lost, result.skipped
+    assert len(lost) == len(result.skipped) <= shard_size and result.computed == 27 - len(lost)
+    with engine() as eng:
+        again = run(dataset, out, engine=eng)
+    assert again.computed == len(lost) and not again.skipped and again.remembered == 0
 
 
 @needs_ray
@@ -285,20 +290,10 @@ def _poisoned_engine(poison: str):  # noqa: ANN202 - a RayEngine subclass (ray i
 def test_a_batch_that_kills_its_worker_every_time_is_given_up(cluster: str, dataset: Path, tmp_path: Path) -> None:
     """Ray restarts the actor and retries the batch; after ``WORKER_ATTEMPTS`` starts it is handed back as a
     fault: its shard is reported, every other one kept, and the next run embeds it."""
-    import hashlib
-
     from clothprobe.featurize.engines.ray import GIVEN_UP
 
-    poison = hashlib.sha256((dataset / "train" / "hat" / "0.png").read_bytes()).hexdigest()
     out = tmp_path / "f.h5"
-    with _poisoned_engine(poison)() as eng:
-        result = run(dataset, out, engine=eng, shard_size=4)
-    lost = [p for p, why in result.skipped if why == f"not embedded: {GIVEN_UP}"]
-    assert "train/hat/0.png" in lost, result.skipped
-    assert len(lost) == len(result.skipped) <= 4 and result.computed == 27 - len(lost)
-    with engine() as eng:
-        again = run(dataset, out, engine=eng)
-    assert again.computed == len(lost) and not again.skipped
+    _lost_then_embedded(dataset, out, crash=True, why=GIVEN_UP, shard_size=4)
     run(dataset, tmp_path / "local.h5")
     assert_same_cache(out, tmp_path / "local.h5")
 
@@ -411,11 +406,10 @@ def test_cli_featurize_joins_a_cluster_started_with_ray_start(dataset: Path, tmp
     try:
         started = subprocess.run(start, capture_output=True, text=True, timeout=120)
         assert started.returncode == 0, started.stderr[-3000:]
-        res = subprocess.run([sys.executable, "-m", "clothprobe.cli", "featurize", "--data", str(with_bad_files(dataset)),
-                              "--out", str(tmp_path / "ray.h5"), "--features-dir", str(tmp_path / "features"),
-                              "--backbone", "vgg16", "--weights", "none", "--image-size", "32", "--batch-size", "4",
-                              "--precision", "float32", "--engine", "ray", "--address", f"127.0.0.1:{port}"],
-                             capture_output=True, text=True, timeout=300)
+        res = cli("featurize", "--data", str(with_bad_files(dataset)), "--out", str(tmp_path / "ray.h5"),
+                  "--features-dir", str(tmp_path / "features"), "--backbone", "vgg16", "--weights", "none",
+                  "--image-size", "32", "--batch-size", "4", "--precision", "float32", "--engine", "ray",
+                  "--address", f"127.0.0.1:{port}", timeout=300)
     finally:
         _stop_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)

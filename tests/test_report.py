@@ -18,6 +18,7 @@ from clothprobe.classifiers import fit
 from clothprobe.e2e import e2e
 from clothprobe.errors import ClothprobeError
 from clothprobe.report import REFERENCES, build_report, collect_runs, plots
+from clothprobe.report.folder import RECORD
 
 FIGURES = {"confusion", "per_class", "accuracy_vs_time", "reliability", "mistakes"}
 
@@ -106,10 +107,12 @@ def test_ties_on_validation_accuracy_go_to_the_lower_log_loss(models: Path) -> N
 
 
 def test_report_is_deterministic(models: Path, tmp_path: Path) -> None:
-    build_report(models, tmp_path / "a")
+    report = build_report(models, tmp_path / "a")
     build_report(models, tmp_path / "b")
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert len(files) == 3 + len(FIGURES) + 4  # + the record; shop: no end-to-end run, no mistakes on its easy blobs
+    images = re.findall(r"\]\((img/[^)]+\.png)\)", (tmp_path / "a" / "report.md").read_text())
+    assert len(images) == sum(len(s.figures) for s in report.sections)  # one file per figure, each linked
+    assert [str(f) for f in files] == sorted(["index.html", "report.md", RECORD, *images])
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_dataset
 
 from clothprobe.errors import ClothprobeError, ClothprobeWarning
 from clothprobe.featurize.embed import open_embedder
@@ -100,11 +99,6 @@ def test_two_processes_build_one_entry(tmp_path: Path) -> None:
     with ctx.Pool(2) as pool:
         keys = pool.starmap(_build_in_process, [(str(tmp_path / "home"), str(marker))] * 2)
     assert keys[0] == keys[1] and len(marker.read_text().splitlines()) == 1
-
-
-@pytest.fixture
-def dataset(tmp_path: Path) -> Path:
-    return make_dataset(tmp_path / "clothes")
 
 
 @pytest.mark.slow

@@ -49,11 +49,15 @@ def test_in_a_pipeline(data: Path) -> None:
     X_test, _ = paths_and_labels(data, "test")
     pipe = make_pipeline(ImageEmbedder("vgg16", **SETTINGS), LogisticRegression(max_iter=500))
     pipe.fit(X_train, y_train)
-    assert set(pipe.predict(X_test)) <= {"hat", "shirt"} and pipe.predict_proba(X_test).shape == (8, 2)
     embedder = pipe[0]
     emb = embedder.transform(X_test)
     direct = embed_files(embedder.recipe_, [Path(p) for p in X_test], batch_size=32)
     assert emb.shape == (8, 512) and np.allclose(emb, direct.views["embeddings"], atol=1e-5)
+    # the pipeline's classifier is the one fitted on the embeddings themselves: same probabilities
+    train = embed_files(embedder.recipe_, [Path(p) for p in X_train], batch_size=32).views["embeddings"]
+    by_hand = LogisticRegression(max_iter=500).fit(train, y_train)
+    assert list(pipe.classes_) == ["hat", "shirt"]
+    assert np.allclose(pipe.predict_proba(X_test), by_hand.predict_proba(direct.views["embeddings"]), atol=1e-4)
     assert list(embedder.get_feature_names_out()[:2]) == ["vgg16_0", "vgg16_1"]
     assert embedder.set_output(transform="pandas").transform(X_test[:2]).shape == (2, 512)
 

@@ -3,21 +3,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import make_dataset
+from conftest import cli, make_dataset
 
 pytestmark = pytest.mark.slow  # both run the real CLI end to end
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "clothprobe.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, "CLOTHPROBE_OFFLINE": "1"}, timeout=600)
 
 
 def test_the_cards_three_commands_in_a_fresh_folder(tmp_path: Path) -> None:

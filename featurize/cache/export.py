@@ -11,6 +11,7 @@ from clothprobe._util.extras import require
 from clothprobe._util.files import atomic_path
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.cache.schema import canonical_json
+from clothprobe.featurize.embed import FLIPPED
 
 if TYPE_CHECKING:
     from clothprobe.featurize.cache.read import FeatureCache, SplitFeatures
@@ -42,7 +43,7 @@ def _arrow_split(cache: FeatureCache, name: str, s: SplitFeatures) -> Any:
                "class": pa.array([cache.class_names[i] for i in s.labels], pa.string()),
                "sha256": pa.array(list(s.sha256), pa.string()), "embedding": vectors(s.embeddings)}
     if s.flip is not None:
-        columns["flip"] = vectors(s.flip)
+        columns[FLIPPED] = vectors(s.flip)
     return pa.table(columns)
 
 

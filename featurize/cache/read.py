@@ -28,6 +28,7 @@ from clothprobe.featurize.cache.schema import (
     verify_streamed,
     view_datasets,
 )
+from clothprobe.featurize.embed import FLIPPED, ORIGINAL
 from clothprobe.featurize.model.recipe import Recipe
 from clothprobe.featurize.model.taps import ALL, FINAL, tap_names
 
@@ -157,7 +158,7 @@ def _wanted_taps(path: Path, available: tuple[str, ...], taps: str | Sequence[st
 def _tap_widths(h5: h5py.File, splits: Sequence[str], available: Sequence[str]) -> dict[str, int]:
     if not splits:
         return {t: 0 for t in available}
-    parts = view_datasets(h5[splits[0]], "embeddings", available)
+    parts = view_datasets(h5[splits[0]], ORIGINAL, available)
     return dict(zip(available, (int(ds.shape[1]) for ds in parts)))
 
 
@@ -169,11 +170,11 @@ def _read_view(group: h5py.Group, view: str, available: Sequence[str], wanted: S
 
 def _read_split(group: h5py.Group, views: Sequence[str], available: Sequence[str], wanted: Sequence[str]) -> SplitFeatures:
     return SplitFeatures(
-        embeddings=_read_view(group, "embeddings", available, wanted),
+        embeddings=_read_view(group, ORIGINAL, available, wanted),
         labels=read_verified(group["labels"]).astype(np.int64),
         paths=as_strings(read_verified(group["paths"])),
         sha256=as_strings(read_verified(group["sha256"])),
-        flip=_read_view(group, "flip", available, wanted) if "flip" in views else None,
+        flip=_read_view(group, FLIPPED, available, wanted) if FLIPPED in views else None,
         skipped=list(zip(as_strings(read_verified(group["skipped_paths"])), as_strings(read_verified(group["skipped_reasons"])))),
     )
 

@@ -49,12 +49,13 @@ import h5py
 import numpy as np
 
 from clothprobe.errors import ClothprobeError
+from clothprobe.featurize.embed import view_names
 from clothprobe.featurize.model.recipe import Recipe
 
 FORMAT = "clothprobe-embedding-cache"
 SCHEMA_VERSION = 3
 READABLE_VERSIONS = (2, 3)  # 2: one dataset per view, the final layer only
-VIEWS = ("embeddings", "flip")  # the original view and the horizontally flipped one
+VIEWS = view_names(flip=True)  # the original view and the horizontally flipped one
 STR = h5py.string_dtype("utf-8")
 CHECKSUM = "checksum"  # attribute of every dataset
 READ_ROWS = 4096  # rows per block when verifying or copying: memory bounded whatever the cache size

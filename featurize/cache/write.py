@@ -27,6 +27,7 @@ from clothprobe.featurize.cache.schema import (
     Checksum,
     canonical_json,
 )
+from clothprobe.featurize.embed import FLIPPED, ORIGINAL, view_names
 from clothprobe.featurize.model.taps import tap_layout, tap_names
 
 
@@ -159,11 +160,11 @@ def _gather(known: Known, hashes: Sequence[str], view: str, dim: int) -> np.ndar
 def write_arrays(path: Path, header: CacheHeader, splits: dict[str, SplitFeatures],
                  failures: dict[str, str] | None = None) -> None:
     """Write in-memory features as a cache (the same schema), e.g. synthetic caches for tests."""
-    views = ("embeddings", "flip") if all(s.flip is not None for s in splits.values()) else ("embeddings",)
+    views = view_names(flip=all(s.flip is not None for s in splits.values()))
     known: Known = {}
     rows = {}
     for name, s in splits.items():
-        source = ArraySource({"embeddings": s.embeddings, "flip": s.flip})
+        source = ArraySource({ORIGINAL: s.embeddings, FLIPPED: s.flip})
         for row, sha in enumerate(s.sha256):
             known[str(sha)] = (source, row)
         rows[name] = SplitRows(paths=list(s.paths), labels=[int(v) for v in s.labels],

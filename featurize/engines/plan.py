@@ -28,6 +28,7 @@ from clothprobe._util.progress import progress_bar
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.cache.read import ExistingCache, Known
 from clothprobe.featurize.dataset import Dataset, ImageFile
+from clothprobe.featurize.embed import FLIPPED
 from clothprobe.featurize.model.recipe import Recipe
 
 SHARD_SIZE = 256  # files per shard: a unit of work an engine hands to one worker
@@ -62,7 +63,7 @@ class EmbedTask:
 
     @property
     def flip(self) -> bool:
-        return "flip" in self.views
+        return FLIPPED in self.views
 
     @property
     def transfer_rows(self) -> int:

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from clothprobe.errors import ClothprobeError, ClothprobeWarning
+from clothprobe.featurize.embed import ORIGINAL
 from clothprobe.featurize.engines.base import Engine
 from clothprobe.featurize.engines.local import LocalEngine
 from clothprobe.featurize.engines.plan import EmbedTask, FileHash, Shard, ShardBatch, ShardFailed
@@ -235,7 +236,7 @@ class _EmbedActor:
                 parts[view].append(values)
         if not len(images) and k not in self.dims:  # nothing decoded yet: the model says its width
             size = embedder.recipe.input_size
-            self.dims[k] = embedder.embed_array(np.zeros((1, size, size, 3), np.uint8))["embeddings"].shape[1]
+            self.dims[k] = embedder.embed_array(np.zeros((1, size, size, 3), np.uint8))[ORIGINAL].shape[1]
         out = {}
         for view, chunks in parts.items():
             values = np.concatenate(chunks) if chunks else np.zeros((0, self.dims[k]), np.float32)

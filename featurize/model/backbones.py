@@ -177,6 +177,10 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 
+DEFAULT_BACKBONE = "xception"  # what featurize, fit, e2e and ImageEmbedder use unless told
+COMPARED_BACKBONES = "vgg16,xception"  # what `cli run` featurizes and fits, each alone and joined
+
+
 def get_backbone(name: str) -> Backbone:
     """The registry entry for ``name``, or an error that lists the choices."""
     try:

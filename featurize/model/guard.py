@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from clothprobe.errors import ClothprobeWarning
-from clothprobe.featurize.embed import Embedder
+from clothprobe.featurize.embed import ORIGINAL, Embedder
 from clothprobe.featurize.model.recipe import Recipe
 from clothprobe.featurize.model.store import AccuracyGuard, ModelStore
 
@@ -71,7 +71,7 @@ def _features(embedder: Embedder, photos: Sequence[LabelledPhoto]) -> tuple[np.n
     xs, ys = [], []
     for batch in embedder.run([p.path for p in photos]):
         if batch.indices:
-            xs.append(batch.views["embeddings"])
+            xs.append(batch.views[ORIGINAL])
             ys += [photos[i].label for i in batch.indices]
     return (np.concatenate(xs) if xs else np.empty((0, 0), np.float32)), np.array(ys, dtype=int)
 
