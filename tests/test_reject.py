@@ -225,3 +225,16 @@ def test_negatives_add_a_contrast_score_and_must_differ_from_the_unknown_photos(
         fit("clothes", features_dir=features, models_dir=tmp_path / "m", unknown="outside", negatives="outside")
     with pytest.raises(ClothprobeError, match="--negatives DIR is used with --unknown"):
         fit("clothes", features_dir=features, models_dir=tmp_path / "m", negatives="others")
+
+
+def test_cli_fit_unknown_prints_every_score(features: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from clothprobe.cli import app
+
+    result = CliRunner().invoke(app, ["fit", "--dataset", "clothes", "--features-dir", str(features), "--models-dir",
+                                      str(tmp_path / "m"), "--unknown", "outside"])
+    assert result.exit_code == 0, result.output
+    for name in ("msp", "energy", "knn", "mahalanobis", "combined", "(chosen)", "FPR@95"):
+        assert name in result.stdout
+    assert "'unknown' below" in result.stderr
