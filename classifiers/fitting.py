@@ -160,7 +160,7 @@ def fit_one(data: FeatureSet, clf: str, balance: str, tta: bool, loss: str, seed
     selection = select(spec, data, balance, seed, tta, loss, select_mode)
     fit_seconds = time.perf_counter() - started
     rejection = None if unknown is None else fit_rejection(selection.model, data, unknown, tta=tta, seed=seed,
-                                                           negatives=negatives)
+                                                           negatives=negatives, logits=spec.file_format == "linear")
     held = selection.held
     validation = classification_metrics(held.y, held.proba, data.class_names, seed, held.source)
     test = data.splits.get("test")
