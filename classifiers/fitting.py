@@ -201,8 +201,8 @@ def fit_one(data: FeatureSet, clf: str, balance: str, tta: bool, loss: str, seed
     data, selection, tap_record = select_taps(spec, data, balance, seed, tta, loss, select_mode, taps)
     fit_seconds = time.perf_counter() - started
     rejection = None if unknown is None else fit_rejection(selection.model, data, with_taps(unknown, data, tta),
-                                                           tta=tta, seed=seed,
-                                                           negatives=with_taps(negatives, data, False))
+                                                           tta=tta, seed=seed, negatives=with_taps(negatives, data, False),
+                                                           logits=spec.file_format == "linear")
     held = selection.held
     validation = classification_metrics(held.y, held.proba, data.class_names, seed, held.source)
     test = data.splits.get("test")

@@ -47,9 +47,11 @@ class HeadOutput:
     logits: np.ndarray | None = None
 
 
-def head_output(model: Any, X: np.ndarray, proba: np.ndarray) -> HeadOutput:
-    """``HeadOutput`` of a fitted head: logits from its ``decision_function`` where it has one."""
-    logits, decision = None, getattr(model, "decision_function", None)
+def head_output(model: Any, X: np.ndarray, proba: np.ndarray, logits: bool = True) -> HeadOutput:
+    """``HeadOutput`` of a fitted head: with ``logits``, those of its ``decision_function`` where it has one (a
+    head whose saved model keeps no logits must not use them at fit time either)."""
+    decision = getattr(model, "decision_function", None) if logits else None
+    logits = None
     if decision is not None:
         z = np.asarray(decision(X), np.float64)
         logits = np.column_stack([np.zeros(len(z)), z]) if z.ndim == 1 else z

@@ -69,8 +69,8 @@ def subset(split: SplitData, rows: np.ndarray) -> SplitData:
     return SplitData(split.X[rows], split.y[rows], split.paths[rows], None if split.X_flip is None else split.X_flip[rows])
 
 
-def output_of(model: Any, split: SplitData, n_classes: int, tta: bool) -> openset.HeadOutput:
-    return openset.head_output(model, split.X, predict_split(model, split, n_classes, tta))
+def output_of(model: Any, split: SplitData, n_classes: int, tta: bool, logits: bool = True) -> openset.HeadOutput:
+    return openset.head_output(model, split.X, predict_split(model, split, n_classes, tta), logits)
 
 
 @dataclass
@@ -80,18 +80,19 @@ class Rejection:
 
 
 def fit_rejection(model: Any, data: FeatureSet, unknown: UnknownSet, *, tta: bool, seed: int,
-                  negatives: UnknownSet | None = None) -> Rejection:
+                  negatives: UnknownSet | None = None, logits: bool = True) -> Rejection:
     """Choose the score and threshold (validation knowns + the tuning part); then measure them on test knowns
     + the reporting part. ``model`` was fitted on train only (``--select validation``). ``negatives``: photos of
-    other garments (not the unknown ones) the distance scores contrast with (outlier exposure)."""
+    other garments (not the unknown ones) the distance scores contrast with (outlier exposure). ``logits``:
+    whether the saved head keeps its logits (the energy score needs them at predict time too)."""
     train, val, n = data.splits["train"], data.splits.get("validation"), len(data.class_names)
     if val is None or not len(val):
         raise ClothprobeError("--unknown needs a validation split: the threshold is set at 95% recall of the "
                               "validation photos. Featurize DIR/{train,validation,test}/<class>/<image>.")
     tuning_rows, report_rows = openset.split_unknown(unknown.rows.y, seed)
     scorer = openset.OpenSetScorer().fit(train.X, train.y, None if negatives is None else negatives.rows.X)
-    tuning = output_of(model, subset(unknown.rows, tuning_rows), n, tta)
-    chosen = openset.tune(scorer, output_of(model, val, n, tta), tuning, seed=seed)
+    tuning = output_of(model, subset(unknown.rows, tuning_rows), n, tta, logits)
+    chosen = openset.tune(scorer, output_of(model, val, n, tta, logits), tuning, seed=seed)
     figures: dict[str, Any] = {
         "unknown_folder": unknown.folder, "negatives_folder": None if negatives is None else negatives.folder,
         "negatives": 0 if negatives is None else len(negatives.rows), "score": chosen.score, "threshold": chosen.threshold,
@@ -103,14 +104,14 @@ def fit_rejection(model: Any, data: FeatureSet, unknown: UnknownSet, *, tta: boo
     test = data.splits.get("test")
     if test is not None and len(test) and len(report_rows):  # measured once, after the choice
         figures["report"] = _report(model, chosen, test, subset(unknown.rows, report_rows), unknown.type_names,
-                                    n=n, tta=tta, seed=seed)
+                                    n=n, tta=tta, seed=seed, logits=logits)
     return Rejection(chosen, figures)
 
 
 def _report(model: Any, chosen: openset.OpenSet, test: SplitData, unknown: SplitData, type_names: list[str], *,
-            n: int, tta: bool, seed: int) -> dict:
+            n: int, tta: bool, seed: int, logits: bool) -> dict:
     """Every score's AUROC and FPR@95 (bootstrap intervals), and the chosen threshold's effect on test."""
-    known_out, unknown_out = output_of(model, test, n, tta), output_of(model, unknown, n, tta)
+    known_out, unknown_out = output_of(model, test, n, tta, logits), output_of(model, unknown, n, tta, logits)
     k_all, u_all = chosen.every_value(known_out), chosen.every_value(unknown_out)
     kept = ~chosen.is_unknown(k_all[chosen.score])
     correct = known_out.proba.argmax(1) == test.y

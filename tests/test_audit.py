@@ -99,3 +99,19 @@ def test_similar_pairs_are_exact() -> None:
     X = np.array([[1.0, 0], [1.0, 0.01], [0, 1.0], [0.7, 0.7]])
     i, j, s = checks.similar_pairs(X, 0.99)
     assert list(zip(i.tolist(), j.tolist())) == [(0, 1)] and s[0] == pytest.approx(1 / np.sqrt(1.0001), abs=1e-6)
+
+
+def test_cli_audit_prints_the_top_findings_and_writes_both_files(planted) -> None:
+    from typer.testing import CliRunner
+
+    from clothprobe.cli import app
+
+    root, plant = planted
+    result = CliRunner().invoke(app, ["audit", "--dataset", "clothes", "--features-dir", str(root / "features"),
+                                      "--html", str(root / "a.html"), "--csv", str(root / "a.csv")])
+    assert result.exit_code == 0, result.output
+    assert "exact duplicate" in result.stdout and plant["exact"][0] in result.stdout
+    assert (root / "a.html").is_file() and (root / "a.csv").is_file()
+    same = CliRunner().invoke(app, ["audit", "--dataset", "clothes", "--features-dir", str(root / "features"),
+                                    "--html", str(root / "a.html"), "--csv", str(root / "a.html")])
+    assert same.exit_code != 0

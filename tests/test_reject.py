@@ -225,3 +225,43 @@ def test_negatives_add_a_contrast_score_and_must_differ_from_the_unknown_photos(
         fit("clothes", features_dir=features, models_dir=tmp_path / "m", unknown="outside", negatives="outside")
     with pytest.raises(ClothprobeError, match="--negatives DIR is used with --unknown"):
         fit("clothes", features_dir=features, models_dir=tmp_path / "m", negatives="others")
+
+
+def test_cli_fit_unknown_prints_every_score(features: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from clothprobe.cli import app
+
+    result = CliRunner().invoke(app, ["fit", "--dataset", "clothes", "--features-dir", str(features), "--models-dir",
+                                      str(tmp_path / "m"), "--unknown", "outside"])
+    assert result.exit_code == 0, result.output
+    for name in ("msp", "energy", "knn", "mahalanobis", "combined", "(chosen)", "FPR@95"):
+        assert name in result.stdout
+    assert "'unknown' below" in result.stderr
+
+
+@pytest.mark.parametrize("clf", ["lgbm", "logreg"])
+def test_every_score_chosen_at_fit_is_computable_from_the_saved_run(features: Path, tmp_path: Path, clf: str) -> None:
+    """A head whose model file keeps no logits (LightGBM) gets no energy score, so predict can compute every
+    score the choice may rest on; a logistic regression keeps them (TTA and SMOTE included)."""
+    from clothprobe.classifiers.data import load_feature_set
+    from clothprobe.runs.predicting import Predictor
+
+    (result,) = fit("clothes", clf=clf, balance="smote" if clf == "logreg" else "none", tta=True,
+                    features_dir=features, models_dir=tmp_path / "m", unknown="outside")
+    assert ("energy" in result.metrics.openset["tuning_auroc"]) == (clf == "logreg")
+    test = load_feature_set("xception", "clothes", features).splits["test"]
+    predictor = Predictor(result.run_dir)
+    _, scores = predictor.from_views({"embeddings": test.X, "flip": test.X_flip})
+    every = predictor.openset.every_value(openset_input(predictor, test))
+    assert set(every) == set(result.metrics.openset["report"]["scores"])
+    assert np.allclose(scores, every[result.metrics.openset["score"]])
+    kept = ~predictor.openset.is_unknown(scores)
+    assert kept.mean() == pytest.approx(result.metrics.openset["report"]["known_kept"])
+
+
+def openset_input(predictor, split):  # noqa: ANN001, ANN201
+    from clothprobe.classifiers.openset import head_output
+    from clothprobe.runs.predicting import head_proba
+
+    return head_output(predictor.model, split.X, head_proba(predictor, {"embeddings": split.X, "flip": split.X_flip}))

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clothprobe._util.extras import require
-from clothprobe._util.files import atomic_path
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.cache.schema import canonical_json
 from clothprobe.featurize.embed import FLIPPED
