@@ -36,7 +36,8 @@ class Block:
 
     @property
     def where(self) -> str:
-        return f"{self.page.relative_to(ROOT)}:{self.line}"
+        page = self.page.relative_to(ROOT) if self.page.is_relative_to(ROOT) else self.page.name
+        return f"{page}:{self.line}"
 
 
 def blocks(page: Path) -> list[Block]:
@@ -77,6 +78,14 @@ def test_the_runner_finds_blocks_and_skip_markers(tmp_path: Path) -> None:
     found = [(b.lang, b.code, b.skip) for b in blocks(page)]
     assert found == [("bash", "cli --help\n", None), ("bash", "ray start --head\n", "needs a cluster"),
                      ("text", "out\n", None)]
+
+
+def test_a_block_that_fails_names_its_place_and_the_way_out(tmp_path: Path) -> None:
+    page = tmp_path / "p.md"
+    page.write_text("```bash\ncli featurize --data no-such-folder\n```\n")
+    (block,) = blocks(page)
+    with pytest.raises(AssertionError, match=r"p\.md:1 failed \(bash block\)(?s:.*)docs-test: skip"):
+        run_block(block, tmp_path, {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]})
 
 
 def test_cli_reference_is_current() -> None:
