@@ -281,13 +281,12 @@ class ScoreWriter:
 
         pa = require("pyarrow", "export", f"Writing scores to {path or 'stdout'}")
 
-        self.path, self.classes, self.top_k = (Path(path) if path is not None else None), list(classes), top_k
-        self.top_k = max(1, min(top_k, len(self.classes)))
+        self.path = Path(path) if path is not None else None
+        self.classes, self.top_k = list(classes), max(1, min(top_k, len(classes)))
         self.fmt = score_format(path, fmt)
         self.run, self.calibrated = run, calibrated
-        types = {"path": pa.string(), "skipped": pa.string()}
-        self.schema = pa.schema([pa.field(c, types.get(c, pa.string() if c[-2:] != "_p" and c.startswith("top")
-                                                       else pa.float64()))
+        text = {"path", "skipped", *(f"top{k}" for k in range(1, self.top_k + 1))}  # the rest: probabilities
+        self.schema = pa.schema([pa.field(c, pa.string() if c in text else pa.float64())
                                  for c in score_columns(self.classes, self.top_k)],
                                 metadata={SCORES_TAG: "1", "run": run, "calibrated": str(calibrated)})
         self._stack: Any = None
