@@ -11,6 +11,7 @@ from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.cache.read import FeatureCache, load_features
 from clothprobe.featurize.cache.schema import CacheInfo
 from clothprobe.featurize.catalog import find_cache
+from clothprobe.featurize.dataset import check_every_class_trains
 from clothprobe.featurize.model.backbones import get_backbone
 
 
@@ -68,19 +69,6 @@ def _load(features_dir: str | Path, backbone: str, dataset: str) -> FeatureCache
     return load_features(find_cache(features_dir, dataset, backbone), hint=hint)
 
 
-def _check_every_class_trains(cache: FeatureCache, train: SplitData | None) -> None:
-    """Refuse to fit when a class has no usable training photo (all of them undecodable, say): it would be
-    fitted without a word and never predicted."""
-    if train is None:
-        return
-    counts = np.bincount(np.asarray(train.y, dtype=np.int64), minlength=len(cache.class_names))
-    empty = [c for c, n in zip(cache.class_names, counts) if n == 0]
-    if empty:
-        raise ClothprobeError(f"{cache.path}: class {', '.join(map(repr, empty))} has no usable training photo (each "
-                              f"was skipped when featurizing, e.g. undecodable); add photos that open, or remove the "
-                              f"class folder, then run cli featurize again.")
-
-
 def load_feature_set(backbones: str, dataset: str, features_dir: str | Path = "features") -> FeatureSet:
     """Load the cache of each backbone for ``dataset`` (``features_dir/dataset/<backbone>.h5``, or where the
     catalog says ``featurize --out`` wrote it); several are joined by image path."""
@@ -116,7 +104,8 @@ def load_feature_set(backbones: str, dataset: str, features_dir: str | Path = "f
             paths=base.paths,
             X_flip=None if any(f is None for f in X_flip) else np.hstack(X_flip),
         )
-    _check_every_class_trains(first, splits.get("train"))
+    if "train" in splits:
+        check_every_class_trains(first.class_names, splits["train"].y, first.path)
     return FeatureSet(
         backbones=names,
         class_names=first.class_names,
