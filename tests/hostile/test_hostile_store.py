@@ -135,3 +135,13 @@ def test_a_project_folder_as_clothprobe_home_is_not_all_the_stores(tmp_path: Pat
     for inside in (entry.path / "model.xml", entry.path / "new.txt", tmp_path / "compiled" / "x.blob"):
         with pytest.raises(ClothprobeError, match="inside the clothprobe model store"):
             check_output(inside)
+
+
+def test_a_copied_marker_does_not_make_a_user_folder_the_stores(store: ModelStore) -> None:
+    entry = store.get_or_build(tiny(), write_files)
+    user = store.root / "ds"
+    user.mkdir()
+    (user / MARKER).write_text((entry.path / MARKER).read_text())
+    (user / "run.txt").write_text("mine")
+    assert store.prune(everything=True) == [entry.path]
+    assert (user / "run.txt").read_text() == "mine"
