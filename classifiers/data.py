@@ -11,7 +11,6 @@ from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.cache.read import FeatureCache, load_features
 from clothprobe.featurize.cache.schema import CacheInfo
 from clothprobe.featurize.catalog import find_cache
-from clothprobe.featurize.dataset import check_every_class_trains
 from clothprobe.featurize.model.backbones import get_backbone
 
 
@@ -104,8 +103,6 @@ def load_feature_set(backbones: str, dataset: str, features_dir: str | Path = "f
             paths=base.paths,
             X_flip=None if any(f is None for f in X_flip) else np.hstack(X_flip),
         )
-    if "train" in splits:
-        check_every_class_trains(first.class_names, splits["train"].y, first.path)
     return FeatureSet(
         backbones=names,
         class_names=first.class_names,

@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    confusion_matrix,
-    f1_score,
-    log_loss,
-    precision_recall_fscore_support,
-)
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss, precision_recall_fscore_support
 
 from clothprobe.classifiers.stats import bootstrap_intervals, expected_calibration_error
 from clothprobe.runs.directory import SplitMetrics
