@@ -69,11 +69,11 @@ def _engine(ctx: typer.Context, kind: EngineKind, address: str | None, workers: 
     from clothprobe.featurize.engines.ray import RayEngine, check_address
 
     check_address(address)
-    if address is not None:
-        from clothprobe._util.appsetup import ray_token_auth
-
-        ray_token_auth()
     verbose = ctx.find_root().params.get("verbose")
+    if address is not None:
+        from clothprobe._util.appsetup import ray_join_settings
+
+        ray_join_settings()
     engine = RayEngine(address, workers=workers, init_options={} if verbose else {"logging_level": logging.WARNING})
     if not verbose:  # Ray Data's notices; a batch that fails is still logged (an error)
         logging.getLogger("ray.data").setLevel(logging.ERROR)
