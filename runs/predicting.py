@@ -225,8 +225,9 @@ def score_format(path: str | Path | None, fmt: str | None = None) -> str:
     """``csv``, ``json`` or ``parquet``: ``fmt``, else from the file name; checked before any work."""
     chosen = fmt or (SCORE_FORMATS.get(Path(path).suffix.lower()) if path is not None else None)
     if chosen not in ("csv", "json", "parquet"):
+        given = fmt or Path(path or "").suffix or "a file without a suffix"
         raise ClothprobeError(f"{path}: write scores as CSV, JSON or Parquet (a name ending in .csv, .json or "
-                              f".parquet, or --format), not {fmt or Path(path or '').suffix or 'a file without a suffix'}.")
+                              f".parquet, or --format), not {given}.")
     if chosen == "parquet" and path is None:
         raise ClothprobeError("--format parquet writes a file: give --output FILE.parquet.")
     return chosen

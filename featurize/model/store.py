@@ -266,7 +266,8 @@ class ModelStore:
         try:
             with self._locked(entry.key):
                 if _made_by_store(entry.path):  # not pruned meanwhile
-                    _write_json(entry.path / MANIFEST, {**self._fresh(entry).to_manifest(), "last_used": entry.last_used})
+                    fresh = self._fresh(entry).to_manifest()
+                    _write_json(entry.path / MANIFEST, {**fresh, "last_used": entry.last_used})
         except OSError:
             pass
 

@@ -109,8 +109,8 @@ def test_a_full_disk_during_the_first_build_is_one_line(store: ModelStore) -> No
     def full(directory: Path) -> None:
         raise RuntimeError("Exception from src/core/src/pass/serialize.cpp:1180:\nFile can't be written\n...")
 
-    with pytest.raises(ClothprobeError, match=r"^Could not build the stored model for vgg16 .*File can.t be written .*, "
-                                              r"then run again \(nothing was kept\)\.$"):
+    with pytest.raises(ClothprobeError, match=r"^Could not build the stored model for vgg16 .*File can.t be "
+                                              r"written .*, then run again \(nothing was kept\)\.$"):
         store.get_or_build(tiny(), full)
     assert store.entries() == [] and not [p for p in store.root.iterdir() if p.is_dir()]
 
