@@ -464,10 +464,14 @@ def cache_prune(
     """Remove stored models (they are rebuilt when needed); damaged entries and leftovers always go."""
     from clothprobe.featurize.model.store import ModelStore
 
-    removed = ModelStore().prune(key=key, unused_days=unused_days, everything=all_)
-    for path in removed:
+    store = ModelStore()
+    removed = store.prune(key=key, unused_days=unused_days, everything=all_)
+    entries = [p for p in removed if p.parent == store.root]
+    for path in entries:
         out.print(Text(f"removed {path}"))
-    out.print(f"{len(removed)} removed")
+    blobs = len(removed) - len(entries)
+    out.print(f"{len(entries)} removed" + (f"; {blobs} compiled file(s) cleared from {store.home / 'compiled'}"
+                                          if blobs else ""))
 
 
 def main() -> None:
