@@ -91,11 +91,11 @@ def _engine(ctx: typer.Context, kind: EngineKind, address: str | None, workers: 
     from clothprobe.featurize.engines.ray import RayEngine, check_address
 
     check_address(address)
-    if address is not None:
-        from clothprobe._util.appsetup import ray_token_auth
-
-        ray_token_auth()
     verbose = ctx.find_root().params.get("verbose")
+    if address is not None:
+        from clothprobe._util.appsetup import ray_join_settings
+
+        ray_join_settings()
     engine = RayEngine(address, workers=workers, init_options={} if verbose else {"logging_level": logging.WARNING})
     if not verbose:  # Ray Data's notices; a batch that fails is still logged (an error)
         logging.getLogger("ray.data").setLevel(logging.ERROR)
@@ -564,10 +564,14 @@ def cache_prune(
     """Remove stored models (they are rebuilt when needed); damaged entries and leftovers always go."""
     from clothprobe.featurize.model.store import ModelStore
 
-    removed = ModelStore().prune(key=key, unused_days=unused_days, everything=all_)
-    for path in removed:
+    store = ModelStore()
+    removed = store.prune(key=key, unused_days=unused_days, everything=all_)
+    entries = [p for p in removed if p.parent == store.root]
+    for path in entries:
         out.print(Text(f"removed {path}"))
-    out.print(f"{len(removed)} removed")
+    blobs = len(removed) - len(entries)
+    out.print(f"{len(entries)} removed" + (f"; {blobs} compiled file(s) cleared from {store.home / 'compiled'}"
+                                          if blobs else ""))
 
 
 def main() -> None:

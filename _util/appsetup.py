@@ -10,7 +10,10 @@ environment variables, file descriptors or warning filters behind its caller's b
   authentication, and a client connects only with ``RAY_AUTH_MODE=token`` set. When the user has not chosen
   a mode and a token is at hand (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, where
   ``ray start`` and ``ray get-auth-token`` keep it), the cli sets token mode for its own process: a token
-  client also joins a cluster without authentication (docs/guide/ray-auth.md).
+  client also joins a cluster without authentication (docs/guide/ray-auth.md). Ray's own wait for the
+  cluster (``RAY_gcs_server_port_wait_time_s``, about 20 one-second tries, each logging a line) is set to
+  ``RAY_JOIN_WAIT_S`` unless the user set it: something that answers but is not a Ray cluster fails in
+  seconds (a closed port or a dead host fails before Ray is asked: ``featurize/engines/ray.probe_address``).
 - ``--max-pixels`` governs alone: Pillow's own process-wide bomb guard is raised to it (clothprobe's check
   reads the header and refuses larger images with a reason), and Pillow's warning below it is not shown.
 """
@@ -26,6 +29,8 @@ from collections.abc import Callable
 from types import ModuleType
 
 from clothprobe.errors import ClothprobeWarning
+
+RAY_JOIN_WAIT_S = 3  # seconds (tries) Ray waits for a cluster's GCS when the cli joins one
 
 
 class _QuietTensorFlow(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -78,17 +83,16 @@ def one_line_warnings(print_line: Callable[[str], None]) -> None:
     warnings.showwarning = showwarning
 
 
-def ray_token_auth() -> bool:
-    """Before joining a Ray cluster: token mode when the user chose no mode and has a token (see above)."""
+def ray_join_settings() -> None:
+    """Before joining a Ray cluster: token mode when the user chose no mode and has a token, and Ray's wait
+    for the cluster's GCS bounded (see above); a value the user set is kept."""
     from pathlib import Path
 
-    if os.environ.get("RAY_AUTH_MODE"):
-        return False
     has_token = (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
                  or (Path.home() / ".ray" / "auth_token").is_file())
-    if has_token:
+    if has_token and not os.environ.get("RAY_AUTH_MODE"):
         os.environ["RAY_AUTH_MODE"] = "token"
-    return bool(has_token)
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(RAY_JOIN_WAIT_S))
 
 
 def govern_pixels(max_pixels: int) -> None:

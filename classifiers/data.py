@@ -94,20 +94,6 @@ def _load(features_dir: str | Path, backbone: str, dataset: str) -> FeatureCache
     return load_features(find_cache(features_dir, dataset, backbone), hint=hint)
 
 
-def _check_every_class_trains(cache: FeatureCache, train: SplitData | None) -> None:
-    """Refuse to fit when a class has no usable training photo (all of them undecodable, say): it would be
-    fitted without a word and never predicted."""
-    if train is None:
-        return
-    counts = np.bincount(np.asarray(train.y, dtype=np.int64), minlength=len(cache.class_names))
-    empty = [c for c, n in zip(cache.class_names, counts) if n == 0]
-    if empty:
-        which = f"class {empty[0]!r} has" if len(empty) == 1 else f"classes {', '.join(map(repr, empty))} have"
-        raise ClothprobeError(f"{cache.path}: {which} no usable training photo (each "
-                              f"was skipped when featurizing, e.g. undecodable); add photos that open, or remove the "
-                              f"class folder, then run cli featurize again.")
-
-
 def load_feature_set(backbones: str, dataset: str, features_dir: str | Path = "features") -> FeatureSet:
     """Load the cache of each backbone for ``dataset`` (``features_dir/dataset/<backbone>.h5``, or where the
     catalog says ``featurize --out`` wrote it), every tap it holds; several are joined by image path."""
@@ -144,7 +130,6 @@ def load_feature_set(backbones: str, dataset: str, features_dir: str | Path = "f
             paths=base.paths,
             X_flip=None if any(f is None for f in X_flip) else np.hstack(X_flip),
         )
-    _check_every_class_trains(first, splits.get("train"))
     return FeatureSet(
         backbones=names,
         class_names=first.class_names,

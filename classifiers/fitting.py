@@ -27,6 +27,7 @@ from clothprobe.classifiers.taps import DEFAULT_FIT_TAPS, check_taps, held_score
 from clothprobe.classifiers.stats import apply_temperature, expected_calibration_error, fit_temperature
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.catalog import resolve_dataset
+from clothprobe.featurize.dataset import check_every_class_trains
 from clothprobe.featurize.model.backbones import DEFAULT_BACKBONE
 from clothprobe.runs.directory import (
     Calibration,
@@ -159,6 +160,7 @@ def _check_data(data: FeatureSet, tta: bool) -> None:
     if len(present) < 2:
         raise ClothprobeError(f"The {data.dataset} training split has images of {len(present)} class(es) "
                               f"({', '.join(present) or 'none'}); a classifier needs at least 2 classes.")
+    check_every_class_trains(data.class_names, train.y, f"The {data.dataset} training split ({data.name} cache)")
     if tta and not data.has_flip:
         raise ClothprobeError(
             f"--tta needs the flipped view, which the {data.name} cache lacks; make it with: "

@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    f1_score,
-    log_loss,
-    precision_recall_fscore_support,
-)
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss, precision_recall_fscore_support
 
 from clothprobe.classifiers.stats import bootstrap_intervals, expected_calibration_error
 from clothprobe.runs.directory import SplitMetrics
@@ -27,7 +20,9 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray, class_names: list[s
         n=int(len(y)),
         accuracy=float(accuracy_score(y, pred)),
         macro_f1=float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
-        balanced_accuracy=float(balanced_accuracy_score(y, pred)),
+        # scikit-learn's definition (mean recall over the classes present), without its UserWarning when a
+        # class is predicted that the split does not hold (a small validation split)
+        balanced_accuracy=float(recall[support > 0].mean()),
         log_loss=float(log_loss(y, proba, labels=labels)),
         ece=expected_calibration_error(y, proba),
         per_class={

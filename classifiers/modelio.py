@@ -146,8 +146,8 @@ def _lgbm_header(path: Path, n_classes: int) -> None:
 def _lgbm_probe(path: Path) -> None:
     """Read and use the model in a child process first: a file LightGBM cannot read ends there, not here."""
     try:
-        done = subprocess.run([sys.executable, "-c", _LGBM_PROBE, str(path)], check=False, capture_output=True, text=True,
-                              timeout=LGBM_PROBE_TIMEOUT_S)
+        done = subprocess.run([sys.executable, "-c", _LGBM_PROBE, str(path)], check=False, capture_output=True,
+                              text=True, timeout=LGBM_PROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise ClothprobeError(f"{path}: LightGBM did not finish reading it in {LGBM_PROBE_TIMEOUT_S} s; refusing "
                               f"it. Fit the model again.") from None

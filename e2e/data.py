@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clothprobe._util.progress import progress_bar
-from clothprobe.featurize.dataset import Dataset
+from clothprobe.featurize.dataset import Dataset, check_every_class_trains
 from clothprobe.featurize.embed import decoded_batches
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS
 
@@ -44,6 +44,8 @@ def load_splits(dataset: Dataset, size: int, skipped: dict[str, str], max_pixels
                 advance(len(batch))
         out[split] = ImageSplit(np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
                                 np.asarray(labels, dtype=np.int64), paths)
+        if split == "train":
+            check_every_class_trains(dataset.class_names, out[split].y, dataset.root / split)
     return out
 
 

@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.images import is_ignored, not_regular_reason
 
@@ -31,6 +33,18 @@ class ImageFile:
     rel_path: str
     label: int
     path: Path
+
+
+def check_every_class_trains(class_names: list[str], train_labels: np.ndarray, where: object) -> None:
+    """Refuse to train when a class has no usable training photo (all of them undecodable, say): it would be
+    fitted without a word and never predicted. ``where``: the cache or folder named in the message."""
+    counts = np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=len(class_names))
+    empty = [c for c, n in zip(class_names, counts) if n == 0]
+    if empty:
+        which = f"class {empty[0]!r} has" if len(empty) == 1 else f"classes {', '.join(map(repr, empty))} have"
+        raise ClothprobeError(f"{where}: {which} no usable training photo (each "
+                              f"was skipped, e.g. undecodable); add photos that open, or remove the class folder, "
+                              f"then run again.")
 
 
 @dataclass

@@ -83,5 +83,5 @@ class ReportFolder:
         for name in sorted(set(self._earlier) - set(self._written)):
             if self._ours(name):
                 (self.folder / name).unlink()
-        write_text_atomic(self.folder / RECORD, json.dumps({"clothprobe_report": RECORD_VERSION,
-                                                            "files": dict(sorted(self._written.items()))}, indent=2) + "\n")
+        record = {"clothprobe_report": RECORD_VERSION, "files": dict(sorted(self._written.items()))}
+        write_text_atomic(self.folder / RECORD, json.dumps(record, indent=2) + "\n")

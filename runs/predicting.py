@@ -276,8 +276,9 @@ def score_format(path: str | Path | None, fmt: str | None = None) -> str:
     """``csv``, ``json`` or ``parquet``: ``fmt``, else from the file name; checked before any work."""
     chosen = fmt or (SCORE_FORMATS.get(Path(path).suffix.lower()) if path is not None else None)
     if chosen not in ("csv", "json", "parquet"):
+        given = fmt or Path(path or "").suffix or "a file without a suffix"
         raise ClothprobeError(f"{path}: write scores as CSV, JSON or Parquet (a name ending in .csv, .json or "
-                              f".parquet, or --format), not {fmt or Path(path or '').suffix or 'a file without a suffix'}.")
+                              f".parquet, or --format), not {given}.")
     if chosen == "parquet" and path is None:
         raise ClothprobeError("--format parquet writes a file: give --output FILE.parquet.")
     return chosen
@@ -335,13 +336,12 @@ class ScoreWriter:
 
         pa = require("pyarrow", "export", f"Writing scores to {path or 'stdout'}")
 
-        self.path, self.classes, self.top_k = (Path(path) if path is not None else None), list(classes), top_k
-        self.top_k = max(1, min(top_k, len(self.classes)))
+        self.path = Path(path) if path is not None else None
+        self.classes, self.top_k = list(classes), max(1, min(top_k, len(classes)))
         self.fmt = score_format(path, fmt)
         self.run, self.calibrated, self.openset = run, calibrated, openset
-        types = {"path": pa.string(), "skipped": pa.string(), "answer": pa.string(), "openset_score": pa.float64()}
-        self.schema = pa.schema([pa.field(c, types.get(c, pa.string() if c[-2:] != "_p" and c.startswith("top")
-                                                       else pa.float64()))
+        text = {"path", "skipped", "answer", *(f"top{k}" for k in range(1, self.top_k + 1))}  # the rest: numbers
+        self.schema = pa.schema([pa.field(c, pa.string() if c in text else pa.float64())
                                  for c in score_columns(self.classes, self.top_k, openset)],
                                 metadata={SCORES_TAG: "1", "run": run, "calibrated": str(calibrated)})
         self._stack: Any = None

@@ -71,13 +71,13 @@ def test_prune_by_age_all_and_leftovers(store: ModelStore) -> None:
     doc = json.loads((old.path / "manifest.json").read_text())
     doc["last_used"] = time.time() - 40 * 86400
     (old.path / "manifest.json").write_text(json.dumps(doc))
-    (store.root / ".deadbeef.tmp-999999999").mkdir()  # a killed build (no such process)
-    (store.root / ".deadbeef.tmp-999999999" / MARKER).write_text("")
+    (store.root / ".00000000deadbeef.tmp-999999999").mkdir()  # a killed build (no such process)
+    (store.root / ".00000000deadbeef.tmp-999999999" / MARKER).write_text("")
     (store.root / "0123456789abcdef").mkdir()  # an entry without a readable manifest
     (store.root / "0123456789abcdef" / MARKER).write_text("")
     (store.root / "garbage").mkdir()  # not made by the store: left alone
     removed = store.prune(unused_days=30)
-    assert set(removed) == {old.path, store.root / ".deadbeef.tmp-999999999", store.root / "0123456789abcdef"}
+    assert set(removed) == {old.path, store.root / ".00000000deadbeef.tmp-999999999", store.root / "0123456789abcdef"}
     assert (store.root / "garbage").is_dir()
     assert [e.key for e in store.entries()] == [new.key]
     assert store.prune(everything=True) == [new.path] and store.entries() == []

@@ -63,6 +63,8 @@ GIVEN_UP = (f"its Ray worker died each of the {WORKER_ATTEMPTS} times it embedde
 
 PROBE_TIMEOUT_S = 3.0  # joining a cluster: its GCS port must answer within this, or the join fails at once
 _HOST_PORT = re.compile(r"(?:ray://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})")
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + empty SETTINGS
+_HTTP2_SETTINGS = 4  # frame type byte of the server's first frame
 ADDRESS_FORMS = "HOST:PORT (e.g. 10.0.0.5:6379, as `ray start --head` printed it), ray://HOST:PORT, or auto"
 
 
@@ -79,17 +81,25 @@ def check_address(address: str | None) -> tuple[str, int] | None:
 
 
 def probe_address(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
-    """Fail in one line, within ``timeout`` seconds, when nothing answers at ``address`` (Ray itself retries
-    for minutes, logging each try)."""
+    """Fail in one line, within about ``timeout`` seconds, unless a gRPC server (Ray's GCS, or its client
+    server for ``ray://``) answers at ``address``: a closed port, an unroutable host, or a proxy that accepts
+    any connection but reaches nothing. Ray itself retries for minutes, logging each try. The check: an
+    HTTP/2 client preface and an empty SETTINGS frame, answered by the server's SETTINGS frame."""
     where = check_address(address)
     if where is None:
         return
     try:
-        socket.create_connection(where, timeout=timeout).close()
+        with socket.create_connection(where, timeout=timeout) as conn:
+            conn.sendall(_HTTP2_PREFACE)
+            head = conn.recv(9)
+        why = "" if len(head) == 9 and head[3] == _HTTP2_SETTINGS else "it answers, but not as a Ray cluster does"
+    except TimeoutError:
+        why = f"no answer within {timeout:.0f} s"
     except OSError as err:
-        why = "no answer" if isinstance(err, TimeoutError) else (err.strerror or str(err) or type(err).__name__)
-        raise ClothprobeError(f"Cannot reach a Ray cluster at {address} ({why} within {timeout:.0f} s). Is "
-                              f"`ray start --head` running there, and its port open to this machine?") from None
+        why = err.strerror or str(err) or type(err).__name__
+    if why:
+        raise ClothprobeError(f"Cannot reach a Ray cluster at {address} ({why}). Is `ray start --head` running "
+                              f"there, and its port open to this machine?")
 
 
 def import_ray() -> Any:

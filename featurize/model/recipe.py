@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from clothprobe._util.files import file_sha256
 from clothprobe._util.bounds import BOUNDS
+from clothprobe._util.files import file_sha256
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.images import RESIZE
 from clothprobe.featurize.model.backbones import Preprocess, get_backbone
@@ -61,8 +61,8 @@ class Recipe:
         BOUNDS["image_size"].check("input_size", self.input_size)
         resolved = [p for p in PRECISIONS if p != "auto"]
         if self.precision not in resolved or self.runtime not in RUNTIMES[1:]:
-            raise ClothprobeError(f"A recipe runs at a precision of {', '.join(resolved)} on {', '.join(RUNTIMES[1:])}; "
-                                  f"got {self.precision!r} on {self.runtime!r}.")
+            raise ClothprobeError(f"A recipe runs at a precision of {', '.join(resolved)} on "
+                                  f"{', '.join(RUNTIMES[1:])}; got {self.precision!r} on {self.runtime!r}.")
 
     @property
     def fingerprint(self) -> str:

@@ -138,7 +138,7 @@ def openvino_model(recipe: Recipe, weights: Any = None) -> Any:
 
     core = ov.Core()
     if recipe.source == "onnx":
-        model = _select_output(core.read_model(_model_file(recipe)), recipe)
+        model = _select_output(core.read_model(_onnx_file(recipe)), recipe)
     else:
         with tempfile.TemporaryDirectory(prefix="clothprobe-export-") as tmp:
             keras_model(recipe, weights).export(f"{tmp}/saved_model", format="tf_saved_model", verbose=False)
@@ -152,6 +152,18 @@ def openvino_model(recipe: Recipe, weights: Any = None) -> Any:
         raise ClothprobeError(f"{recipe.backbone} does not take {recipe.layout} input of {shape[1:]} "
                               f"({str(err).splitlines()[0][:200]}); check input_size and layout in its sidecar.") from None
     return model
+
+
+def _onnx_file(recipe: Recipe) -> str:
+    """The recipe's ONNX file, refused in one line when OpenVINO's ONNX reader does not take it (empty,
+    garbage): left to ``read_model``, every other reader tries it and prints its own errors first."""
+    from openvino.frontend import FrontEndManager
+
+    path = _model_file(recipe)
+    if not FrontEndManager().load_by_framework("onnx").supported(str(path)):
+        raise ClothprobeError(f"{path} is not an ONNX model that OpenVINO can read (empty or another format); "
+                              f"export the network to ONNX again.")
+    return path
 
 
 def _select_output(model: Any, recipe: Recipe) -> Any:

@@ -47,6 +47,7 @@ MARKER_TEXT = "a clothprobe model store entry; `cli cache prune` may remove this
 COMPILED = "compiled"  # OpenVINO's compile cache (CACHE_DIR): *.blob files
 STORE_VERSION = 1
 _KEY = re.compile(r"[0-9a-f]{16}")
+_LEFTOVER = re.compile(r"\.[0-9a-f]{16}\.tmp-[0-9]+")  # a build's temporary folder (``_build``)
 _FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 LOCK_TIMEOUT_S = 3600  # another process building the same model (int8 quantization takes minutes)
 
@@ -301,7 +302,8 @@ class ModelStore:
         try:
             with self._locked(entry.key):
                 if _made_by_store(entry.path):  # not pruned meanwhile
-                    _write_json(entry.path / MANIFEST, {**self._fresh(entry).to_manifest(), "last_used": entry.last_used})
+                    fresh = self._fresh(entry).to_manifest()
+                    _write_json(entry.path / MANIFEST, {**fresh, "last_used": entry.last_used})
         except OSError:
             pass
 
@@ -350,7 +352,8 @@ class ModelStore:
         builds (both hold the store's marker)."""
         out = []
         for directory in self._folders():
-            if not _made_by_store(directory):
+            named = _KEY.fullmatch(directory.name) or _LEFTOVER.fullmatch(directory.name)
+            if not named or not _made_by_store(directory):
                 continue
             if directory.name.startswith("."):
                 if stale_by_pid(directory.name):

@@ -41,6 +41,26 @@ def test_a_dead_address_fails_within_seconds(address: str) -> None:
     assert time.perf_counter() - started < 5
 
 
+def test_something_that_is_not_a_grpc_server_is_refused(tmp_path: Path) -> None:
+    """A port that accepts connections but does not speak HTTP/2 (a web server, say)."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        conn.recv(100)
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    with pytest.raises(ClothprobeError, match="it answers, but not as a Ray cluster does"):
+        probe_address(f"127.0.0.1:{port}")
+    server.close()
+
+
 @needs_ray
 def test_cli_with_a_dead_address_is_one_line(dataset: Path, tmp_path: Path) -> None:
     started = time.perf_counter()

@@ -109,8 +109,8 @@ def test_a_full_disk_during_the_first_build_is_one_line(store: ModelStore) -> No
     def full(directory: Path) -> None:
         raise RuntimeError("Exception from src/core/src/pass/serialize.cpp:1180:\nFile can't be written\n...")
 
-    with pytest.raises(ClothprobeError, match=r"^Could not build the stored model for vgg16 .*File can.t be written .*, "
-                                              r"then run again \(nothing was kept\)\.$"):
+    with pytest.raises(ClothprobeError, match=r"^Could not build the stored model for vgg16 .*File can.t be "
+                                              r"written .*, then run again \(nothing was kept\)\.$"):
         store.get_or_build(tiny(), full)
     assert store.entries() == [] and not [p for p in store.root.iterdir() if p.is_dir()]
 
@@ -135,3 +135,13 @@ def test_a_project_folder_as_clothprobe_home_is_not_all_the_stores(tmp_path: Pat
     for inside in (entry.path / "model.xml", entry.path / "new.txt", tmp_path / "compiled" / "x.blob"):
         with pytest.raises(ClothprobeError, match="inside the clothprobe model store"):
             check_output(inside)
+
+
+def test_a_copied_marker_does_not_make_a_user_folder_the_stores(store: ModelStore) -> None:
+    entry = store.get_or_build(tiny(), write_files)
+    user = store.root / "ds"
+    user.mkdir()
+    (user / MARKER).write_text((entry.path / MARKER).read_text())
+    (user / "run.txt").write_text("mine")
+    assert store.prune(everything=True) == [entry.path]
+    assert (user / "run.txt").read_text() == "mine"
