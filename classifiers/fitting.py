@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,15 @@ import numpy as np
 from clothprobe.classifiers.data import FeatureSet, load_feature_set, parse_backbones
 from clothprobe.classifiers.metrics import classification_metrics
 from clothprobe.classifiers.modelio import save_model
-from clothprobe.classifiers.registry import BALANCES, CLASSIFIERS, check_balance, check_loss, get_classifier
+from clothprobe.classifiers.registry import (
+    BALANCES,
+    CLASSIFIERS,
+    available_cores,
+    check_balance,
+    check_loss,
+    get_classifier,
+    threads_for,
+)
 from clothprobe.classifiers.select import DEFAULT_SELECT, Held, check_select, predict_split, select
 from clothprobe.classifiers.stats import apply_temperature, expected_calibration_error, fit_temperature
 from clothprobe.errors import ClothprobeError
@@ -104,13 +113,37 @@ def fit(
         check_target(run_dir)
     data = load_feature_set(backbone, dataset, features_dir)
     _check_data(data, tta)
+    jobs = [(name, bal, run_loss, run_dir) for (name, bal, run_loss), run_dir in zip(plan.runs(), run_dirs)]
     results = []
-    for (name, bal, run_loss), run_dir in zip(plan.runs(), run_dirs):
-        result = fit_one(data, name, bal, tta, run_loss, seed, run_dir, plan.select)
+    for result in _fitted(data, jobs, tta, seed, plan.select):
         if on_result:
             on_result(result)
         results.append(result)
     return results
+
+
+def concurrent_fits(data: FeatureSet) -> int:
+    """Heads fitted at once: the cores one fit leaves idle (``threads_for`` gives a fit on small data one
+    thread, on large data every core, so on large data heads run one after another)."""
+    return max(1, available_cores() // threads_for(data.splits["train"].X))
+
+
+def _fitted(data: FeatureSet, jobs: list[tuple[str, str, str, Path]], tta: bool, seed: int,
+            select_mode: str) -> Iterator[FitResult]:
+    """Each job's FitResult, in order. Heads that keep no process-wide state (not the Keras head, whose
+    seeding is process-wide) run in threads on idle cores (joblib), the rest one after another."""
+    from joblib import Parallel, delayed
+
+    def one(job: tuple[str, str, str, Path]) -> FitResult:
+        name, bal, run_loss, run_dir = job
+        return fit_one(data, name, bal, tta, run_loss, seed, run_dir, select_mode)
+
+    threaded = [job for job in jobs if job[0] != "dense"]
+    workers = min(concurrent_fits(data), len(threaded))
+    ready = iter(Parallel(n_jobs=workers, prefer="threads", return_as="generator")(delayed(one)(j) for j in threaded)
+                 if workers > 1 else map(one, threaded))
+    for job in jobs:
+        yield one(job) if job[0] == "dense" else next(ready)
 
 
 def _check_data(data: FeatureSet, tta: bool) -> None:
