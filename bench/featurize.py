@@ -279,11 +279,15 @@ def main() -> None:
     p.add_argument("--_alone", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a._reference:
-        print(json.dumps(run_reference(*a._reference, a.batch_size or 32)))
+        result = json.dumps(run_reference(*a._reference, a.batch_size or 32))
+        (Path(a._reference[1]).parents[1] / f"reference-{a._reference[0]}-{os.getpid()}.json").write_text(result)
+        print(result)
         return
     if a._clothprobe:
         backbone, data, weights, out, precision = a._clothprobe
-        print(json.dumps(run_clothprobe(backbone, data, weights, a.batch_size, out, precision, a._alone)))
+        result = json.dumps(run_clothprobe(backbone, data, weights, a.batch_size, out, precision, a._alone))
+        Path(out).with_suffix(".json").write_text(result)  # kept next to its cache: a cut-short run still shows it
+        print(result)
         return
 
     from clothprobe.featurize.model.recipe import cpu_has_bf16, resolve_precision

@@ -19,8 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from featurize import cpu_line, table  # bench/ is this script's folder, first on sys.path
 from results_file import write_report
+
+from featurize import cpu_line, table  # bench/ is this script's folder, first on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "clothing-dataset-small"
@@ -78,10 +79,11 @@ def main() -> None:
         os.environ["CLOTHPROBE_HOME"] = str(Path(tmp) / "home")  # from nothing: an empty model store
         stages, job, total = run_job(a, Path(tmp))
     load_after = os.getloadavg()
-    lines = [f"CPU: {cpu_line()}. Load average (1/5/15 min) before {load_before[0]:.1f}/{load_before[1]:.1f}/"
-             f"{load_before[2]:.1f}, after {load_after[0]:.1f}/{load_after[1]:.1f}/{load_after[2]:.1f}.", "",
-             f"`cli run` equivalent: backbones {a.backbones}, --clf {a.clf}, --balance {a.balance}, TTA on, "
-             f"from an empty model store. Total wall time: {total:.1f} s.", ""]
+    load = (f"CPU: {cpu_line()}. Load average (1/5/15 min) before {load_before[0]:.1f}/{load_before[1]:.1f}/"
+            f"{load_before[2]:.1f}, after {load_after[0]:.1f}/{load_after[1]:.1f}/{load_after[2]:.1f}.")
+    job_line = (f"`cli run` equivalent: backbones {a.backbones}, --clf {a.clf}, --balance {a.balance}, TTA on, "
+                f"from an empty model store. Total wall time: {total:.1f} s.")
+    lines = [load, "", job_line, ""]
     lines += table(("stage", "wall seconds"), stages) + [""]
     lines += table(("chosen run (best validation accuracy)", "validation acc %", "test acc % [95% CI]"),
                    [chosen_row(job)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +18,11 @@ from clothprobe.classifiers.registry import (
     BALANCES,
     CLASSIFIERS,
     ClassifierSpec,
+    available_cores,
     check_balance,
     check_loss,
     get_classifier,
+    threads_for,
 )
 from clothprobe.classifiers.rejection import UnknownSet, fit_rejection, load_unknown, with_taps
 from clothprobe.classifiers.select import DEFAULT_SELECT, Held, Selection, check_select, predict_split, select
@@ -142,14 +145,38 @@ def fit(
     tap_candidates(data, plan.taps)  # a tap no cache holds: one line, before any fitting
     outside = None if unknown is None else load_unknown(unknown, backbone, features_dir, data, tta)
     negative = None if negatives is None else load_unknown(negatives, backbone, features_dir, data, False)
+    jobs = [(name, bal, run_loss, run_dir) for (name, bal, run_loss), run_dir in zip(plan.runs(), run_dirs)]
     results = []
-    for (name, bal, run_loss), run_dir in zip(plan.runs(), run_dirs):
-        result = fit_one(data, name, bal, tta, run_loss, seed, run_dir, plan.select, plan.taps, unknown=outside,
-                         negatives=negative)
+    for result in _fitted(data, jobs, tta, seed, plan.select, taps=plan.taps, unknown=outside, negatives=negative):
         if on_result:
             on_result(result)
         results.append(result)
     return results
+
+
+def concurrent_fits(data: FeatureSet) -> int:
+    """Heads fitted at once: the cores one fit leaves idle (``threads_for`` gives a fit on small data one
+    thread, on large data every core, so on large data heads run one after another)."""
+    return max(1, available_cores() // threads_for(data.splits["train"].X))
+
+
+def _fitted(data: FeatureSet, jobs: list[tuple[str, str, str, Path]], tta: bool, seed: int, select_mode: str, *,
+            taps: str, unknown: UnknownSet | None, negatives: UnknownSet | None) -> Iterator[FitResult]:
+    """Each job's FitResult, in order. Heads that keep no process-wide state (not the Keras head, whose
+    seeding is process-wide) run in threads on idle cores (joblib), the rest one after another."""
+    from joblib import Parallel, delayed
+
+    def one(job: tuple[str, str, str, Path]) -> FitResult:
+        name, bal, run_loss, run_dir = job
+        return fit_one(data, name, bal, tta, run_loss, seed, run_dir, select_mode, taps, unknown=unknown,
+                       negatives=negatives)
+
+    threaded = [job for job in jobs if job[0] != "dense"]
+    workers = min(concurrent_fits(data), len(threaded))
+    ready = iter(Parallel(n_jobs=workers, prefer="threads", return_as="generator")(delayed(one)(j) for j in threaded)
+                 if workers > 1 else map(one, threaded))
+    for job in jobs:
+        yield one(job) if job[0] == "dense" else next(ready)
 
 
 def _check_data(data: FeatureSet, tta: bool) -> None:

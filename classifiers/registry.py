@@ -25,10 +25,14 @@ LGBM_MIN_DELTA = 1e-3
 SMALL_DATA = 1_000_000  # matrix cells below which one thread beats several (thread sync dominates)
 
 
+def available_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def threads_for(X: np.ndarray) -> int:
     """Threads for a fit on ``X``: LightGBM advises few threads for small data; all cores otherwise."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 1 if X.size < SMALL_DATA else max(1, cores)
+    return 1 if X.size < SMALL_DATA else max(1, available_cores())
 
 
 def _logreg(params: dict, balanced: bool, seed: int, loss: str) -> Any:

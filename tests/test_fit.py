@@ -13,6 +13,7 @@ import pytest
 from synthetic import CLASSES, SIZES, make_cache
 
 from clothprobe.classifiers import fit, load_feature_set, load_model
+from clothprobe.classifiers import registry
 from clothprobe.classifiers.registry import BALANCES, CLASSIFIERS, LGBM_MAX_ROUNDS
 from clothprobe.errors import ClothprobeError
 from clothprobe.runs import directory as rundir
@@ -110,7 +111,8 @@ def test_selection_never_looks_at_test(tmp_path: Path, clf: str) -> None:
     (a,) = fit("clothes", clf=clf, features_dir=tmp_path / "a", models_dir=tmp_path / "ma")
     (b,) = fit("clothes", clf=clf, features_dir=tmp_path / "b", models_dir=tmp_path / "mb")
     assert a.metrics.params == b.metrics.params and a.metrics.chosen == b.metrics.chosen
-    assert a.metrics.candidates == b.metrics.candidates
+    untimed = [[{k: v for k, v in c.items() if k != "seconds"} for c in r.metrics.candidates] for r in (a, b)]
+    assert untimed[0] == untimed[1]
     assert a.metrics.validation == b.metrics.validation and a.metrics.calibration == b.metrics.calibration
     assert a.metrics.test != b.metrics.test
 
@@ -151,6 +153,23 @@ def test_each_grid_entry_is_timed_in_the_metrics(features: Path, tmp_path: Path,
     seconds = [c["seconds"] for c in metrics["candidates"]]
     assert len(seconds) == len(CLASSIFIERS["logreg"].grid) and all(s > 0 for s in seconds)
     assert sum(seconds) <= metrics["fit_seconds"]  # the estimators alone, within the whole search
+
+
+def test_heads_fitted_concurrently_give_what_one_after_another_gives(features: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from clothprobe.classifiers import fitting
+
+    data = load_feature_set("xception", "clothes", features)
+    assert fitting.concurrent_fits(data) == registry.available_cores()  # small data: one thread a fit
+    order: list[str] = []
+    together = fit("clothes", clf="all", balance="none", features_dir=features, models_dir=tmp_path / "a",
+                   on_result=lambda r: order.append(r.metrics.classifier))
+    monkeypatch.setattr(fitting, "concurrent_fits", lambda data: 1)
+    alone = fit("clothes", clf="all", balance="none", features_dir=features, models_dir=tmp_path / "b")
+    assert order == [r.metrics.classifier for r in alone] == list(CLASSIFIERS)
+    for a, b in zip(together, alone):
+        assert (a.run_dir / "predictions.csv").read_text() == (b.run_dir / "predictions.csv").read_text()
+        assert a.metrics.test == b.metrics.test and a.metrics.params == b.metrics.params
 
 
 def test_tta_and_joined_backbones(tmp_path: Path) -> None:

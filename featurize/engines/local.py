@@ -25,6 +25,7 @@ class ShardEmbedder:
                                             calibration_files=[Path(p) for p in task.calibration_files])
         size = self.recipe.input_size  # one batch now: the runtime's first-call set-up is not in the img/s
         self.embedder.embed_array(np.zeros((1, size, size, 3), np.uint8))
+        self.embedder.network_seconds = 0.0  # the warm-up is no shard's work
 
     @property
     def recipe(self) -> Recipe:
@@ -57,8 +58,8 @@ class LocalEngine(Engine):
 
     @property
     def network_seconds(self) -> float:
-        """Seconds the network ran so far (its warm-up batch included): against the run's embedding time,
-        how busy decoding kept it."""
+        """Seconds the network ran on shards so far: against the run's embedding time, how busy decoding
+        kept it."""
         return self._worker.embedder.network_seconds if self._worker else 0.0
 
     def embed(self, shards: Iterable[Shard]) -> Iterator[ShardBatch | ShardFailed]:
