@@ -97,6 +97,18 @@ def held_score(y: np.ndarray, proba: np.ndarray) -> tuple[float, float]:
     return float(accuracy_score(y, proba.argmax(1))), float(log_loss(y, proba, labels=range(proba.shape[1])))
 
 
+def compare_on_held(held: object, first: object, n_classes: int, seed: int) -> dict:
+    """A candidate's selection accuracy with its 95% bootstrap interval, and the exact McNemar test
+    against the first candidate (final-only under ``auto``) on the same selection photos."""
+    from clothprobe.classifiers.stats import bootstrap_intervals, mcnemar
+
+    pred = held.proba.argmax(1)
+    test = mcnemar(pred == held.y, first.proba.argmax(1) == first.y)
+    return {"interval": bootstrap_intervals(held.y, pred, n_classes, seed)["accuracy"],
+            "vs_first": {"difference": test.difference, "p_value": test.p_value, "only_this": test.only_a,
+                         "only_first": test.only_b}}
+
+
 def weight_scaler(scaler: object, column_scale: np.ndarray | None) -> None:
     """Fold each tap's ``1/sqrt(columns)`` weight into a fitted StandardScaler (its ``scale_``), so the
     pipeline, and the model file, apply it with the standardization."""
