@@ -120,8 +120,8 @@ def _fits(a: argparse.Namespace, feature_set: str, mode: str) -> list[dict]:
 
 
 def _table(feats: list[dict], speeds: dict, half: dict, rows: list[dict]) -> str:
-    lines = ["| backbone | taps cached | columns | cache MB | featurize img/s (min, all photos) | "
-             "network img/s final -> all taps (ratio, same photos) | val acc float32 -> float16 (all taps) |",
+    lines = [("| backbone | taps cached | columns | cache MB | featurize img/s (min, all photos) | "
+              "network img/s final -> all taps (ratio, same photos) | val acc float32 -> float16 (all taps) |"),
              "|---|---|---|---|---|---|---|"]
     for f in feats:
         s, h = speeds[f["backbone"]], half[f["backbone"]]
@@ -129,8 +129,9 @@ def _table(feats: list[dict], speeds: dict, half: dict, rows: list[dict]) -> str
                      f"({f['minutes']:.1f}) | {s[0]:.2f} -> {s[1]:.2f} ({s[1] / s[0]:.3f}) | "
                      f"{100 * h[0]:.1f} -> {100 * h[1]:.1f} |")
     minutes = {f["backbone"]: f["minutes"] for f in feats}
-    lines += ["", "| feature set | C chosen by | taps | columns | val acc (95% CI) | test acc (95% CI) | "
-              "test vs final, McNemar (only this / only final right) | fit s (C search) | val acc per featurize minute |",
+    lines += ["", ("| feature set | C chosen by | taps | columns | val acc (95% CI) | test acc (95% CI) | "
+                   "test vs final, McNemar (only this / only final right) | fit s (C search) | "
+                   "val acc per featurize minute |"),
               "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         spent = sum(minutes[b] for b in r["set"].split("+"))
@@ -145,7 +146,6 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "clothing-dataset-small")
     p.add_argument("--dataset", default="clothing-dataset-small")
     p.add_argument("--features", type=Path, default=ROOT / "features")
-    p.add_argument("--models", type=Path, default=ROOT / "models" / "bench-taps")
     p.add_argument("--sets", default="xception,vgg16,vgg16+xception")
     p.add_argument("--select", default="validation", help="validation, or validation,cv to add auto chosen by cv")
     p.add_argument("--speed-images", type=int, default=64)
