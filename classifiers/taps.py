@@ -7,9 +7,12 @@ the last 2 and 4 taps, and ``all`` are each fitted, and the one with the best sc
 (validation split or out of fold, as for every other setting) is kept. ``check_taps`` is the one
 validator of the option.
 
-Each tap is standardized on the training rows (the head's scaler) and weighted by ``1/sqrt(columns)``, so
-a block's total variance is one whatever its width and no tap dominates by width
-(``FeatureSet.column_scale``; applied to the fitted scaler, so the saved model holds it).
+Each tap is standardized on the training rows (the head's scaler) and weighted by ``1/sqrt(columns)``
+(times one constant, ``sqrt(all columns / taps)``), so every tap carries the same total variance whatever
+its width and no tap dominates, while the whole input keeps the variance plain standardization gives it
+and C means what it did: with ``1/sqrt(columns)`` alone, Xception's final tap was regularized ~2,000x
+harder and every tap set lost to final-only on validation (bench/taps.py, first run). The weights are
+``FeatureSet.column_scale``, applied to the fitted scaler, so the saved model holds them.
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ def compare_on_held(held: object, first: object, n_classes: int, seed: int) -> d
 
 
 def weight_scaler(scaler: object, column_scale: np.ndarray | None) -> None:
-    """Fold each tap's ``1/sqrt(columns)`` weight into a fitted StandardScaler (its ``scale_``), so the
-    pipeline, and the model file, apply it with the standardization."""
+    """Fold each tap's weight into a fitted StandardScaler (its ``scale_``), so the pipeline, and the
+    model file, apply it with the standardization."""
     if column_scale is not None:
         scaler.scale_ = scaler.scale_ * column_scale

@@ -314,7 +314,7 @@ def test_a_tap_the_cache_lacks_is_one_line_naming_what_it_has(tapped: Path) -> N
     assert not (tapped / "models" / "missing").exists()
 
 
-def test_taps_are_weighted_so_none_dominates_by_width(tapped: Path) -> None:
+def test_taps_are_weighted_so_none_dominates_by_width_and_c_keeps_its_scale(tapped: Path) -> None:
     from clothprobe.classifiers import load_feature_set
     from clothprobe.classifiers.taps import TapChoice, restrict
 
@@ -331,7 +331,9 @@ def test_taps_are_weighted_so_none_dominates_by_width(tapped: Path) -> None:
     z = scaler.transform(train)
     per_tap = [float((z[:, data.block_columns(i)] ** 2).sum(1).mean()) for i in range(3)]
     live = [float((train[:, data.block_columns(i)].std(0) > 0).mean()) for i in range(3)]  # random ReLUs: dead columns
-    assert per_tap == pytest.approx(live, rel=1e-3)  # each tap's total variance is its share of live columns, at most one
+    # each tap's total variance is the same share of the whole (times its share of live columns), and the whole
+    # input keeps the variance plain standardization gives it: C means what it did
+    assert per_tap == pytest.approx([(1280 + 256 + 512) / 3 * share for share in live], rel=1e-3)
 
 
 @pytest.mark.slow
