@@ -55,11 +55,14 @@ class FeatureSet:
 
     @property
     def column_scale(self) -> np.ndarray | None:
-        """``sqrt(width)`` of each column's tap when there are several taps (None with one): a standardized
-        column divided by it weighs each tap equally (``classifiers/taps.py``)."""
+        """What each standardized column is divided by so that every tap carries the same total variance,
+        ``columns / taps`` (None with one tap): ``sqrt(width * taps / columns)``. The whole input keeps the
+        variance plain standardization gives it, so the heads' regularization grids mean what they did
+        (``classifiers/taps.py``)."""
         if len(self.blocks) < 2:
             return None
-        return np.concatenate([np.full(k.width, np.sqrt(k.width)) for k in self.blocks])
+        total, n = sum(k.width for k in self.blocks), len(self.blocks)
+        return np.concatenate([np.full(k.width, np.sqrt(k.width * n / total)) for k in self.blocks])
 
     @property
     def name(self) -> str:

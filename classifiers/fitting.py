@@ -26,8 +26,15 @@ from clothprobe.classifiers.registry import (
 )
 from clothprobe.classifiers.rejection import UnknownSet, fit_rejection, load_unknown, with_taps
 from clothprobe.classifiers.select import DEFAULT_SELECT, Held, Selection, check_select, predict_split, select
-from clothprobe.classifiers.taps import DEFAULT_FIT_TAPS, check_taps, held_score, restrict, tap_candidates
 from clothprobe.classifiers.stats import apply_temperature, expected_calibration_error, fit_temperature
+from clothprobe.classifiers.taps import (
+    DEFAULT_FIT_TAPS,
+    check_taps,
+    compare_on_held,
+    held_score,
+    restrict,
+    tap_candidates,
+)
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.catalog import resolve_dataset
 from clothprobe.featurize.dataset import check_every_class_trains
@@ -216,8 +223,9 @@ def select_taps(spec: ClassifierSpec, data: FeatureSet, balance: str, seed: int,
     choice, subset, selection = tried[best]
     record = {"request": taps, "chosen": choice.name, "used": {b: list(t) for b, t in choice.taps.items()},
               "candidates": [{"name": c.name, "taps": {b: list(t) for b, t in c.taps.items()}, "accuracy": acc,
-                              "log_loss": ll, "columns": int(sub.splits["train"].X.shape[1])}
-                             for (c, sub, _), (acc, ll) in zip(tried, scores)]}
+                              "log_loss": ll, "columns": sub.splits["train"].X.shape[1],
+                              **compare_on_held(s.held, tried[0][2].held, len(data.class_names), seed)}
+                             for (c, sub, s), (acc, ll) in zip(tried, scores)]}
     return subset, selection, record
 
 

@@ -7,9 +7,12 @@ the last 2 and 4 taps, and ``all`` are each fitted, and the one with the best sc
 (validation split or out of fold, as for every other setting) is kept. ``check_taps`` is the one
 validator of the option.
 
-Each tap is standardized on the training rows (the head's scaler) and weighted by ``1/sqrt(columns)``, so
-a block's total variance is one whatever its width and no tap dominates by width
-(``FeatureSet.column_scale``; applied to the fitted scaler, so the saved model holds it).
+Each tap is standardized on the training rows (the head's scaler) and weighted by ``1/sqrt(columns)``
+(times one constant, ``sqrt(all columns / taps)``), so every tap carries the same total variance whatever
+its width and no tap dominates, while the whole input keeps the variance plain standardization gives it
+and C means what it did: with ``1/sqrt(columns)`` alone, Xception's final tap was regularized ~2,000x
+harder and every tap set lost to final-only on validation (bench/taps.py, first run). The weights are
+``FeatureSet.column_scale``, applied to the fitted scaler, so the saved model holds them.
 """
 
 from __future__ import annotations
@@ -97,8 +100,20 @@ def held_score(y: np.ndarray, proba: np.ndarray) -> tuple[float, float]:
     return float(accuracy_score(y, proba.argmax(1))), float(log_loss(y, proba, labels=range(proba.shape[1])))
 
 
+def compare_on_held(held: object, first: object, n_classes: int, seed: int) -> dict:
+    """A candidate's selection accuracy with its 95% bootstrap interval, and the exact McNemar test
+    against the first candidate (final-only under ``auto``) on the same selection photos."""
+    from clothprobe.classifiers.stats import bootstrap_intervals, mcnemar
+
+    pred = held.proba.argmax(1)
+    test = mcnemar(pred == held.y, first.proba.argmax(1) == first.y)
+    return {"interval": bootstrap_intervals(held.y, pred, n_classes, seed)["accuracy"],
+            "vs_first": {"difference": test.difference, "p_value": test.p_value, "only_this": test.only_a,
+                         "only_first": test.only_b}}
+
+
 def weight_scaler(scaler: object, column_scale: np.ndarray | None) -> None:
-    """Fold each tap's ``1/sqrt(columns)`` weight into a fitted StandardScaler (its ``scale_``), so the
-    pipeline, and the model file, apply it with the standardization."""
+    """Fold each tap's weight into a fitted StandardScaler (its ``scale_``), so the pipeline, and the
+    model file, apply it with the standardization."""
     if column_scale is not None:
         scaler.scale_ = scaler.scale_ * column_scale

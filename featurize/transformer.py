@@ -29,6 +29,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
     ``backbone``: a registry name (``"xception"``), ``"onnx:PATH"``/``"keras:PATH"``, or a ``Recipe`` (e.g. the
     one a cache or run recorded). ``weights``, ``image_size``, ``runtime``, ``precision`` and ``seed`` are as
     for ``cli featurize`` (ignored when ``backbone`` is a recipe). ``cache``: a featurize cache to reuse.
+    ``taps``: ``final`` (default), ``all`` or tap names: their pooled outputs side by side (``featurize --taps``).
 
     ``fit`` resolves the recipe (``recipe_``); ``transform(X)`` takes a sequence of paths and returns a
     float32 array with one row per path, or raises naming the files that cannot be decoded.
@@ -36,7 +37,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
 
     def __init__(self, backbone: str | Recipe = DEFAULT_BACKBONE, *, weights: Any = "imagenet", image_size: int | None = None,
                  runtime: str = "auto", precision: str = "auto", seed: int = 0, batch_size: int = 32,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, cache: str | Path | None = None) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, cache: str | Path | None = None, taps: str | None = None) -> None:
         self.backbone = backbone
         self.weights = weights
         self.image_size = image_size
@@ -46,6 +47,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.cache = cache
+        self.taps = taps
 
     def fit(self, X: Any = None, y: Any = None) -> ImageEmbedder:
         """Resolve the recipe (nothing is learned from ``X``)."""
@@ -53,7 +55,8 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
             self.recipe_ = self.backbone
         else:
             self.recipe_ = resolve_recipe(self.backbone, weights=self.weights, image_size=self.image_size,
-                                          runtime=self.runtime, precision=self.precision, seed=self.seed)
+                                          runtime=self.runtime, precision=self.precision, seed=self.seed,
+                                          taps=self.taps)
         self.cache_rows_ = self._cached_rows()
         self.n_features_out_ = self._dim()
         return self
@@ -94,7 +97,12 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         check_is_fitted(self, "recipe_")
-        return np.array([f"{self.recipe_.backbone}_{i}" for i in range(self.n_features_out_)], dtype=object)
+        from clothprobe.featurize.model.taps import tap_layout
+
+        if not self.recipe_.taps:
+            return np.array([f"{self.recipe_.backbone}_{i}" for i in range(self.n_features_out_)], dtype=object)
+        return np.array([f"{self.recipe_.backbone}_{tap}_{i}" for tap, width in tap_layout(self.recipe_, self.n_features_out_)
+                         for i in range(width)], dtype=object)
 
     def _dim(self) -> int:
         """The embedding size, from one probe image (this also compiles the model, once, into the store)."""

@@ -201,6 +201,27 @@ def _openset(runs: list[Run], index: int) -> Table | None:
     return Table("Unknown garments (reject option)", header, rows, note, f"openset-{index}")
 
 
+def _tap_sets(runs: list[Run], index: int) -> Table | None:
+    """Each run that chose among tap sets (``fit --taps auto``): every candidate on the selection data, with
+    its interval and the paired test against the first candidate (final-only)."""
+    header = ["run", "taps", "columns", "selection acc", "vs final (paired)"]
+    rows = []
+    for r in runs:
+        record = r.metrics.taps
+        for c in record.get("candidates", []) if len(record.get("candidates", [])) > 1 else []:
+            mark = " (kept)" if c["name"] == record["chosen"] else ""
+            vs = c["vs_first"]
+            rows.append([Cell(r.id), Cell(c["name"] + mark), Cell(str(c["columns"])),
+                         Cell(_pct(c["accuracy"]), _ci(tuple(c["interval"]))),
+                         Cell(f"{100 * vs['difference']:+.1f} pp" if c is not record["candidates"][0] else "-",
+                              f"p={vs['p_value']:.3f}" if c is not record["candidates"][0] else "")])
+    if not rows:
+        return None
+    note = ("Tap sets tried by fit --taps auto, scored on the data the settings were chosen on (validation split or "
+            "out of fold; never test), with 95% bootstrap intervals and the exact McNemar test against final-only.")
+    return Table("Tap sets", header, rows, note, f"taps-{index}")
+
+
 def _figures(runs: list[Run]) -> list[Figure]:
     tested = [r for r in runs if r.metrics.test is not None]
     if not tested:
@@ -232,7 +253,7 @@ def build_report(models_dir: str | Path = "models", out_dir: str | Path = "repor
     by_dataset, skipped = collect_runs(models_dir)
     report = Report([], skipped)
     for i, (dataset, runs) in enumerate(by_dataset.items(), 1):
-        tables = [_leaderboard(runs, i), _comparison(runs, i), _openset(runs, i)]
+        tables = [_leaderboard(runs, i), _comparison(runs, i), _tap_sets(runs, i), _openset(runs, i)]
         report.sections.append(Section(dataset, runs, [t for t in tables if t is not None], _figures(runs)))
     images = {f"img/{_slug(i, section.dataset)}-{fig.name}.png": fig.png
               for i, section in enumerate(report.sections, 1) for fig in section.figures}

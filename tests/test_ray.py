@@ -132,6 +132,18 @@ def test_ray_cache_equals_the_local_one(cluster: str, dataset: Path, tmp_path: P
 
 
 @needs_ray
+def test_ray_cache_equals_the_local_one_with_taps(cluster: str, dataset: Path, tmp_path: Path) -> None:
+    """Every tap computed on the workers (one compiled network there too) and stored as the local engine does."""
+    local = run(dataset, tmp_path / "local.h5", taps="all", tta=True)
+    with engine() as eng:
+        result = run(dataset, tmp_path / "ray.h5", engine=eng, shard_size=5, taps="all", tta=True)
+    assert result.computed == local.computed == 27 and result.recipe.taps == local.recipe.taps != ()
+    assert_same_cache(tmp_path / "ray.h5", tmp_path / "local.h5")
+    x, y = load_features(tmp_path / "ray.h5", taps="block3_pool"), load_features(tmp_path / "local.h5", taps="block3_pool")
+    np.testing.assert_allclose(x.split("train").flip, y.split("train").flip, rtol=1e-4, atol=1e-4)
+
+
+@needs_ray
 @pytest.mark.slow
 def test_incremental_update_through_ray(cluster: str, dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "f.h5"

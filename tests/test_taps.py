@@ -234,6 +234,22 @@ def test_export_carries_taps(tmp_path: Path) -> None:
     assert len(table["embedding"][0]) == 1024
 
 
+def test_image_embedder_carries_taps(tmp_path: Path) -> None:
+    from conftest import make_dataset
+
+    from clothprobe.featurize.transformer import ImageEmbedder
+
+    data = make_dataset(tmp_path / "clothes")
+    paths = sorted((data / "test").rglob("*.png"))[:3]
+    emb = ImageEmbedder("vgg16", weights=None, image_size=32, precision="float32", taps="block4_pool,final").fit()
+    x = emb.transform(paths)
+    assert x.shape == (3, 1024) and emb.recipe_.taps == ("block4_pool", "block5_pool")
+    names = emb.get_feature_names_out()
+    assert names[0] == "vgg16_block4_pool_0" and names[-1] == "vgg16_block5_pool_511"
+    final = ImageEmbedder("vgg16", weights=None, image_size=32, precision="float32").fit().transform(paths)
+    np.testing.assert_allclose(x[:, 512:], final, rtol=1e-4, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Fit and predict
 
@@ -278,6 +294,13 @@ def test_auto_chooses_the_tap_set_on_the_selection_data_only(tapped: Path) -> No
     assert [c["columns"] for c in record["candidates"]] == [512, 1024, 2048, 2304]
     best = max(record["candidates"], key=lambda c: (c["accuracy"], -c["log_loss"]))
     assert record["chosen"] == best["name"] and auto.metrics.validation.accuracy == pytest.approx(best["accuracy"])
+    final = record["candidates"][0]
+    assert final["vs_first"] == {"difference": 0.0, "p_value": 1.0, "only_this": 0, "only_first": 0}
+    assert all(c["interval"][0] <= c["accuracy"] <= c["interval"][1] for c in record["candidates"])
+    from clothprobe.report import build_report
+
+    text = build_report(tapped / "models", tapped / "report").md_path.read_text()
+    assert "Tap sets" in text and "last-4" in text and "never test" in text
     cv = _fit(tapped, "cv", backbone="vgg16", taps="auto", select="cv")
     assert "fold" in cv.metrics.selection and len(cv.metrics.taps["candidates"]) == 4  # scored out of fold
 
@@ -291,7 +314,7 @@ def test_a_tap_the_cache_lacks_is_one_line_naming_what_it_has(tapped: Path) -> N
     assert not (tapped / "models" / "missing").exists()
 
 
-def test_taps_are_weighted_so_none_dominates_by_width(tapped: Path) -> None:
+def test_taps_are_weighted_so_none_dominates_by_width_and_c_keeps_its_scale(tapped: Path) -> None:
     from clothprobe.classifiers import load_feature_set
     from clothprobe.classifiers.taps import TapChoice, restrict
 
@@ -308,7 +331,9 @@ def test_taps_are_weighted_so_none_dominates_by_width(tapped: Path) -> None:
     z = scaler.transform(train)
     per_tap = [float((z[:, data.block_columns(i)] ** 2).sum(1).mean()) for i in range(3)]
     live = [float((train[:, data.block_columns(i)].std(0) > 0).mean()) for i in range(3)]  # random ReLUs: dead columns
-    assert per_tap == pytest.approx(live, rel=1e-3)  # each tap's total variance is its share of live columns, at most one
+    # each tap's total variance is the same share of the whole (times its share of live columns), and the whole
+    # input keeps the variance plain standardization gives it: C means what it did
+    assert per_tap == pytest.approx([(1280 + 256 + 512) / 3 * share for share in live], rel=1e-3)
 
 
 @pytest.mark.slow
