@@ -103,6 +103,8 @@ class ClassifierSpec:
     ``fit_params`` (optional) gives extra fit arguments that use the selection data (early stopping);
     ``chosen`` reports settings the fit itself chose (rounds, epochs). ``scale`` puts a StandardScaler first.
     ``path``: the grid is fitted in order on one estimator that warm-starts from the previous entry.
+    ``wide_taps``: whether ``--taps auto`` tries the wide tap sets for this head (``classifiers/taps.py``); a
+    head without it takes the final tap under ``auto`` (an explicit ``--taps`` still applies).
     """
 
     name: str
@@ -113,6 +115,7 @@ class ClassifierSpec:
     path: bool = False
     fit_params: Callable[[np.ndarray, np.ndarray], dict] | None = None
     chosen: Callable[[Any], dict] = field(default=lambda est: {})
+    wide_taps: bool = True
 
 
 CLASSIFIERS: dict[str, ClassifierSpec] = {
@@ -124,10 +127,11 @@ CLASSIFIERS: dict[str, ClassifierSpec] = {
             name="lgbm", build=_lgbm,
             grid=tuple({"num_leaves": nl, "learning_rate": lr} for nl in (7, 15) for lr in (0.05, 0.1)),
             file_format="lightgbm", scale=False, fit_params=_lgbm_fit_params, chosen=_lgbm_chosen,
+            wide_taps=False,  # trees on ~11.5k columns x 4 tap sets: not measured to pay; final under auto
         ),
         ClassifierSpec(
             name="dense", build=_dense, grid=tuple({"learning_rate": 1e-3, "dropout": d} for d in (0.2, 0.5)),
-            file_format="keras", chosen=_dense_chosen,
+            file_format="keras", chosen=_dense_chosen, wide_taps=False,  # as for lgbm
         ),
     )
 }

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from synthetic import CLASSES, SIZES, make_cache
 
-from clothprobe.classifiers import fit, load_feature_set, load_model
-from clothprobe.classifiers import registry
+from clothprobe.classifiers import fit, load_feature_set, load_model, registry
 from clothprobe.classifiers.registry import BALANCES, CLASSIFIERS, LGBM_MAX_ROUNDS
 from clothprobe.errors import ClothprobeError
 from clothprobe.runs import directory as rundir

@@ -305,6 +305,16 @@ def test_auto_chooses_the_tap_set_on_the_selection_data_only(tapped: Path) -> No
     assert "fold" in cv.metrics.selection and len(cv.metrics.taps["candidates"]) == 4  # scored out of fold
 
 
+def test_auto_gives_heads_without_wide_taps_the_final_tap_only(tapped: Path) -> None:
+    from clothprobe.classifiers.registry import CLASSIFIERS
+
+    assert [n for n, spec in CLASSIFIERS.items() if not spec.wide_taps] == ["lgbm", "dense"]
+    lgbm = _fit(tapped, "lgbm-auto", backbone="vgg16", clf="lgbm", balance="none", taps="auto")
+    assert [c["name"] for c in lgbm.metrics.taps["candidates"]] == ["final"]
+    wide = _fit(tapped, "lgbm-all", backbone="vgg16", clf="lgbm", balance="none", taps="all")
+    assert wide.metrics.taps["chosen"] == "all" and wide.metrics.taps["candidates"][0]["columns"] == 2304
+
+
 def test_a_tap_the_cache_lacks_is_one_line_naming_what_it_has(tapped: Path) -> None:
     with pytest.raises(ClothprobeError, match=r"No cache of vgg16 holds tap block9_pool; they hold vgg16: "
                                               r"block3_pool, .*block5_pool\. Featurize again with --taps all"):
