@@ -17,7 +17,7 @@ from rich.text import Text
 from clothprobe._util.bounds import bounded
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS
-from clothprobe.featurize.model.backbones import BACKBONES, COMPARED_BACKBONES, DEFAULT_BACKBONE
+from clothprobe.featurize.model.backbones import BACKBONES, DEFAULT_BACKBONE, RUN_BACKBONES, RUN_TAPS
 
 app = typer.Typer(
     help="clothprobe: classify clothing photos from frozen CNN embeddings.",
@@ -320,13 +320,16 @@ def report(
 @bounded
 def run_job(
     data: DataFolder,
-    backbones: Annotated[str, typer.Option(help="Comma-separated backbones; each alone and all joined are fitted.")] = COMPARED_BACKBONES,
+    backbones: Annotated[str, typer.Option(help="Comma-separated backbones; each alone and all joined are fitted.")] = RUN_BACKBONES,
     weights: Weights = "imagenet",
     clf: Clf = "all",
     balance: Balance = "all",
     tta: Annotated[bool, typer.Option(help="Cache the flipped view and average both views' probabilities.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for every stage.")] = 0,
     select: Select = None,
+    taps: Annotated[str, typer.Option(help=(
+        "Layers each backbone caches, as for featurize: all (every tap, one pass), final, or names; each fit "
+        "then chooses its tap set on the selection data (fit --taps auto)."))] = RUN_TAPS,
     features_dir: FeaturesDir = Path("features"),
     models_dir: ModelsDir = Path("models"),
     reports_dir: Annotated[Path, typer.Option(help="Where the report goes.")] = Path("reports"),
@@ -348,7 +351,7 @@ def run_job(
         err.print(Text(f"fitted {m.backbone}/{m.run}: val {_pct(m.validation)}% ({m.fit_seconds:.1f} s)"))
 
     job = run_all(data, backbones=backbones, weights=weights, clf=clf, balance=balance, tta=tta, seed=seed,
-                  select=select or DEFAULT_SELECT, features_dir=features_dir, models_dir=models_dir,
+                  select=select or DEFAULT_SELECT, taps=taps, features_dir=features_dir, models_dir=models_dir,
                   reports_dir=reports_dir, progress=sys.stderr.isatty(), on_featurized=featurized, on_fit=fitted)
     _print_top(job.report, top)
 

@@ -13,7 +13,7 @@ from clothprobe.classifiers.select import DEFAULT_SELECT
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize import FeaturizeResult, featurize
 from clothprobe.featurize.dataset import scan
-from clothprobe.featurize.model.backbones import COMPARED_BACKBONES
+from clothprobe.featurize.model.backbones import RUN_BACKBONES, RUN_TAPS
 from clothprobe.featurize.model.recipe import resolve_recipe
 from clothprobe.report import Report, build_report
 from clothprobe.report.folder import ReportFolder
@@ -33,13 +33,14 @@ def feature_sets(backbones: Sequence[str]) -> list[str]:
 
 def run_all(
     data: str | Path,
-    backbones: str = COMPARED_BACKBONES,
+    backbones: str = RUN_BACKBONES,
     weights: str = "imagenet",
     clf: str = "all",
     balance: str = "all",
     tta: bool = True,
     seed: int = 0,
     select: str = DEFAULT_SELECT,
+    taps: str = RUN_TAPS,
     features_dir: str | Path = "features",
     models_dir: str | Path = "models",
     reports_dir: str | Path = "reports",
@@ -47,14 +48,14 @@ def run_all(
     on_featurized: Callable[[FeaturizeResult], None] | None = None,
     on_fit: Callable[[FitResult], None] | None = None,
 ) -> JobResult:
-    """Featurize ``data`` with each backbone (comma-separated), fit ``clf`` x ``balance`` on each cache and
-    on their join, and write the report over every run under ``models_dir``. Every option is checked
-    before any featurizing."""
+    """Featurize ``data`` with each backbone (comma-separated), caching ``taps``, fit ``clf`` x ``balance`` on
+    each cache and on their join (the tap set chosen like every other setting, ``fit --taps auto``), and write
+    the report over every run under ``models_dir``. Every option is checked before any featurizing."""
     names = parse_backbones(backbones.replace(",", "+"))
     plan_fit("+".join(names), clf, balance, select=select)
     scan(data)  # the folder's layout, before an hour of featurizing
     for name in names:  # each backbone's weights found (and hashed) now, not after the first is featurized
-        resolve_recipe(name, weights=weights, seed=seed)
+        resolve_recipe(name, weights=weights, seed=seed, taps=taps)
     for folder, what in ((models_dir, "--models-dir"), (reports_dir, "--reports-dir"), (features_dir, "--features-dir")):
         if Path(folder).exists() and not Path(folder).is_dir():
             raise ClothprobeError(f"{what} {folder} exists and is not a folder.")
@@ -62,7 +63,7 @@ def run_all(
     job = JobResult()
     for name in names:
         result = featurize(data, backbone=name, weights=weights, features_dir=features_dir, tta=tta, seed=seed,
-                           progress=progress)
+                           taps=taps, progress=progress)
         job.featurized.append(result)
         if on_featurized:
             on_featurized(result)

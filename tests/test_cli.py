@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -178,6 +179,14 @@ def test_run_is_the_whole_job(dataset: Path, tmp_path: Path) -> None:
         assert f"fitted {features}/logreg-none-tta" in res.stderr
     assert (tmp_path / "r" / "index.html").is_file() and (tmp_path / "r" / "report.md").is_file()
     assert "top 3 of 3 runs" in res.stdout and "chosen on validation" in res.stdout and "report:" in res.stdout
+    from clothprobe.featurize.cache.read import load_features
+    from clothprobe.featurize.model.backbones import BACKBONES
+
+    cache = load_features(tmp_path / "f" / "clothes" / "vgg16.h5")  # cli run caches every tap by default
+    assert [name for name, _ in cache.taps] == [t.name for t in BACKBONES["vgg16"].taps]
+    metrics = json.loads((tmp_path / "m" / "clothes" / "vgg16" / "logreg-none-tta" / "metrics.json").read_text())
+    names = [c["name"] for c in metrics["taps"]["candidates"]]
+    assert names[0] == "final" and names[-1] == "all" and metrics["taps"]["chosen"] in names  # fit chose among them
 
 
 @pytest.mark.slow

@@ -178,7 +178,8 @@ BACKBONES: dict[str, Backbone] = {
 
 
 DEFAULT_BACKBONE = "xception"  # what featurize, fit, e2e and ImageEmbedder use unless told
-COMPARED_BACKBONES = "vgg16,xception"  # what `cli run` featurizes and fits, each alone and joined
+RUN_BACKBONES = "xception"  # what `cli run` featurizes (every tap) and fits; `--backbones vgg16,xception` adds VGG16 and the join
+RUN_TAPS = "all"  # what `cli run` caches: one pass, every tap; fit then chooses the tap set (docs/guide/run.md)
 
 
 def get_backbone(name: str) -> Backbone:
