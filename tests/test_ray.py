@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -282,6 +283,16 @@ def _poisoned_engine(poison: str, crash: bool = True):  # noqa: ANN202 - a RayEn
     return type("PoisonedEngine", (RayEngine,), {"actor": FailsOnPoison})
 
 
+def _cpus_freed(cpus: float, within_s: float = 15.0) -> bool:
+    """Whether the cluster has ``cpus`` free within ``within_s`` (its resource view lags a little)."""
+    deadline = time.monotonic() + within_s
+    while ray.available_resources().get("CPU", 0.0) < cpus:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def _lost_then_embedded(dataset: Path, out: Path, *, crash: bool, why: str, shard_size: int) -> None:
     """Featurize ``dataset`` with actors that fail on train/hat/0.png (see ``_poisoned_engine``): that file's
     shard, and only it, is reported with ``why``, every other file is embedded; the next run embeds the
@@ -289,6 +300,7 @@ def _lost_then_embedded(dataset: Path, out: Path, *, crash: bool, why: str, shar
     poison = hashlib.sha256((dataset / "train" / "hat" / "0.png").read_bytes()).hexdigest()
     with _poisoned_engine(poison, crash=crash)() as eng:  # bfloat16: no int8 calibration and guard on the cluster
         result = run(dataset, out, engine=eng, shard_size=shard_size, precision="bfloat16")
+    assert _cpus_freed(2), "the run's model actors outlived it"  # (a logger holds the failure's traceback)
     lost = [p for p, reason in result.skipped if reason == f"not embedded: {why}"]
     assert "train/hat/0.png" in lost, result.skipped
     assert len(lost) == len(result.skipped) <= shard_size and result.computed == 27 - len(lost)

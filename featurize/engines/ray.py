@@ -14,9 +14,11 @@ does the middle part:
 The driver reads the results as a stream (``iter_batches``), so it never holds more than a few batches; the
 ``Merger`` keeps each on disk as it arrives. A worker whose process dies (killed, out of memory, node lost)
 is restarted by Ray and its batch given to it again (Ray Data's own fault tolerance). A batch that kills
-its worker every time would be retried for ever, so a small ``_Attempts`` actor counts how often each
+its worker every time would be retried for ever, so a small ``_RunLedger`` actor counts how often each
 batch was started: a batch started more than ``WORKER_ATTEMPTS`` times is handed back as a fault instead
-of being run again. A block whose code raises is dropped by Ray Data; its shard, like a batch given up
+of being run again. The ledger also lists the pool's actors, and the driver stops them when the run ends:
+Ray Data only drops its handles, and a handle still referenced elsewhere (an exception's traceback kept by
+a logger or a notebook) would keep an actor, and its reserved CPUs, alive and starve the next run. A block whose code raises is dropped by Ray Data; its shard, like a batch given up
 on or a file a worker cannot read, is reported as ``ShardFailed``: what finished is kept, and their files
 are tried again next run.
 
@@ -57,6 +59,7 @@ BLOCK_BATCHES = 4  # model batches per Ray Data block: the unit a worker takes, 
 LOST = "its batch failed on the Ray cluster (the error is in the log above, and in the Ray logs)"
 RESUME = "Batches finished so far are kept; the next run resumes from them."
 WORKER_ATTEMPTS = 3  # starts of one batch on the pool; more mean it kills its worker: it is then given up
+STOP_TIMEOUT_S = 10.0  # asking the ledger for the pool's actors at the end of a run
 GIVEN_UP = (f"its Ray worker died each of the {WORKER_ATTEMPTS} times it embedded this batch (out of memory, or a "
             f"crash on one of its files; the Ray logs say which); skipped, tried again next run")
 
@@ -187,11 +190,19 @@ def decode_rows(batch: dict[str, np.ndarray], sizes: tuple[int, ...], max_pixels
             "fault": np.array(faults, dtype=object), **{_image_column(size): images[size] for size in sizes}}
 
 
-class _Attempts:
-    """A Ray actor, one per run: how many times each batch has been started by a model actor."""
+class _RunLedger:
+    """A Ray actor, one per run: how many times each batch has been started by a model actor, and the pool's
+    actors (each joins when it starts), so the driver can stop them all when the run ends."""
 
     def __init__(self) -> None:
         self.started: Counter[str] = Counter()
+        self.actors: list[Any] = []
+
+    def join(self, actor: Any) -> None:
+        self.actors.append(actor)
+
+    def members(self) -> list[Any]:
+        return self.actors
 
     def start(self, batch: str) -> int:
         self.started[batch] += 1
@@ -200,11 +211,12 @@ class _Attempts:
 
 class _EmbedActor:
     """One actor of the pool: a loaded model per task (a run's backbones), reused for every batch.
-    ``attempts``: the run's ``_Attempts`` actor; a batch started more than ``WORKER_ATTEMPTS`` times is
-    returned with every row's ``fault`` set (``GIVEN_UP``) instead of being embedded again."""
+    ``ledger``: the run's ``_RunLedger`` actor, which this actor joins; a batch started more than
+    ``WORKER_ATTEMPTS`` times is returned with every row's ``fault`` set (``GIVEN_UP``) instead of being
+    embedded again."""
 
     def __init__(self, tasks: tuple[EmbedTask, ...], threads: int, store_home: str | None,
-                 weights: str | None, attempts: Any = None) -> None:
+                 weights: str | None, ledger: Any = None) -> None:
         from clothprobe.featurize.embed import open_embedder
         from clothprobe.featurize.model.store import ModelStore
 
@@ -216,15 +228,19 @@ class _EmbedActor:
         self.label = " + ".join(e.recipe.label for e in self.embedders)
         self.where = f"{socket.gethostname()} (pid {os.getpid()})"
         self.dims: dict[int, int] = {}  # embedding width of each task's model, once known
-        self.attempts = attempts
+        self.ledger = ledger
+        if ledger is not None:
+            import ray
+
+            ray.get(ledger.join.remote(ray.get_runtime_context().current_actor))
 
     def _given_up(self, batch: dict[str, np.ndarray]) -> bool:
-        if self.attempts is None:
+        if self.ledger is None:
             return False
         import ray
 
         name = f"{batch['block'][0]}:{batch['key'][0]}:{len(batch['key'])}"
-        return ray.get(self.attempts.start.remote(name)) > WORKER_ATTEMPTS
+        return ray.get(self.ledger.start.remote(name)) > WORKER_ATTEMPTS
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["key"])
@@ -465,12 +481,12 @@ class RayEngine(Engine):
         decoded = ds.map_batches(decode_rows, batch_size=tasks[0].transfer_rows, num_cpus=DECODE_CPUS,
                                  fn_kwargs={"sizes": sizes, "max_pixels": tasks[0].max_pixels,
                                             "pillow_limit": Image.MAX_IMAGE_PIXELS})
-        attempts = self._ray.remote(_Attempts).options(num_cpus=0).remote()
+        ledger = self._ray.remote(_RunLedger).options(num_cpus=0).remote()
         embedded = decoded.map_batches(
             self.actor, batch_size=max(t.transfer_rows for t in tasks), num_cpus=sizing.threads,
             compute=self._ray.data.ActorPoolStrategy(size=sizing.workers),
             fn_constructor_kwargs={"tasks": tasks, "threads": sizing.threads, "store_home": self.store_home,
-                                   "weights": weights, "attempts": attempts})
+                                   "weights": weights, "ledger": ledger})
         expected = "+".join(t.recipe.fingerprint for t in tasks)
         try:
             for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
@@ -478,6 +494,21 @@ class RayEngine(Engine):
                 yield batch
         except self._ray.exceptions.RayError as err:
             raise cluster_error(err, then) from None
+        finally:
+            self._stop_pool(ledger)
+
+    def _stop_pool(self, ledger: Any) -> None:
+        """Stop the run's model actors and its ledger, so their CPUs are free for the next run at once."""
+        ray = self._ray
+        try:
+            actors = ray.get(ledger.members.remote(), timeout=STOP_TIMEOUT_S)
+        except ray.exceptions.RayError:  # the ledger is gone with its node: Ray Data's own release remains
+            actors = []
+        for actor in (*actors, ledger):
+            try:
+                ray.kill(actor, no_restart=True)
+            except ray.exceptions.RayError:
+                pass  # already dead
 
 
 def _check_recipe(batch: dict[str, np.ndarray], expected: str, planned: str, then: str) -> None:
