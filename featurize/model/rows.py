@@ -19,17 +19,20 @@ from clothprobe.featurize.model.runtimes import Runner
 from clothprobe.featurize.model.store import ModelStore, RowsChoice, StoreEntry
 
 CANDIDATES = (8, 16, 32)  # even: a request holds both views of each image when the flipped view is made
-TIMED_REQUESTS = 3  # after one warm-up request each
+TIMED_IMAGES = 32  # per candidate, after one warm-up request: the same work for every row count; 152
+# images in all where three requests of each took 224 (22 s for int8 Xception on a 2-core AVX2-only CPU)
 
 
-def request_rate(recipe: Recipe, runner: Runner, rows: int, requests: int = TIMED_REQUESTS) -> float:
-    """Images per second of ``runner`` (compiled for ``rows``) on a fixed batch: preprocessing + network."""
+def request_rate(recipe: Recipe, runner: Runner, rows: int, images: int = TIMED_IMAGES) -> float:
+    """Images per second of ``runner`` (compiled for ``rows``) on a fixed batch: preprocessing + network,
+    over ``images`` images (at least one request)."""
     from clothprobe.featurize.embed import model_input
 
     size = recipe.input_size
-    images = np.random.default_rng(rows).integers(0, 256, (rows, size, size, 3), dtype=np.uint8)
-    x = model_input(recipe, images)
+    pixels = np.random.default_rng(rows).integers(0, 256, (rows, size, size, 3), dtype=np.uint8)
+    x = model_input(recipe, pixels)
     runner(x)
+    requests = max(1, images // rows)
     started = time.perf_counter()
     for _ in range(requests):
         runner(x)
