@@ -48,3 +48,15 @@ def test_class_weight_dict_shifts_predictions() -> None:
     plain = DenseHeadClassifier(hidden=4, epochs=50, learning_rate=0.05, validation_fraction=0).fit(X, y).predict(X)
     heavy = DenseHeadClassifier(hidden=4, epochs=50, learning_rate=0.05, validation_fraction=0, class_weight={0: 1.0, 1: 20.0}).fit(X, y).predict(X)
     assert (heavy == 1).mean() > 0.9 and (heavy == 1).mean() > (plain == 1).mean()
+
+
+def test_the_heads_probabilities_are_keras_own_and_the_same_in_any_row_order() -> None:
+    """predict_proba runs the Dense stack in float64: Keras's own outputs (to float32 rounding), and each
+    row's result independent of where it sits in X (float32 kernels differ by position on AVX2 CPUs)."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 6)).astype(np.float32), np.arange(40) % 3
+    est = DenseHeadClassifier(hidden=8, epochs=2, validation_fraction=0).fit(X, y)
+    proba = est.predict_proba(X)
+    assert np.allclose(proba, np.asarray(est.model_(X, training=False)), atol=1e-6)
+    order = rng.permutation(40)
+    assert np.allclose(est.predict_proba(X[order]), proba[order], rtol=1e-12, atol=1e-15)
