@@ -11,6 +11,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from clothprobe._util.seeding import keras_seeded
+from clothprobe.classifiers.proba import softmax
 
 LOSSES = ("categorical", "focal")
 
@@ -27,12 +28,7 @@ def make_loss(name: str):  # noqa: ANN201 - a keras Loss
 PREDICT_CHUNK = 8192  # rows per eager call
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-_ACTIVATIONS = {"linear": lambda z: z, "relu": lambda z: np.maximum(z, 0.0), "softmax": _softmax}
+_ACTIVATIONS = {"linear": lambda z: z, "relu": lambda z: np.maximum(z, 0.0), "softmax": softmax}
 
 
 def _dense_stack(model) -> list[tuple[np.ndarray, np.ndarray, str]] | None:  # noqa: ANN001 - a keras.Model

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from clothprobe.classifiers.proba import softmax
 from clothprobe.errors import ClothprobeError
 from clothprobe.runs.directory import Manifest, read_manifest, verify
 
@@ -98,8 +99,7 @@ def _linear_proba(X: np.ndarray, **arrays: np.ndarray) -> np.ndarray:
     if z.shape[1] == 1:
         p = 1.0 / (1.0 + np.exp(-z[:, 0]))
         return np.column_stack([1 - p, p])
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
+    return softmax(z)
 
 
 def _linear_shapes_ok(arrays: dict[str, np.ndarray], rows: int) -> bool:

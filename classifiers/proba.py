@@ -7,6 +7,12 @@ from typing import Any
 import numpy as np
 
 
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of scores ``z`` (each row shifted by its maximum first, so nothing overflows)."""
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def full_proba(model: Any, X: np.ndarray, n_classes: int) -> np.ndarray:
     """Probabilities over every class, also those absent from the data the model was fitted on."""
     proba = np.zeros((len(X), n_classes))

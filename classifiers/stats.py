@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clothprobe.classifiers.proba import softmax
+
 BOOTSTRAP_RESAMPLES = 2000
 CONFIDENCE = 0.95
 ECE_BINS = 15
@@ -111,10 +113,7 @@ def expected_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int = ECE
 
 def apply_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(log p / T): T > 1 softens over-confident probabilities, T < 1 sharpens them."""
-    logits = np.log(np.clip(proba, 1e-12, 1.0)) / temperature
-    logits -= logits.max(1, keepdims=True)
-    out = np.exp(logits)
-    return out / out.sum(1, keepdims=True)
+    return softmax(np.log(np.clip(proba, 1e-12, 1.0)) / temperature)
 
 
 def fit_temperature(y: np.ndarray, proba: np.ndarray) -> float:
