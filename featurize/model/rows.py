@@ -20,7 +20,8 @@ from clothprobe.featurize.model.store import ModelStore, RowsChoice, StoreEntry
 
 CANDIDATES = (8, 16, 32)  # even: a request holds both views of each image when the flipped view is made
 TIMED_IMAGES = 32  # per candidate, after one warm-up request: the same work for every row count; 152
-# images in all where three requests of each took 224 (22 s for int8 Xception on a 2-core AVX2-only CPU)
+# images in all where three requests of each took 224 (int8 Xception runs about 11 img/s on a 2-core
+# AVX2-only Zen 3: about 14 s instead of 20)
 
 
 def request_rate(recipe: Recipe, runner: Runner, rows: int, images: int = TIMED_IMAGES) -> float:
