@@ -31,7 +31,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_cache(root / "features", separation=0.6, images=root / "clothes")
     for balance in ("none", "weights", "smote"):
         fit("clothes", clf="logreg", balance=balance, features_dir=root / "features", models_dir=root / "models")
-    e2e(root / "clothes", backbone="mobilenetv2", weights=None, image_size=32, batch_size=8, epochs=1,
+    e2e(root / "clothes", backbone="vgg16", weights=None, image_size=32, batch_size=8, epochs=1,
         models_dir=root / "models")
     make_cache(root / "features", dataset="shop", seed=5)
     fit("shop", clf="logreg", balance="none", features_dir=root / "features", models_dir=root / "models")
@@ -52,7 +52,7 @@ def test_report_has_every_section_per_dataset(models: Path, tmp_path: Path) -> N
         for ref in REFERENCES:
             assert ref.name in text
         assert "chosen on validation" in text and "best test" in text
-        assert "measured here (end-to-end)" in text and "mobilenetv2/e2e-none-32px" in text
+        assert "measured here (end-to-end)" in text and "vgg16/e2e-none-32px" in text
         assert "recall t-shirt" in text and "recall hat" in text  # the largest and the smallest class
         assert "one photo = 4.00 pp" in text  # the choice rested on 25 validation photos
         assert "after temperature scaling" in text
@@ -75,7 +75,7 @@ def test_intervals_and_paired_tests(models: Path, tmp_path: Path) -> None:
     assert board.rows[0][vs].text == "-"
     for row in board.rows[1:]:
         assert re.fullmatch(r"[+-]\d+\.\d pp", row[vs].text) and re.fullmatch(r"p=\S+, (within noise|better|worse)", row[vs].sub)
-    e2e_row = next(r for r in comparison.rows if r[0].text == "mobilenetv2/e2e-none-32px")
+    e2e_row = next(r for r in comparison.rows if r[0].text == "vgg16/e2e-none-32px")
     assert re.fullmatch(r"p=\S+, (within noise|better|worse)", e2e_row[-1].sub)  # chosen vs end to end, same photos
 
 
