@@ -75,6 +75,10 @@ FeaturesDir = Annotated[Path, typer.Option(
     help="Where the feature caches are: <features-dir>/<dataset>/<backbone>.h5.")]
 ModelsDir = Annotated[Path, typer.Option(help="Where the runs are: <models-dir>/<dataset>/<backbone>/<run>/.")]
 Top = Annotated[int, typer.Option(help="Leaderboard rows to print per dataset.")]
+Precision = Annotated[str, typer.Option(
+    help="auto (OpenVINO: int8 calibrated on a sample of the training photos, checked against float32 and "
+         "on the validation photos before first use, else bfloat16 where the CPU has bf16 units, else "
+         "float32), float32, bfloat16, or int8.")]
 TAPS_HELP = ("Layers whose average-pooled outputs are cached side by side: final, all, or names (e.g. "
              "block13_out,final) [default: see docs/guide/taps.md].")
 
@@ -118,10 +122,7 @@ def featurize(
     batch_size: Annotated[int | None, typer.Option(
         help="Images per inference batch; memory grows with it [default: the fastest measured for the model on "
              "this machine, recorded in its store entry].")] = None,
-    precision: Annotated[str, typer.Option(
-        help="auto (OpenVINO: int8 calibrated on a sample of the training photos, checked against float32 and "
-             "on the validation photos before first use, else bfloat16 where the CPU has bf16 units, else "
-             "float32), float32, bfloat16, or int8.")] = "auto",
+    precision: Precision = "auto",
     runtime: Annotated[str, typer.Option(
         help="auto (OpenVINO on a CPU-only machine, else Keras/TensorFlow), keras or openvino.")] = "auto",
     tta: Annotated[TTA, typer.Option(help="'flip' also caches the horizontally flipped view, for TTA in fit.")] = TTA.none,
@@ -330,6 +331,7 @@ def run_job(
     taps: Annotated[str, typer.Option(help=(
         "Layers each backbone caches, as for featurize: all (every tap, one pass), final, or names; each fit "
         "then chooses its tap set on the selection data (fit --taps auto)."))] = RUN_TAPS,
+    precision: Precision = "auto",
     features_dir: FeaturesDir = Path("features"),
     models_dir: ModelsDir = Path("models"),
     reports_dir: Annotated[Path, typer.Option(help="Where the report goes.")] = Path("reports"),
@@ -351,7 +353,7 @@ def run_job(
         err.print(Text(f"fitted {m.backbone}/{m.run}: val {_pct(m.validation)}% ({m.fit_seconds:.1f} s)"))
 
     job = run_all(data, backbones=backbones, weights=weights, clf=clf, balance=balance, tta=tta, seed=seed,
-                  select=select or DEFAULT_SELECT, taps=taps, features_dir=features_dir, models_dir=models_dir,
+                  select=select or DEFAULT_SELECT, taps=taps, precision=precision, features_dir=features_dir, models_dir=models_dir,
                   reports_dir=reports_dir, progress=sys.stderr.isatty(), on_featurized=featurized, on_fit=fitted)
     _print_top(job.report, top)
 

@@ -41,6 +41,7 @@ def run_all(
     seed: int = 0,
     select: str = DEFAULT_SELECT,
     taps: str = RUN_TAPS,
+    precision: str = "auto",
     features_dir: str | Path = "features",
     models_dir: str | Path = "models",
     reports_dir: str | Path = "reports",
@@ -48,14 +49,14 @@ def run_all(
     on_featurized: Callable[[FeaturizeResult], None] | None = None,
     on_fit: Callable[[FitResult], None] | None = None,
 ) -> JobResult:
-    """Featurize ``data`` with each backbone (comma-separated), caching ``taps``, fit ``clf`` x ``balance`` on
-    each cache and on their join (the tap set chosen like every other setting, ``fit --taps auto``), and write
-    the report over every run under ``models_dir``. Every option is checked before any featurizing."""
+    """Featurize ``data`` with each backbone (comma-separated) in ``precision``, caching ``taps``, fit ``clf`` x
+    ``balance`` on each cache and on their join (the tap set chosen like every other setting, ``fit --taps
+    auto``), and write the report over every run under ``models_dir``. Every option is checked before any featurizing."""
     names = parse_backbones(backbones.replace(",", "+"))
     plan_fit("+".join(names), clf, balance, select=select)
     scan(data)  # the folder's layout, before an hour of featurizing
     for name in names:  # each backbone's weights found (and hashed) now, not after the first is featurized
-        resolve_recipe(name, weights=weights, seed=seed, taps=taps)
+        resolve_recipe(name, weights=weights, seed=seed, taps=taps, precision=precision)
     for folder, what in ((models_dir, "--models-dir"), (reports_dir, "--reports-dir"), (features_dir, "--features-dir")):
         if Path(folder).exists() and not Path(folder).is_dir():
             raise ClothprobeError(f"{what} {folder} exists and is not a folder.")
@@ -63,7 +64,7 @@ def run_all(
     job = JobResult()
     for name in names:
         result = featurize(data, backbone=name, weights=weights, features_dir=features_dir, tta=tta, seed=seed,
-                           taps=taps, progress=progress)
+                           taps=taps, precision=precision, progress=progress)
         job.featurized.append(result)
         if on_featurized:
             on_featurized(result)

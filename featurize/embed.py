@@ -163,11 +163,12 @@ def embed_files(recipe: Recipe, files: Sequence[Path], *, flip: bool = False, ba
 
 def open_embedder(recipe: Recipe, *, batch_size: int | None = None, flip: bool = False,
                   calibration_files: Sequence[Path] = (), weights: object = None, store: object = None,
-                  threads: int | None = None) -> Embedder:
+                  threads: int | None = None, time_rows: bool = True) -> Embedder:
     """The embedder for ``recipe``, its model from the store (made there the first time). ``.recipe``
     of the result is the one that really runs: a wider precision when a bfloat16 or int8 runtime failed its
     self-check on this machine (with a ``ClothprobeWarning``). ``batch_size`` None: images per batch from
-    the rows per request measured for this model on this machine (``featurize/model/rows.py``)."""
+    the rows per request measured for this model on this machine (``featurize/model/rows.py``), measured
+    now if never measured, unless ``time_rows`` is False (a job too small to repay the timing)."""
     from clothprobe.featurize.model.selfcheck import checked_runner
 
     if batch_size is not None and batch_size < 1:
@@ -176,5 +177,6 @@ def open_embedder(recipe: Recipe, *, batch_size: int | None = None, flip: bool =
         raise ClothprobeError(f"--batch-size must be at least 1, got {batch_size}.")
     views = 2 if flip else 1
     checked = checked_runner(recipe, rows=None if batch_size is None else batch_size * views,
-                             calibration_files=calibration_files, weights=weights, store=store, threads=threads)
+                             calibration_files=calibration_files, weights=weights, store=store, threads=threads,
+                             time_rows=time_rows)
     return Embedder(checked.recipe, checked.runner, checked.rows // views, flip)

@@ -36,6 +36,7 @@ from clothprobe.featurize.model.backbones import DEFAULT_BACKBONE
 from clothprobe.featurize.model.calibration import DEFAULT_SIZE
 from clothprobe.featurize.model.guard import GuardSample, LabelledPhoto, guard_sample, guarded_recipe
 from clothprobe.featurize.model.recipe import Recipe, resolve_recipe
+from clothprobe.featurize.model.rows import worth_timing
 from clothprobe.featurize.model.taps import DEFAULT_TAPS
 
 
@@ -260,7 +261,8 @@ def _embed(index: FileIndex, recipe: Recipe, calibration_files: tuple[str, ...],
             plan, merger = _plan(index, recipe, existing, o)
             if not plan.todo:
                 return plan, merger, 0.0
-    ran = engine.open(EmbedTask(recipe, o.views, o.batch_size, o.max_pixels, calibration_files))
+    ran = engine.open(EmbedTask(recipe, o.views, o.batch_size, o.max_pixels, calibration_files,
+                                time_rows=worth_timing(len(plan.todo))))
     if ran != recipe:  # the runtime's self-check fell back to another precision here: plan for what runs
         plan, merger = _plan(index, ran, existing, o)
     started = time.perf_counter()

@@ -171,8 +171,9 @@ def test_fit_cli_trains_on_a_cache(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_run_is_the_whole_job(dataset: Path, tmp_path: Path) -> None:
+    # float32: the int8 build (calibration, accuracy guard) of the default is the documentation pages' to test
     res = cli("run", "--data", str(dataset), "--backbones", "mobilenetv2,vgg16", "--weights", "none",
-              "--clf", "logreg", "--balance", "none", "--features-dir", str(tmp_path / "f"),
+              "--precision", "float32", "--clf", "logreg", "--balance", "none", "--features-dir", str(tmp_path / "f"),
               "--models-dir", str(tmp_path / "m"), "--reports-dir", str(tmp_path / "r"))
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "f" / "clothes" / "mobilenetv2.h5").is_file() and (tmp_path / "f" / "clothes" / "vgg16.h5").is_file()
@@ -186,6 +187,7 @@ def test_run_is_the_whole_job(dataset: Path, tmp_path: Path) -> None:
 
     cache = load_features(tmp_path / "f" / "clothes" / "vgg16.h5")  # cli run caches every tap by default
     assert [name for name, _ in cache.taps] == [t.name for t in BACKBONES["vgg16"].taps]
+    assert cache.recipe.precision == "float32"
     metrics = json.loads((tmp_path / "m" / "clothes" / "vgg16" / "logreg-none-tta" / "metrics.json").read_text())
     names = [c["name"] for c in metrics["taps"]["candidates"]]
     assert names[0] == "final" and names[-1] == "all" and metrics["taps"]["chosen"] in names  # fit chose among them

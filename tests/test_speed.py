@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_image, python_output
+from conftest import TINY, make_image, python_output
 from PIL import Image
 
 from clothprobe.errors import ClothprobeError, ClothprobeWarning
@@ -61,6 +61,25 @@ def test_rows_per_request_are_measured_once_recorded_and_read_back(tmp_path: Pat
     assert open_embedder(tiny(), store=store).batch_size == choice.rows
     assert open_embedder(tiny(), store=store, flip=True).batch_size == choice.rows // 2  # both views in one request
     assert open_embedder(tiny(), batch_size=5, store=store).batch_size == 5  # asked for: not measured
+
+
+def test_a_job_too_small_to_repay_the_timing_runs_untimed_and_records_nothing(
+        colours: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A featurize of fewer than WORTH_TIMING images runs at UNTIMED_ROWS without timing; the first job of at
+    least that many images times and records (here the bar is lowered to the folder's 32 images)."""
+    timed = []
+    real = rows_module.request_rate
+    monkeypatch.setattr(rows_module, "request_rate", lambda *a, **k: timed.append(a[2]) or real(*a, **k))
+    monkeypatch.setenv("CLOTHPROBE_HOME", str(tmp_path / "home"))
+    kw = {**TINY, "features_dir": tmp_path / "features"}
+    del kw["batch_size"]  # the default: rows measured, or not worth measuring
+    assert featurize(colours, out=tmp_path / "a.h5", **kw).computed == 32 and not timed
+    assert not any(entry.rows for entry in ModelStore().entries())
+    monkeypatch.setattr(rows_module, "WORTH_TIMING", 32)
+    featurize(colours, out=tmp_path / "b.h5", **kw)
+    assert sorted(timed) == sorted(rows_module.CANDIDATES)
+    (entry,) = ModelStore().entries()
+    assert list(entry.rows) and entry.rows[next(iter(entry.rows))].rows in rows_module.CANDIDATES
 
 
 def test_decoding_ahead_keeps_order_and_reports_bad_files(tmp_path: Path) -> None:

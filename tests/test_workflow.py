@@ -38,7 +38,8 @@ def test_run_checks_every_option_before_featurizing(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "clothes")
     for bad, message in ((["--clf", "svm"], "Unknown classifier 'svm'"), (["--balance", "x"], "Unknown balance 'x'"),
                          (["--select", "holdout"], "Unknown selection 'holdout'"),
-                         (["--backbones", "vgg16,resnet"], "Unknown backbone 'resnet'")):
+                         (["--backbones", "vgg16,resnet"], "Unknown backbone 'resnet'"),
+                         (["--precision", "fp8"], "Unknown precision 'fp8'")):
         started = time.perf_counter()
         res = cli("run", "--data", str(data), "--weights", "none", *bad, cwd=tmp_path)
         assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr

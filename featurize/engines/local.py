@@ -22,7 +22,8 @@ class ShardEmbedder:
 
         self.task = task
         self.embedder = embed.open_embedder(task.recipe, batch_size=task.batch_size, flip=task.flip,
-                                            calibration_files=[Path(p) for p in task.calibration_files])
+                                            calibration_files=[Path(p) for p in task.calibration_files],
+                                            time_rows=task.time_rows)
         size = self.recipe.input_size  # one batch now: the runtime's first-call set-up is not in the img/s
         self.embedder.embed_array(np.zeros((1, size, size, 3), np.uint8))
         self.embedder.network_seconds = 0.0  # the warm-up is no shard's work

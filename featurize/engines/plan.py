@@ -60,6 +60,7 @@ class EmbedTask:
     batch_size: int | None  # None: from the rows per request measured for the model on the worker's machine
     max_pixels: int
     calibration_files: tuple[str, ...] = ()  # int8: the photos that calibrate the quantization
+    time_rows: bool = True  # measure rows per request if never measured (False: a job too small to repay it)
 
     @property
     def flip(self) -> bool:

@@ -223,7 +223,7 @@ class _EmbedActor:
         store = ModelStore(store_home) if store_home else None
         self.embedders = [open_embedder(t.recipe, batch_size=t.batch_size, flip=t.flip, weights=weights,
                                         calibration_files=[Path(p) for p in t.calibration_files], store=store,
-                                        threads=threads) for t in tasks]
+                                        threads=threads, time_rows=t.time_rows) for t in tasks]
         self.fingerprint = "+".join(e.recipe.fingerprint for e in self.embedders)
         self.label = " + ".join(e.recipe.label for e in self.embedders)
         self.where = f"{socket.gethostname()} (pid {os.getpid()})"

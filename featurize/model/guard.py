@@ -115,7 +115,8 @@ def guarded_recipe(recipe: Recipe, sample: GuardSample | None, n_classes: int, *
     entry = store.read_for(recipe)
     guard = entry.guards.get(sample.digest) if entry else None
     if guard is None:
-        int8 = open_embedder(recipe, calibration_files=calibration_files, store=store)
+        # its sample (at most 600 photos) is not worth timing rows for; the job that follows may be
+        int8 = open_embedder(recipe, calibration_files=calibration_files, store=store, time_rows=False)
         if int8.recipe != recipe:  # the self-check already chose another precision here
             return int8.recipe
         reference = open_embedder(recipe.with_precision(fallback_precision(recipe)), batch_size=int8.batch_size,

@@ -97,8 +97,10 @@ def taps_cosine_min(recipe: Recipe, a: np.ndarray, b: np.ndarray) -> float:
 class _Loader:
     """Entries and runners for one request: store, weights, calibration photos, compile settings."""
 
-    def __init__(self, store: ModelStore, weights: Any, calibration: Sequence[Path], threads: int | None) -> None:
+    def __init__(self, store: ModelStore, weights: Any, calibration: Sequence[Path], threads: int | None,
+                 time_rows: bool) -> None:
         self.store, self.weights, self.calibration, self.threads = store, weights, list(calibration), threads
+        self.time_rows = time_rows
 
     def entry(self, recipe: Recipe) -> StoreEntry:
         if recipe.precision != "int8":
@@ -126,7 +128,7 @@ class _Loader:
 
         if rows is not None:
             return rows, compile_for(rows)
-        return chosen_rows(recipe, entry, self.store, machine_id(), compile_for)
+        return chosen_rows(recipe, entry, self.store, machine_id(), compile_for, measure=self.time_rows)
 
 
 def _unreachable(directory: Path) -> None:
@@ -179,13 +181,15 @@ class Checked:
 
 
 def checked_runner(recipe: Recipe, *, rows: int | None = None, calibration_files: Sequence[Path] = (),
-                   weights: Any = None, store: ModelStore | None = None, threads: int | None = None) -> Checked:
+                   weights: Any = None, store: ModelStore | None = None, threads: int | None = None,
+                   time_rows: bool = True) -> Checked:
     """The recipe that really runs here and its compiled model (see the module docstring); ``rows`` None:
-    the rows per request measured for it on this machine (``featurize/model/rows.py``)."""
+    the rows per request measured for it on this machine, or measured now unless ``time_rows`` is False
+    (``featurize/model/rows.py``)."""
     store = store or ModelStore()
     recipe = effective_recipe(recipe, store)
     with store.in_use(recipe, recipe.with_precision("float32")):  # a prune waits until the files are loaded
-        return _checked_runner(recipe, _Loader(store, weights, calibration_files, threads), store, rows)
+        return _checked_runner(recipe, _Loader(store, weights, calibration_files, threads, time_rows), store, rows)
 
 
 def _checked_runner(recipe: Recipe, loader: _Loader, store: ModelStore, rows: int | None) -> Checked:
