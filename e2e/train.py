@@ -7,7 +7,8 @@ top N layers of the base and continues at a low learning rate. It writes the sam
 
 Resumable: after every epoch the model (with its optimizer state) and the history are saved in
 ``<run>.partial/``; a killed run continues from the last finished epoch. Epoch ``k`` is seeded with
-``seed + k``, so a resumed run shuffles and augments exactly as an uninterrupted one.
+``seed + k`` (shuffle, augmentation and the random state of the model's Dropout, which Keras does not save
+with a model), so a resumed run trains exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -337,12 +338,23 @@ def _write(model, ckpt: _Checkpoint, job: _Job, dataset, splits: dict[str, Image
     return FitResult(job.run_dir, metrics)
 
 
+def reseed_layers(model, seed: int) -> None:  # noqa: ANN001 - a keras.Model
+    """Set the random state of every layer that draws random numbers (Dropout's ``seed_generator_state``,
+    one per layer) from ``seed`` and the layer's place. Keras saves a model's weights and optimizer state but
+    not these, so without this a resumed run would drop other units than the uninterrupted one."""
+    states = [v for v in model.variables if v.name == "seed_generator_state"]
+    for i, state in enumerate(states):
+        base = int(np.random.default_rng([seed, i]).integers(1, 2**30))
+        state.assign(np.array([base, 0], dtype=state.dtype))
+
+
 def _train_epoch(model, phase: str, epoch: int, train: ImageSplit, val: ImageSplit, preprocess, n_classes: int,  # noqa: ANN001
                  config: E2EConfig, weight: np.ndarray | None, progress: bool) -> dict:
     """One epoch, seeded with ``seed + epoch`` (shuffle and augmentation), then validation accuracy."""
     import keras
 
     keras.utils.set_random_seed(config.seed + epoch)
+    reseed_layers(model, config.seed + epoch)
     order = np.random.default_rng(config.seed + epoch).permutation(len(train))
     data = batches(train, preprocess, n_classes, config.batch_size, weight, order, augmentation(config.seed + 7 * epoch))
     started = time.perf_counter()

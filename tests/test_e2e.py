@@ -1,7 +1,7 @@
 """End-to-end training on tiny made-up images with a random-weights VGG16 at 32 px (its graph of 19 layers
 traces in a few seconds, where MobileNetV2's takes about three times as long): files the report reads,
-fine-tuning that unfreezes exactly N layers and a resume in the middle of it (on MobileNetV2, whose batch
-normalization stays in inference mode), and a resume after an interrupted run."""
+fine-tuning that unfreezes exactly N layers (on MobileNetV2, whose batch normalization stays in inference
+mode), and resumes after an interrupted run, in the middle of fine-tuning too."""
 
 from __future__ import annotations
 
@@ -88,8 +88,8 @@ def test_resume_after_an_interrupted_run(dataset: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_resume_in_the_middle_of_fine_tuning(dataset: Path, tmp_path: Path) -> None:
     """Killed after the first fine-tuning epoch: the resumed run fine-tunes on from the saved model (its
-    unfrozen layers and optimizer state), as the uninterrupted run does (up to float noise in the loss)."""
-    settings = dict(epochs=1, fine_tune=3, fine_tune_epochs=2, **{**TINY_E2E, "backbone": "mobilenetv2"})
+    unfrozen layers, optimizer state and Dropout's random state), exactly as the uninterrupted run does."""
+    settings = dict(epochs=1, fine_tune=3, fine_tune_epochs=2, **TINY_E2E)
 
     def stop_in_fine_tuning(record: dict) -> None:
         if record["phase"] == "fine-tune":
@@ -103,7 +103,7 @@ def test_resume_in_the_middle_of_fine_tuning(dataset: Path, tmp_path: Path) -> N
     assert [e["phase"] for e in resumed.metrics.epochs] == ["head", "fine-tune", "fine-tune"]
     strip = lambda m: [{k: v for k, v in e.items() if k != "seconds"} for e in m.epochs]  # noqa: E731
     assert strip(resumed.metrics)[:2] == strip(straight.metrics)[:2]
-    assert resumed.metrics.epochs[2]["loss"] == pytest.approx(straight.metrics.epochs[2]["loss"], rel=1e-2)
+    assert resumed.metrics.epochs[2]["loss"] == straight.metrics.epochs[2]["loss"]
     from clothprobe.classifiers.modelio import load_e2e_model
 
     for run in (resumed, straight):  # exactly the top 3 layers of the base hold trainable weights
