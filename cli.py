@@ -353,8 +353,8 @@ def run_job(
         err.print(Text(f"fitted {m.backbone}/{m.run}: val {_pct(m.validation)}% ({m.fit_seconds:.1f} s)"))
 
     job = run_all(data, backbones=backbones, weights=weights, clf=clf, balance=balance, tta=tta, seed=seed,
-                  select=select or DEFAULT_SELECT, taps=taps, precision=precision, features_dir=features_dir, models_dir=models_dir,
-                  reports_dir=reports_dir, progress=sys.stderr.isatty(), on_featurized=featurized, on_fit=fitted)
+                  select=select or DEFAULT_SELECT, taps=taps, precision=precision, features_dir=features_dir,
+                  models_dir=models_dir, reports_dir=reports_dir, progress=sys.stderr.isatty(), on_featurized=featurized, on_fit=fitted)
     _print_top(job.report, top)
 
 

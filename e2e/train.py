@@ -338,7 +338,7 @@ def _write(model, ckpt: _Checkpoint, job: _Job, dataset, splits: dict[str, Image
     return FitResult(job.run_dir, metrics)
 
 
-def reseed_layers(model, seed: int) -> None:  # noqa: ANN001 - a keras.Model
+def _reseed_layers(model, seed: int) -> None:  # noqa: ANN001 - a keras.Model
     """Set the random state of every layer that draws random numbers (Dropout's ``seed_generator_state``,
     one per layer) from ``seed`` and the layer's place. Keras saves a model's weights and optimizer state but
     not these, so without this a resumed run would drop other units than the uninterrupted one."""
@@ -350,11 +350,11 @@ def reseed_layers(model, seed: int) -> None:  # noqa: ANN001 - a keras.Model
 
 def _train_epoch(model, phase: str, epoch: int, train: ImageSplit, val: ImageSplit, preprocess, n_classes: int,  # noqa: ANN001
                  config: E2EConfig, weight: np.ndarray | None, progress: bool) -> dict:
-    """One epoch, seeded with ``seed + epoch`` (shuffle and augmentation), then validation accuracy."""
+    """One epoch, seeded with ``seed + epoch`` (shuffle, augmentation, Dropout), then validation accuracy."""
     import keras
 
     keras.utils.set_random_seed(config.seed + epoch)
-    reseed_layers(model, config.seed + epoch)
+    _reseed_layers(model, config.seed + epoch)
     order = np.random.default_rng(config.seed + epoch).permutation(len(train))
     data = batches(train, preprocess, n_classes, config.batch_size, weight, order, augmentation(config.seed + 7 * epoch))
     started = time.perf_counter()

@@ -79,7 +79,8 @@ def test_a_job_too_small_to_repay_the_timing_runs_untimed_and_records_nothing(
     featurize(colours, out=tmp_path / "b.h5", **kw)
     assert sorted(timed) == sorted(rows_module.CANDIDATES)
     (entry,) = ModelStore().entries()
-    assert list(entry.rows) and entry.rows[next(iter(entry.rows))].rows in rows_module.CANDIDATES
+    (choice,) = entry.rows.values()
+    assert choice.rows in rows_module.CANDIDATES
 
 
 def test_decoding_ahead_keeps_order_and_reports_bad_files(tmp_path: Path) -> None:

@@ -19,8 +19,8 @@ batch was started: a batch started more than ``WORKER_ATTEMPTS`` times is handed
 of being run again. The ledger also lists the pool's actors, and the driver stops them when the run ends:
 Ray Data only drops its handles, and a handle still referenced elsewhere (an exception's traceback kept by
 a logger or a notebook) would keep an actor, and its reserved CPUs, alive and starve the next run. A block
-whose code raises is dropped by Ray Data; its shard, like a batch given up on or a file a worker cannot read, is reported as ``ShardFailed``: what finished is kept, and their files
-are tried again next run.
+whose code raises is dropped by Ray Data; its shard, like a batch given up on or a file a worker cannot
+read, is reported as ``ShardFailed``: what finished is kept, and their files are tried again next run.
 
 Every path (images, calibration photos, weights, ``store_home``) must be readable at the same path on every
 node: a shared file system (NFS, EFS, Lustre, or object storage mounted with a FUSE driver). Ray is an

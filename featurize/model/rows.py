@@ -57,9 +57,11 @@ def chosen_rows(recipe: Recipe, entry: StoreEntry, store: ModelStore, machine: s
     """The rows per request recorded for ``recipe``'s precision on ``machine``, else measured now and
     recorded (``measure``) or ``UNTIMED_ROWS``; with the model compiled for it."""
     key = f"{recipe.precision} on {machine}"
-    if key in entry.rows or not measure:
-        rows = entry.rows[key].rows if key in entry.rows else UNTIMED_ROWS
+    if key in entry.rows:
+        rows = entry.rows[key].rows
         return rows, compile_for(rows)
+    if not measure:
+        return UNTIMED_ROWS, compile_for(UNTIMED_ROWS)
     best: tuple[float, int, Runner] | None = None
     rates = {}
     for rows in CANDIDATES:
