@@ -25,6 +25,7 @@ import numpy as np
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS, BadImage, decode
 from clothprobe.featurize.model.recipe import Recipe
 from clothprobe.featurize.model.runtimes import Runner
+from clothprobe.featurize.model.taps import round_taps
 
 ORIGINAL = "embeddings"  # the view of the photo as it is
 FLIPPED = "flip"  # the view of the photo mirrored left to right (test-time augmentation)
@@ -91,7 +92,7 @@ class Embedder:
         started = time.perf_counter()
         raw = self._runner(x)
         self.network_seconds += time.perf_counter() - started
-        out = pool(self.recipe, raw)
+        out = round_taps(self.recipe, pool(self.recipe, raw))
         b = self.batch_size
         return {view: out[i * b : i * b + n] for i, view in enumerate(self.view_names)}
 

@@ -18,7 +18,7 @@ from clothprobe.featurize.model import selfcheck as compiled
 from clothprobe.featurize.model.backbones import BACKBONES
 from clothprobe.featurize.model.recipe import Recipe, resolve_recipe
 from clothprobe.featurize.model.store import ModelStore
-from clothprobe.featurize.model.taps import find_layer, resolve_taps, tap_layout, tap_names
+from clothprobe.featurize.model.taps import find_layer, resolve_taps, round_taps, tap_dtype, tap_layout, tap_names
 
 SIZES = {"xception": 71, "vgg16": 32, "mobilenetv2": 32, "efficientnetv2s": 32, "convnext_tiny": 32}
 
@@ -63,6 +63,7 @@ def test_tap_requests_resolve_once_and_name_the_choices() -> None:
 def test_recipe_carries_taps_in_its_fingerprint_and_round_trips() -> None:
     final, every = tiny(), tiny(taps="all")
     assert tiny(taps="final") == final and "taps" not in final._identity()  # final-only recipes keep their fingerprint
+    assert every._identity()["tap_dtype"] == "<f2" and "tap_dtype" not in final._identity()
     assert every.fingerprint != final.fingerprint and every.taps == tuple(t.name for t in BACKBONES["vgg16"].taps)
     back = Recipe.from_dict(json.loads(json.dumps(every.to_dict())))
     assert back == every and back.fingerprint == every.fingerprint
@@ -70,6 +71,23 @@ def test_recipe_carries_taps_in_its_fingerprint_and_round_trips() -> None:
     assert tap_names(final) == ("block5_pool",) and tap_layout(every, 2304)[0] == ("block3_pool", 256)
     legacy = {k: v for k, v in final.to_dict().items() if k != "taps"}  # a recipe written before taps
     assert Recipe.from_dict(legacy) == final
+
+
+def test_taps_but_the_final_one_are_rounded_to_float16_and_overflow_names_the_tap() -> None:
+    every = tiny(taps="all")
+    x = np.random.default_rng(0).normal(0, 50, (4, 2304)).astype(np.float32)
+    got = round_taps(every, x)
+    np.testing.assert_array_equal(got[:, :1792], x[:, :1792].astype(np.float16))  # block3_pool ... block5_conv3
+    np.testing.assert_array_equal(got[:, 1792:], x[:, 1792:])  # block5_pool, the final layer, untouched
+    assert got.dtype == np.float32 and not np.array_equal(got, x)
+    assert [tap_dtype(every, n) for n in tap_names(every)] == ["<f2"] * 4 + ["<f4"]
+    plain = x[:, :512]
+    assert round_taps(tiny(), plain) is plain  # a final-only recipe: nothing rounded
+    x[2, 300] = 1e6  # in block4_conv3
+    with pytest.raises(ClothprobeError, match=r"vgg16: tap block4_conv3 gives values beyond float16's range \(largest 1e\+06\)"):
+        round_taps(every, x)
+    x[2, 300], x[1, 2000] = 0.0, 1e6  # the final layer stays float32: no limit
+    assert round_taps(every, x)[1, 2000] == 1e6
 
 
 @pytest.mark.parametrize("backbone,runtime", [("vgg16", "openvino"), ("xception", "openvino"), ("vgg16", "keras")])
@@ -167,7 +185,10 @@ def test_cache_stores_each_tap_and_serves_subsets(tmp_path: Path) -> None:
     names = [t.name for t in BACKBONES["vgg16"].taps]
     with h5py.File(out) as h5:
         assert list(h5["train/embeddings"]) == sorted(names) and h5["train/flip/block4_conv3"].shape == (9, 512)
+        # every tap but the final layer is kept in float16 (half the space), read back as float32
+        assert [h5[f"train/flip/{n}"].dtype for n in names] == [np.float16] * 4 + [np.float32]
     every = load_features(out)
+    assert every.split("train").embeddings.dtype == every.split("train").flip.dtype == np.float32
     assert every.available == tuple(names) and [w for _, w in every.taps] == [t.dim for t in BACKBONES["vgg16"].taps]
     assert every.split("train").embeddings.shape == (9, 2304) and every.megabytes == result.cache_megabytes > 0
     sub = load_features(out, taps="final,block4_pool")

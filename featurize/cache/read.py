@@ -165,7 +165,7 @@ def _tap_widths(h5: h5py.File, splits: Sequence[str], available: Sequence[str]) 
 def _read_view(group: h5py.Group, view: str, available: Sequence[str], wanted: Sequence[str]) -> np.ndarray:
     parts = view_datasets(group, view, available)
     chosen = [read_verified(ds) for name, ds in zip(available, parts) if name in wanted]
-    return chosen[0] if len(chosen) == 1 else np.hstack(chosen)
+    return (chosen[0] if len(chosen) == 1 else np.hstack(chosen)).astype(np.float32, copy=False)  # float16 taps
 
 
 def _read_split(group: h5py.Group, views: Sequence[str], available: Sequence[str], wanted: Sequence[str]) -> SplitFeatures:
@@ -208,8 +208,8 @@ class _H5Source(RowSource):
         first, last = int(rows[0]), int(rows[-1])
         parts = view_datasets(self.group, view, self.taps)
         if last - first < 4 * len(rows):  # mostly contiguous: one slice read beats HDF5's point selection
-            return np.hstack([ds[first : last + 1][rows - first] for ds in parts])
-        return np.hstack([ds[rows] for ds in parts])
+            return np.hstack([ds[first : last + 1][rows - first] for ds in parts]).astype(np.float32, copy=False)
+        return np.hstack([ds[rows] for ds in parts]).astype(np.float32, copy=False)
 
     def dim(self, view: str) -> int:
         return sum(int(ds.shape[1]) for ds in view_datasets(self.group, view, self.taps))

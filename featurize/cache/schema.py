@@ -8,7 +8,9 @@ Layout of ``features/<dataset>/<backbone>.h5`` (schema version 3)::
                              the decoder settings the remembered failures hold for), versions (JSON),
                              created, content_digest, header_checksum (SHA-256 of all the others)
     /<split>/embeddings/<tap>   float32 (n, d_tap)   pooled output of each tap the recipe embeds
-                                 (featurize/model/taps.py; one tap, named after the final layer, by default)
+                                 (featurize/model/taps.py; one tap, named after the final layer, by default);
+                                 float16 for every tap but the final layer (``taps.tap_dtype``; written since
+                                 2026-12-06, float32 before): readers return float32
     /<split>/flip/<tap>         float32 (n, d_tap)   same, of the horizontally flipped image (--tta flip)
     /<split>/paths        utf-8 (n,)       path relative to the dataset root; rows are aligned with it
     /<split>/labels       int32 (n,)       index into class_names

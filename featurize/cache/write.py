@@ -28,7 +28,7 @@ from clothprobe.featurize.cache.schema import (
     canonical_json,
 )
 from clothprobe.featurize.embed import FLIPPED, ORIGINAL, view_names
-from clothprobe.featurize.model.taps import tap_layout, tap_names
+from clothprobe.featurize.model.taps import tap_dtype, tap_layout, tap_names
 
 
 @contextmanager
@@ -113,16 +113,17 @@ def _write_split(group: h5py.Group, rows: SplitRows, header: CacheHeader, known:
         dim = _dim(known, view)
         layout = tap_layout(header.recipe, dim) if dim else [(name, 0) for name in tap_names(header.recipe)]
         taps = group.create_group(view)
-        parts = [_tap_dataset(taps, name, n, width) for name, width in layout]
+        parts = [_tap_dataset(taps, name, n, width, tap_dtype(header.recipe, name)) for name, width in layout]
         digests = [Checksum() for _ in layout]
         for start in range(0, n, chunk_rows):
             block = _gather(known, rows.sha256[start : start + chunk_rows], view, dim)
-            if not np.isfinite(block).all():
-                raise ClothprobeError(f"Refusing to write non-finite embeddings into {group.file.filename}.")
             column = 0
             for ds, digest, (_, width) in zip(parts, digests, layout):
-                ds[start : start + len(block)] = block[:, column : column + width]
-                digest.update(block[:, column : column + width])
+                values = block[:, column : column + width].astype(ds.dtype)  # taps.round_taps made them exact
+                if not np.isfinite(values).all():
+                    raise ClothprobeError(f"Refusing to write non-finite embeddings into {group.file.filename}.")
+                ds[start : start + len(block)] = values
+                digest.update(values)
                 column += width
         for ds, digest in zip(parts, digests):
             ds.attrs[CHECKSUM] = digest.hexdigest()
@@ -133,9 +134,9 @@ def _write_split(group: h5py.Group, rows: SplitRows, header: CacheHeader, known:
     _dataset(group, "skipped_reasons", np.array([r for _, r in rows.skipped], dtype=object), STR)
 
 
-def _tap_dataset(group: h5py.Group, name: str, n: int, width: int) -> h5py.Dataset:
+def _tap_dataset(group: h5py.Group, name: str, n: int, width: int, dtype: str) -> h5py.Dataset:
     chunked = n > 0 and width > 0
-    return group.create_dataset(name, shape=(n, width), dtype="<f4", fletcher32=chunked,
+    return group.create_dataset(name, shape=(n, width), dtype=dtype, fletcher32=chunked,
                                 chunks=(min(n, 256), width) if chunked else None)
 
 

@@ -23,6 +23,7 @@ from clothprobe._util.files import file_sha256
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.images import RESIZE
 from clothprobe.featurize.model.backbones import Preprocess, get_backbone
+from clothprobe.featurize.model.taps import TAP_DTYPE
 
 RECIPE_VERSION = 1
 SOURCES = ("keras-applications", "onnx", "keras-file")
@@ -83,9 +84,11 @@ class Recipe:
 
     def _identity(self) -> dict[str, Any]:
         """Every compared setting; ``taps`` only when set, so a final-layer recipe keeps the fingerprint it
-        had before taps existed (its caches, store entries and runs stay valid)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)
-                if f.compare and not (f.name == "taps" and not self.taps)}
+        had before taps existed (its caches, store entries and runs stay valid), and then with the dtype
+        the taps other than the final one are rounded to (``taps.round_taps``)."""
+        identity = {f.name: _plain(getattr(self, f.name)) for f in fields(self)
+                    if f.compare and not (f.name == "taps" and not self.taps)}
+        return {**identity, "tap_dtype": TAP_DTYPE} if self.taps else identity
 
     def to_dict(self) -> dict[str, Any]:
         return {"recipe_version": RECIPE_VERSION, **{f.name: _plain(getattr(self, f.name)) for f in fields(self)}}
