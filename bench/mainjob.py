@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -69,20 +70,28 @@ def main() -> None:
     p.add_argument("--clf", default="all")
     p.add_argument("--balance", default="all")
     p.add_argument("--report", type=Path, default=ROOT / "bench" / "results" / "mainjob.md")
+    p.add_argument("--keep", type=Path, default=None,
+                   help="an empty folder to run in and keep (features, models, reports, model store) for later use")
     a = p.parse_args()
     if a.backbones is None:
-        from clothprobe.job import DEFAULT_BACKBONES
+        from clothprobe.featurize.model.backbones import RUN_BACKBONES
 
-        a.backbones = DEFAULT_BACKBONES
+        a.backbones = RUN_BACKBONES
     load_before = os.getloadavg()
+    if a.keep is not None and a.keep.exists() and any(a.keep.iterdir()):
+        p.error(f"--keep {a.keep} is not empty: the job must start from nothing")
     with tempfile.TemporaryDirectory(prefix="clothprobe-mainjob-") as tmp:
-        os.environ["CLOTHPROBE_HOME"] = str(Path(tmp) / "home")  # from nothing: an empty model store
-        stages, job, total = run_job(a, Path(tmp))
+        where = a.keep or Path(tmp)
+        os.environ["CLOTHPROBE_HOME"] = str(where / "home")  # from nothing: an empty model store
+        stages, job, total = run_job(a, where)
+        cache_mb = sum(f.stat().st_size for f in (where / "features").rglob("*.h5")) / 1e6
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
     load_after = os.getloadavg()
     load = (f"CPU: {cpu_line()}. Load average (1/5/15 min) before {load_before[0]:.1f}/{load_before[1]:.1f}/"
             f"{load_before[2]:.1f}, after {load_after[0]:.1f}/{load_after[1]:.1f}/{load_after[2]:.1f}.")
     job_line = (f"`cli run` equivalent: backbones {a.backbones}, --clf {a.clf}, --balance {a.balance}, TTA on, "
-                f"from an empty model store. Total wall time: {total:.1f} s.")
+                f"from an empty model store. Total wall time: {total:.1f} s; peak memory (max RSS) {peak_gb:.1f} GB; "
+                f"caches {cache_mb:.0f} MB.")
     lines = [load, "", job_line, ""]
     lines += table(("stage", "wall seconds"), stages) + [""]
     lines += table(("chosen run (best validation accuracy)", "validation acc %", "test acc % [95% CI]"),
