@@ -3,7 +3,7 @@ is compiled for each candidate row count and timed on a fixed batch, and the fas
 store entry (``rows``), keyed by precision and machine, so later runs compile once and time nothing.
 
 A job too small to repay the timing is not timed: it runs at ``UNTIMED_ROWS`` and records nothing, so
-the first job of ``WORTH_TIMING`` images or more measures (the timing embeds 312 images to gain at most
+the first job of ``WORTH_TIMING`` images or more measures (the timing embeds 152 images to gain at most
 about a fifth on the rest).
 
 Why measure rather than fix: on 2 Zen 5 cores (AVX-512 VNNI/BF16, OpenVINO 2026.4) int8 Xception ran 19%
@@ -23,12 +23,10 @@ from clothprobe.featurize.model.runtimes import Runner
 from clothprobe.featurize.model.store import ModelStore, RowsChoice, StoreEntry
 
 CANDIDATES = (8, 16, 32)  # even: a request holds both views of each image when the flipped view is made
-TIMED_IMAGES = 64  # per candidate, after one warm-up request: the same work for every row count...
-MIN_REQUESTS = 4  # ...and at least this many requests, each timed: the rate is taken from their median.
-# 312 images in all (about 4 s for int8 Xception on 2 Zen 5 cores, 28 s on a 2-core AVX2-only Zen 3). The
-# rate of 32 images timed as one span was noisy: bench/featurize.py measured 8 rows 10% faster than 16 for
-# int8 Xception while a default run's timing had picked 16 (8: 85, 16: 82 img/s in another run's record)
-WORTH_TIMING = 1600  # images a job computes before the timing can pay for itself: 312 images timed for a
+TIMED_IMAGES = 32  # per candidate, after one warm-up request: the same work for every row count; 152
+# images in all where three requests of each took 224 (int8 Xception runs about 11 img/s on a 2-core
+# AVX2-only Zen 3: about 14 s instead of 20)
+WORTH_TIMING = 800  # images a job computes before the timing can pay for itself: 152 images timed for a
 # gain of at most 19% (int8 Xception, 8 vs 32 rows on Zen 5) on the rest
 UNTIMED_ROWS = 16  # the middle candidate, for jobs not worth timing
 
@@ -40,19 +38,18 @@ def worth_timing(images: int) -> bool:
 
 def request_rate(recipe: Recipe, runner: Runner, rows: int, images: int = TIMED_IMAGES) -> float:
     """Images per second of ``runner`` (compiled for ``rows``) on a fixed batch: preprocessing + network,
-    ``images`` images (at least ``MIN_REQUESTS`` requests), each request timed on its own and the median
-    taken, so one slow request (another process, a page fault) does not decide the choice."""
+    over ``images`` images (at least one request)."""
     from clothprobe.featurize.embed import model_input
 
     size = recipe.input_size
     pixels = np.random.default_rng(rows).integers(0, 256, (rows, size, size, 3), dtype=np.uint8)
-    runner(model_input(recipe, pixels))
-    seconds = []
-    for _ in range(max(MIN_REQUESTS, images // rows)):
-        started = time.perf_counter()
-        runner(model_input(recipe, pixels))
-        seconds.append(time.perf_counter() - started)
-    return rows / float(np.median(seconds))
+    x = model_input(recipe, pixels)
+    runner(x)
+    requests = max(1, images // rows)
+    started = time.perf_counter()
+    for _ in range(requests):
+        runner(x)
+    return rows * requests / (time.perf_counter() - started)
 
 
 def chosen_rows(recipe: Recipe, entry: StoreEntry, store: ModelStore, machine: str,
