@@ -10,20 +10,21 @@ logistic regression (C and the tap set chosen without the test split) and prints
 accuracy with 95% bootstrap intervals, the exact McNemar test against final-only on the same test photos,
 fit seconds (search included), the taps kept, and the validation accuracy per minute of featurizing.
 It also times the compiled network with and without taps on the same decoded photos, interleaved in one
-process (``--speed-images``), and reports each cache's size and what rounding the final tap to float16
+process (``--speed-images``); fits LightGBM and the dense head (``--heads``) on each tap set and on the last
+4 taps reduced by a PCA per tap, timed; and reports each cache's size and what rounding the final tap to float16
 too would cost in validation accuracy (every other tap is already float16 as embedded: featurize/model/taps.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
-from results_file import write_report  # bench/ is this script's folder, first on sys.path
+from results_file import write_report
+
+from featurize import cpu_line, table  # bench/ is this script's folder, first on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,6 +121,54 @@ def _fits(a: argparse.Namespace, feature_set: str, mode: str) -> list[dict]:
     return rows
 
 
+def _per_tap_pca(data, components: int):  # noqa: ANN001, ANN202 - a FeatureSet, the same reduced
+    """Each tap of ``data`` projected on its first ``components`` principal axes, fitted on the training rows."""
+    from dataclasses import replace
+
+    from sklearn.decomposition import PCA
+
+    from clothprobe.classifiers.data import SplitData, TapBlock
+
+    train = data.splits["train"].X
+    pcas = [PCA(min(components, b.width), random_state=0).fit(train[:, data.block_columns(i)])
+            for i, b in enumerate(data.blocks)]
+
+    def project(X: np.ndarray) -> np.ndarray:
+        return np.hstack([p.transform(X[:, data.block_columns(i)]) for i, p in enumerate(pcas)]).astype(np.float32)
+
+    splits = {k: SplitData(project(v.X), v.y, v.paths, None if v.X_flip is None else project(v.X_flip))
+              for k, v in data.splits.items()}
+    return replace(data, splits=splits, blocks=[TapBlock(b.backbone, b.tap, min(components, b.width)) for b in data.blocks])
+
+
+def _heads_on_taps(a: argparse.Namespace, feature_set: str) -> list[tuple]:
+    """LightGBM and the dense head (``--heads``) on every tap set ``auto`` offers, and on the last 4 taps reduced
+    by a PCA per tap fitted on training rows: validation and test accuracy, fit seconds (search included)."""
+    from clothprobe.classifiers import load_feature_set
+    from clothprobe.classifiers.registry import get_classifier
+    from clothprobe.classifiers.select import predict_split, select
+    from clothprobe.classifiers.taps import restrict, tap_candidates
+
+    data = load_feature_set(feature_set, a.dataset, a.features)
+    choices = tap_candidates(data, "auto")
+    variants = [(c.name, restrict(data, c), 0) for c in choices]
+    last4 = next((c for c in choices if c.name == "last-4"), None)
+    variants += [] if last4 is None else [(f"last-4, PCA {k} per tap", restrict(data, last4), k) for k in (64, 128)]
+    rows = []
+    for head in a.heads.split(","):
+        for name, subset, components in variants:
+            started = time.perf_counter()
+            subset = _per_tap_pca(subset, components) if components else subset
+            chosen = select(get_classifier(head), subset, "weights", 0)
+            seconds = time.perf_counter() - started
+            acc = [float((predict_split(chosen.model, subset.splits[s], len(data.class_names), False).argmax(1)
+                          == subset.splits[s].y).mean()) for s in ("validation", "test")]
+            rows.append((feature_set, head, name, subset.splits["train"].X.shape[1], f"{100 * acc[0]:.1f}",
+                         f"{100 * acc[1]:.1f}", f"{seconds:.1f}"))
+            print(" ".join(map(str, rows[-1])), flush=True)
+    return rows
+
+
 def _table(feats: list[dict], speeds: dict, half: dict, rows: list[dict]) -> str:
     lines = [("| backbone | taps cached | columns | cache MB | featurize img/s (min, all photos) | "
               "network img/s final -> all taps (ratio, same photos) | val acc as stored -> final tap float16 too |"),
@@ -151,6 +200,7 @@ def main() -> None:
     p.add_argument("--select", default="validation", help="validation, or validation,cv to add auto chosen by cv")
     p.add_argument("--speed-images", type=int, default=64)
     p.add_argument("--speed-rounds", type=int, default=2)
+    p.add_argument("--heads", default="lgbm,dense", help="heads measured on wide tap sets ('' for none)")
     p.add_argument("--report", type=Path, default=ROOT / "bench" / "results" / "taps.md")
     a = p.parse_args()
 
@@ -159,13 +209,18 @@ def main() -> None:
     speeds = {f["backbone"]: _speed(f["recipe"], a.speed_images, a.speed_rounds) for f in feats}
     half = {b: _float16_cost(a, b) for b in backbones}
     rows = [row for s in a.sets.split(",") for mode in a.select.split(",") for row in _fits(a, s, mode)]
-    cpu = platform.processor() or platform.machine()
+    heads = [row for s in a.sets.split(",") for row in (_heads_on_taps(a, s) if a.heads else [])]
     text = _table(feats, speeds, half, rows) + (
         f"\nLogistic regression, balance weights, no TTA; C chosen on the selection data (validation split, or "
         f"cv), the tap set kept by auto likewise; test accuracy shown for every candidate, never used to choose. "
         f"Val acc per featurize minute: the selection accuracy over the minutes of model time the feature set's "
         f"caches recorded. Featurize: {feats[0]['recipe'].runtime} {feats[0]['recipe'].precision}. "
-        f"CPU: {cpu}, {len(os.sched_getaffinity(0))} cores.\n")
+        f"CPU: {cpu_line()}.\n")
+    if heads:
+        text += "\n" + "\n".join(table(("feature set", "head", "taps", "columns", "val acc", "test acc",
+                                        "fit s (search included)"), heads)) + (
+            "\n\nBalance weights, no TTA, settings chosen on the validation split; the PCA is fitted on training "
+            "rows, its time included.\n")
     write_report(a.report, text)
 
 

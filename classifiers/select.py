@@ -127,7 +127,8 @@ def _fit_grid(spec: ClassifierSpec, grid: tuple[dict, ...] | list[dict], X: np.n
         extra = spec.fit_params(X_stop, y_stop)
     models, seconds, warm = [], [], None
     for params in grid:
-        estimator = make_pipeline(spec, {**params, "n_jobs": threads_for(X)}, balance, seed, min_count, loss)[-1]
+        estimator = make_pipeline(spec, {**params, "n_jobs": threads_for(X), "columns": X.shape[1]}, balance, seed,
+                                  min_count, loss)[-1]
         if spec.path and warm is not None:
             estimator = warm.set_params(**estimator.get_params())
         started = time.perf_counter()

@@ -424,3 +424,17 @@ def test_damaged_lightgbm_files_are_refused_before_lightgbm_reads_them(features:
     _rehash(result.run_dir)
     with pytest.raises(ClothprobeError, match="is not a readable LightGBM model"):
         load_model(result.run_dir)
+
+
+def test_lgbm_trees_see_a_fixed_count_of_columns_on_wide_inputs(features: Path) -> None:
+    """5% of the columns per tree up to 2,048 columns; beyond, the same 102.4 columns, so a wide tap set costs
+    per tree what the final layer does."""
+    from clothprobe.classifiers.select import _fit_grid
+
+    spec = CLASSIFIERS["lgbm"]
+    train = load_feature_set("xception", "clothes", features).splits["train"]
+    for width, share in ((16, 0.05), (2048, 0.05), (4096, 0.025), (11544, 0.05 * 2048 / 11544)):
+        X = np.tile(train.X, (1, width // 16 + 1))[:, :width]
+        (model,), _ = _fit_grid(spec, spec.grid[:1], X, train.y, "none", 0, "categorical")
+        assert model[-1].colsample_bytree == pytest.approx(share, rel=1e-12)
+        assert model[-1].booster_.num_feature() == width
