@@ -18,6 +18,7 @@ from clothprobe.classifiers.select import predict_split
 from clothprobe.classifiers.taps import TapChoice, restrict
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.cache.schema import CacheInfo
+from clothprobe.featurize.embed import FLIPPED
 
 
 @dataclass
@@ -55,14 +56,32 @@ def load_unknown(folder: str | Path, backbone: str, features_dir: str | Path, kn
     """The cache(s) of ``folder`` (``DIR/<garment type>/<image>``, featurized like the dataset), every split
     joined; refused when made with another recipe than the dataset's."""
     name = Path(folder).expanduser().resolve().name
-    found = load_feature_set(backbone, name, features_dir)
+    try:
+        found = load_feature_set(backbone, name, features_dir)
+    except ClothprobeError as err:
+        raise ClothprobeError(f"{err} Featurize {folder} like {known.dataset}: "
+                              f"{'; '.join(featurize_like(CacheInfo.from_dict(c), folder) for c in known.caches.values())}.") from None
     for b in found.backbones:
-        theirs, ours = CacheInfo.from_dict(found.caches[b]).fingerprint, CacheInfo.from_dict(known.caches[b]).fingerprint
-        if theirs != ours:
+        theirs, ours = CacheInfo.from_dict(found.caches[b]), CacheInfo.from_dict(known.caches[b])
+        if theirs.fingerprint != ours.fingerprint:
+            differ = "; ".join(ours.recipe.differences(theirs.recipe)) or "the same settings, another version"
             raise ClothprobeError(f"The {b} cache of {name} was made with another recipe than {known.dataset}'s "
-                                  f"({theirs} vs {ours}); featurize {folder} with the same --backbone, --weights, "
-                                  f"--precision and --runtime.")
+                                  f"({differ}: theirs -> the dataset's). Featurize {folder} like the dataset: "
+                                  f"{featurize_like(ours, folder)} --rebuild")
     return UnknownSet(str(folder), _rows(found, folder, tta), list(found.class_names), found)
+
+
+def featurize_like(info: CacheInfo, folder: str | Path) -> str:
+    """The ``cli featurize`` command that embeds ``folder`` with the recipe and views of the cache ``info``
+    describes (int8: calibrated on the same photos, the training split of the folder it was made from)."""
+    recipe = info.recipe  # every tap the cache holds: the unknown folder's cache must have the same recipe
+    parts = [f"cli featurize --data {folder} --backbone {recipe.backbone}", f"--taps {','.join(recipe.taps) or 'final'}"]
+    if FLIPPED in info.views:
+        parts.append("--tta flip")
+    parts.append(f"--precision {recipe.precision} --runtime {recipe.runtime}")
+    if recipe.precision == "int8":
+        parts.append(f"--calibration {Path(info.data_root or 'DATASET') / 'train'}")
+    return " ".join(parts)
 
 
 def subset(split: SplitData, rows: np.ndarray) -> SplitData:

@@ -106,9 +106,13 @@ def test_unknown_needs_validation_selection_and_the_same_recipe(features: Path, 
     with pytest.raises(ClothprobeError, match="--unknown needs --select validation"):
         fit_unknown(features, tmp_path / "m", select="cv")
     make_cache(tmp_path / "features", dataset="outside", dim=12, splits={"train": (4, 4, 4)})
-    with pytest.raises(ClothprobeError, match="another recipe"):
+    like = "cli featurize --data {} --backbone xception --taps final --tta flip --precision float32 --runtime keras"
+    with pytest.raises(ClothprobeError, match=r"another recipe than clothes's \(weights_sha256: synthetic-xception-12 "
+                                              r"-> synthetic-xception-16: theirs -> the dataset's\)\. Featurize "
+                                              r"data/outside like the dataset: " + like.format("data/outside") + " --rebuild"):
         fit_unknown(features, tmp_path / "m")
-    with pytest.raises(ClothprobeError, match="No xception cache for dataset 'elsewhere'"):
+    with pytest.raises(ClothprobeError, match=r"No xception cache for dataset 'elsewhere'.* Featurize elsewhere like "
+                                              r"clothes: " + like.format("elsewhere")):
         fit("clothes", features_dir=features, models_dir=tmp_path / "m", unknown="elsewhere")
 
 
@@ -265,3 +269,19 @@ def openset_input(predictor, split):  # noqa: ANN001, ANN201
     from clothprobe.runs.predicting import head_proba
 
     return head_output(predictor.model, split.X, head_proba(predictor, {"embeddings": split.X, "flip": split.X_flip}))
+
+
+def test_featurize_like_names_the_int8_calibration_photos_and_every_tap() -> None:
+    from dataclasses import replace
+
+    from synthetic import recipe
+
+    from clothprobe.classifiers.rejection import featurize_like
+    from clothprobe.featurize.cache.schema import CacheInfo
+
+    r = replace(recipe("xception", 16), runtime="openvino", taps=("block13_out", "block14_sepconv2_act"))
+    info = CacheInfo("c.h5", r.fingerprint, r.with_precision("int8", "0" * 16), ("embeddings",), "/data/clothes", 10, None,
+                     taps=("block14_sepconv2_act",))  # a fit that used one tap: the folder needs every tap
+    assert featurize_like(info, "odd") == ("cli featurize --data odd --backbone xception --taps "
+                                           "block13_out,block14_sepconv2_act --precision int8 --runtime openvino "
+                                           "--calibration /data/clothes/train")
