@@ -106,6 +106,8 @@ def _dense_chosen(estimator: Any) -> dict:
 class ClassifierSpec:
     """One head: how to build it, what to search, how its fitted estimator is stored.
 
+    ``build(params, balanced, seed, loss)``: ``params`` is a grid entry plus, from the fit, ``n_jobs`` (threads
+    for this input) and ``columns`` (its width).
     ``fit_params`` (optional) gives extra fit arguments that use the selection data (early stopping);
     ``chosen`` reports settings the fit itself chose (rounds, epochs). ``scale`` puts a StandardScaler first.
     ``path``: the grid is fitted in order on one estimator that warm-starts from the previous entry.
