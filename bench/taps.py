@@ -43,17 +43,30 @@ def _featurize(a: argparse.Namespace, backbone: str) -> dict:
     images = sum(len(s) for s in cache.splits.values())
     return {"backbone": backbone, "img_s": 1 / per_image if per_image else float("nan"),
             "minutes": per_image * images / 60, "mb": cache.megabytes, "columns": sum(w for _, w in cache.taps),
-            "taps": len(cache.taps), "recipe": cache.recipe}
+            "taps": len(cache.taps), "recipe": cache.recipe, "calibration": _calibration_files(a.data, cache)}
 
 
-def _speed(recipe, images: int, rounds: int) -> tuple[float, float]:  # noqa: ANN001 - a Recipe
+def _calibration_files(data: Path, cache) -> tuple:  # noqa: ANN001 - a FeatureCache
+    """The photos an int8 cache was calibrated on (featurize's sample of the training split, by content), so the
+    final-only int8 network can be made for the speed comparison."""
+    from clothprobe.featurize.model.calibration import calibration_sample
+
+    if cache.recipe.precision != "int8":
+        return ()
+    train = cache.split("train")
+    chosen = calibration_sample([(data / p, sha) for p, sha in zip(train.paths, train.sha256)])
+    assert chosen.digest == cache.recipe.calibration, "the cache was calibrated on another sample"
+    return chosen.files
+
+
+def _speed(recipe, images: int, rounds: int, calibration: tuple = ()) -> tuple[float, float]:  # noqa: ANN001
     """img/s of the final-only and the all-taps network on the same photos, alternated ``rounds`` times."""
     from clothprobe.featurize.embed import open_embedder
     from clothprobe.featurize.model.selfcheck import probe_batch
 
     batch = 32
     pixels = np.concatenate([probe_batch(recipe.input_size)] * (batch // 8))
-    nets = {"final": open_embedder(recipe.with_taps(()), batch_size=batch),
+    nets = {"final": open_embedder(recipe.with_taps(()), batch_size=batch, calibration_files=calibration),
             "taps": open_embedder(recipe, batch_size=batch)}
     seconds = {k: 0.0 for k in nets}
     for net in nets.values():
@@ -206,7 +219,7 @@ def main() -> None:
 
     backbones = sorted({b for s in a.sets.split(",") for b in s.split("+")}, key=a.sets.index)
     feats = [_featurize(a, b) for b in backbones]
-    speeds = {f["backbone"]: _speed(f["recipe"], a.speed_images, a.speed_rounds) for f in feats}
+    speeds = {f["backbone"]: _speed(f["recipe"], a.speed_images, a.speed_rounds, f["calibration"]) for f in feats}
     half = {b: _float16_cost(a, b) for b in backbones}
     rows = [row for s in a.sets.split(",") for mode in a.select.split(",") for row in _fits(a, s, mode)]
     heads = [row for s in a.sets.split(",") for row in (_heads_on_taps(a, s) if a.heads else [])]
