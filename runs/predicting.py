@@ -97,13 +97,29 @@ class Embedded:
     skipped: dict[int, str]
 
 
-def run_recipes(caches: dict[str, dict]) -> list[Recipe]:
-    """The recipe of each cache a run was fitted on, cut to the taps it used, in the run's order, as this
-    installation reproduces it."""
+@dataclass(frozen=True)
+class RunEmbedding:
+    """How a run embeds new images for one of its caches: that cache's recipe, as this installation reproduces
+    it (the model in the store that made the cache: every tap it holds), and the columns of the taps the run
+    used (None: all)."""
+
+    recipe: Recipe
+    columns: np.ndarray | None
+
+    def used(self, views: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``views`` (embeddings made with ``recipe``) cut to the columns the run uses."""
+        if self.columns is None:
+            return views
+        return {v: x[:, self.columns] if x.ndim == 2 and x.shape[1] else x for v, x in views.items()}
+
+
+def run_embeddings(caches: dict[str, dict]) -> list[RunEmbedding]:
+    """One ``RunEmbedding`` per cache a run was fitted on, in the run's order."""
     from clothprobe.featurize.cache.schema import CacheInfo
     from clothprobe.featurize.model.recipe import reproduce
 
-    return [reproduce(CacheInfo.from_dict(record).embedding_recipe) for record in caches.values()]
+    infos = [CacheInfo.from_dict(record) for record in caches.values()]
+    return [RunEmbedding(reproduce(info.recipe), info.tap_columns()) for info in infos]
 
 
 def _embed(files: list[Path], caches: dict[str, dict], tta: bool, batch_size: int, max_pixels: int,
@@ -112,8 +128,9 @@ def _embed(files: list[Path], caches: dict[str, dict], tta: bool, batch_size: in
     from clothprobe.featurize.embed import embed_files
 
     parts, skipped = [], {}
-    for recipe in run_recipes(caches):
-        done = embed_files(recipe, files, flip=tta, batch_size=batch_size, max_pixels=max_pixels, weights=weights)
+    for how in run_embeddings(caches):
+        done = embed_files(how.recipe, files, flip=tta, batch_size=batch_size, max_pixels=max_pixels, weights=weights)
+        done.views = how.used(done.views)
         parts.append(done)
         for i, why in done.skipped.items():
             skipped.setdefault(i, why)
@@ -489,8 +506,8 @@ def _score_batches(files: list[Path], predictor: Predictor,
     from clothprobe.featurize.engines.ray import LOST, Block, view_column
 
     views = view_names(predictor.manifest.tta)
-    tasks = tuple(EmbedTask(recipe, views, predictor.batch_size, predictor.max_pixels)
-                  for recipe in run_recipes(predictor.manifest.caches))
+    embeddings = run_embeddings(predictor.manifest.caches)
+    tasks = tuple(EmbedTask(how.recipe, views, predictor.batch_size, predictor.max_pixels) for how in embeddings)
     rows = predictor.batch_size * engine.block_batches
     blocks = [Block(k, tuple(str(i) for i in range(start, min(start + rows, len(files)))),
                     tuple(os.path.abspath(f) for f in files[start : start + rows]))
@@ -501,7 +518,9 @@ def _score_batches(files: list[Path], predictor: Predictor,
         done[position] = True
         why = np.where(batch["fault"] != "", batch["fault"], batch["error"])
         good = why == ""
-        joined = {v: np.hstack([np.asarray(batch[view_column(k, v)][good]) for k in range(len(tasks))]) for v in views}
+        parts = [how.used({v: np.asarray(batch[view_column(k, v)][good]) for v in views})
+                 for k, how in enumerate(embeddings)]
+        joined = {v: np.hstack([p[v] for p in parts]) for v in views}
         proba, scores = predictor.from_views(joined)
         yield ([str(files[i]) for i in position[good]], proba,
                [(str(files[i]), str(reason)) for i, reason in zip(position[~good], why[~good])],

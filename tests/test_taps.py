@@ -206,8 +206,9 @@ def test_cache_stores_each_tap_and_serves_subsets(tmp_path: Path) -> None:
     np.testing.assert_allclose(load_features(tmp_path / "f.h5").split("train").embeddings,
                                load_features(out, taps="final").split("train").embeddings, rtol=1e-4, atol=1e-5)
     info = sub.info()
-    assert info.taps == ("block4_pool", "block5_pool") and info.embedding_recipe.taps == info.taps
-    assert every.info().embedding_recipe == every.recipe
+    assert info.taps == ("block4_pool", "block5_pool") and info.recipe == every.recipe
+    np.testing.assert_array_equal(info.tap_columns(), cols)  # predict embeds every tap, then keeps these
+    assert every.info().tap_columns() is None
 
 
 def test_schema_2_caches_are_read_as_their_final_tap(tmp_path: Path) -> None:
@@ -365,6 +366,28 @@ def test_taps_are_weighted_so_none_dominates_by_width_and_c_keeps_its_scale(tapp
     # each tap's total variance is the same share of the whole (times its share of live columns), and the whole
     # input keeps the variance plain standardization gives it: C means what it did
     assert per_tap == pytest.approx([(1280 + 256 + 512) / 3 * share for share in live], rel=1e-3)
+
+
+def test_predict_embeds_with_the_caches_own_network_and_keeps_the_taps_used(tapped: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run on a subset of a cache's taps embeds new photos with the cache's recipe (the model in the store that
+    made the cache: an int8 one cannot be re-made without its calibration photos), then keeps its columns."""
+    import csv
+
+    from clothprobe.featurize import embed
+    from clothprobe.runs.predicting import predict
+
+    run = _fit(tapped, "subset", backbone="vgg16", taps="block4_pool,final")
+    used, real = [], embed.embed_files
+    monkeypatch.setattr(embed, "embed_files", lambda recipe, *a, **k: used.append(recipe.taps) or real(recipe, *a, **k))
+    result = predict([tapped / "clothes" / "test"], run.run_dir)
+    assert used == [tuple(t.name for t in BACKBONES["vgg16"].taps)]
+    with open(run.run_dir / "predictions.csv") as fh:
+        saved = {r["path"]: r for r in csv.DictReader(fh)}
+    for p in result.predictions:
+        row = saved[Path(p.path).relative_to(tapped / "clothes").as_posix()]
+        np.testing.assert_allclose([p.probabilities[c] for c in result.classes],
+                                   [float(row[f"p_{c}"]) for c in result.classes], atol=1e-4)
 
 
 @pytest.mark.slow

@@ -142,14 +142,17 @@ class CacheInfo:
     featurize_seconds: float | None  # model time for all its images, None when unknown
     taps: tuple[str, ...] = ()  # the taps used (a subset of the recipe's, in its order); () = all of them
 
-    @property
-    def embedding_recipe(self) -> Recipe:
-        """The recipe that embeds new images into exactly the columns used: the cache's, cut to ``taps``."""
-        from clothprobe.featurize.model.taps import backbone_taps, resolve_taps
+    def tap_columns(self) -> np.ndarray | None:
+        """The columns of the taps used, in an embedding made with ``recipe`` (the cache's own network, so new
+        images are embedded by the very model in the store that made the cache); None: every column."""
+        from clothprobe.featurize.model.taps import backbone_taps
 
-        if not self.taps:
-            return self.recipe
-        return self.recipe.with_taps(resolve_taps(list(self.taps), backbone_taps(self.recipe)))
+        if not self.taps or tuple(self.taps) == tuple(self.recipe.taps) or not self.recipe.taps:
+            return None
+        dims = {t.name: t.dim for t in backbone_taps(self.recipe)}
+        starts = np.cumsum([0, *(dims[name] for name in self.recipe.taps)])
+        return np.concatenate([np.arange(starts[i], starts[i + 1]) for i, name in enumerate(self.recipe.taps)
+                               if name in self.taps])
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "fingerprint": self.fingerprint, "recipe": self.recipe.to_dict(),
