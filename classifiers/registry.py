@@ -22,8 +22,8 @@ LGBM_PATIENCE = 50
 LGBM_MIN_DELTA = 1e-3
 LGBM_COLSAMPLE = 0.05  # share of the columns each tree sees...
 LGBM_COLSAMPLE_WIDTH = 2048  # ...up to this many columns; wider inputs (tap sets) give each tree the same
-# count, 102: trees on Xception's last 4 taps (5,336 columns) fitted in 18 s instead of 37 s, all 14 taps
-# (11,544) in 28 s, at the same validation accuracy (docs/guide/taps.md)
+# count, 102: trees on Xception's last 4 taps (5,336 columns) fitted in 16-18 s instead of 37 s, all 14 taps
+# (11,544) in 28-29 s, at the same validation accuracy (docs/guide/taps.md)
 
 
 SMALL_DATA = 1_000_000  # matrix cells below which one thread beats several (thread sync dominates)
@@ -135,13 +135,13 @@ CLASSIFIERS: dict[str, ClassifierSpec] = {
             name="lgbm", build=_lgbm,
             grid=tuple({"num_leaves": nl, "learning_rate": lr} for nl in (7, 15) for lr in (0.05, 0.1)),
             file_format="lightgbm", scale=False, fit_params=_lgbm_fit_params, chosen=_lgbm_chosen,
-            wide_taps=False,  # 4 tap sets cost ~7x the final tap's fit for +1.7-2.3 pp on validation: final under
+            wide_taps=False,  # 4 tap sets cost ~7x the final tap's fit for +1-2 pp on validation: final under
             # auto, so cli run keeps its 5 minutes; --taps names or all still apply (docs/guide/taps.md)
         ),
         ClassifierSpec(
             name="dense", build=_dense, grid=tuple({"learning_rate": 1e-3, "dropout": d} for d in (0.2, 0.5)),
-            file_format="keras", chosen=_dense_chosen, wide_taps=False,  # as fast on 5,336 columns as on 2,048, but
-            # no better on validation (+0.6 pp, 2 photos): final under auto (docs/guide/taps.md)
+            file_format="keras", chosen=_dense_chosen, wide_taps=False,  # 4 tap sets cost ~5x the final tap's
+            # fit for +1-5 pp on validation: final under auto, as for lgbm (docs/guide/taps.md)
         ),
     )
 }
