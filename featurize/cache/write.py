@@ -119,7 +119,7 @@ def _write_split(group: h5py.Group, rows: SplitRows, header: CacheHeader, known:
             block = _gather(known, rows.sha256[start : start + chunk_rows], view, dim)
             column = 0
             for ds, digest, (_, width) in zip(parts, digests, layout):
-                values = block[:, column : column + width].astype(ds.dtype)  # taps.round_taps made them exact
+                values = block[:, column : column + width].astype(ds.dtype, copy=False)  # round_taps made them exact
                 if not np.isfinite(values).all():
                     raise ClothprobeError(f"Refusing to write non-finite embeddings into {group.file.filename}.")
                 ds[start : start + len(block)] = values
