@@ -17,7 +17,8 @@ from rich.text import Text
 from clothprobe._util.bounds import bounded
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS
-from clothprobe.featurize.model.backbones import BACKBONES, DEFAULT_BACKBONE, RUN_BACKBONES, RUN_TAPS
+from clothprobe.featurize.model.backbones import BACKBONES, DEFAULT_BACKBONE, RUN_BACKBONES
+from clothprobe.featurize.model.taps import DEFAULT_TAPS
 
 app = typer.Typer(
     help="clothprobe: classify clothing photos from frozen CNN embeddings.",
@@ -80,7 +81,7 @@ Precision = Annotated[str, typer.Option(
          "on the validation photos before first use, else bfloat16 where the CPU has bf16 units, else "
          "float32), float32, bfloat16, or int8.")]
 TAPS_HELP = ("Layers whose average-pooled outputs are cached side by side: final, all, or names (e.g. "
-             "block13_out,final) [default: see docs/guide/taps.md].")
+             "block13_out,final) [default: all; see docs/guide/taps.md].")
 
 
 def _engine(ctx: typer.Context, kind: EngineKind, address: str | None, workers: int | None):  # noqa: ANN202
@@ -329,8 +330,9 @@ def run_job(
     seed: Annotated[int, typer.Option(help="Seed for every stage.")] = 0,
     select: Select = None,
     taps: Annotated[str, typer.Option(help=(
-        "Layers each backbone caches, as for featurize: all (every tap, one pass), final, or names; each fit "
-        "then chooses its tap set on the selection data (fit --taps auto)."))] = RUN_TAPS,
+        "Layers each backbone caches, as for featurize: all (every tap, one pass), final, or names; logistic "
+        "regression then chooses its tap set on the selection data (fit --taps auto), LightGBM and the dense "
+        "head take the final tap."))] = DEFAULT_TAPS,
     precision: Precision = "auto",
     features_dir: FeaturesDir = Path("features"),
     models_dir: ModelsDir = Path("models"),

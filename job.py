@@ -9,12 +9,14 @@ from pathlib import Path
 from clothprobe.classifiers import FitResult, fit
 from clothprobe.classifiers.data import parse_backbones
 from clothprobe.classifiers.fitting import plan_fit
+from clothprobe.classifiers.registry import get_classifier
 from clothprobe.classifiers.select import DEFAULT_SELECT
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize import FeaturizeResult, featurize
 from clothprobe.featurize.dataset import scan
-from clothprobe.featurize.model.backbones import RUN_BACKBONES, RUN_TAPS
+from clothprobe.featurize.model.backbones import RUN_BACKBONES
 from clothprobe.featurize.model.recipe import resolve_recipe
+from clothprobe.featurize.model.taps import DEFAULT_TAPS
 from clothprobe.report import Report, build_report
 from clothprobe.report.folder import ReportFolder
 
@@ -40,7 +42,7 @@ def run_all(
     tta: bool = True,
     seed: int = 0,
     select: str = DEFAULT_SELECT,
-    taps: str = RUN_TAPS,
+    taps: str = DEFAULT_TAPS,
     precision: str = "auto",
     features_dir: str | Path = "features",
     models_dir: str | Path = "models",
@@ -50,11 +52,11 @@ def run_all(
     on_fit: Callable[[FitResult], None] | None = None,
 ) -> JobResult:
     """Featurize ``data`` with each backbone (comma-separated) in ``precision``, caching ``taps``, fit ``clf`` x
-    ``balance`` on each cache and on their join (the tap set chosen like every other setting, ``fit --taps
-    auto``), and write the report over every run under ``models_dir``. Every option is checked before any
+    ``balance`` on each cache and on their join (each head with its ``run_taps``: logistic regression chooses
+    its tap set like every other setting, ``fit --taps auto``; the slower heads take the final tap), and write the report over every run under ``models_dir``. Every option is checked before any
     featurizing."""
     names = parse_backbones(backbones.replace(",", "+"))
-    plan_fit("+".join(names), clf, balance, select=select)
+    plan = plan_fit("+".join(names), clf, balance, select=select)
     scan(data)  # the folder's layout, before an hour of featurizing
     for name in names:  # each backbone's weights found (and hashed) now, not after the first is featurized
         resolve_recipe(name, weights=weights, seed=seed, taps=taps, precision=precision)
@@ -71,7 +73,9 @@ def run_all(
             on_featurized(result)
     dataset = job.featurized[0].cache_path.parent.name
     for backbone in feature_sets(names):
-        job.fits += fit(dataset, backbone=backbone, clf=clf, balance=balance, tta=tta, seed=seed, select=select,
-                        features_dir=features_dir, models_dir=models_dir, on_result=on_fit)
+        for head in plan.clfs:  # each head's tap request for this job (ClassifierSpec.run_taps)
+            job.fits += fit(dataset, backbone=backbone, clf=head, balance=balance, tta=tta, seed=seed, select=select,
+                            taps=get_classifier(head).run_taps, features_dir=features_dir, models_dir=models_dir,
+                            on_result=on_fit)
     job.report = build_report(models_dir, reports_dir)
     return job

@@ -28,7 +28,6 @@ from clothprobe.classifiers.rejection import UnknownSet, fit_rejection, load_unk
 from clothprobe.classifiers.select import DEFAULT_SELECT, Held, Selection, check_select, predict_split, select
 from clothprobe.classifiers.stats import apply_temperature, expected_calibration_error, fit_temperature
 from clothprobe.classifiers.taps import (
-    AUTO,
     DEFAULT_FIT_TAPS,
     check_taps,
     compare_on_held,
@@ -40,7 +39,6 @@ from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.catalog import resolve_dataset
 from clothprobe.featurize.dataset import check_every_class_trains
 from clothprobe.featurize.model.backbones import DEFAULT_BACKBONE
-from clothprobe.featurize.model.taps import FINAL
 from clothprobe.runs.directory import (
     Calibration,
     Manifest,
@@ -217,7 +215,7 @@ def select_taps(spec: ClassifierSpec, data: FeatureSet, balance: str, seed: int,
     """Each candidate tap set fitted and scored on the selection data (never test); the best one's columns,
     selection, and a record of every candidate for the run's metrics."""
     tried = []
-    for choice in tap_candidates(data, taps if spec.wide_taps or taps != AUTO else FINAL):
+    for choice in tap_candidates(data, taps):
         subset = restrict(data, choice)
         tried.append((choice, subset, select(spec, subset, balance, seed, tta, loss, select_mode)))
     scores = [held_score(s.held.y, s.held.proba) for _, _, s in tried]

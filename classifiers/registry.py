@@ -111,8 +111,9 @@ class ClassifierSpec:
     ``fit_params`` (optional) gives extra fit arguments that use the selection data (early stopping);
     ``chosen`` reports settings the fit itself chose (rounds, epochs). ``scale`` puts a StandardScaler first.
     ``path``: the grid is fitted in order on one estimator that warm-starts from the previous entry.
-    ``wide_taps``: whether ``--taps auto`` tries the wide tap sets for this head (``classifiers/taps.py``); a
-    head without it takes the final tap under ``auto`` (an explicit ``--taps`` still applies).
+    ``run_taps``: the ``--taps`` request ``cli run`` fits this head with (``auto`` everywhere else): a head
+    whose wide tap sets cost several times its fit takes the final tap there, to keep the main job in its
+    minutes (docs/guide/run.md).
     """
 
     name: str
@@ -123,7 +124,7 @@ class ClassifierSpec:
     path: bool = False
     fit_params: Callable[[np.ndarray, np.ndarray], dict] | None = None
     chosen: Callable[[Any], dict] = field(default=lambda est: {})
-    wide_taps: bool = True
+    run_taps: str = "auto"
 
 
 CLASSIFIERS: dict[str, ClassifierSpec] = {
@@ -135,13 +136,13 @@ CLASSIFIERS: dict[str, ClassifierSpec] = {
             name="lgbm", build=_lgbm,
             grid=tuple({"num_leaves": nl, "learning_rate": lr} for nl in (7, 15) for lr in (0.05, 0.1)),
             file_format="lightgbm", scale=False, fit_params=_lgbm_fit_params, chosen=_lgbm_chosen,
-            wide_taps=False,  # 4 tap sets cost ~7x the final tap's fit for +1-2 pp on validation: final under
-            # auto, so cli run keeps its 5 minutes; --taps names or all still apply (docs/guide/taps.md)
+            run_taps="final",  # 4 tap sets cost ~7x the final tap's fit for +1-2 pp on validation; cli run
+            # fits it 3 times (docs/guide/taps.md)
         ),
         ClassifierSpec(
             name="dense", build=_dense, grid=tuple({"learning_rate": 1e-3, "dropout": d} for d in (0.2, 0.5)),
-            file_format="keras", chosen=_dense_chosen, wide_taps=False,  # 4 tap sets cost ~5x the final tap's
-            # fit for +1-5 pp on validation: final under auto, as for lgbm (docs/guide/taps.md)
+            file_format="keras", chosen=_dense_chosen, run_taps="final",  # 4 tap sets cost ~5x the final
+            # tap's fit for +1-5 pp on validation, as for lgbm (docs/guide/taps.md)
         ),
     )
 }

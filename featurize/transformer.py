@@ -65,11 +65,17 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         if self.cache is None:
             return {}
         from clothprobe.featurize.cache.read import load_features
+        from clothprobe.featurize.model.taps import backbone_taps
 
         features = load_features(self.cache)
         if features.recipe != self.recipe_:
+            offered = tuple(t.name for t in backbone_taps(features.recipe))
+            theirs = "all" if features.recipe.taps == offered else ",".join(features.recipe.taps) or "final"
+            hint = (f" ImageEmbedder(..., taps={theirs!r}) reuses it." if features.recipe.with_taps(self.recipe_.taps)
+                    == self.recipe_ else "")
             raise ClothprobeError(f"{self.cache} was embedded with another recipe "
-                                  f"({'; '.join(self.recipe_.differences(features.recipe))}); it cannot be reused.")
+                                  f"({'; '.join(self.recipe_.differences(features.recipe))}); it cannot be reused."
+                                  + hint)
         return {str(sha): row for split in features.splits.values() for sha, row in zip(split.sha256, split.embeddings)}
 
     def transform(self, X: Any) -> np.ndarray:

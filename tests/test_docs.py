@@ -138,7 +138,7 @@ EXPECT = {
     "build_report(": lambda out, cwd: (out.splitlines()[1] == "reports/index.html"
                                        and (cwd / "reports" / "index.html").is_file()
                                        and out.splitlines()[0].startswith("logreg-weights-tta test accuracy ")),
-    "load_features(": lambda out, cwd: "['hat', 'shirt', 't-shirt'] (19, 2048)" in out,
+    "load_features(": lambda out, cwd: "['hat', 'shirt', 't-shirt'] (19, 11544)" in out,
     "clf.score(": lambda out, cwd: "accuracy" in out,
 }
 
@@ -155,3 +155,13 @@ def test_the_page_runs_as_written(page: Path, tmp_path: Path, weights_dir: Path)
         for needle, check in EXPECT.items():
             if needle in block.code:
                 assert check(out, cwd), f"{block.where} printed:\n{out}"
+
+
+def test_readme_names_the_current_format_versions() -> None:
+    from clothprobe.featurize.cache.schema import SCHEMA_VERSION
+    from clothprobe.featurize.model.store import STORE_VERSION
+    from clothprobe.runs.directory import FORMAT_VERSION
+
+    text = (ROOT / "README.md").read_text()
+    for what, version in (("schema", SCHEMA_VERSION), ("store", STORE_VERSION), ("format", FORMAT_VERSION)):
+        assert f"{what} version {version} |" in text, f"README.md: the table of outputs should say {what} version {version}"

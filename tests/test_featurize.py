@@ -33,7 +33,7 @@ def test_schema_round_trip(dataset: Path, tmp_path: Path) -> None:
     assert cache.class_names == ["hat", "shirt", "t-shirt"]
     assert set(cache.splits) == {"train", "validation", "test"}
     train = cache.split("train")
-    assert train.embeddings.shape == (9, 512) and train.embeddings.dtype == np.float32
+    assert train.embeddings.shape == (9, 2304) and train.embeddings.dtype == np.float32  # every tap, the default
     assert list(train.labels) == [0, 0, 0, 1, 1, 2, 2, 2, 2]
     assert train.paths[0] == "train/hat/0.png" and len(train.sha256[0]) == 64
     assert train.flip is None

@@ -10,6 +10,7 @@ import pytest
 from conftest import REAL_DATA
 
 from clothprobe.featurize import featurize, load_features
+from clothprobe.featurize.model.backbones import BACKBONES
 
 pytestmark = [
     pytest.mark.integration,
@@ -31,5 +32,6 @@ def test_real_photos(tmp_path: Path) -> None:
     cache = load_features(tmp_path / "real.h5")
     assert cache.class_names == ["hat", "shoes", "t-shirt"]
     test = cache.split("test")
-    assert test.embeddings.shape == (6, 1280) and np.isfinite(test.embeddings).all()
-    assert test.flip.shape == (6, 1280)
+    width = sum(t.dim for t in BACKBONES["mobilenetv2"].taps)  # every tap, the default
+    assert test.embeddings.shape == (6, width) and np.isfinite(test.embeddings).all()
+    assert test.flip.shape == (6, width)

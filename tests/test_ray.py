@@ -216,7 +216,7 @@ def test_a_runtime_fallback_on_the_workers_is_planned_for(cluster: str, dataset:
         return run_ if recipe.precision != "bfloat16" else (lambda x: -run_(x))
 
     workers_store = tmp_path / "workers-store"
-    bf16 = resolve_recipe("vgg16", weights=None, image_size=32, precision="bfloat16", runtime="openvino")
+    bf16 = resolve_recipe("vgg16", weights=None, image_size=32, precision="bfloat16", runtime="openvino", taps="all")
     with monkeypatch.context() as patch, pytest.warns(ClothprobeWarning, match="using float32"):
         patch.setattr(compiled, "load_runner", broken_bf16)
         open_embedder(bf16, batch_size=4, store=ModelStore(workers_store))

@@ -201,7 +201,7 @@ def test_cache_stores_each_tap_and_serves_subsets(tmp_path: Path) -> None:
     again = featurize(data, **TINY, taps="all", tta=True, out=out, features_dir=tmp_path / "features")
     assert again.up_to_date and again.computed == 0  # every tap read back for reuse
     # the final tap of an all-taps cache is the final-only embedding
-    final = featurize(data, **TINY, out=tmp_path / "f.h5", features_dir=tmp_path / "features")
+    final = featurize(data, **TINY, taps="final", out=tmp_path / "f.h5", features_dir=tmp_path / "features")
     assert final.computed == 27
     np.testing.assert_allclose(load_features(tmp_path / "f.h5").split("train").embeddings,
                                load_features(out, taps="final").split("train").embeddings, rtol=1e-4, atol=1e-5)
@@ -220,7 +220,7 @@ def test_schema_2_caches_are_read_as_their_final_tap(tmp_path: Path) -> None:
 
     data = make_dataset(tmp_path / "clothes")
     out = tmp_path / "c.h5"
-    featurize(data, **TINY, out=out, features_dir=tmp_path / "features")
+    featurize(data, **TINY, taps="final", out=out, features_dir=tmp_path / "features")
     new = load_features(out)
     with h5py.File(out, "r+") as h5:  # what schema 2 wrote: one dataset per view
         for split in new.splits:
@@ -286,7 +286,7 @@ def tapped(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("taps")
     data = make_dataset(root / "clothes", per_class={"hat": 4, "shirt": 3, "t-shirt": 5})
     featurize(data, features_dir=root / "features", tta=True, taps="all", **TINY)
-    featurize(data, features_dir=root / "features", tta=True, **{**TINY, "backbone": "mobilenetv2"})
+    featurize(data, features_dir=root / "features", tta=True, taps="final", **{**TINY, "backbone": "mobilenetv2"})
     return root
 
 
@@ -327,14 +327,26 @@ def test_auto_chooses_the_tap_set_on_the_selection_data_only(tapped: Path) -> No
     assert "fold" in cv.metrics.selection and len(cv.metrics.taps["candidates"]) == 4  # scored out of fold
 
 
-def test_auto_gives_heads_without_wide_taps_the_final_tap_only(tapped: Path) -> None:
-    from clothprobe.classifiers.registry import CLASSIFIERS
-
-    assert [n for n, spec in CLASSIFIERS.items() if not spec.wide_taps] == ["lgbm", "dense"]
+def test_auto_tries_every_tap_set_for_every_head(tapped: Path) -> None:
     lgbm = _fit(tapped, "lgbm-auto", backbone="vgg16", clf="lgbm", balance="none", taps="auto")
-    assert [c["name"] for c in lgbm.metrics.taps["candidates"]] == ["final"]
+    assert [c["name"] for c in lgbm.metrics.taps["candidates"]] == ["final", "last-2", "last-4", "all"]
     wide = _fit(tapped, "lgbm-all", backbone="vgg16", clf="lgbm", balance="none", taps="all")
     assert wide.metrics.taps["chosen"] == "all" and wide.metrics.taps["candidates"][0]["columns"] == 2304
+
+
+def test_the_main_job_fits_each_head_with_its_run_taps(tmp_path: Path) -> None:
+    from conftest import make_dataset
+
+    from clothprobe.classifiers.registry import CLASSIFIERS
+    from clothprobe.job import run_all
+
+    assert {n: spec.run_taps for n, spec in CLASSIFIERS.items()} == {"logreg": "auto", "lgbm": "final", "dense": "final"}
+    data = make_dataset(tmp_path / "clothes", per_class={"hat": 4, "shirt": 3, "t-shirt": 5})
+    job = run_all(data, backbones="vgg16", weights="none", clf="all", balance="none", tta=False, precision="float32",
+                  features_dir=tmp_path / "f", models_dir=tmp_path / "m", reports_dir=tmp_path / "r")
+    assert job.featurized[0].cache_path.is_file()
+    candidates = {f.metrics.classifier: [c["name"] for c in f.metrics.taps["candidates"]] for f in job.fits}
+    assert candidates == {"logreg": ["final", "last-2", "last-4", "all"], "lgbm": ["final"], "dense": ["final"]}
 
 
 def test_a_tap_the_cache_lacks_is_one_line_naming_what_it_has(tapped: Path) -> None:

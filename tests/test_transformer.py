@@ -65,7 +65,7 @@ def test_in_a_pipeline(data: Path) -> None:
 def test_reads_a_featurize_cache_and_computes_the_rest(data: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     cache = tmp_path / "c.h5"
-    featurize(data, out=cache, features_dir=tmp_path / "features", **{**TINY, "runtime": "openvino"})
+    featurize(data, out=cache, features_dir=tmp_path / "features", taps="final", **{**TINY, "runtime": "openvino"})
     embedder = ImageEmbedder(resolve_recipe("vgg16", **SETTINGS), cache=cache).fit()
     X, _ = paths_and_labels(data, "validation")
     from clothprobe.featurize import embed
@@ -97,3 +97,11 @@ def test_bad_paths_are_named(data: Path, tmp_path: Path) -> None:
     featurize(data, out=cache, features_dir=tmp_path / "features", **{**TINY, "runtime": "openvino"})
     with pytest.raises(ClothprobeError, match="another recipe .*input_size"):
         other.set_params(cache=cache).fit()
+    # featurize caches every tap by default; an embedder of the final layer alone is told how to match it
+    with pytest.raises(ClothprobeError, match=r"another recipe \(taps: .* -> \[\].*ImageEmbedder\(\.\.\., taps='all'\)"):
+        ImageEmbedder("vgg16", **SETTINGS, cache=cache).fit()
+    every = ImageEmbedder("vgg16", **SETTINGS, taps="all", cache=cache).fit()
+    from clothprobe.featurize.cache.read import load_features
+
+    hashes = {str(h) for split in load_features(cache).splits.values() for h in split.sha256}
+    assert set(every.cache_rows_) == hashes and every.n_features_out_ == 2304

@@ -179,7 +179,6 @@ BACKBONES: dict[str, Backbone] = {
 
 DEFAULT_BACKBONE = "xception"  # what featurize, fit, e2e and ImageEmbedder use unless told
 RUN_BACKBONES = "xception"  # what `cli run` featurizes (every tap) and fits; `--backbones vgg16,xception` adds VGG16 and the join
-RUN_TAPS = "all"  # what `cli run` caches: one pass, every tap; fit then chooses the tap set (docs/guide/run.md)
 
 
 def get_backbone(name: str) -> Backbone:
