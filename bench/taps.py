@@ -66,8 +66,9 @@ def _speed(recipe, images: int, rounds: int, calibration: tuple = ()) -> tuple[f
 
     batch = 32
     pixels = np.concatenate([probe_batch(recipe.input_size)] * (batch // 8))
+    # each int8 network is made from the calibration photos if the store lacks it (another CLOTHPROBE_HOME)
     nets = {"final": open_embedder(recipe.with_taps(()), batch_size=batch, calibration_files=calibration),
-            "taps": open_embedder(recipe, batch_size=batch)}
+            "taps": open_embedder(recipe, batch_size=batch, calibration_files=calibration)}
     seconds = {k: 0.0 for k in nets}
     for net in nets.values():
         net.embed_array(pixels)  # first call: set-up, not timed

@@ -13,8 +13,9 @@ the head's answer on them, so it works on whatever features a run is fitted on:
 - ``combined``: a logistic regression over the standardized scores above, fitted on the tuning rows.
 
 ``tune`` picks the score with the best AUROC on validation knowns against the tuning part of the unknown
-photos (the combiner's AUROC is cross-validated there, so it competes fairly) and puts the threshold at 95%
-recall of the validation knowns. ``OpenSet`` is the fitted result; ``save``/``load`` keep it as numpy arrays
+photos (the combiner's AUROC is cross-validated there, so it competes fairly) and puts the threshold as high
+as it can go while rejecting at most 1% of the validation photos the head classifies right (an accuracy cost
+of at most 1 pp on validation; ``threshold_at_cost``). ``OpenSet`` is the fitted result; ``save``/``load`` keep it as numpy arrays
 (``openset.npz``, never a pickle) plus the manifest entry this module alone reads.
 """
 
@@ -32,7 +33,8 @@ from clothprobe.errors import ClothprobeError
 SCORES = ("msp", "energy", "knn", "mahalanobis", "knn_negatives")
 COMBINED = "combined"
 FILE = "openset.npz"
-KNOWN_RECALL = 0.95
+KNOWN_RECALL = 0.95  # the known-class recall at which FPR is reported (FPR@95)
+MAX_ACCURACY_COST = 0.01  # the threshold rejects at most this share of validation photos the head gets right
 MAX_BYTES = 1 << 30
 _CHUNK = 1024  # rows per block of the k-NN similarity matrix
 
@@ -175,6 +177,15 @@ def threshold_at_recall(known: np.ndarray, recall: float = KNOWN_RECALL) -> floa
     return float(np.quantile(known, 1 - recall, method="lower"))
 
 
+def threshold_at_cost(known: np.ndarray, correct: np.ndarray, cost: float = MAX_ACCURACY_COST) -> float:
+    """The highest threshold (``is_unknown``: below it) that rejects at most ``cost`` x len(known) of the rows
+    ``correct`` marks (photos the head classifies right): rejecting wrong answers costs no accuracy."""
+    known, correct = np.asarray(known, np.float64), np.asarray(correct, bool)
+    right = np.sort(known[correct])
+    allowed = int(np.floor(cost * len(known) + 1e-9))
+    return float(right[allowed]) if allowed < len(right) else float(np.inf)
+
+
 @dataclass
 class OpenSet:
     """A fitted reject option: ``score`` (one of SCORES or ``combined``), its threshold, the state behind it."""
@@ -213,11 +224,12 @@ def _cv_combined(S: np.ndarray, known: np.ndarray, seed: int) -> np.ndarray:
     return out
 
 
-def tune(scorer: OpenSetScorer, known: HeadOutput, unknown: HeadOutput, *, seed: int = 0,
-         recall: float = KNOWN_RECALL, allowed: tuple[str, ...] | None = None) -> OpenSet:
-    """Choose the score with the best AUROC of ``known`` (validation knowns) against ``unknown`` (the tuning
-    part of the unknown photos), and its threshold at ``recall`` of ``known``. ``allowed``: the candidates
-    (default: every score available and ``combined``). Nothing else is looked at."""
+def tune(scorer: OpenSetScorer, known: HeadOutput, unknown: HeadOutput, *, known_y: np.ndarray, seed: int = 0,
+         max_cost: float = MAX_ACCURACY_COST, allowed: tuple[str, ...] | None = None) -> OpenSet:
+    """Choose the score with the best AUROC of ``known`` (validation knowns, labels ``known_y``) against
+    ``unknown`` (the tuning part of the unknown photos), and its threshold: the highest that costs at most
+    ``max_cost`` of validation accuracy (``threshold_at_cost``). ``allowed``: the candidates (default: every
+    score available and ``combined``). Nothing else is looked at."""
     k_scores, u_scores = scorer.scores(known), scorer.scores(unknown)
     names = [n for n in SCORES if n in k_scores]
     candidates = [n for n in (*names, COMBINED) if allowed is None or n in allowed]
@@ -234,7 +246,8 @@ def tune(scorer: OpenSetScorer, known: HeadOutput, unknown: HeadOutput, *, seed:
     best = max(candidates, key=lambda n: (tuning[n], -candidates.index(n)))
     combiner = Combiner.fit(names, S, is_known) if COMBINED in candidates else None
     chosen = combiner.value(k_scores) if best == COMBINED else k_scores[best]
-    return OpenSet(best, threshold_at_recall(chosen, recall), scorer, combiner, tuning)
+    correct = known.proba.argmax(1) == np.asarray(known_y)
+    return OpenSet(best, threshold_at_cost(chosen, correct, max_cost), scorer, combiner, tuning)
 
 
 def split_unknown(types: np.ndarray, seed: int = 0, tuning_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:

@@ -106,16 +106,16 @@ def fit_rejection(model: Any, data: FeatureSet, unknown: UnknownSet, *, tta: boo
     whether the saved head keeps its logits (the energy score needs them at predict time too)."""
     train, val, n = data.splits["train"], data.splits.get("validation"), len(data.class_names)
     if val is None or not len(val):
-        raise ClothprobeError("--unknown needs a validation split: the threshold is set at 95% recall of the "
-                              "validation photos. Featurize DIR/{train,validation,test}/<class>/<image>.")
+        raise ClothprobeError("--unknown needs a validation split: the threshold is set on the validation photos "
+                              "(at most 1 pp of their accuracy). Featurize DIR/{train,validation,test}/<class>/<image>.")
     tuning_rows, report_rows = openset.split_unknown(unknown.rows.y, seed)
     scorer = openset.OpenSetScorer().fit(train.X, train.y, None if negatives is None else negatives.rows.X)
     tuning = output_of(model, subset(unknown.rows, tuning_rows), n, tta, logits)
-    chosen = openset.tune(scorer, output_of(model, val, n, tta, logits), tuning, seed=seed)
+    chosen = openset.tune(scorer, output_of(model, val, n, tta, logits), tuning, known_y=val.y, seed=seed)
     figures: dict[str, Any] = {
         "unknown_folder": unknown.folder, "negatives_folder": None if negatives is None else negatives.folder,
         "negatives": 0 if negatives is None else len(negatives.rows), "score": chosen.score, "threshold": chosen.threshold,
-        "known_recall_target": openset.KNOWN_RECALL, "tuning_auroc": chosen.tuning_auroc,
+        "max_accuracy_cost": openset.MAX_ACCURACY_COST, "tuning_auroc": chosen.tuning_auroc,
         "tuning": {"validation_known": len(val), "unknown": len(tuning_rows)},
         "types": {t: {"tuning": int(np.sum(unknown.rows.y[tuning_rows] == i)),
                       "report": int(np.sum(unknown.rows.y[report_rows] == i))} for i, t in enumerate(unknown.type_names)},

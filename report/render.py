@@ -195,9 +195,10 @@ def _openset(runs: list[Run], index: int) -> Table | None:
         return None
     header = ["run", "score", "tuning AUROC %", "AUROC %", "FPR@95 %", "test kept %", "unknown rejected %",
               "test acc % (rejected = wrong)", "cost pp"]
-    note = ("Runs fitted with cli fit --unknown: the open-set score and its threshold (95% recall of the validation "
-            "photos) were chosen on the validation split and half of the unknown photos; the figures are measured on "
-            "the test split and the other half (95% bootstrap intervals). cli predict answers 'unknown' below it.")
+    note = ("Runs fitted with cli fit --unknown: the open-set score and its threshold (the highest costing at most "
+            "1 pp of validation accuracy) were chosen on the validation split and half of the unknown photos; the "
+            "figures are measured on the test split and the other half (95% bootstrap intervals). cli predict answers "
+            "'unknown' below it.")
     return Table("Unknown garments (reject option)", header, rows, note, f"openset-{index}")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
 
 from clothprobe.classifiers import openset
@@ -22,18 +24,18 @@ def world():
     rng = np.random.default_rng(0)
     centres = np.eye(8)[:4] * 4
     X, y = blobs(300, centres[:3], rng)
-    Xv, _ = blobs(120, centres[:3], rng)
+    Xv, yv = blobs(120, centres[:3], rng)
     Xu, _ = blobs(80, centres[3:], rng)
     head = LogisticRegression(max_iter=500).fit(X, y)
 
     def out(Z: np.ndarray) -> HeadOutput:
         return openset.head_output(head, Z, head.predict_proba(Z))
 
-    return OpenSetScorer(k=5, pca_components=6).fit(X, y), out(Xv), out(Xu), head
+    return OpenSetScorer(k=5, pca_components=6).fit(X, y), out(Xv), out(Xu), head, yv
 
 
 def test_every_distance_score_separates_a_far_cluster(world) -> None:
-    scorer, known, unknown, _ = world
+    scorer, known, unknown, _, yv = world
     k, u = scorer.scores(known), scorer.scores(unknown)
     assert set(k) == {"msp", "energy", "knn", "mahalanobis"}
     for name in ("knn", "mahalanobis"):
@@ -56,14 +58,39 @@ def test_mahalanobis_is_zero_at_a_class_mean_and_falls_away() -> None:
     assert at_mean[0] > far[0] and at_mean[0] > -5
 
 
-def test_tune_keeps_95_percent_of_knowns_and_rejects_the_far_cluster(world) -> None:
-    scorer, known, unknown, _ = world
-    chosen = openset.tune(scorer, known, unknown, seed=0)
+def test_tune_costs_at_most_1_pp_of_validation_accuracy_and_rejects_the_far_cluster(world) -> None:
+    scorer, known, unknown, _, yv = world
+    chosen = openset.tune(scorer, known, unknown, known_y=yv, seed=0)
     assert set(chosen.tuning_auroc) == {"msp", "energy", "knn", "mahalanobis", "combined"}
     assert chosen.tuning_auroc[chosen.score] == max(chosen.tuning_auroc.values())
-    kept = ~chosen.is_unknown(chosen.values(known))
-    assert 0.95 <= kept.mean() < 0.97
+    rejected = chosen.is_unknown(chosen.values(known))
+    right = known.proba.argmax(1) == yv
+    assert np.sum(rejected & right) <= 0.01 * len(yv) and rejected.any()
     assert chosen.is_unknown(chosen.values(unknown)).mean() > 0.9
+
+
+def test_threshold_at_cost_rejects_wrong_answers_freely_and_right_ones_within_the_cost() -> None:
+    values = np.arange(200, dtype=float)
+    right = np.ones(200, bool)
+    right[:10] = False  # the ten lowest scores are wrong answers: rejecting them costs nothing
+    t = openset.threshold_at_cost(values, right, cost=0.01)
+    assert t == 12.0  # rejects 0-11: the 10 wrong and 2 right (1% of 200)
+    assert openset.threshold_at_cost(values, np.zeros(200, bool)) == np.inf  # nothing right: nothing to lose
+    assert openset.threshold_at_cost(values, right, cost=0.0) == 10.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 1), st.booleans()), min_size=1, max_size=300),
+       st.floats(0, 0.2))
+def test_threshold_at_cost_is_the_highest_within_the_cost(rows, cost) -> None:
+    values, right = np.array([v for v, _ in rows]), np.array([r for _, r in rows])
+    t = openset.threshold_at_cost(values, right, cost)
+    allowed = np.floor(cost * len(values) + 1e-9)
+    assert np.sum((values < t) & right) <= allowed
+    higher = values[right & (values >= t)]
+    if len(higher):  # the next right answer's score as the threshold would reject too many right answers
+        nxt = np.nextafter(higher.min(), np.inf)
+        assert np.sum((values < nxt) & right) > allowed
 
 
 def test_tune_chooses_the_only_informative_score() -> None:
@@ -73,7 +100,7 @@ def test_tune_chooses_the_only_informative_score() -> None:
     sure = np.tile([1.0, 0.0], (60, 1))
     known = HeadOutput(blobs(60, np.eye(4)[:2] * 5, rng)[0], sure)
     unknown = HeadOutput(blobs(60, np.eye(4)[2:3] * 5, rng)[0], sure)
-    chosen = openset.tune(OpenSetScorer(k=3, pca_components=3).fit(X, y), known, unknown,
+    chosen = openset.tune(OpenSetScorer(k=3, pca_components=3).fit(X, y), known, unknown, known_y=np.zeros(60, int),
                           allowed=("msp", "knn"))
     assert chosen.score == "knn" and chosen.tuning_auroc["msp"] == 0.5
 
@@ -100,8 +127,8 @@ def test_split_unknown_is_seeded_stratified_and_disjoint() -> None:
 
 @pytest.mark.parametrize("allowed", [("knn",), ("combined",)])
 def test_save_and_load_give_the_same_values(world, tmp_path, allowed) -> None:
-    scorer, known, unknown, _ = world
-    chosen = openset.tune(scorer, known, unknown, allowed=allowed)
+    scorer, known, unknown, _, yv = world
+    chosen = openset.tune(scorer, known, unknown, known_y=yv, allowed=allowed)
     entry = openset.save(chosen, tmp_path)
     back = openset.load(tmp_path, entry)
     assert back.score == chosen.score and back.threshold == chosen.threshold
@@ -109,21 +136,21 @@ def test_save_and_load_give_the_same_values(world, tmp_path, allowed) -> None:
 
 
 def test_negatives_give_a_contrast_score_that_survives_saving(world, tmp_path) -> None:
-    scorer, known, unknown, _ = world
+    scorer, known, unknown, _, yv = world
     negatives = unknown.X[:40]  # photos like the unknown ones: the contrast must separate better than plain knn
     labels = np.zeros(len(scorer.bank_), int)  # the k-NN scores do not look at labels
     with_neg = OpenSetScorer(k=5, pca_components=6).fit(scorer.bank_, labels, negatives)
     later = HeadOutput(unknown.X[40:], unknown.proba[40:], unknown.logits[40:])
     k, u = with_neg.scores(known), with_neg.scores(later)
     assert openset.auroc(k["knn_negatives"], u["knn_negatives"]) >= openset.auroc(k["knn"], u["knn"])
-    chosen = openset.tune(with_neg, known, later, allowed=("knn_negatives",))
+    chosen = openset.tune(with_neg, known, later, known_y=yv, allowed=("knn_negatives",))
     back = openset.load(tmp_path, openset.save(chosen, tmp_path))
     assert np.allclose(back.values(later), chosen.values(later))
 
 
 def test_load_refuses_a_pickle_and_a_wrong_shape(world, tmp_path) -> None:
-    scorer, known, unknown, _ = world
-    entry = openset.save(openset.tune(scorer, known, unknown, allowed=("knn",)), tmp_path)
+    scorer, known, unknown, _, yv = world
+    entry = openset.save(openset.tune(scorer, known, unknown, known_y=yv, allowed=("knn",)), tmp_path)
     with np.load(tmp_path / openset.FILE) as f:
         arrays = dict(f)
     np.savez(tmp_path / openset.FILE, **{**arrays, "precision": np.zeros((2, 2))})

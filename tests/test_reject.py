@@ -40,7 +40,7 @@ def test_fit_records_the_choice_and_every_score_with_intervals(features: Path, t
     manifest = json.loads((result.run_dir / "manifest.json").read_text())
     assert manifest["openset"]["score"] == figures["score"] and manifest["openset"]["file"] == FILE
     assert FILE in manifest["sha256"]
-    assert figures["tuning"] == {"validation_known": 25, "unknown": 24}
+    assert figures["tuning"] == {"validation_known": 25, "unknown": 24} and figures["max_accuracy_cost"] == 0.01
     assert figures["types"] == {t: {"tuning": 8, "report": 8} for t in ("dress", "hat", "t-shirt")}
     report = figures["report"]
     assert report["n_known"] == 25 and report["n_unknown"] == 24
