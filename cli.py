@@ -238,6 +238,9 @@ def fit(
     negatives: Annotated[Path | None, typer.Option(
         help="With --unknown: photos of other garments (featurized, not the --unknown ones) the distance scores "
              "contrast with (outlier exposure: the knn_negatives score).")] = None,
+    unknown_cost: Annotated[float, typer.Option(
+        help="With --unknown: the percentage points of validation accuracy the reject threshold may cost (photos "
+             "the head gets wrong are rejected freely); higher rejects more unknown garments.")] = 1.0,
 ) -> None:
     """Train classifiers on cached embeddings; settings chosen without the test split, test scored once."""
     from clothprobe.classifiers import fit as run_fit
@@ -260,7 +263,7 @@ def fit(
 
     run_fit(name, backbone=backbone, clf=clf, balance=balance, tta=tta, loss=loss, seed=seed,
             select=select or DEFAULT_SELECT, features_dir=features_dir, models_dir=models_dir, out=out_dir,
-            on_result=show, taps=taps, unknown=unknown, negatives=negatives)
+            on_result=show, taps=taps, unknown=unknown, negatives=negatives, unknown_cost=unknown_cost)
     out.print(table)
 
 

@@ -54,6 +54,7 @@ BOUNDS: dict[str, Bound] = {
     "calibration_size": Bound(1, 1_000_000),
     "max_pixels": Bound(1, 1 << 32),
     "unused_days": Bound(0, 1_000_000, whole=False),
+    "unknown_cost": Bound(0, 100, whole=False),  # percentage points of validation accuracy
 }
 
 

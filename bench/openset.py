@@ -32,6 +32,7 @@ import numpy as np
 from results_file import write_report  # bench/ is this script's folder, first on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
+COSTS = (1, 2, 5, 10)  # --unknown-cost values whose operating points are reported
 
 
 def _f(e: dict, key: str) -> str:
@@ -70,6 +71,14 @@ def _protocol(model, data, unknown, seed: int, tta: bool) -> str:  # noqa: ANN00
         lines.append(f"| {name}{mark} | {figures['tuning_auroc'][name]:.3f} | {_f(e, 'auroc')} | {_f(e, 'fpr95')} |")
     lines += ["", "Per type (reporting half, chosen score): " + ", ".join(
         f"{t} AUROC {v['auroc']:.3f}, rejected {100 * v['rejected']:.0f}%" for t, v in r["per_type"].items())]
+    lines += ["", "Operating points (`cli fit --unknown-cost`: the validation accuracy the threshold may cost), "
+              "measured on test + the reporting half:", "",
+              "| --unknown-cost (pp) | threshold | test kept % | unknown rejected % | test accuracy cost pp |",
+              "|---|---|---|---|---|"]
+    for cost in COSTS:
+        f = fit_rejection(model, data, unknown, tta=tta, seed=seed, max_cost=cost / 100).figures
+        lines.append(f"| {cost:g} | {f['threshold']:.4g} | {100 * f['report']['known_kept']:.1f} | "
+                     f"{100 * f['report']['unknown_rejected']:.1f} | {f['report']['accuracy_cost_pp']:.1f} |")
     return "\n".join(lines)
 
 

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from clothprobe._util.bounds import check_options
 from clothprobe.classifiers.data import FeatureSet, load_feature_set, parse_backbones
 from clothprobe.classifiers.metrics import classification_metrics
 from clothprobe.classifiers.modelio import save_model
+from clothprobe.classifiers.openset import MAX_ACCURACY_COST
 from clothprobe.classifiers.openset import save as save_openset
 from clothprobe.classifiers.registry import (
     BALANCES,
@@ -24,7 +26,7 @@ from clothprobe.classifiers.registry import (
     get_classifier,
     threads_for,
 )
-from clothprobe.classifiers.rejection import UnknownSet, fit_rejection, load_unknown, with_taps
+from clothprobe.classifiers.rejection import RejectRequest, fit_rejection, load_unknown
 from clothprobe.classifiers.select import DEFAULT_SELECT, Held, Selection, check_select, predict_split, select
 from clothprobe.classifiers.stats import apply_temperature, expected_calibration_error, fit_temperature
 from clothprobe.classifiers.taps import (
@@ -133,13 +135,16 @@ def fit(
     taps: str = DEFAULT_FIT_TAPS,
     unknown: str | Path | None = None,
     negatives: str | Path | None = None,
+    unknown_cost: float = 100 * MAX_ACCURACY_COST,
 ) -> list[FitResult]:
     """Fit ``clf`` (or ``all``) with ``balance`` (or ``all``) on the caches of ``backbone`` (``a+b`` joins) of
     ``dataset`` (None: the only dataset featurized under ``features_dir``). ``select``: ``validation`` or
     ``cv`` (see ``classifiers/select.py``). ``taps``: which cached taps, ``auto`` chosen like the other
     settings (see ``classifiers/taps.py``). ``unknown``: a featurized folder of photos outside the classes;
     each run gets a reject option (``classifiers/rejection.py``); ``negatives``: a featurized folder of other
-    garments its distance scores contrast with."""
+    garments its distance scores contrast with; ``unknown_cost``: the percentage points of validation accuracy
+    the reject threshold may cost."""
+    check_options(unknown_cost=unknown_cost)
     plan = plan_fit(backbone, clf, balance, loss, select, out, taps, unknown, negatives)
     dataset = resolve_dataset(features_dir, dataset)
     joined = "+".join(parse_backbones(backbone))
@@ -150,11 +155,12 @@ def fit(
     data = load_feature_set(backbone, dataset, features_dir)
     _check_data(data, tta)
     tap_candidates(data, plan.taps)  # a tap no cache holds: one line, before any fitting
-    outside = None if unknown is None else load_unknown(unknown, backbone, features_dir, data, tta)
-    negative = None if negatives is None else load_unknown(negatives, backbone, features_dir, data, False)
+    reject = None if unknown is None else RejectRequest(
+        load_unknown(unknown, backbone, features_dir, data, tta),
+        None if negatives is None else load_unknown(negatives, backbone, features_dir, data, False), unknown_cost / 100)
     jobs = [(name, bal, run_loss, run_dir) for (name, bal, run_loss), run_dir in zip(plan.runs(), run_dirs)]
     results = []
-    for result in _fitted(data, jobs, tta, seed, plan.select, taps=plan.taps, unknown=outside, negatives=negative):
+    for result in _fitted(data, jobs, tta, seed, plan.select, taps=plan.taps, reject=reject):
         if on_result:
             on_result(result)
         results.append(result)
@@ -168,15 +174,14 @@ def concurrent_fits(data: FeatureSet) -> int:
 
 
 def _fitted(data: FeatureSet, jobs: list[tuple[str, str, str, Path]], tta: bool, seed: int, select_mode: str, *,
-            taps: str, unknown: UnknownSet | None, negatives: UnknownSet | None) -> Iterator[FitResult]:
+            taps: str, reject: RejectRequest | None) -> Iterator[FitResult]:
     """Each job's FitResult, in order. Heads that keep no process-wide state (not the Keras head, whose
     seeding is process-wide) run in threads on idle cores (joblib), the rest one after another."""
     from joblib import Parallel, delayed
 
     def one(job: tuple[str, str, str, Path]) -> FitResult:
         name, bal, run_loss, run_dir = job
-        return fit_one(data, name, bal, tta, run_loss, seed, run_dir, select_mode, taps, unknown=unknown,
-                       negatives=negatives)
+        return fit_one(data, name, bal, tta, run_loss, seed, run_dir, select_mode, taps, reject=reject)
 
     threaded = [job for job in jobs if job[0] != "dense"]
     workers = min(concurrent_fits(data), len(threaded))
@@ -230,16 +235,17 @@ def select_taps(spec: ClassifierSpec, data: FeatureSet, balance: str, seed: int,
 
 
 def fit_one(data: FeatureSet, clf: str, balance: str, tta: bool, loss: str, seed: int, run_dir: Path,
-            select_mode: str = DEFAULT_SELECT, taps: str = DEFAULT_FIT_TAPS, *, unknown: UnknownSet | None = None,
-            negatives: UnknownSet | None = None) -> FitResult:
+            select_mode: str = DEFAULT_SELECT, taps: str = DEFAULT_FIT_TAPS, *,
+            reject: RejectRequest | None = None) -> FitResult:
     spec = get_classifier(clf)
     n_classes = len(data.class_names)
     started = time.perf_counter()
     data, selection, tap_record = select_taps(spec, data, balance, seed, tta, loss, select_mode, taps)
     fit_seconds = time.perf_counter() - started
-    rejection = None if unknown is None else fit_rejection(selection.model, data, with_taps(unknown, data, tta),
-                                                           tta=tta, seed=seed, negatives=with_taps(negatives, data, False),
-                                                           logits=spec.file_format == "linear")
+    asked = None if reject is None else reject.restricted(data, tta)
+    rejection = None if asked is None else fit_rejection(selection.model, data, asked.unknown, tta=tta, seed=seed,
+                                                         negatives=asked.negatives, max_cost=asked.max_cost,
+                                                         logits=spec.file_format == "linear")
     held = selection.held
     validation = classification_metrics(held.y, held.proba, data.class_names, seed, held.source)
     test = data.splits.get("test")

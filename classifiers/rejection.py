@@ -6,7 +6,7 @@ The test split and the reporting part are read only after the choice, to measure
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,20 @@ class UnknownSet:
     rows: SplitData  # y holds the garment type
     type_names: list[str]
     features: FeatureSet  # the cache(s) the rows came from, every tap: ``with_taps`` restricts them
+
+
+@dataclass(frozen=True)
+class RejectRequest:
+    """What a fit with ``--unknown`` is given: the unknown photos, optional negatives, and the largest share of
+    validation accuracy the threshold may cost (``--unknown-cost``, as a fraction)."""
+
+    unknown: UnknownSet
+    negatives: UnknownSet | None = None
+    max_cost: float = openset.MAX_ACCURACY_COST
+
+    def restricted(self, fitted: FeatureSet, tta: bool) -> RejectRequest:
+        """The request with the columns ``fitted`` holds (the tap set a fit chose)."""
+        return replace(self, unknown=with_taps(self.unknown, fitted, tta), negatives=with_taps(self.negatives, fitted, False))
 
 
 def _rows(found: FeatureSet, folder: str | Path, tta: bool) -> SplitData:
@@ -99,11 +113,13 @@ class Rejection:
 
 
 def fit_rejection(model: Any, data: FeatureSet, unknown: UnknownSet, *, tta: bool, seed: int,
-                  negatives: UnknownSet | None = None, logits: bool = True) -> Rejection:
+                  negatives: UnknownSet | None = None, logits: bool = True,
+                  max_cost: float = openset.MAX_ACCURACY_COST) -> Rejection:
     """Choose the score and threshold (validation knowns + the tuning part); then measure them on test knowns
     + the reporting part. ``model`` was fitted on train only (``--select validation``). ``negatives``: photos of
     other garments (not the unknown ones) the distance scores contrast with (outlier exposure). ``logits``:
-    whether the saved head keeps its logits (the energy score needs them at predict time too)."""
+    whether the saved head keeps its logits (the energy score needs them at predict time too). ``max_cost``: the
+    share of validation accuracy the threshold may cost."""
     train, val, n = data.splits["train"], data.splits.get("validation"), len(data.class_names)
     if val is None or not len(val):
         raise ClothprobeError("--unknown needs a validation split: the threshold is set on the validation photos "
@@ -111,11 +127,12 @@ def fit_rejection(model: Any, data: FeatureSet, unknown: UnknownSet, *, tta: boo
     tuning_rows, report_rows = openset.split_unknown(unknown.rows.y, seed)
     scorer = openset.OpenSetScorer().fit(train.X, train.y, None if negatives is None else negatives.rows.X)
     tuning = output_of(model, subset(unknown.rows, tuning_rows), n, tta, logits)
-    chosen = openset.tune(scorer, output_of(model, val, n, tta, logits), tuning, known_y=val.y, seed=seed)
+    chosen = openset.tune(scorer, output_of(model, val, n, tta, logits), tuning, known_y=val.y, seed=seed,
+                          max_cost=max_cost)
     figures: dict[str, Any] = {
         "unknown_folder": unknown.folder, "negatives_folder": None if negatives is None else negatives.folder,
         "negatives": 0 if negatives is None else len(negatives.rows), "score": chosen.score, "threshold": chosen.threshold,
-        "max_accuracy_cost": openset.MAX_ACCURACY_COST, "tuning_auroc": chosen.tuning_auroc,
+        "max_accuracy_cost": max_cost, "tuning_auroc": chosen.tuning_auroc,
         "tuning": {"validation_known": len(val), "unknown": len(tuning_rows)},
         "types": {t: {"tuning": int(np.sum(unknown.rows.y[tuning_rows] == i)),
                       "report": int(np.sum(unknown.rows.y[report_rows] == i))} for i, t in enumerate(unknown.type_names)},

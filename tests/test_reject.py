@@ -34,6 +34,17 @@ def fit_unknown(features: Path, models: Path, **kw):
     return result
 
 
+def test_unknown_cost_bounds_what_the_threshold_may_cost(features: Path, tmp_path: Path) -> None:
+    strict = fit_unknown(features, tmp_path / "strict").metrics.openset
+    loose = fit_unknown(features, tmp_path / "loose", unknown_cost=20).metrics.openset
+    assert (strict["max_accuracy_cost"], loose["max_accuracy_cost"]) == (0.01, 0.2)
+    assert loose["score"] == strict["score"] and loose["threshold"] >= strict["threshold"]
+    assert loose["report"]["known_kept"] <= strict["report"]["known_kept"]
+    assert loose["report"]["unknown_rejected"] >= strict["report"]["unknown_rejected"]
+    with pytest.raises(ClothprobeError, match="--unknown-cost must be a finite number >= 0 and <= 100, got -1"):
+        fit_unknown(features, tmp_path / "bad", unknown_cost=-1)
+
+
 def test_fit_records_the_choice_and_every_score_with_intervals(features: Path, tmp_path: Path) -> None:
     result = fit_unknown(features, tmp_path / "models")
     figures = result.metrics.openset

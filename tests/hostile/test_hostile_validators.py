@@ -37,6 +37,7 @@ json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st
     (["e2e", "--data", ".", "--epochs", "0"], "--epochs must be a whole number >= 1"),
     (["report", "--top", "-1"], "--top must be a whole number >= 1"),
     (["fit", "--seed", "-1"], "--seed must be a whole number >= 0"),
+    (["fit", "--unknown-cost", "101"], "--unknown-cost must be a finite number >= 0"),
     (["predict", "x.jpg", "--model", "m", "--top-k", "0"], "--top-k must be a whole number >= 1"),
     (["cache", "prune", "--unused-days", "-1"], "--unused-days must be a finite number >= 0"),
     (["cache", "prune", "--unused-days", "nan"], "--unused-days must be a finite number >= 0"),
