@@ -53,8 +53,8 @@ def run_all(
 ) -> JobResult:
     """Featurize ``data`` with each backbone (comma-separated) in ``precision``, caching ``taps``, fit ``clf`` x
     ``balance`` on each cache and on their join (each head with its ``run_taps``: logistic regression chooses
-    its tap set like every other setting, ``fit --taps auto``; the slower heads take the final tap), and write the report over every run under ``models_dir``. Every option is checked before any
-    featurizing."""
+    its tap set like every other setting, ``fit --taps auto``; the slower heads take the final tap), and write
+    the report over every run under ``models_dir``. Every option is checked before any featurizing."""
     names = parse_backbones(backbones.replace(",", "+"))
     plan = plan_fit("+".join(names), clf, balance, select=select)
     scan(data)  # the folder's layout, before an hour of featurizing

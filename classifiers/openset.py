@@ -15,8 +15,9 @@ the head's answer on them, so it works on whatever features a run is fitted on:
 ``tune`` picks the score with the best AUROC on validation knowns against the tuning part of the unknown
 photos (the combiner's AUROC is cross-validated there, so it competes fairly) and puts the threshold as high
 as it can go while rejecting at most 1% of the validation photos the head classifies right (an accuracy cost
-of at most 1 pp on validation; ``threshold_at_cost``). ``OpenSet`` is the fitted result; ``save``/``load`` keep it as numpy arrays
-(``openset.npz``, never a pickle) plus the manifest entry this module alone reads.
+of at most 1 pp on validation, ``threshold_at_cost``; ``cli fit --unknown-cost`` changes the share).
+``OpenSet`` is the fitted result; ``save``/``load`` keep it as numpy arrays (``openset.npz``, never a pickle)
+plus the manifest entry this module alone reads.
 """
 
 from __future__ import annotations

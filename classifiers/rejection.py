@@ -42,7 +42,8 @@ class RejectRequest:
 
     def restricted(self, fitted: FeatureSet, tta: bool) -> RejectRequest:
         """The request with the columns ``fitted`` holds (the tap set a fit chose)."""
-        return replace(self, unknown=with_taps(self.unknown, fitted, tta), negatives=with_taps(self.negatives, fitted, False))
+        return replace(self, unknown=with_taps(self.unknown, fitted, tta),
+                       negatives=with_taps(self.negatives, fitted, False))
 
 
 def _rows(found: FeatureSet, folder: str | Path, tta: bool) -> SplitData:
