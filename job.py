@@ -57,6 +57,7 @@ def run_all(
     the report over every run under ``models_dir``. Every option is checked before any featurizing."""
     names = parse_backbones(backbones.replace(",", "+"))
     plan = plan_fit("+".join(names), clf, balance, select=select)
+    head_taps = {head: get_classifier(head).run_taps for head in plan.clfs}  # the job's tap request per head
     scan(data)  # the folder's layout, before an hour of featurizing
     for name in names:  # each backbone's weights found (and hashed) now, not after the first is featurized
         resolve_recipe(name, weights=weights, seed=seed, taps=taps, precision=precision)
@@ -73,9 +74,7 @@ def run_all(
             on_featurized(result)
     dataset = job.featurized[0].cache_path.parent.name
     for backbone in feature_sets(names):
-        for head in plan.clfs:  # each head's tap request for this job (ClassifierSpec.run_taps)
-            job.fits += fit(dataset, backbone=backbone, clf=head, balance=balance, tta=tta, seed=seed, select=select,
-                            taps=get_classifier(head).run_taps, features_dir=features_dir, models_dir=models_dir,
-                            on_result=on_fit)
+        job.fits += fit(dataset, backbone=backbone, clf=clf, balance=balance, tta=tta, seed=seed, select=select,
+                        taps=head_taps, features_dir=features_dir, models_dir=models_dir, on_result=on_fit)
     job.report = build_report(models_dir, reports_dir)
     return job

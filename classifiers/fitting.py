@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,13 +68,14 @@ class FitResult:
 
 @dataclass(frozen=True)
 class FitPlan:
-    """Every option of a fit, checked before any work: the heads and balance modes to fit."""
+    """Every option of a fit, checked before any work: the heads and balance modes to fit, and each head's
+    tap request."""
 
     clfs: list[str]
     balances: list[str]
     loss: str
     select: str
-    taps: str = DEFAULT_FIT_TAPS
+    taps: dict[str, str]
 
     def runs(self) -> list[tuple[str, str, str]]:
         """(classifier, balance, loss) of each run; the loss only applies to the dense head."""
@@ -82,11 +83,13 @@ class FitPlan:
 
 
 def plan_fit(backbone: str = DEFAULT_BACKBONE, clf: str = "logreg", balance: str = "weights", loss: str = "categorical",
-             select: str = DEFAULT_SELECT, out: str | Path | None = None, taps: str = DEFAULT_FIT_TAPS,
-             unknown: str | Path | None = None, negatives: str | Path | None = None) -> FitPlan:
-    """Check every option (before featurizing or loading anything) and expand ``all``."""
+             select: str = DEFAULT_SELECT, out: str | Path | None = None, taps: str | Mapping[str, str] = DEFAULT_FIT_TAPS,
+             unknown: str | Path | None = None, negatives: str | Path | None = None,
+             unknown_cost: float = 100 * MAX_ACCURACY_COST) -> FitPlan:
+    """Check every option (before featurizing or loading anything) and expand ``all``. ``taps``: one request
+    for every head, or one per head (``{head: request}``)."""
     parse_backbones(backbone)
-    check_taps(taps)
+    check_options(unknown_cost=unknown_cost)
     if unknown is not None and select != "validation":
         raise ClothprobeError(f"--unknown needs --select validation (given: {select}): the reject threshold is set "
                               f"on validation photos the model was not fitted on.")
@@ -103,7 +106,18 @@ def plan_fit(backbone: str = DEFAULT_BACKBONE, clf: str = "logreg", balance: str
         if len(clfs) * len(balances) > 1:
             raise ClothprobeError("--out names one run directory; give one --clf and one --balance with it.")
         check_target(out)
-    return FitPlan(clfs, balances, loss, select, taps)
+    return FitPlan(clfs, balances, loss, select, _head_taps(taps, clfs))
+
+
+def _head_taps(taps: str | Mapping[str, str], clfs: list[str]) -> dict[str, str]:
+    """Each head's checked tap request: ``taps`` for all of them, or the mapping's entry for each."""
+    if isinstance(taps, str):
+        return {c: check_taps(taps) for c in clfs}
+    missing = [c for c in clfs if c not in taps]
+    if missing:
+        raise ClothprobeError(f"The tap requests name no request for {', '.join(missing)}; give one per head "
+                              f"({', '.join(clfs)}) or one for all.")
+    return {c: check_taps(taps[c]) for c in clfs}
 
 
 def versions() -> dict[str, str]:
@@ -132,7 +146,7 @@ def fit(
     models_dir: str | Path = "models",
     out: str | Path | None = None,
     on_result=None,  # noqa: ANN001 - called with each FitResult as it finishes
-    taps: str = DEFAULT_FIT_TAPS,
+    taps: str | Mapping[str, str] = DEFAULT_FIT_TAPS,
     unknown: str | Path | None = None,
     negatives: str | Path | None = None,
     unknown_cost: float = 100 * MAX_ACCURACY_COST,
@@ -140,12 +154,11 @@ def fit(
     """Fit ``clf`` (or ``all``) with ``balance`` (or ``all``) on the caches of ``backbone`` (``a+b`` joins) of
     ``dataset`` (None: the only dataset featurized under ``features_dir``). ``select``: ``validation`` or
     ``cv`` (see ``classifiers/select.py``). ``taps``: which cached taps, ``auto`` chosen like the other
-    settings (see ``classifiers/taps.py``). ``unknown``: a featurized folder of photos outside the classes;
+    settings (see ``classifiers/taps.py``), or ``{head: request}`` for each head. ``unknown``: a featurized folder of photos outside the classes;
     each run gets a reject option (``classifiers/rejection.py``); ``negatives``: a featurized folder of other
     garments its distance scores contrast with; ``unknown_cost``: the percentage points of validation accuracy
     the reject threshold may cost."""
-    check_options(unknown_cost=unknown_cost)
-    plan = plan_fit(backbone, clf, balance, loss, select, out, taps, unknown, negatives)
+    plan = plan_fit(backbone, clf, balance, loss, select, out, taps, unknown, negatives, unknown_cost)
     dataset = resolve_dataset(features_dir, dataset)
     joined = "+".join(parse_backbones(backbone))
     run_dirs = [run_path(models_dir, dataset, joined, cached_run_name(name, bal, tta, run_loss), out)
@@ -154,7 +167,8 @@ def fit(
         check_target(run_dir)
     data = load_feature_set(backbone, dataset, features_dir)
     _check_data(data, tta)
-    tap_candidates(data, plan.taps)  # a tap no cache holds: one line, before any fitting
+    for request in sorted(set(plan.taps.values())):  # a tap no cache holds: one line, before any fitting
+        tap_candidates(data, request)
     reject = None if unknown is None else RejectRequest(
         load_unknown(unknown, backbone, features_dir, data, tta),
         None if negatives is None else load_unknown(negatives, backbone, features_dir, data, False), unknown_cost / 100)
@@ -174,14 +188,14 @@ def concurrent_fits(data: FeatureSet) -> int:
 
 
 def _fitted(data: FeatureSet, jobs: list[tuple[str, str, str, Path]], tta: bool, seed: int, select_mode: str, *,
-            taps: str, reject: RejectRequest | None) -> Iterator[FitResult]:
+            taps: dict[str, str], reject: RejectRequest | None) -> Iterator[FitResult]:
     """Each job's FitResult, in order. Heads that keep no process-wide state (not the Keras head, whose
     seeding is process-wide) run in threads on idle cores (joblib), the rest one after another."""
     from joblib import Parallel, delayed
 
     def one(job: tuple[str, str, str, Path]) -> FitResult:
         name, bal, run_loss, run_dir = job
-        return fit_one(data, name, bal, tta, run_loss, seed, run_dir, select_mode, taps, reject=reject)
+        return fit_one(data, name, bal, tta, run_loss, seed, run_dir, select_mode, taps[name], reject=reject)
 
     threaded = [job for job in jobs if job[0] != "dense"]
     workers = min(concurrent_fits(data), len(threaded))

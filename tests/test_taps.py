@@ -347,6 +347,11 @@ def test_the_main_job_fits_each_head_with_its_run_taps(tmp_path: Path) -> None:
     assert job.featurized[0].cache_path.is_file()
     candidates = {f.metrics.classifier: [c["name"] for c in f.metrics.taps["candidates"]] for f in job.fits}
     assert candidates == {"logreg": ["final", "last-2", "last-4", "all"], "lgbm": ["final"], "dense": ["final"]}
+    from clothprobe.classifiers.fitting import plan_fit
+
+    with pytest.raises(ClothprobeError, match="name no request for lgbm, dense; give one per head"):
+        plan_fit("vgg16", clf="all", taps={"logreg": "auto"})
+    assert plan_fit("vgg16", clf="all", taps="final").taps == {"logreg": "final", "lgbm": "final", "dense": "final"}
 
 
 def test_a_tap_the_cache_lacks_is_one_line_naming_what_it_has(tapped: Path) -> None:

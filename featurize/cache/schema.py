@@ -145,13 +145,13 @@ class CacheInfo:
     def tap_columns(self) -> np.ndarray | None:
         """The columns of the taps used, in an embedding made with ``recipe`` (the cache's own network, so new
         images are embedded by the very model in the store that made the cache); None: every column."""
-        from clothprobe.featurize.model.taps import backbone_taps
+        from clothprobe.featurize.model.taps import tap_widths
 
         if not self.taps or tuple(self.taps) == tuple(self.recipe.taps) or not self.recipe.taps:
             return None
-        dims = {t.name: t.dim for t in backbone_taps(self.recipe)}
-        starts = np.cumsum([0, *(dims[name] for name in self.recipe.taps)])
-        return np.concatenate([np.arange(starts[i], starts[i + 1]) for i, name in enumerate(self.recipe.taps)
+        layout = tap_widths(self.recipe)
+        starts = np.cumsum([0, *(width for _, width in layout)])
+        return np.concatenate([np.arange(starts[i], starts[i + 1]) for i, (name, _) in enumerate(layout)
                                if name in self.taps])
 
     def to_dict(self) -> dict[str, Any]:

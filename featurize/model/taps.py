@@ -131,12 +131,17 @@ def round_taps(recipe: Recipe, x: np.ndarray) -> np.ndarray:
     return out
 
 
+def tap_widths(recipe: Recipe) -> list[tuple[str, int]]:
+    """``(tap name, columns)`` of each tap a tapped ``recipe`` embeds, in column order (registry widths)."""
+    dims = {t.name: t.dim for t in backbone_taps(recipe)}
+    return [(name, dims[name]) for name in recipe.taps]
+
+
 def tap_layout(recipe: Recipe, width: int) -> list[tuple[str, int]]:
     """``(tap name, columns)`` of a ``width``-column embedding made with ``recipe``, in column order."""
     if not recipe.taps:
         return [(tap_names(recipe)[0], width)]
-    dims = {t.name: t.dim for t in backbone_taps(recipe)}
-    layout = [(name, dims[name]) for name in recipe.taps]
+    layout = tap_widths(recipe)
     if sum(d for _, d in layout) != width:
         raise ClothprobeError(f"{recipe.backbone}: taps {', '.join(recipe.taps)} give {sum(d for _, d in layout)} "
                               f"columns, the embeddings have {width}.")
