@@ -10,7 +10,8 @@ the head's answer on them, so it works on whatever features a run is fitted on:
   with one shared Ledoit-Wolf covariance (Mahalanobis++);
 - ``knn_negatives`` (with negatives: photos of other garments, ``cli fit --negatives``, outlier exposure):
   ``knn`` minus the cosine similarity to the k-th nearest negative photo;
-- ``combined``: a logistic regression over the standardized scores above, fitted on the tuning rows.
+- ``combined``: a logistic regression over the standardized scores above, fitted on the tuning rows, its weights
+  non-negative (each score counts in its own direction only).
 
 ``tune`` picks the score with the best AUROC on validation knowns against the tuning part of the unknown
 photos (the combiner's AUROC is cross-validated there, so it competes fairly) and puts the threshold as high
@@ -140,9 +141,32 @@ class OpenSetScorer:
         return scorer
 
 
+def _nonnegative_logistic(Z: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, float]:
+    """Weights (each >= 0) and intercept of an L2-penalized logistic regression of ``known`` on ``Z``, with
+    balanced class weights: scikit-learn's objective (C = 1) under the bound, solved by L-BFGS-B."""
+    from scipy.optimize import minimize
+    from scipy.special import expit
+
+    y = np.asarray(known, np.float64)
+    w = np.where(y == 1, len(y) / (2 * y.sum()), len(y) / (2 * (len(y) - y.sum())))
+
+    def loss(p: np.ndarray) -> tuple[float, np.ndarray]:
+        z = Z @ p[:-1] + p[-1]
+        g = w * (expit(z) - y)
+        value = w @ (y * np.logaddexp(0, -z) + (1 - y) * np.logaddexp(0, z)) + 0.5 * p[:-1] @ p[:-1]
+        return float(value), np.r_[Z.T @ g + p[:-1], g.sum()]
+
+    d = Z.shape[1]
+    fitted = minimize(loss, np.zeros(d + 1), jac=True, method="L-BFGS-B", bounds=[(0, None)] * d + [(None, None)])
+    return fitted.x[:-1], float(fitted.x[-1])
+
+
 @dataclass
 class Combiner:
-    """A logistic regression over standardized component scores; ``value`` is its log-odds of "known"."""
+    """A logistic regression over standardized component scores, each weight >= 0: a score counts only in its
+    own direction (higher = more known), so the combiner cannot learn that looking *more* like the training
+    photos means unknown, a property of one folder of unknown photos that need not hold for the next.
+    ``value`` is its log-odds of "known"."""
 
     names: list[str]
     mean: np.ndarray
@@ -152,11 +176,9 @@ class Combiner:
 
     @classmethod
     def fit(cls, names: list[str], S: np.ndarray, known: np.ndarray) -> Combiner:
-        from sklearn.linear_model import LogisticRegression
-
         mean, scale = S.mean(0), np.maximum(S.std(0), 1e-12)
-        lr = LogisticRegression(class_weight="balanced", max_iter=1000).fit((S - mean) / scale, known)
-        return cls(list(names), mean, scale, lr.coef_[0], float(lr.intercept_[0]))
+        coef, intercept = _nonnegative_logistic((S - mean) / scale, known)
+        return cls(list(names), mean, scale, coef, intercept)
 
     def value(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         return self.value_matrix(np.column_stack([scores[n] for n in self.names]))

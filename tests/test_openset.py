@@ -105,6 +105,29 @@ def test_tune_chooses_the_only_informative_score() -> None:
     assert chosen.score == "knn" and chosen.tuning_auroc["msp"] == 0.5
 
 
+def test_combiner_is_scikit_learns_logistic_regression_when_no_weight_is_held_at_zero() -> None:
+    rng = np.random.default_rng(7)
+    known = rng.integers(0, 2, 400)
+    S = np.column_stack([known + rng.normal(0, 1, 400), 2 * known + rng.normal(0, 3, 400)])
+    ours = openset.Combiner.fit(["a", "b"], S, known)
+    theirs = LogisticRegression(class_weight="balanced").fit((S - ours.mean) / ours.scale, known)
+    assert (ours.coef > 0).all()
+    assert np.allclose(ours.coef, theirs.coef_[0], atol=1e-3)
+    assert ours.intercept == pytest.approx(theirs.intercept_[0], abs=1e-3)
+
+
+def test_combiner_gives_no_weight_to_a_score_that_points_the_wrong_way() -> None:
+    """A score that is *higher* for the unknown rows (like a distance score when these unknown photos look
+    more like the training photos than the known ones do) must not be used upside down."""
+    rng = np.random.default_rng(8)
+    known = rng.integers(0, 2, 400)
+    right_way, wrong_way = known + rng.normal(0, 1, 400), -3 * known + rng.normal(0, 1, 400)
+    combiner = openset.Combiner.fit(["msp", "knn"], np.column_stack([right_way, wrong_way]), known)
+    assert combiner.coef[0] > 0.5 and combiner.coef[1] == 0.0
+    unconstrained = LogisticRegression(class_weight="balanced").fit(np.column_stack([right_way, wrong_way]), known)
+    assert unconstrained.coef_[0][1] < 0  # what the bound prevents
+
+
 def test_evaluate_intervals_bracket_the_figure_and_are_seeded() -> None:
     rng = np.random.default_rng(3)
     known, unknown = rng.normal(1, 1, 200), rng.normal(0, 1, 100)
