@@ -51,13 +51,16 @@ class HeadOutput:
     logits: np.ndarray | None = None
 
 
-def head_output(model: Any, X: np.ndarray, proba: np.ndarray, logits: bool = True) -> HeadOutput:
+def head_output(model: Any, X: np.ndarray, proba: np.ndarray, logits: bool = True,
+                flipped: np.ndarray | None = None) -> HeadOutput:
     """``HeadOutput`` of a fitted head: with ``logits``, those of its ``decision_function`` where it has one (a
-    head whose saved model keeps no logits must not use them at fit time either)."""
+    head whose saved model keeps no logits must not use them at fit time either), averaged with the ``flipped``
+    view's when ``proba`` is the two views' mean (TTA), so that energy sees what MSP sees."""
     decision = getattr(model, "decision_function", None) if logits else None
     logits = None
     if decision is not None:
-        z = np.asarray(decision(X), np.float64)
+        views = [X] if flipped is None else [X, flipped]
+        z = np.mean([np.asarray(decision(v), np.float64) for v in views], axis=0)
         logits = np.column_stack([np.zeros(len(z)), z]) if z.ndim == 1 else z
     return HeadOutput(np.asarray(X, np.float32), np.asarray(proba, np.float64), logits)
 
@@ -218,6 +221,8 @@ class OpenSet:
     scorer: OpenSetScorer
     combiner: Combiner | None = None
     tuning_auroc: dict[str, float] = field(default_factory=dict)  # every candidate, on the tuning rows
+    # logits averaged over every view the head's probabilities use (False: runs saved before, original view only)
+    logits_of_every_view: bool = True
 
     def every_value(self, out: HeadOutput) -> dict[str, np.ndarray]:
         """Every score for ``out``: the components and, when fitted, the combiner's."""
@@ -316,7 +321,8 @@ def save(openset: OpenSet, directory: Path) -> dict:
     """Write ``openset.npz`` into ``directory``; return the manifest's ``openset`` entry."""
     arrays = openset.scorer.arrays()
     entry: dict[str, Any] = {"file": FILE, "score": openset.score, "threshold": openset.threshold,
-                             "k": openset.scorer.k, "tuning_auroc": openset.tuning_auroc}
+                             "k": openset.scorer.k, "tuning_auroc": openset.tuning_auroc,
+                             "logits_of_every_view": openset.logits_of_every_view}
     if openset.combiner is not None:
         c = openset.combiner
         arrays.update(comb_mean=c.mean, comb_scale=c.scale, comb_coef=c.coef, comb_intercept=np.array([c.intercept]))
@@ -356,9 +362,10 @@ def load(directory: Path, entry: dict) -> OpenSet:
         path, score, threshold, k = directory / entry["file"], entry["score"], float(entry["threshold"]), int(entry["k"])
     except (KeyError, TypeError, ValueError) as err:
         raise ClothprobeError(f"{directory / 'manifest.json'}: the open-set entry is damaged ({err!r}); fit again.") from None
-    if Path(entry["file"]).name != entry["file"] or score not in (*SCORES, COMBINED):
+    every_view = entry.get("logits_of_every_view", False)
+    if Path(entry["file"]).name != entry["file"] or score not in (*SCORES, COMBINED) or not isinstance(every_view, bool):
         raise ClothprobeError(f"{directory / 'manifest.json'}: the open-set entry names {entry['file']!r} / score "
-                              f"{score!r}; fit again.")
+                              f"{score!r} / logits_of_every_view {every_view!r}; fit again.")
     arrays = _read_arrays(path)
     if not _shapes_ok(arrays, entry) or (score == COMBINED and "components" not in entry):
         raise ClothprobeError(f"{path} does not hold the open-set state its manifest describes; refusing it. "
@@ -367,4 +374,5 @@ def load(directory: Path, entry: dict) -> OpenSet:
     if "components" in entry:
         combiner = Combiner(list(entry["components"]), arrays["comb_mean"], arrays["comb_scale"], arrays["comb_coef"],
                             float(arrays["comb_intercept"][0]))
-    return OpenSet(score, threshold, OpenSetScorer.from_arrays(arrays, k), combiner, dict(entry.get("tuning_auroc", {})))
+    return OpenSet(score, threshold, OpenSetScorer.from_arrays(arrays, k), combiner, dict(entry.get("tuning_auroc", {})),
+                   every_view)

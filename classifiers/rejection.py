@@ -104,7 +104,8 @@ def subset(split: SplitData, rows: np.ndarray) -> SplitData:
 
 
 def output_of(model: Any, split: SplitData, n_classes: int, tta: bool, logits: bool = True) -> openset.HeadOutput:
-    return openset.head_output(model, split.X, predict_split(model, split, n_classes, tta), logits)
+    return openset.head_output(model, split.X, predict_split(model, split, n_classes, tta), logits,
+                               flipped=split.X_flip if tta else None)
 
 
 @dataclass

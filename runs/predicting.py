@@ -227,7 +227,9 @@ class Predictor:
         if self.openset is not None and len(proba):
             from clothprobe.classifiers.openset import head_output
 
-            scores = self.openset.values(head_output(self.model, views[ORIGINAL], proba))
+            both = self.manifest.tta and self.openset.logits_of_every_view
+            scores = self.openset.values(head_output(self.model, views[ORIGINAL], proba,
+                                                     flipped=views[FLIPPED] if both else None))
         if self.temperature is not None and len(proba):
             proba = apply_temperature(proba, self.temperature)
         return proba, scores

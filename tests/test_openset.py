@@ -128,6 +128,27 @@ def test_combiner_gives_no_weight_to_a_score_that_points_the_wrong_way() -> None
     assert unconstrained.coef_[0][1] < 0  # what the bound prevents
 
 
+def test_energy_sees_both_views_when_the_probabilities_do(world) -> None:
+    from scipy.special import logsumexp
+
+    scorer, known, _, head, _ = world
+    flipped = known.X[::-1].copy()  # any second view
+    out = openset.head_output(head, known.X, known.proba, flipped=flipped)
+    mean_logits = (head.decision_function(known.X) + head.decision_function(flipped)) / 2
+    assert np.allclose(scorer.scores(out)["energy"], logsumexp(mean_logits, axis=1))
+    assert not np.allclose(out.logits, openset.head_output(head, known.X, known.proba).logits)
+
+
+def test_a_saved_entry_records_the_logit_views_and_an_older_one_reads_as_the_original_view(world, tmp_path) -> None:
+    scorer, known, unknown, _, yv = world
+    entry = openset.save(openset.tune(scorer, known, unknown, known_y=yv), tmp_path)
+    assert openset.load(tmp_path, entry).logits_of_every_view is True
+    older = {k: v for k, v in entry.items() if k != "logits_of_every_view"}
+    assert openset.load(tmp_path, older).logits_of_every_view is False
+    with pytest.raises(ClothprobeError, match="logits_of_every_view 'yes'"):
+        openset.load(tmp_path, {**entry, "logits_of_every_view": "yes"})
+
+
 def test_evaluate_intervals_bracket_the_figure_and_are_seeded() -> None:
     rng = np.random.default_rng(3)
     known, unknown = rng.normal(1, 1, 200), rng.normal(0, 1, 100)

@@ -279,7 +279,8 @@ def openset_input(predictor, split):  # noqa: ANN001, ANN201
     from clothprobe.classifiers.openset import head_output
     from clothprobe.runs.predicting import head_proba
 
-    return head_output(predictor.model, split.X, head_proba(predictor, {"embeddings": split.X, "flip": split.X_flip}))
+    return head_output(predictor.model, split.X, head_proba(predictor, {"embeddings": split.X, "flip": split.X_flip}),
+                       flipped=split.X_flip if predictor.manifest.tta else None)
 
 
 def test_featurize_like_names_the_int8_calibration_photos_and_every_tap() -> None:
