@@ -229,8 +229,8 @@ def fit(
     models_dir: ModelsDir = Path("models"),
     out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory for a single --clf/--balance.")] = None,
     taps: Annotated[str, typer.Option(help=(
-        "Cached taps to fit on: final, all, tap names, or auto (final, the last 2 and 4, and all, each fitted and "
-        "the best kept on the selection data, never test)."))] = "auto",
+        "Cached taps to fit on: final, all, last-K (each backbone's last K taps), tap names, or auto (final, "
+        "last-2, last-4 and all, each fitted and the best kept on the selection data, never test)."))] = "auto",
     unknown: Annotated[Path | None, typer.Option(
         help="Photos of garments outside the classes (DIR/<garment type>/<image>, featurized like the dataset): "
              "each run learns to answer 'unknown'. Half of them (seeded, per type) and the validation split choose "

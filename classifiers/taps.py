@@ -1,9 +1,10 @@
 """Which cached taps a head is fitted on (``cli fit --taps``), as a setting chosen like C: never on test.
 
 A feature set's columns are blocks, one per (backbone, tap) (``FeatureSet.blocks``). A request is
-``final`` (each backbone's last tap), ``all`` (every tap its cache holds), ``NAME,...`` (those taps, each
-backbone the ones it has, its final tap when it has none of them), or ``auto``: the candidates ``final``,
-the last 2 and 4 taps, and ``all`` are each fitted, and the one with the best score on the selection data
+``final`` (each backbone's last tap), ``all`` (every tap its cache holds), ``last-K`` (each backbone's last K
+taps, all of them where it holds fewer), ``NAME,...`` (those taps, each backbone the ones it has, its final
+tap when it has none of them), or ``auto``: the candidates ``final``, ``last-2``, ``last-4`` and ``all`` are
+each fitted, and the one with the best score on the selection data
 (validation split or out of fold, as for every other setting) is kept. ``check_taps`` is the one
 validator of the option.
 
@@ -17,6 +18,7 @@ harder and every tap set lost to final-only on validation (bench/taps.py, first 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -28,6 +30,7 @@ from clothprobe.featurize.model.taps import ALL, FINAL
 AUTO = "auto"
 DEFAULT_FIT_TAPS = AUTO
 LAST_K = (2, 4)  # auto's candidates between final and all
+LAST = "last-"  # last-K: each backbone's last K taps
 
 
 @dataclass(frozen=True)
@@ -40,10 +43,20 @@ class TapChoice:
 
 
 def check_taps(request: str) -> str:
-    """``final``, ``all``, ``auto`` or a comma-separated list of names (checked against the caches later)."""
+    """``final``, ``all``, ``auto``, ``last-K`` (K a whole number >= 1) or a comma-separated list of names
+    (checked against the caches later)."""
     if not isinstance(request, str) or not [p for p in request.split(",") if p.strip()]:
-        raise ClothprobeError(f"--taps takes final, all, auto or tap names separated by commas; got {request!r}.")
-    return request.strip()
+        raise ClothprobeError(f"--taps takes final, all, auto, last-K or tap names separated by commas; got {request!r}.")
+    request = request.strip()
+    if request.startswith(LAST) and _last_k(request) is None:
+        raise ClothprobeError(f"--taps last-K takes a whole number K of at least 1 (last-2, last-4); got {request!r}.")
+    return request
+
+
+def _last_k(request: str) -> int | None:
+    """K of a ``last-K`` request (ASCII digits, K >= 1), else None."""
+    found = re.fullmatch(LAST + r"([1-9][0-9]*)", request)
+    return int(found.group(1)) if found else None
 
 
 def _last(data: FeatureSet, k: int | None) -> dict[str, tuple[str, ...]]:
@@ -73,10 +86,12 @@ def tap_candidates(data: FeatureSet, request: str) -> list[TapChoice]:
         return [TapChoice(FINAL, _last(data, 1))]
     if request == ALL:
         return [TapChoice(ALL, _last(data, None))]
+    if request.startswith(LAST):
+        return [TapChoice(request, _last(data, _last_k(request)))]
     if request != AUTO:
         return [TapChoice(request, _named(data, request))]
     out: list[TapChoice] = []
-    for name, k in [(FINAL, 1), *((f"last-{k}", k) for k in LAST_K), (ALL, None)]:
+    for name, k in [(FINAL, 1), *((f"{LAST}{k}", k) for k in LAST_K), (ALL, None)]:
         taps = _last(data, k)
         if all(taps != c.taps for c in out):
             out.append(TapChoice(name, taps))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clothprobe.errors import ClothprobeError, ClothprobeWarning
 from clothprobe.featurize.embed import open_embedder
@@ -332,6 +334,30 @@ def test_auto_tries_every_tap_set_for_every_head(tapped: Path) -> None:
     assert [c["name"] for c in lgbm.metrics.taps["candidates"]] == ["final", "last-2", "last-4", "all"]
     wide = _fit(tapped, "lgbm-all", backbone="vgg16", clf="lgbm", balance="none", taps="all")
     assert wide.metrics.taps["chosen"] == "all" and wide.metrics.taps["candidates"][0]["columns"] == 2304
+
+
+def test_last_k_fits_each_backbones_last_k_taps(tapped: Path) -> None:
+    from clothprobe.runs.directory import read_manifest
+
+    two = _fit(tapped, "last2", backbone="vgg16", taps="last-2")
+    assert read_manifest(two.run_dir).caches["vgg16"]["taps"] == ["block5_conv3", "block5_pool"]
+    assert [(c["name"], c["columns"]) for c in two.metrics.taps["candidates"]] == [("last-2", 1024)]
+    many = _fit(tapped, "last9", backbone="vgg16", taps="last-9")  # more than it holds: every tap
+    assert many.metrics.taps["candidates"][0]["columns"] == 2304
+    with pytest.raises(ClothprobeError, match=r"last-K takes a whole number K of at least 1.*'last-0'"):
+        _fit(tapped, "last0", backbone="vgg16", taps="last-0")
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.one_of(st.integers(-5, 10**9).map(str), st.text(max_size=8).filter(lambda t: t == t.strip())))
+def test_check_taps_takes_last_k_for_whole_numbers_from_one_only(k: str) -> None:
+    from clothprobe.classifiers.taps import check_taps
+
+    if k.isascii() and k.isdigit() and not k.startswith("0"):
+        assert check_taps(f"last-{k}") == f"last-{k}"
+    else:
+        with pytest.raises(ClothprobeError, match="last-K"):
+            check_taps(f"last-{k}")
 
 
 def test_the_main_job_fits_each_head_with_its_run_taps(tmp_path: Path) -> None:
