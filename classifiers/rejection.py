@@ -40,6 +40,12 @@ class RejectRequest:
     negatives: UnknownSet | None = None
     max_cost: float = openset.MAX_ACCURACY_COST
 
+    def __post_init__(self) -> None:
+        if len(self.unknown.rows.y) < 2:
+            raise ClothprobeError(f"{self.unknown.folder} holds {len(self.unknown.rows.y)} featurized photo; --unknown "
+                                  f"needs at least 2 (half choose the threshold, half measure it): add photos of "
+                                  f"garments outside the classes (DIR/<garment type>/<image>) and featurize it again.")
+
     def restricted(self, fitted: FeatureSet, tta: bool) -> RejectRequest:
         """The request with the columns ``fitted`` holds (the tap set a fit chose)."""
         return replace(self, unknown=with_taps(self.unknown, fitted, tta),

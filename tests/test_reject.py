@@ -127,6 +127,13 @@ def test_unknown_needs_validation_selection_and_the_same_recipe(features: Path, 
         fit("clothes", features_dir=features, models_dir=tmp_path / "m", unknown="elsewhere")
 
 
+def test_an_unknown_folder_of_one_photo_is_one_line_before_any_fitting(features: Path, tmp_path: Path) -> None:
+    make_cache(features, dataset="outside", seed=7, splits={"train": (1, 0, 0)}, separation=3.0)
+    with pytest.raises(ClothprobeError, match=r"data/outside holds 1 featurized photo; --unknown needs at least 2"):
+        fit_unknown(features, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
 def test_a_tampered_openset_file_is_refused(features: Path, tmp_path: Path) -> None:
     from clothprobe.runs.predicting import Predictor
 
