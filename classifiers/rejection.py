@@ -130,8 +130,9 @@ def fit_rejection(model: Any, data: FeatureSet, unknown: UnknownSet, *, tta: boo
     share of validation accuracy the threshold may cost."""
     train, val, n = data.splits["train"], data.splits.get("validation"), len(data.class_names)
     if val is None or not len(val):
-        raise ClothprobeError("--unknown needs a validation split: the threshold is set on the validation photos "
-                              "(at most 1 pp of their accuracy). Featurize DIR/{train,validation,test}/<class>/<image>.")
+        raise ClothprobeError(f"--unknown needs a validation split: the threshold is set on the validation photos "
+                              f"(at most {100 * max_cost:g} pp of their accuracy). Featurize "
+                              "DIR/{train,validation,test}/<class>/<image>.")
     tuning_rows, report_rows = openset.split_unknown(unknown.rows.y, seed)
     scorer = openset.OpenSetScorer().fit(train.X, train.y, None if negatives is None else negatives.rows.X)
     tuning = output_of(model, subset(unknown.rows, tuning_rows), n, tta, logits)

@@ -185,20 +185,22 @@ def _openset(runs: list[Run], index: int) -> Table | None:
         if reported is None:
             continue
         f = reported["scores"][figures["score"]]
+        bound = figures.get("max_accuracy_cost")  # runs fitted before --unknown-cost record none
         rows.append([Cell(r.id), Cell(figures["score"]), Cell(_pct(figures["tuning_auroc"][figures["score"]])),
                      Cell(_pct(f["auroc"]), _ci(tuple(f["auroc_ci"]))),
                      Cell(_pct(f["fpr95"]), _ci(tuple(f["fpr95_ci"]))),
+                     Cell("-" if bound is None else f"{100 * bound:.1f}"),
                      Cell(_pct(reported["known_kept"])), Cell(_pct(reported["unknown_rejected"])),
                      Cell(f"{_pct(reported['accuracy'])} -> {_pct(reported['accuracy_with_reject'])}"),
                      Cell(f"{reported['accuracy_cost_pp']:.1f}")])
     if not rows:
         return None
-    header = ["run", "score", "tuning AUROC %", "AUROC %", "FPR@95 %", "test kept %", "unknown rejected %",
-              "test acc % (rejected = wrong)", "cost pp"]
+    header = ["run", "score", "tuning AUROC %", "AUROC %", "FPR@95 %", "bound pp", "test kept %",
+              "unknown rejected %", "test acc % (rejected = wrong)", "cost pp"]
     note = ("Runs fitted with cli fit --unknown: the open-set score and its threshold (the highest costing at most "
-            "1 pp of validation accuracy) were chosen on the validation split and half of the unknown photos; the "
-            "figures are measured on the test split and the other half (95% bootstrap intervals). cli predict answers "
-            "'unknown' below it.")
+            "'bound pp' of validation accuracy, cli fit --unknown-cost) were chosen on the validation split and half "
+            "of the unknown photos; the figures are measured on the test split and the other half (95% bootstrap "
+            "intervals). cli predict answers 'unknown' below it.")
     return Table("Unknown garments (reject option)", header, rows, note, f"openset-{index}")
 
 

@@ -74,6 +74,7 @@ def test_the_report_shows_the_reject_option_and_its_cost(features: Path, tmp_pat
     figures = result.metrics.openset
     assert str(table.rows[0][1]) == figures["score"]
     assert str(table.rows[0][-1]) == f"{figures['report']['accuracy_cost_pp']:.1f}"
+    assert str(table.rows[0][table.header.index("bound pp")]) == "1.0"  # the --unknown-cost the run was fitted with
     assert "Unknown garments" in report.md_path.read_text() and "Unknown garments" in report.html_path.read_text()
 
 
