@@ -152,10 +152,12 @@ def main() -> None:
     p.add_argument("--backbone", default="xception")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-negatives", action="store_true", help="Skip the outlier-exposure experiment.")
-    p.add_argument("--taps", default="final", help="final, last-2, last-4 or all (a candidate of fit --taps auto)")
+    p.add_argument("--taps", default="final", help="final, last-K, all or tap names, as for fit --taps (not auto)")
     p.add_argument("--tta", action="store_true", help="Average the flipped view's probabilities (caches with it).")
     p.add_argument("--report", type=Path, default=ROOT / "bench" / "results" / "openset.md")
     a = p.parse_args()
+    if a.taps == "auto":
+        p.error("--taps auto stands for four tap sets; give one (final, last-4, all, ...)")
     if a.tta and not a.no_negatives:
         p.error("the outlier-exposure experiment runs without the flipped view: add --no-negatives to --tta")
 
@@ -164,7 +166,8 @@ def main() -> None:
     from clothprobe.classifiers.taps import restrict, tap_candidates
 
     data = load_feature_set(a.backbone, a.dataset, a.features)
-    data = restrict(data, {c.name: c for c in tap_candidates(data, "auto")}[a.taps])
+    (choice,) = tap_candidates(data, a.taps)
+    data = restrict(data, choice)
     unknown = with_taps(load_unknown(a.unknown, a.backbone, a.features, data, tta=a.tta), data, a.tta)
     model = _head(data, a.seed, tta=a.tta)
     loo = _leave_one_out(model, data, unknown, a.seed, a.tta)
