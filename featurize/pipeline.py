@@ -157,8 +157,8 @@ def featurize(
         with ExistingCache(out) as existing:
             if opts.guard:
                 recipe = _default_precision(recipe, index, calibration)
-            recipe, calibration_files = _calibrated(recipe, index, calibration, calibration_size, seed, existing)
-            result = _update(index, effective_recipe(recipe), calibration_files, existing, engine, opts)
+            recipe, photos = _calibrated(recipe, index, calibration, calibration_size, seed, existing)
+            result = _update(index, effective_recipe(recipe), photos, existing, engine, opts)
     catalog.record(features_dir, dataset=dataset.name, backbone=result.backbone, cache_path=out,
                    data_root=dataset.root)
     result.seconds = time.perf_counter() - started
@@ -181,11 +181,12 @@ def _guard_sample(index: FileIndex, seed: int) -> GuardSample | None:
 
 
 def _calibrated(recipe: Recipe, index: FileIndex, calibration: str | Path | None, size: int, seed: int,
-                existing: ExistingCache) -> tuple[Recipe, tuple[str, ...]]:
-    """int8 only: the calibration photos (a seeded sample of the training split, or of ``calibration``);
-    their digest goes into the recipe, so another sample makes another cache. An int8 cache keeps the
-    calibration it was made with while its model is in the store, so adding training photos (which may
-    change the sample) computes only the new photos."""
+                existing: ExistingCache) -> tuple[Recipe, tuple[tuple[str, str], ...]]:
+    """int8 only: the calibration photos as ``(absolute path, sha256)`` in the order NNCF sees them (a seeded
+    sample of the training split, or of ``calibration``); their digest goes into the recipe, so another sample
+    makes another cache, and the cache records them, so the network can be made again where the store lacks
+    it. An int8 cache keeps the calibration it was made with while its model is in the store, so adding
+    training photos (which may change the sample) computes only the new photos."""
     if recipe.precision != "int8":
         if calibration is not None:
             raise ClothprobeError(f"--calibration is for --precision int8; this run is {recipe.precision}.")
@@ -194,14 +195,15 @@ def _calibrated(recipe: Recipe, index: FileIndex, calibration: str | Path | None
 
     kept = _kept_calibration(recipe, existing)
     if calibration is None and kept is not None:
-        return kept, ()
+        return kept, existing.header.calibration_photos
     if calibration is not None:
         chosen = calibration_from_folder(calibration, size, seed)
     else:
         train = index.dataset.files.get("train", [])
         chosen = calibration_sample([(f.path, index.hashes[f.rel_path]) for f in train if f.rel_path in index.hashes],
                                     size, seed)
-    return recipe.with_precision("int8", chosen.digest), tuple(str(p) for p in chosen.files)
+    photos = tuple((str(Path(p).resolve()), sha) for p, sha in zip(chosen.files, chosen.hashes))
+    return recipe.with_precision("int8", chosen.digest), photos
 
 
 def _kept_calibration(recipe: Recipe, existing: ExistingCache) -> Recipe | None:
@@ -215,17 +217,18 @@ def _kept_calibration(recipe: Recipe, existing: ExistingCache) -> Recipe | None:
     return previous if ModelStore().read_for(previous) is not None else None
 
 
-def _update(index: FileIndex, recipe: Recipe, calibration_files: tuple[str, ...], existing: ExistingCache,
+def _update(index: FileIndex, recipe: Recipe, photos: tuple[tuple[str, str], ...], existing: ExistingCache,
             engine: Engine, o: _Options) -> FeaturizeResult:
     """Plan against the verified cache, embed what is missing, merge, and say what happened."""
     if existing.damage and o.strict:
         raise ClothprobeError(f"Feature cache {o.out} is damaged ({existing.damage}); --strict will not rebuild it. "
                               f"Run without --strict to rebuild it, or delete it.")
-    plan, merger, model_seconds = _embed(index, recipe, calibration_files, existing, engine, o)
+    plan, merger, model_seconds = _embed(index, recipe, tuple(p for p, _ in photos), existing, engine, o)
     recipe, dataset = plan.recipe, index.dataset
     header = CacheHeader(recipe=recipe, class_names=tuple(dataset.class_names), dataset=dataset.name,
-                                   views=o.views, data_root=str(dataset.root.resolve()), decode=plan.decode,
-                                   versions=library_versions())
+                         views=o.views, data_root=str(dataset.root.resolve()), decode=plan.decode,
+                         versions=library_versions(),
+                         calibration_photos=photos if recipe.calibration and recipe.precision == "int8" else ())
     outcome = merger.write(existing, o.out, header, model_seconds)
     old = existing.header
     rows = sum(len(r.paths) for r in outcome.splits.values())

@@ -105,6 +105,11 @@ class RunEmbedding:
 
     recipe: Recipe
     columns: np.ndarray | None
+    calibration: tuple[tuple[str, str], ...] = ()  # int8: the photos its network was calibrated on (path, sha256)
+
+    @property
+    def calibration_files(self) -> tuple[str, ...]:
+        return tuple(path for path, _ in self.calibration)
 
     def used(self, views: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``views`` (embeddings made with ``recipe``) cut to the columns the run uses."""
@@ -119,7 +124,7 @@ def run_embeddings(caches: dict[str, dict]) -> list[RunEmbedding]:
     from clothprobe.featurize.model.recipe import reproduce
 
     infos = [CacheInfo.from_dict(record) for record in caches.values()]
-    return [RunEmbedding(reproduce(info.recipe), info.tap_columns()) for info in infos]
+    return [RunEmbedding(reproduce(info.recipe), info.tap_columns(), info.calibration_photos) for info in infos]
 
 
 def _embed(files: list[Path], caches: dict[str, dict], tta: bool, batch_size: int, max_pixels: int,
@@ -209,6 +214,7 @@ class Predictor:
             self.model, self.network = None, load_e2e_model(self.run_dir)[1]
         else:
             self.model, self.network = load_model(self.run_dir), None
+        self._networks_ready = False
         self.openset = None
         if unknown and self.manifest.openset is not None:
             from clothprobe.classifiers import openset
@@ -218,6 +224,16 @@ class Predictor:
     @property
     def classes(self) -> list[str]:
         return list(self.manifest.classes)
+
+    def ensure_networks(self) -> None:
+        """Before a cached-features run first embeds: make an int8 network the model store lacks again from the
+        calibration photos its cache recorded (``runs/networks.py``), once."""
+        from clothprobe.runs.networks import ensure_networks
+
+        if not self._networks_ready and self.network is None:
+            ensure_networks(self.run_dir, [(how.recipe, how.calibration) for how in run_embeddings(self.manifest.caches)],
+                            self.weights)
+        self._networks_ready = True
 
     def from_views(self, views: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
         """A cached-features run's probabilities over embeddings (calibrated if asked) and, with a reject
@@ -241,6 +257,7 @@ class Predictor:
             if self.temperature is not None and len(proba):
                 proba = apply_temperature(proba, self.temperature)
             return Scored(proba, good, skipped)
+        self.ensure_networks()
         done = _embed(files, self.manifest.caches, self.manifest.tta, self.batch_size, self.max_pixels, self.weights)
         proba, scores = self.from_views(done.views)
         return Scored(proba, done.good, done.skipped, scores)
@@ -484,6 +501,7 @@ def score_catalogue(images: Sequence[str | Path], model_dir: str | Path, output:
                               f"embeddings (cli fit). Score it with the local engine.")
     predictor = Predictor(model_dir, weights=weights, batch_size=batch_size, max_pixels=max_pixels,
                           calibrate=calibrate, unknown=unknown)
+    predictor.ensure_networks()  # here, so that workers on this machine find the network in the store
     writer = ScoreWriter(output, predictor.classes, top_k, fmt, run=predictor.manifest.id,
                          calibrated=predictor.temperature is not None, openset=predictor.openset is not None)
     files = list_images(images)
@@ -509,7 +527,8 @@ def _score_batches(files: list[Path], predictor: Predictor,
 
     views = view_names(predictor.manifest.tta)
     embeddings = run_embeddings(predictor.manifest.caches)
-    tasks = tuple(EmbedTask(how.recipe, views, predictor.batch_size, predictor.max_pixels) for how in embeddings)
+    tasks = tuple(EmbedTask(how.recipe, views, predictor.batch_size, predictor.max_pixels, how.calibration_files)
+                  for how in embeddings)
     rows = predictor.batch_size * engine.block_batches
     blocks = [Block(k, tuple(str(i) for i in range(start, min(start + rows, len(files)))),
                     tuple(os.path.abspath(f) for f in files[start : start + rows]))

@@ -97,7 +97,8 @@ class FeatureCache:
         return CacheInfo(path=str(self.path), fingerprint=self.fingerprint, recipe=self.recipe, views=self.views,
                          data_root=self.header.data_root or None, images=n,
                          featurize_seconds=per_image * n if per_image > 0 else None,
-                         taps=tuple(name for name, _ in self.taps))
+                         taps=tuple(name for name, _ in self.taps),
+                         calibration_photos=self.header.calibration_photos)
 
     def to_arrow(self) -> Any:
         """A ``pyarrow.Table``, one row per image (see ``featurize/cache/export.py``)."""

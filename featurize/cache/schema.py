@@ -6,7 +6,8 @@ Layout of ``features/<dataset>/<backbone>.h5`` (schema version 3)::
                              embedding recipe, featurize/model/recipe.py), fingerprint (the recipe's), class_names,
                              splits, views (JSON lists), dataset, data_root, seconds_per_image, decode (JSON:
                              the decoder settings the remembered failures hold for), versions (JSON),
-                             created, content_digest, header_checksum (SHA-256 of all the others)
+                             created, content_digest, calibration_photos (int8: JSON [path, sha256] of each
+                             photo that calibrated the network, in order), header_checksum (SHA-256 of all the others)
     /<split>/embeddings/<tap>   float32 (n, d_tap)   pooled output of each tap the recipe embeds
                                  (featurize/model/taps.py; one tap, named after the final layer, by default);
                                  float16 for every tap but the final layer (``taps.tap_dtype``; written since
@@ -86,6 +87,9 @@ class CacheHeader:
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
     content_digest: str = ""  # what the cache holds (content_digest()), to leave an unchanged cache alone
+    # int8: (absolute path, sha256) of each photo that calibrated the quantized network, in the order it saw them,
+    # so the network can be made again where the model store lacks it (a new machine); () otherwise
+    calibration_photos: tuple[tuple[str, str], ...] = ()
 
     @property
     def fingerprint(self) -> str:
@@ -100,6 +104,8 @@ class CacheHeader:
             "decode": canonical_json(self.decode), "versions": canonical_json(self.versions), "created": self.created,
             "content_digest": self.content_digest,
         }
+        if self.calibration_photos:  # absent from caches made before it was recorded, and from float caches
+            attrs["calibration_photos"] = canonical_json([list(p) for p in self.calibration_photos])
         return {**attrs, "header_checksum": _header_checksum(attrs)}
 
     @classmethod
@@ -114,10 +120,25 @@ class CacheHeader:
                          dataset=str(attrs["dataset"]), views=tuple(json.loads(attrs["views"])),
                          data_root=str(attrs["data_root"]), seconds_per_image=float(attrs["seconds_per_image"]),
                          decode=json.loads(attrs["decode"]), versions=json.loads(attrs["versions"]),
-                         created=str(attrs["created"]), content_digest=str(attrs["content_digest"]))
+                         created=str(attrs["created"]), content_digest=str(attrs["content_digest"]),
+                         calibration_photos=calibration_photos(json.loads(attrs.get("calibration_photos", "[]"))))
             return header, list(json.loads(attrs["splits"]))
         except (KeyError, TypeError, ValueError, ClothprobeError) as err:
             raise CacheDamaged(f"its root attributes are incomplete ({err})") from None
+
+
+def calibration_photos(value: Any) -> tuple[tuple[str, str], ...]:
+    """A record of calibration photos as read back (a cache's attribute, a run manifest's entry): a list of
+    ``[path, sha256]`` pairs, checked; a ValueError for anything else."""
+    if not isinstance(value, list):
+        raise ValueError(f"calibration_photos should be a list of [path, sha256] pairs, got {type(value).__name__}")
+    pairs = []
+    for item in value:
+        if (not isinstance(item, list) or len(item) != 2 or not all(isinstance(v, str) for v in item)
+                or not re.fullmatch(r"[0-9a-f]{64}", item[1])):
+            raise ValueError(f"calibration_photos holds {str(item)[:80]!r}, not a [path, sha256] pair")
+        pairs.append((item[0], item[1]))
+    return tuple(pairs)
 
 
 def canonical_json(value: Any) -> str:
@@ -141,6 +162,7 @@ class CacheInfo:
     images: int
     featurize_seconds: float | None  # model time for all its images, None when unknown
     taps: tuple[str, ...] = ()  # the taps used (a subset of the recipe's, in its order); () = all of them
+    calibration_photos: tuple[tuple[str, str], ...] = ()  # the cache's record (CacheHeader), for predict
 
     def tap_columns(self) -> np.ndarray | None:
         """The columns of the taps used, in an embedding made with ``recipe`` (the cache's own network, so new
@@ -157,7 +179,8 @@ class CacheInfo:
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "fingerprint": self.fingerprint, "recipe": self.recipe.to_dict(),
                 "views": list(self.views), "data_root": self.data_root, "images": self.images,
-                "featurize_seconds": self.featurize_seconds, "taps": list(self.taps)}
+                "featurize_seconds": self.featurize_seconds, "taps": list(self.taps),
+                "calibration_photos": [list(p) for p in self.calibration_photos]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CacheInfo:
@@ -167,7 +190,8 @@ class CacheInfo:
             return cls(path=str(d["path"]), fingerprint=str(d["fingerprint"]), recipe=Recipe.from_dict(d["recipe"]),
                        views=tuple(d["views"]), data_root=d["data_root"], images=int(d["images"]),
                        featurize_seconds=None if seconds is None else float(seconds),
-                       taps=tuple(str(t) for t in d.get("taps", ())))
+                       taps=tuple(str(t) for t in d.get("taps", ())),
+                       calibration_photos=calibration_photos(d.get("calibration_photos", [])))
         except (KeyError, TypeError, ValueError, AttributeError, ClothprobeError) as err:
             raise ClothprobeError(f"not a cache record this clothprobe can read ({err})") from None
 

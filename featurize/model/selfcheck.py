@@ -94,6 +94,10 @@ def taps_cosine_min(recipe: Recipe, a: np.ndarray, b: np.ndarray) -> float:
     return float(min(cosines))
 
 
+class CalibrationMismatch(ClothprobeError):
+    """The calibration photos given are not the ones an int8 recipe was calibrated on (their content differs)."""
+
+
 class _Loader:
     """Entries and runners for one request: store, weights, calibration photos, compile settings."""
 
@@ -131,6 +135,15 @@ class _Loader:
         return chosen_rows(recipe, entry, self.store, machine_id(), compile_for, measure=self.time_rows)
 
 
+def ensure_entry(recipe: Recipe, *, calibration_files: Sequence[Path] = (), weights: Any = None,
+                 store: ModelStore | None = None) -> None:
+    """Make sure the store holds the files ``recipe`` runs from, building them now if it lacks them (an int8
+    network from ``calibration_files``, which must be the photos it was calibrated on). Compiles nothing."""
+    store = store or ModelStore()
+    with store.in_use(recipe, recipe.with_precision("float32")):
+        _Loader(store, weights, calibration_files, threads=None, time_rows=False).entry(recipe)
+
+
 def _unreachable(directory: Path) -> None:
     raise AssertionError(f"{directory}: an existing store entry is never built again")
 
@@ -143,7 +156,7 @@ def checked_calibration(recipe: Recipe, files: Sequence[Path]) -> tuple[str, ...
 
     hashes = tuple(file_sha256(f) for f in files)
     if calibration_digest(hashes) != recipe.calibration:
-        raise ClothprobeError(f"The {len(hashes)} calibration photos given do not make calibration {recipe.calibration} "
+        raise CalibrationMismatch(f"The {len(hashes)} calibration photos given do not make calibration {recipe.calibration} "
                               f"of {recipe.backbone} (their content differs); give the photos it was made from.")
     return hashes
 
