@@ -150,6 +150,8 @@ async def _refused(request: Request, err: Exception) -> Response:
                   f"{err.detail}: {request.url.path}")
         return _error(err.status_code, reason, err.headers)
     headers = {"Retry-After": str(RETRY_AFTER_S)} if err.status == 503 else None
+    if err.status in (408, 413):  # the rest of the body is not wanted: closing stops the client sending it
+        headers = {"Connection": "close"}
     return _error(err.status, err.reason, headers)
 
 
