@@ -21,10 +21,11 @@ ADDRESS = re.compile(r" at (http://\S+/) ")
 
 
 @contextlib.contextmanager
-def cli_server(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``cli serve ARGS --port 0`` running; its address and process. Stopped with Ctrl-C (SIGINT) at the end,
+def cli_server(*args: str, port: int = 0, env: dict[str, str] | None = None,
+               timeout: float = 120) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``cli serve ARGS --port PORT`` running; its address and process. Stopped with Ctrl-C (SIGINT) at the end,
     and the test fails when it does not stop."""
-    proc = subprocess.Popen([sys.executable, "-m", "clothprobe.cli", "serve", *args, "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "clothprobe.cli", "serve", *args, "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
     try:
