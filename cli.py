@@ -106,8 +106,9 @@ def _engine(ctx: typer.Context, kind: EngineKind, address: str | None, workers: 
         ray_join_settings()
     engine = RayEngine(address, workers=workers, threads=threads,
                        init_options={} if verbose else {"logging_level": logging.WARNING})
-    if not verbose:  # Ray Data's notices; a batch that fails is still logged (an error)
+    if not verbose:  # Ray Data's notices; a batch that fails is still logged (an error). Ray Serve's progress lines
         logging.getLogger("ray.data").setLevel(logging.ERROR)
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
     return engine
 
 

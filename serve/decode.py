@@ -70,14 +70,14 @@ def _declared_length(request: Request) -> int | None:
 
 
 async def _raw(request: Request) -> list[Upload]:
-    spool = SpooledTemporaryFile(max_size=SPOOL_BYTES)
+    upload = Upload(None, SpooledTemporaryFile(max_size=SPOOL_BYTES))  # noqa: SIM115 - the caller closes it
     try:
         async for chunk in request.stream():
-            spool.write(chunk)
+            upload.file.write(chunk)
     except BaseException:
-        spool.close()
+        upload.file.close()
         raise
-    return [Upload(None, spool)]
+    return [upload]
 
 
 async def _form(request: Request, settings: ServeSettings) -> list[Upload]:

@@ -24,6 +24,7 @@ from clothprobe.serve.settings import ServeSettings
 
 APP_NAME = "clothprobe"
 INSTALL = 'pip install "clothprobe[serve,ray]"'
+QUIET = {"log_level": "WARNING", "enable_access_log": False}  # Ray Serve's own logs: its warnings and errors only
 
 
 class Replica:
@@ -86,9 +87,9 @@ def deploy(path: Path, engine: Any, *, host: str, port: int, settings: ServeSett
     sizing = engine.connect()
     threads = settings.threads or sizing.threads
     deployment = serve.deployment(
-        serve.ingress()(Replica), name=APP_NAME, num_replicas=sizing.workers,
+        serve.ingress()(Replica), name=APP_NAME, num_replicas=sizing.workers, logging_config=QUIET,
         ray_actor_options={"num_cpus": threads}, max_ongoing_requests=settings.max_requests)
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(http_options={"host": host, "port": port}, logging_config=QUIET)
     try:
         serve.run(deployment.bind(Path(path).read_bytes(), Path(path).name, replace(settings, threads=threads)),
                   name=APP_NAME, route_prefix="/", blocking=False)

@@ -13,6 +13,7 @@ from clothprobe.errors import ClothprobeError
 from clothprobe.serve.exports import model_file
 from clothprobe.serve.settings import DEFAULT_HOST, DEFAULT_PORT, ServeSettings
 
+
 def url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clothprobe.export.contract import (INPUT, OPENSET_SCORE, OPENSET_THRESHOLD, PROBABILITIES, ExportedModel)
+from clothprobe.export.contract import INPUT, OPENSET_SCORE, OPENSET_THRESHOLD, PROBABILITIES, ExportedModel
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 160, 0), "blue": (0, 0, 255)}
 GREY = (128, 128, 128)
