@@ -521,8 +521,8 @@ def serve(
     max_pixels: Annotated[int, typer.Option(help="Refuse images above this many pixels (decompression bombs), "
                                                  "as featurize does.")] = DEFAULT_MAX_PIXELS,
     max_files: Annotated[int, typer.Option(help="Images in one request.")] = ServeSettings.max_files,
-    max_batch: Annotated[int, typer.Option(help="Images the model runs at once, from concurrent "
-                                                "requests.")] = ServeSettings.max_batch,
+    max_batch: Annotated[int, typer.Option(help="Images the model runs at once, from concurrent requests (its "
+                                                "memory grows with it).")] = ServeSettings.max_batch,
     batch_window_ms: Annotated[float, typer.Option(help=(
         "How long a batch's first image waits for others while more requests are arriving (a lone request "
         "never waits)."))] = ServeSettings.batch_window_ms,

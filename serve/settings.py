@@ -32,7 +32,8 @@ def default_threads() -> int:
 class ServeSettings:
     """``max_upload_mb``: one request's body (413 beyond, refused while it streams); ``max_pixels``: images
     above are refused as featurize refuses them (decompression bombs); ``max_batch``: images the model runs at
-    once; ``batch_window_ms``: how long the first image of a batch waits for others while more requests are
+    once (memory grows with it: a CNN's activations, some 90 MB an image for Xception at 299 px);
+    ``batch_window_ms``: how long the first image of a batch waits for others while more requests are
     arriving; ``max_queue``: decoded images waiting for the model (503 beyond); ``max_requests``: requests in
     the server at once (503 beyond); ``max_files``: images in one request; ``threads``: onnxruntime's threads
     (default: every CPU of this process); ``upload_timeout_s``: the longest a request may take to send its body
@@ -40,7 +41,7 @@ class ServeSettings:
 
     max_upload_mb: int = 16
     max_pixels: int = DEFAULT_MAX_PIXELS
-    max_batch: int = 16
+    max_batch: int = 4
     batch_window_ms: float = 5.0
     max_queue: int = 256
     max_requests: int = 128
