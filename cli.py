@@ -19,6 +19,7 @@ from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS
 from clothprobe.featurize.model.backbones import BACKBONES, DEFAULT_BACKBONE, RUN_BACKBONES
 from clothprobe.featurize.model.taps import DEFAULT_TAPS
+from clothprobe.serve.settings import DEFAULT_HOST, DEFAULT_PORT, ServeSettings
 
 app = typer.Typer(
     help="clothprobe: classify clothing photos from frozen CNN embeddings.",
@@ -84,9 +85,11 @@ TAPS_HELP = ("Layers whose average-pooled outputs are cached side by side: final
              "block13_out,final) [default: all; see docs/guide/taps.md].")
 
 
-def _engine(ctx: typer.Context, kind: EngineKind, address: str | None, workers: int | None):  # noqa: ANN202
+def _engine(ctx: typer.Context, kind: EngineKind, address: str | None, workers: int | None,  # noqa: ANN202
+            threads: int | None = None):
     """The engine the options ask for, as a context manager: None (the library's default, local) or a
-    ``RayEngine`` that disconnects at the end. Ray's own INFO lines are kept off the terminal unless --verbose."""
+    ``RayEngine`` that disconnects at the end (``threads``: each worker's). Ray's own INFO lines are kept off
+    the terminal unless --verbose."""
     if kind is EngineKind.local:
         if address is not None or workers is not None:
             raise ClothprobeError("--address and --workers are for --engine ray.")
@@ -101,9 +104,11 @@ def _engine(ctx: typer.Context, kind: EngineKind, address: str | None, workers: 
         from clothprobe._util.appsetup import ray_join_settings
 
         ray_join_settings()
-    engine = RayEngine(address, workers=workers, init_options={} if verbose else {"logging_level": logging.WARNING})
-    if not verbose:  # Ray Data's notices; a batch that fails is still logged (an error)
+    engine = RayEngine(address, workers=workers, threads=threads,
+                       init_options={} if verbose else {"logging_level": logging.WARNING})
+    if not verbose:  # Ray Data's notices; a batch that fails is still logged (an error). Ray Serve's progress lines
         logging.getLogger("ray.data").setLevel(logging.ERROR)
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
     return engine
 
 
@@ -497,6 +502,55 @@ def predict(
     write_scores(result, output, top_k, chosen)
     if output:
         err.print(Text(f"wrote {output}"))
+
+
+@app.command()
+@bounded
+def serve(
+    ctx: typer.Context,
+    model: Annotated[Path, typer.Argument(help=(
+        "A FILE.onnx written by cli export, or a run directory (exported once into $CLOTHPROBE_HOME/exports, "
+        "reused while the run is unchanged)."), show_default=False)],
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = DEFAULT_HOST,
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port; the address printed says "
+                                           "which).")] = DEFAULT_PORT,
+    precision: Annotated[str | None, typer.Option(help=(
+        "A run directory: export it as float32 or int8 [default: as cli export does]."), show_default=False)] = None,
+    max_upload_mb: Annotated[int, typer.Option(help="Largest request body (413 beyond, refused as it "
+                                                    "streams).")] = ServeSettings.max_upload_mb,
+    max_pixels: Annotated[int, typer.Option(help="Refuse images above this many pixels (decompression bombs), "
+                                                 "as featurize does.")] = DEFAULT_MAX_PIXELS,
+    max_files: Annotated[int, typer.Option(help="Images in one request.")] = ServeSettings.max_files,
+    max_batch: Annotated[int, typer.Option(help="Images the model runs at once, from concurrent requests (its "
+                                                "memory grows with it).")] = ServeSettings.max_batch,
+    batch_window_ms: Annotated[float, typer.Option(help=(
+        "How long a batch's first image waits for others while more requests are arriving (a lone request "
+        "never waits)."))] = ServeSettings.batch_window_ms,
+    max_queue: Annotated[int, typer.Option(help="Decoded images waiting for the model (503 "
+                                                "beyond).")] = ServeSettings.max_queue,
+    max_requests: Annotated[int, typer.Option(help="Requests in the server at once (503 "
+                                                   "beyond).")] = ServeSettings.max_requests,
+    threads: Annotated[int | None, typer.Option(help=(
+        "The model's CPU threads [default: every CPU of the process; --engine ray: each node's CPUs but one, "
+        "shared by its replicas]."), show_default=False)] = None,
+    engine: Engine = EngineKind.local,
+    address: Address = None,
+    workers: Annotated[int | None, typer.Option(help=(
+        "--engine ray: replicas, one loaded model each (default: one per node)."))] = None,
+) -> None:
+    """Serve a run over HTTP until stopped: POST /predict (images in, top classes out), GET /metadata,
+    GET /healthz, and a page at / to drop photos on. The server imports neither TensorFlow nor OpenVINO."""
+    from clothprobe._util.appsetup import govern_pixels
+    from clothprobe.serve import serve as run_serve
+
+    govern_pixels(max_pixels)
+    settings = ServeSettings(max_upload_mb=max_upload_mb, max_pixels=max_pixels, max_files=max_files,
+                             max_batch=max_batch, batch_window_ms=batch_window_ms, max_queue=max_queue,
+                             max_requests=max_requests, threads=threads)
+    with _engine(ctx, engine, address, workers, threads) as cluster:
+        run_serve(model, host=host, port=port, precision=precision, settings=settings, engine=cluster,
+                  on_ready=lambda url: out.print(Text(f"serving {model} at {url} (Ctrl-C stops)")),
+                  on_export=lambda line: err.print(Text(line)))
 
 
 @app.command()

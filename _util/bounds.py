@@ -55,6 +55,15 @@ BOUNDS: dict[str, Bound] = {
     "max_pixels": Bound(1, 1 << 32),
     "unused_days": Bound(0, 1_000_000, whole=False),
     "unknown_cost": Bound(0, 100, whole=False),  # percentage points of validation accuracy
+    # cli serve
+    "port": Bound(0, 65535),  # 0: any free port (the address printed says which)
+    "max_upload_mb": Bound(1, 4096),
+    "max_batch": Bound(1, 1024),
+    "batch_window_ms": Bound(0, 1000, whole=False),
+    "max_queue": Bound(1, 1_000_000),  # images waiting for the model
+    "max_requests": Bound(1, 100_000),
+    "max_files": Bound(1, 10_000),
+    "threads": Bound(1, 1024),
 }
 
 

@@ -2,7 +2,8 @@
 
 JPEG, PNG, WebP, BMP, GIF (first frame), TIFF; grayscale, CMYK, palette, 16-bit; alpha is flattened on
 white; EXIF orientation is applied. A file that cannot be decoded raises ``BadImage`` with a reason a
-person can act on, so the caller can skip it and report it.
+person can act on, so the caller can skip it and report it. ``decode`` reads a path, ``decode_file`` an open
+file object (an upload held in memory, ``clothprobe.serve``): the same code, limits and reasons.
 
 Safety and memory:
 
@@ -214,20 +215,27 @@ def _refused_by_pillow(max_pixels: int) -> BadImage:
 
 def decode(path: str | Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """The image at ``path`` as a ``(size, size, 3)`` uint8 array, or ``BadImage`` with the reason."""
+    with open_regular(path) as fh:
+        return decode_file(fh, size, max_pixels)
+
+
+def decode_file(fh: BinaryIO, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The image in the open, seekable binary file ``fh`` (a file, or ``io.BytesIO`` of an upload) as
+    ``decode`` makes it: the same checks, reasons and pixels."""
     try:
-        with open_regular(path) as fh:
-            if os.fstat(fh.fileno()).st_size == 0:
-                raise BadImage("empty file (0 bytes)")
-            with Image.open(fh) as im:
-                _check_pixels(im, max_pixels)  # header size, before any pixel is decoded
-                im.seek(0)  # first frame of an animation
-                if im.format == "JPEG":
-                    im.draft("RGB", (size, size))  # DCT-domain downscale: faster, still >= size
-                width, height = im.size
-                with DECODE_BUDGET.hold(width * height * PEAK_BYTES_PER_PIXEL):
-                    im.load()
-                    ImageOps.exif_transpose(im, in_place=True)
-                    return np.asarray(to_rgb_square(im, size), dtype=np.uint8)
+        if fh.seek(0, os.SEEK_END) == 0:
+            raise BadImage("empty file (0 bytes)")
+        fh.seek(0)
+        with Image.open(fh) as im:
+            _check_pixels(im, max_pixels)  # header size, before any pixel is decoded
+            im.seek(0)  # first frame of an animation
+            if im.format == "JPEG":
+                im.draft("RGB", (size, size))  # DCT-domain downscale: faster, still >= size
+            width, height = im.size
+            with DECODE_BUDGET.hold(width * height * PEAK_BYTES_PER_PIXEL):
+                im.load()
+                ImageOps.exif_transpose(im, in_place=True)
+                return np.asarray(to_rgb_square(im, size), dtype=np.uint8)
     except BadImage:
         raise
     except UnidentifiedImageError:

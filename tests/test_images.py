@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 import time
@@ -15,7 +16,7 @@ from conftest import python_output
 from PIL import Image
 
 from clothprobe.featurize import images
-from clothprobe.featurize.images import BadImage, MemoryBudget, allow_pixels, decode, is_ignored
+from clothprobe.featurize.images import BadImage, MemoryBudget, allow_pixels, decode, decode_file, is_ignored
 
 PILLOW_DEFAULT_LIMIT = 1024 * 1024 * 1024 // 4 // 3  # PIL.Image.MAX_IMAGE_PIXELS as Pillow ships it
 
@@ -152,6 +153,23 @@ def test_pixel_limit_guards_against_bombs(tmp_path: Path) -> None:
     with pytest.raises(BadImage, match="above the limit"):
         decode(tmp_path / "big.png", 8, max_pixels=5_000)
     assert decode(tmp_path / "big.png", 8, max_pixels=10_000).shape == (8, 8, 3)
+
+
+def test_an_upload_in_memory_decodes_as_its_file(tmp_path: Path) -> None:
+    """``decode_file`` (an upload held as bytes) gives the pixels and the reasons ``decode`` gives the file."""
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(tmp_path / "a.jpg", quality=90)
+    data = (tmp_path / "a.jpg").read_bytes()
+    assert np.array_equal(decode_file(io.BytesIO(data), 16), decode(tmp_path / "a.jpg", 16))
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    for content, path in ((b"", tmp_path / "empty.jpg"), (b"not a photo", tmp_path / "text.jpg"),
+                          (data[: len(data) // 2], tmp_path / "cut.jpg"), (data, tmp_path / "a.jpg")):
+        path.write_bytes(content)
+        with pytest.raises(BadImage) as from_file:
+            decode(path, 16, max_pixels=3000)
+        with pytest.raises(BadImage) as from_bytes:
+            decode_file(io.BytesIO(content), 16, max_pixels=3000)
+        assert str(from_bytes.value) == str(from_file.value)
 
 
 @pytest.fixture(scope="module")
