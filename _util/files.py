@@ -111,9 +111,14 @@ def stream_kind(path: str | Path) -> str | None:
         mode = None
     if mode is not None and any(is_kind(mode) for is_kind in _STREAM_KINDS):
         return kind_of(absolute, mode)
-    if any(absolute.is_relative_to(root) for root in _STREAM_ROOTS):
+    if _system_path(absolute):
         return f"a path under /{absolute.parts[1]}"
     return None
+
+
+def _system_path(path: Path) -> bool:
+    absolute = Path(os.path.abspath(path.expanduser()))
+    return any(absolute.is_relative_to(root) for root in _STREAM_ROOTS)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -157,12 +162,11 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """A temporary path to write ``path``'s new content to, with any library that wants a file name (h5py,
     pyarrow, numpy; Keras, with ``suffix=".keras"``); once the block ends without an error the file is
     flushed to disk and renamed over ``path``. On any error, or a kill, ``path`` keeps its previous content
-    and the temporary goes. A stream (``stream_kind``) cannot be replaced: an error (``atomic_write`` writes
-    one)."""
+    and the temporary goes. Whatever is at ``path`` is replaced (the caller checked what it may replace),
+    except a path under ``/dev`` or ``/proc``: an error (``atomic_write(..., stream=True)`` writes streams)."""
     path = Path(path)
-    kind = stream_kind(path)
-    if kind:
-        raise OSError(f"{path} is {kind}, not a file that can be replaced; give a file name")
+    if _system_path(path):
+        raise OSError(f"{path} is a system path, not a file that can be replaced; give a file name")
     tmp = temporary_sibling(path, suffix)
     for left in path.parent.glob(temporaries_glob(path)):  # a killed writer's leftovers
         if stale_by_pid(left.name) and left.is_file():
@@ -177,15 +181,16 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_write(path: str | Path, mode: str = "w", **open_options: Any) -> Iterator[IO]:
-    """``open(path, mode)`` that replaces ``path`` only once everything is written (see ``atomic_path``); a
-    stream (``stream_kind``: a pipe, a terminal, ``/dev/stdout``) is opened and written as the content comes,
-    never replaced. ``mode`` is ``"w"`` (text, UTF-8 unless ``encoding`` is given) or ``"wb"``."""
+def atomic_write(path: str | Path, mode: str = "w", *, stream: bool = False, **open_options: Any) -> Iterator[IO]:
+    """``open(path, mode)`` that replaces ``path`` only once everything is written (see ``atomic_path``); with
+    ``stream`` (an output ``check_output(..., stream=True)`` allowed), a stream (``stream_kind``: a pipe, a
+    terminal, ``/dev/stdout``) is opened and written as the content comes, never replaced. ``mode`` is
+    ``"w"`` (text, UTF-8 unless ``encoding`` is given) or ``"wb"``."""
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write writes a whole file: mode 'w' or 'wb', not {mode!r}")
     if mode == "w":
         open_options.setdefault("encoding", "utf-8")
-    if stream_kind(path):
+    if stream and stream_kind(path):
         with open(path, mode, **open_options) as fh:
             yield fh
         return
