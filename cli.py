@@ -562,6 +562,10 @@ def cache_list() -> None:
         err.print(Text(f"damaged or left by a killed build: {path} (cli cache prune removes it)"))
     for path in store.foreign():
         err.print(Text(f"not made by the store, left alone: {path} (move it out of {store.root})"))
+    compiled = store.foreign_compile_cache()
+    if compiled is not None:
+        err.print(Text(f"not made by the store, left alone: {compiled}; OpenVINO's compile cache is off until it "
+                       f"is moved away (delete it if it holds an older clothprobe's .blob files)"))
 
 
 @cache_app.command("prune")

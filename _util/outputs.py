@@ -66,14 +66,21 @@ def _is_stream(path: Path, where: str, allowed: bool) -> bool:
 
 
 def owner_of(target: Path) -> str:
-    """What of clothprobe's own holds ``target`` (resolved; "" for nothing): a run directory, a feature cache,
-    the model store. Every command that writes a file it does not own refuses such a place."""
+    """What of clothprobe's own holds ``target`` (resolved; "" for nothing): a feature cache (it is one), or
+    ``folder_owner``'s run or store. Every command that writes a file it does not own refuses such a place."""
     from clothprobe.featurize.cache.schema import probe
-    from clothprobe.featurize.model.store import ModelStore
-    from clothprobe.runs.directory import is_run
 
     if target.is_file() and probe(target).kind in ("cache", "other-schema"):
         return "a clothprobe feature cache (it is one)"
+    return folder_owner(target)
+
+
+def folder_owner(target: Path) -> str:
+    """Which clothprobe folder holds ``target`` (resolved; "" for none): a run directory, or the model store's
+    own files (``ModelStore.owns``)."""
+    from clothprobe.featurize.model.store import ModelStore
+    from clothprobe.runs.directory import is_run
+
     for folder in target.parents:
         if is_run(folder):
             return f"the clothprobe run {folder}"
