@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -20,7 +21,38 @@ from clothprobe.featurize.images import DEFAULT_MAX_PIXELS
 from clothprobe.featurize.model.backbones import BACKBONES, DEFAULT_BACKBONE, RUN_BACKBONES
 from clothprobe.featurize.model.taps import DEFAULT_TAPS
 
+# What Ctrl-C keeps, per command (one line; ``main`` prints it and exits 130).
+INTERRUPTED = {
+    "featurize": "interrupted: the batches finished so far are kept next to the cache (<cache>.partial/); run the "
+                 "same command again to resume from them.",
+    "run": "interrupted: the caches and runs finished so far are kept, and featurize's finished batches; run the "
+           "same command again to resume.",
+    "fit": "interrupted: the runs finished so far are kept; the one being fitted was not written (its folder keeps "
+           "its previous run). Run the same command again.",
+    "e2e": "interrupted: the epochs finished so far are kept (<run>.partial/); run the same command again to resume "
+           "from the last one.",
+}
+INTERRUPTED_ELSE = ("interrupted: nothing was left half-written (each output is replaced only once complete); run "
+                    "the same command again.")
+
+
+class Interrupted(Exception):
+    """Ctrl-C inside ``command``, carried past Typer (which would turn it into a silent exit 130)."""
+
+    def __init__(self, command: str | None) -> None:
+        super().__init__(INTERRUPTED.get(command or "", INTERRUPTED_ELSE))
+
+
+class _Group(typer.core.TyperGroup):
+    def invoke(self, ctx: typer.Context):  # noqa: ANN201 - click's protocol
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted(ctx.invoked_subcommand) from None
+
+
 app = typer.Typer(
+    cls=_Group,
     help="clothprobe: classify clothing photos from frozen CNN embeddings.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -598,8 +630,11 @@ def main() -> None:
     except OSError as error:  # a disk full, a folder not writable: the system's own message, one line
         err.print(Text("error: ", style="bold red") + Text(str(error)), highlight=False)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err.print("interrupted; finished batches are kept and the next run resumes")
+    except Interrupted as interrupted:
+        err.print(Text(str(interrupted)), highlight=False)
+        sys.exit(130)
+    except KeyboardInterrupt:  # before any command ran
+        err.print(Text(INTERRUPTED_ELSE), highlight=False)
         sys.exit(130)
 
 
