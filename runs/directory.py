@@ -362,6 +362,8 @@ def read_predictions(directory: str | Path, classes: list[str]) -> Predictions |
             rows = list(csv.DictReader(fh))
         proba = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows], dtype=np.float64).reshape(-1, len(classes))
         return Predictions([text_of(r["path"]) for r in rows], [text_of(r["true"]) for r in rows], proba, list(classes))
+    except UnreadableFile as err:
+        raise ClothprobeError(f"{err}; fit that run again.") from None
     except (OSError, UnicodeDecodeError, KeyError, ValueError, TypeError, csv.Error) as err:
         raise ClothprobeError(f"Cannot read {path} ({type(err).__name__}: {err}); fit that run again.") from None
 
