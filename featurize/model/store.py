@@ -317,7 +317,10 @@ class ModelStore:
         except (OSError, ValueError) as err:
             raise ClothprobeError(f"Cannot read {directory / MANIFEST} ({err}); prune it with "
                                   f"`cli cache prune --key {key}`.") from None
-        return StoreEntry.from_manifest(directory, doc)
+        entry = StoreEntry.from_manifest(directory, doc)
+        with contextlib.suppress(OSError):  # the last use is also the marker's time (``_touch``)
+            entry.last_used = max(entry.last_used, (directory / MARKER).stat().st_mtime)
+        return entry
 
     def read_for(self, recipe: Recipe) -> StoreEntry | None:
         """The finished entry holding ``recipe``'s files, if any (not yet verified)."""
@@ -362,17 +365,11 @@ class ModelStore:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _touch(self, entry: StoreEntry) -> None:
-        """Record the use (for pruning by age) where the store is writable; best effort."""
+        """Record the use (for pruning by age) as the time of the entry's marker: no lock, no file written or
+        created; where the store is read-only (or not this user's), nothing is recorded."""
         entry.last_used = time.time()
-        if not _writable(entry.path):
-            return
-        try:
-            with self._locked(entry.key):
-                if _made_by_store(entry.path):  # not pruned meanwhile
-                    fresh = self._fresh(entry).to_manifest()
-                    _write_json(entry.path / MANIFEST, {**fresh, "last_used": entry.last_used})
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            os.utime(entry.path / MARKER, (entry.last_used, entry.last_used))
 
     def _fresh(self, entry: StoreEntry) -> StoreEntry:
         return self.read(entry.key) or entry
