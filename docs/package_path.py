@@ -1,12 +1,14 @@
-"""mkdocs hook (mkdocs.yml ``hooks``): lets mkdocstrings find the ``clothprobe`` package from any install.
+"""mkdocs hook (mkdocs.yml ``hooks``): lets mkdocstrings find the ``clothprobe`` package Python imports.
 
-mkdocstrings reads the package's source with griffe, which finds a package as a folder of that name. The
-repository root is the package (``package-dir = {"clothprobe" = "."}``), so an editable install
-(``pip install -e ".[docs]"``) of a checkout whose folder is not named ``clothprobe`` (a worktree, a copy, a
-fork) is invisible to it: setuptools maps the name through an import hook, which griffe cannot see. This hook
-asks Python where ``clothprobe`` is; when that folder has another name, it gives griffe a temporary folder
-holding a ``clothprobe`` link to it. An installed wheel, or a checkout named ``clothprobe``, is left as griffe
-finds it."""
+mkdocstrings reads the package's source with griffe, which looks for a file or folder named ``clothprobe``
+along its search path, starting with the folder of the running script. Run as the ``mkdocs`` console script
+(``pip install -e ".[docs]" && mkdocs serve``), that folder is the venv's ``bin/``, which holds the
+``clothprobe`` console script: griffe took that script for the package and found no ``runs.estimator`` in
+it. And the repository root is the package (``package-dir = {"clothprobe" = "."}``), so an editable install
+of a checkout whose folder has another name (a worktree, a fork) maps the name through an import hook griffe
+cannot see. This hook asks Python where ``clothprobe`` is and puts first on griffe's path the folder holding
+it (site-packages for a wheel, the checkout's parent), or, when the package folder has another name, a
+temporary folder holding a ``clothprobe`` link to it."""
 
 from __future__ import annotations
 
@@ -28,18 +30,26 @@ def package_folder() -> Path | None:
     return Path(locations[0]) if locations else None
 
 
-@event_priority(100)  # before mkdocstrings' own on_config, which makes its Python handler with these paths
-def on_config(config: Any) -> Any:
-    folder = package_folder()
-    if folder is None or folder.name == "clothprobe":
-        return config
+def holding_folder(package: Path) -> Path:
+    """A folder in which ``clothprobe`` is ``package``: its parent, or a temporary folder with a link."""
+    if package.name == "clothprobe":
+        return package.parent
     if not _made:
         _made.append(Path(tempfile.mkdtemp(prefix="clothprobe-docs-")))
-        (_made[0] / "clothprobe").symlink_to(folder, target_is_directory=True)
+        (_made[0] / "clothprobe").symlink_to(package, target_is_directory=True)
+    return _made[0]
+
+
+@event_priority(100)  # before mkdocstrings' own on_config, which makes its Python handler with these paths
+def on_config(config: Any) -> Any:
+    package = package_folder()
+    if package is None:
+        return config
     python = config.plugins["mkdocstrings"].config.handlers.setdefault("python", {})
     paths = python.setdefault("paths", [])
-    if str(_made[0]) not in paths:
-        paths.insert(0, str(_made[0]))
+    first = str(holding_folder(package))
+    if first not in paths:
+        paths.insert(0, first)
     return config
 
 
