@@ -11,7 +11,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import TINY, cli, make_dataset, python_output
+from conftest import cli, python_output
+from test_hostile_predict import project as fitted_project  # noqa: F401 - the fixture `project`: a fitted run
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo") or not Path("/dev/zero").exists(),
                                 reason="needs FIFOs and /dev/zero")
@@ -185,19 +186,6 @@ def read_fifo_in_background(fifo: Path) -> tuple[threading.Thread, list[bytes]]:
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     return reader, got
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from clothprobe.classifiers import fit
-    from clothprobe.featurize import featurize
-
-    root = tmp_path_factory.mktemp("project")
-    data = make_dataset(root / "clothes", per_class={"hat": 3, "shirt": 3})
-    featurize(data, features_dir=root / "features", **TINY)
-    (made,) = fit("clothes", backbone="vgg16", clf="logreg", balance="none", features_dir=root / "features",
-                  models_dir=root / "models")
-    return {"data": data, "run": made.run_dir, "cache": root / "features" / "clothes" / "vgg16.h5"}
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".json", ".parquet"])
