@@ -11,12 +11,13 @@ import threading
 from pathlib import Path
 
 import pytest
+import test_hostile_predict
 from conftest import cli, python_output
-from test_hostile_predict import project as fitted_project  # noqa: F401 - the fixture `project`: a fitted run
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo") or not Path("/dev/zero").exists(),
                                 reason="needs FIFOs and /dev/zero")
 
+project = test_hostile_predict.project  # the fixture: a run fitted on tiny photos, its dataset and cache
 KINDS = ["fifo", "zero"]  # a FIFO nobody writes (opening it to read blocks); a link to /dev/zero (never ends)
 
 
