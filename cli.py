@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -21,7 +22,38 @@ from clothprobe.featurize.model.backbones import BACKBONES, DEFAULT_BACKBONE, RU
 from clothprobe.featurize.model.taps import DEFAULT_TAPS
 from clothprobe.serve.settings import DEFAULT_HOST, DEFAULT_PORT, ServeSettings
 
+# What Ctrl-C keeps, per command (one line; ``main`` prints it and exits 130).
+INTERRUPTED = {
+    "featurize": "interrupted: the batches finished so far are kept next to the cache (<cache>.partial/); run the "
+                 "same command again to resume from them.",
+    "run": "interrupted: the caches and runs finished so far are kept, and featurize's finished batches; run the "
+           "same command again to resume.",
+    "fit": "interrupted: the runs finished so far are kept; the one being fitted was not written (its folder keeps "
+           "its previous run). Run the same command again.",
+    "e2e": "interrupted: the epochs finished so far are kept (<run>.partial/); run the same command again to resume "
+           "from the last one.",
+}
+INTERRUPTED_ELSE = ("interrupted: nothing was left half-written (each output is replaced only once complete); run "
+                    "the same command again.")
+
+
+class Interrupted(Exception):
+    """Ctrl-C inside ``command``, carried past Typer (which would turn it into a silent exit 130)."""
+
+    def __init__(self, command: str | None) -> None:
+        super().__init__(INTERRUPTED.get(command or "", INTERRUPTED_ELSE))
+
+
+class _Group(typer.core.TyperGroup):
+    def invoke(self, ctx: typer.Context):  # noqa: ANN201 - click's protocol
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted(ctx.invoked_subcommand) from None
+
+
 app = typer.Typer(
+    cls=_Group,
     help="clothprobe: classify clothing photos from frozen CNN embeddings.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -616,6 +648,10 @@ def cache_list() -> None:
         err.print(Text(f"damaged or left by a killed build: {path} (cli cache prune removes it)"))
     for path in store.foreign():
         err.print(Text(f"not made by the store, left alone: {path} (move it out of {store.root})"))
+    compiled = store.foreign_compile_cache()
+    if compiled is not None:
+        err.print(Text(f"not made by the store, left alone: {compiled}; OpenVINO's compile cache is off until it "
+                       f"is moved away (delete it if it holds an older clothprobe's .blob files)"))
 
 
 @cache_app.command("prune")
@@ -648,8 +684,11 @@ def main() -> None:
     except OSError as error:  # a disk full, a folder not writable: the system's own message, one line
         err.print(Text("error: ", style="bold red") + Text(str(error)), highlight=False)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err.print("interrupted; finished batches are kept and the next run resumes")
+    except Interrupted as interrupted:
+        err.print(Text(str(interrupted)), highlight=False)
+        sys.exit(130)
+    except KeyboardInterrupt:  # before any command ran
+        err.print(Text(INTERRUPTED_ELSE), highlight=False)
         sys.exit(130)
 
 

@@ -64,7 +64,8 @@ def run_all(
     for folder, what in ((models_dir, "--models-dir"), (reports_dir, "--reports-dir"), (features_dir, "--features-dir")):
         if Path(folder).exists() and not Path(folder).is_dir():
             raise ClothprobeError(f"{what} {folder} exists and is not a folder.")
-    ReportFolder.plan(reports_dir, ["index.html", "report.md"])  # a user's own index.html: refused now, not at the end
+    # a user's own index.html, or a reports dir inside the dataset: refused now, not at the end
+    ReportFolder.plan(reports_dir, dict.fromkeys(["index.html", "report.md"], b""), (data,))
     job = JobResult()
     for name in names:
         result = featurize(data, backbone=name, weights=weights, features_dir=features_dir, tta=tta, seed=seed,

@@ -1,5 +1,7 @@
 """The audit's outputs: a CSV of every finding and an HTML page with thumbnails, most suspicious first. Both
-written atomically; an existing file is replaced only if it is an audit file."""
+written atomically (or as a stream to a pipe: ``_util.files.atomic_write``); an existing file is replaced
+only if it is an audit file. The CSV's text cells go through ``_util.csvcells.cell``: a photo or class
+named ``=...`` is no formula in a spreadsheet."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import html
 import io
 from pathlib import Path
 
-from clothprobe._util.files import atomic_write
+from clothprobe._util.csvcells import cell
+from clothprobe._util.files import atomic_write, read_head
 from clothprobe.audit.findings import Finding
 
 COLUMNS = ["kind", "suspicion", "split", "path", "label", "detail", "other_split", "other_path"]
@@ -18,22 +21,22 @@ THUMBNAIL_ROWS = 300  # rows of the page with thumbnails; the CSV holds every fi
 
 
 def is_audit_csv(path: Path) -> bool:
-    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
-        return fh.readline().strip() == ",".join(COLUMNS)
+    """Whether the regular file ``path`` begins with the audit CSV's header."""
+    return read_head(path, 4096).decode("utf-8", "replace").splitlines()[:1] == [",".join(COLUMNS)]
 
 
 def is_audit_html(path: Path) -> bool:
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        return MARK in fh.read(200)
+    """Whether the regular file ``path`` carries the audit page's mark near its start."""
+    return MARK in read_head(path, 200).decode("utf-8", "replace")
 
 
 def write_csv(findings: list[Finding], path: Path) -> None:
-    with atomic_write(path, newline="") as fh:
+    with atomic_write(path, newline="", stream=True) as fh:
         writer = csv.writer(fh)
         writer.writerow(COLUMNS)
         for f in findings:
-            writer.writerow([f.kind, f"{f.suspicion:.4f}", f.split, f.path, f.label, f.detail, f.other_split,
-                             f.other_path])
+            writer.writerow([cell(f.kind), f"{f.suspicion:.4f}", *map(cell, (f.split, f.path, f.label, f.detail,
+                                                                             f.other_split, f.other_path))])
 
 
 def _thumb(root: Path | None, rel: str) -> str:
@@ -73,5 +76,5 @@ def write_html(findings: list[Finding], path: Path, *, title: str, notes: list[s
             f"<style>{style}</style></head><body><h1>{e(title)}</h1>"
             + "".join(f"<p>{e(n)}</p>" for n in notes)
             + f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></body></html>\n")
-    with atomic_write(path) as fh:
+    with atomic_write(path, stream=True) as fh:
         fh.write(text)

@@ -65,8 +65,8 @@ def audit(dataset: str | None = None, backbone: str = "xception", features_dir: 
     from clothprobe.audit import page
     from clothprobe.featurize.catalog import resolve_dataset
 
-    html_path = check_output(html, option="--html", ours=page.is_audit_html)
-    csv_path = check_output(csv, option="--csv", ours=page.is_audit_csv)
+    html_path = check_output(html, option="--html", ours=page.is_audit_html, stream=True)
+    csv_path = check_output(csv, option="--csv", ours=page.is_audit_csv, stream=True)
     if html_path.resolve() == csv_path.resolve():
         raise ClothprobeError(f"--html and --csv name the same file {html}; give two names.")
     rows, root = load_rows(dataset, backbone, features_dir)

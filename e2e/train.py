@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clothprobe._util.files import atomic_path, atomic_write, write_text_atomic
+from clothprobe._util.files import atomic_path, atomic_write, open_regular, read_json, write_text_atomic
 from clothprobe._util.progress import progress_bar
 from clothprobe._util.seeding import keras_seeded
 from clothprobe.classifiers.dense import make_loss
@@ -143,7 +143,7 @@ class _Checkpoint:
         state_file = self.dir / "state.json"
         if self.dir.exists():
             try:
-                saved = json.loads(state_file.read_text())
+                saved = read_json(state_file)
             except (OSError, ValueError):
                 saved = {}
             if (isinstance(saved, dict) and saved.get("fingerprint") == fingerprint
@@ -162,7 +162,7 @@ class _Checkpoint:
         return keras.saving.load_model(self.dir / "last.keras", safe_mode=True)
 
     def load_best(self, model) -> None:  # noqa: ANN001
-        with np.load(self.dir / "best.npz", allow_pickle=False) as arrays:
+        with open_regular(self.dir / "best.npz") as fh, np.load(fh, allow_pickle=False) as arrays:
             model.set_weights([arrays[f"arr_{i}"] for i in range(len(arrays.files))])
 
     def save(self, model, record: dict, improved: bool) -> None:  # noqa: ANN001

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from clothprobe._util.files import write_text_atomic
+from clothprobe._util.files import read_json, write_text_atomic
 from clothprobe.errors import ClothprobeError
 
 CATALOG = "catalog.json"
@@ -25,7 +25,7 @@ def _path(features_dir: str | Path) -> Path:
 def _read(features_dir: str | Path) -> dict:
     """The catalog, or an empty one; a damaged catalog is ignored (it only saves typing)."""
     try:
-        doc = json.loads(_path(features_dir).read_text())
+        doc = read_json(_path(features_dir))
     except (OSError, ValueError):
         return {"version": VERSION, "datasets": {}, "last": None}
     ok = isinstance(doc, dict) and doc.get("version") == VERSION and isinstance(doc.get("datasets"), dict)

@@ -12,6 +12,7 @@ files outside a class folder, and anything that is not a regular file after foll
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,3 +152,53 @@ def scan(root: str | Path) -> Dataset:
     files = {split: _list_split(root, split, splits, index, stray) for split in SPLITS if split in splits}
     return Dataset(root=root, class_names=class_names, files=files, stray={p: s for p, (s, _) in stray.items()},
                    stray_reasons={p: why for p, (_, why) in stray.items()})
+
+
+def _holds_images(folder: Path, look: int = 64) -> bool:
+    """Whether one of the first ``look`` visible entries of ``folder`` is a file named as an image."""
+    from PIL import Image
+
+    suffixes = Image.registered_extensions()
+    try:
+        with os.scandir(folder) as it:
+            entries = [e for _, e in zip(range(look), it) if not is_ignored(e.name)]
+        return any(Path(e.name).suffix.lower() in suffixes and e.is_file() for e in entries)
+    except OSError:
+        return False
+
+
+def _looks_like_classes(folder: Path) -> bool:
+    """Two or more visible folders, each holding images: the class folders of a split (or of a one-split
+    dataset)."""
+    try:
+        classes = _subdirs(folder)
+    except OSError:
+        return False
+    return len(classes) >= 2 and all(_holds_images(Path(c.path)) for c in classes)
+
+
+def looks_like_dataset(folder: str | Path) -> bool:
+    """Whether ``folder`` has a dataset's layout (``scan``'s two): split folders holding class folders of
+    images, or class folders of images. A guess by names, for refusing to write into a dataset that no
+    catalog knows: reads folder listings, never a file."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    try:
+        splits = _split_dirs(folder)
+    except (OSError, ClothprobeError):
+        return True  # two folders claim one split: a dataset's layout (a damaged one)
+    return any(_looks_like_classes(p) for p in splits.values()) or _looks_like_classes(folder)
+
+
+def dataset_holding(path: str | Path, known: Iterable[str | Path] = (), depth: int = 2) -> Path | None:
+    """The dataset folder ``path`` is or lies in, if any: a ``known`` dataset root (a catalog's, a run's), or
+    ``path`` or one of its ``depth`` nearest existing ancestors when it looks like one (a split folder, a class
+    folder: writing there would add a class or a stray file)."""
+    target = Path(path).expanduser().resolve()
+    for root in known:
+        root = Path(root).expanduser().resolve()
+        if target == root or root in target.parents:
+            return root
+    existing = [p for p in (target, *target.parents) if p.is_dir()][: depth + 1]
+    return next((p for p in existing if p.parent != p and looks_like_dataset(p)), None)

@@ -20,6 +20,7 @@ Safety and memory:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -30,6 +31,9 @@ from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from clothprobe._util import files
+from clothprobe._util.files import kind_of
 
 DEFAULT_MAX_PIXELS = 50_000_000
 RESIZE = "pil-bilinear"  # recorded in the cache: a different resize would give different embeddings
@@ -44,15 +48,6 @@ PEAK_BYTES_PER_PIXEL = 12
 DECODE_MEMORY_BUDGET = 1 << 30
 STRIP_PIXELS = 1 << 18  # 16-bit and float images are scaled to 8 bits this many pixels at a time
 
-_KINDS = (
-    (stat.S_ISFIFO, "a named pipe (FIFO)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISDIR, "a directory"),
-)
-
-
 class BadImage(Exception):
     """This file cannot be used; the message says why."""
 
@@ -62,10 +57,8 @@ def is_ignored(name: str) -> bool:
     return name.startswith(".") or name in IGNORED_NAMES
 
 
-def _kind_reason(path: str | Path, mode: int) -> str:
-    kind = next((name for is_kind, name in _KINDS if is_kind(mode)), "of an unknown kind")
-    what = f"a symbolic link to {os.path.realpath(path)}, which is {kind}" if os.path.islink(path) else kind
-    return f"not a regular file: {what}; skipped without opening it"
+def _kind_reason(kind: str) -> str:
+    return f"not a regular file: {kind}; skipped without opening it"
 
 
 def not_regular_reason(path: str | Path) -> str | None:
@@ -79,7 +72,7 @@ def not_regular_reason(path: str | Path) -> str | None:
         return "broken symbolic link" if os.path.islink(path) else "file not found (removed during the run?)"
     except OSError as err:
         return f"cannot read: {err.strerror or err}"
-    return None if stat.S_ISREG(mode) else _kind_reason(path, mode)
+    return None if stat.S_ISREG(mode) else _kind_reason(kind_of(path, mode))
 
 
 @contextmanager
@@ -92,14 +85,13 @@ def open_regular(path: str | Path) -> Iterator[BinaryIO]:
     reason = not_regular_reason(path)
     if reason:
         raise BadImage(reason)
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except OSError as err:
-        raise BadImage(f"cannot read: {err.strerror or err}") from None
-    with os.fdopen(fd, "rb") as fh:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise BadImage(_kind_reason(path, mode))
+    with contextlib.ExitStack() as stack:
+        try:
+            fh = stack.enter_context(files.open_regular(path))
+        except files.UnreadableFile as err:
+            raise BadImage(_kind_reason(err.kind or str(err))) from None
+        except OSError as err:
+            raise BadImage(f"cannot read: {err.strerror or err}") from None
         yield fh
 
 

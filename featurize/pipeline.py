@@ -100,6 +100,20 @@ class _Options:
     guard: bool  # the default int8: checked against its reference on validation before first use
 
 
+def _check_place(out: Path, data_root: Path) -> None:
+    """Refuse a cache path inside a run, the model store or the dataset being featurized: the next fit, prune
+    or scan there would take the cache for its own file (and delete it, or list it as a stray image)."""
+    from clothprobe._util.outputs import folder_owner
+
+    target = out.expanduser().resolve()
+    owner = folder_owner(target)
+    if not owner and Path(data_root).resolve() in target.parents:
+        owner = f"the dataset being featurized, {data_root}"
+    if owner:
+        raise ClothprobeError(f"--out {out} is inside {owner}; a feature cache must live outside it. Choose another "
+                              f"path, e.g. features/<dataset>/<backbone>.h5.")
+
+
 def featurize(
     data: str | Path,
     backbone: str = DEFAULT_BACKBONE,
@@ -144,6 +158,7 @@ def featurize(
                             seed=seed, taps=taps)
     dataset = scan(data)
     out = Path(out) if out else default_path(features_dir, dataset.name, recipe.backbone)
+    _check_place(out, dataset.root)
     check_target(out, rebuild)
     opts = _Options(out=out, views=view_names(tta), batch_size=batch_size,
                     max_pixels=max_pixels, strict=strict, progress=progress, shard_size=shard_size, seed=seed,

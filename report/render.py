@@ -260,12 +260,10 @@ def build_report(models_dir: str | Path = "models", out_dir: str | Path = "repor
         report.sections.append(Section(dataset, runs, [t for t in tables if t is not None], _figures(runs)))
     images = {f"img/{_slug(i, section.dataset)}-{fig.name}.png": fig.png
               for i, section in enumerate(report.sections, 1) for fig in section.figures}
-    folder = ReportFolder.plan(out_dir, [*images, "index.html", "report.md"])  # every target checked first
-    for name, png in images.items():
-        folder.write(name, png)
-    report.html_path = folder.write("index.html", to_html(report))
-    report.md_path = folder.write("report.md", to_markdown(report))
-    folder.finish()
+    roots = tuple({run.manifest.data_root for runs in by_dataset.values() for run in runs if run.manifest.data_root})
+    contents = {**images, "index.html": to_html(report), "report.md": to_markdown(report)}
+    written = ReportFolder.plan(out_dir, contents, roots).write()  # every target checked before any write
+    report.html_path, report.md_path = written["index.html"], written["report.md"]
     return report
 
 

@@ -18,11 +18,17 @@ elsewhere and kept opaque here: each cache record (featurize) and the embedding 
 (``classifiers.openset``, ``classifiers.rejection``).
 
 Replacing a run is atomic: the new run is written to ``.<run>.tmp-<pid>/``, the old one renamed aside to
-``.<run>.old-<pid>/``, the new one renamed into place, the old one deleted. A kill at any moment leaves
-the old run or the new one; a run left aside by a killed writer is put back by the next reader or writer,
-and temporary folders of dead processes are removed. Only a folder that is a clothprobe run (``is_run``: its
-marker file ``.clothprobe-run`` and a manifest of this schema, not merely a file named manifest.json) or an
-empty folder is ever replaced, and never ``.``, ``..`` or a folder holding the working directory.
+``.<run>.old-<pid>/``, the new one renamed into place, the old one retired. A kill at any moment leaves
+the old run or the new one; a run left aside by a killed writer is put back by the next reader or writer
+(or, when the new run is in place, retired by it), and temporary folders of dead processes are removed. Only
+a folder that is a clothprobe run (``is_run``: its marker file ``.clothprobe-run`` and a manifest of this
+schema, not merely a file named manifest.json) or an empty folder is ever replaced, and never ``.``, ``..``
+or a folder holding the working directory.
+
+A run's own files are those its manifest records (the ``sha256`` map, the manifest and the marker); what
+else a user put in the folder (``NOTES.md``, ``plots/``) is theirs. Retiring an old run moves the user's
+files into the new run and deletes only the old run's own files; when the new run writes a file of the same
+name as one of the user's, the refit is refused before the swap, in one line, and the old run is kept.
 
 Every file a run's manifest names lives inside the run (a plain file name) and is listed in its ``sha256``
 map, which ``verify`` checks before anything is loaded; the records are checked for types and bounds when
@@ -31,7 +37,9 @@ read (``__post_init__``: classes, seed, calibration temperature...).
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import math
 import os
@@ -47,7 +55,8 @@ from typing import Any
 
 import numpy as np
 
-from clothprobe._util.files import file_sha256, pid_alive
+from clothprobe._util.csvcells import cell, text_of
+from clothprobe._util.files import UnreadableFile, file_sha256, open_regular, pid_alive, read_json
 from clothprobe.errors import ClothprobeError
 
 FORMAT_VERSION = 2
@@ -58,6 +67,7 @@ MARKER = ".clothprobe-run"  # written into every run: with a readable manifest, 
 MARKER_TEXT = "a clothprobe run (cli fit / cli e2e); clothprobe may replace this folder\n"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SIDE = re.compile(r"^\.(?P<name>.+)\.(?P<what>tmp|old)-(?P<pid>\d+)$")
+PREDICTIONS_MAX_BYTES = 4 << 30  # a test split of millions of photos
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -288,10 +298,12 @@ def _from_dict(cls: type, data: Any, where: str = "") -> Any:
 
 def _load_json(path: Path, cls: type, what: str) -> Any:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)
     except FileNotFoundError:
         raise ClothprobeError(f"No {path.name} in {path.parent}; is it a run directory written by cli fit or "
                               f"cli e2e?") from None
+    except UnreadableFile as err:
+        raise ClothprobeError(f"{err}; fit that run again or delete its folder.") from None
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise ClothprobeError(f"Cannot read {path} ({err}); fit that run again or delete its folder.") from None
     version = data.get("format_version") if isinstance(data, dict) else None
@@ -340,15 +352,18 @@ def verify(directory: str | Path, manifest: Manifest) -> None:
 
 
 def read_predictions(directory: str | Path, classes: list[str]) -> Predictions | None:
-    """The run's test predictions, or None when it has none; an error for a file of the wrong shape."""
+    """The run's test predictions, or None when it has none; an error for a file of the wrong shape. Text cells
+    are read back through ``_util.csvcells.text_of`` (``write_predictions`` neutralizes formulas)."""
     path = Path(directory) / PREDICTIONS
-    if not path.is_file():
+    if not path.exists():
         return None
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open_regular(path, limit=PREDICTIONS_MAX_BYTES) as raw, io.TextIOWrapper(raw, "utf-8", newline="") as fh:
             rows = list(csv.DictReader(fh))
         proba = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows], dtype=np.float64).reshape(-1, len(classes))
-        return Predictions([r["path"] for r in rows], [r["true"] for r in rows], proba, list(classes))
+        return Predictions([text_of(r["path"]) for r in rows], [text_of(r["true"]) for r in rows], proba, list(classes))
+    except UnreadableFile as err:
+        raise ClothprobeError(f"{err}; fit that run again.") from None
     except (OSError, UnicodeDecodeError, KeyError, ValueError, TypeError, csv.Error) as err:
         raise ClothprobeError(f"Cannot read {path} ({type(err).__name__}: {err}); fit that run again.") from None
 
@@ -375,10 +390,12 @@ def recover_siblings(parent: Path) -> None:
         if pid_alive(int(match["pid"])):
             continue
         target = parent / match["name"]
-        if match["what"] == "old" and not target.exists() and (path / MANIFEST).is_file():
+        if match["what"] == "tmp":
+            shutil.rmtree(path, ignore_errors=True)  # a killed writer's unfinished run: only its files
+        elif not target.exists():
             os.replace(path, target)
         else:
-            shutil.rmtree(path, ignore_errors=True)
+            _retire(path, target)
 
 
 def recover(directory: Path) -> None:
@@ -393,7 +410,7 @@ def is_run(directory: Path) -> bool:
     if not (directory / MARKER).is_file():
         return False
     try:
-        _from_dict(Manifest, json.loads((directory / MANIFEST).read_text(encoding="utf-8")))
+        _from_dict(Manifest, read_json(directory / MANIFEST))
     except (OSError, UnicodeDecodeError, ValueError, TypeError):
         return False
     return True
@@ -418,11 +435,13 @@ def check_target(directory: str | Path) -> Path:
 
 
 def write_predictions(path: Path, predictions: Predictions) -> None:
+    """``predictions.csv``: text cells through ``_util.csvcells.cell`` (a path or class name beginning with ``=``
+    is no formula in a spreadsheet), read back exactly by ``read_predictions``."""
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "true", "predicted", *(f"p_{c}" for c in predictions.classes)])
         for p, t, guess, row in zip(predictions.paths, predictions.true, predictions.predicted, predictions.proba):
-            writer.writerow([p, t, guess, *(f"{v:.6f}" for v in row)])
+            writer.writerow([cell(p), cell(t), cell(guess), *(f"{v:.6f}" for v in row)])
 
 
 def write_run(directory: str | Path, manifest: Manifest, metrics: Metrics, predictions: Predictions | None,
@@ -449,8 +468,43 @@ def write_run(directory: str | Path, manifest: Manifest, metrics: Metrics, predi
     return directory
 
 
+def _own_names(directory: Path) -> set[str]:
+    """The names in ``directory`` that are the run's own: the files its manifest records, the manifest and the
+    marker (only those two when the manifest cannot be read: everything else is then kept)."""
+    try:
+        recorded = read_json(directory / MANIFEST).get("sha256", {})
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        recorded = {}
+    names = {n for n in recorded if isinstance(n, str) and _plain_file_name(n)} if isinstance(recorded, dict) else set()
+    return names | {MANIFEST, MARKER}
+
+
+def _theirs(directory: Path) -> list[Path]:
+    """What a user put in the run folder ``directory``: every entry that is not the run's own."""
+    own = _own_names(directory)
+    return sorted(p for p in directory.iterdir() if p.name not in own)
+
+
+def _retire(aside: Path, directory: Path) -> None:
+    """The old run ``aside`` is replaced by ``directory``: the user's files move into ``directory`` (one that
+    is in the way stays where it is), the old run's own files are deleted, and ``aside`` goes once empty."""
+    if not aside.is_dir():
+        return
+    own = _own_names(aside)
+    for path in _theirs(aside):
+        if not os.path.lexists(directory / path.name):
+            os.replace(path, directory / path.name)
+    for name in own:
+        path = aside / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+    with contextlib.suppress(OSError):  # not empty: something of the user's could not move; it stays
+        aside.rmdir()
+
+
 def _swap(new: Path, directory: Path) -> None:
-    """Old run aside, new run in, old run deleted: at every moment one of them is complete on disk."""
+    """Old run aside, new run in, old run retired (``_retire``): at every moment one of them is complete on
+    disk, and the user's files are in one of them."""
     from filelock import FileLock
 
     with FileLock(directory.parent / ".clothprobe-runs.lock"):
@@ -459,6 +513,10 @@ def _swap(new: Path, directory: Path) -> None:
         if directory.exists():
             if any(directory.iterdir()) and not is_run(directory):  # appeared while we worked
                 raise ClothprobeError(f"{directory} is no longer a clothprobe run; leaving it as it is.")
+            clash = [p for p in _theirs(directory) if os.path.lexists(new / p.name)]
+            if clash:
+                raise ClothprobeError(f"{clash[0]} is not a file of the run, and the new run writes a file of that "
+                                      f"name; move it out of {directory}, then fit again (the previous run is kept).")
             os.replace(directory, aside)
         os.replace(new, directory)
-        shutil.rmtree(aside, ignore_errors=True)
+        _retire(aside, directory)

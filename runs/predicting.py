@@ -329,14 +329,16 @@ def score_columns(classes: Sequence[str], top_k: int, openset: bool = False) -> 
 
 
 def is_score_file(path: Path) -> bool:
-    """Whether ``path`` is a score file this writer wrote (so ``--output`` may replace it)."""
+    """Whether the regular file ``path`` is a score file this writer wrote (so ``--output`` may replace it)."""
+    from clothprobe._util.files import open_regular, read_head
+
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             import pyarrow.parquet as pq
 
-            return SCORES_TAG.encode() in (pq.read_schema(path).metadata or {})
-        with open(path, encoding="utf-8") as fh:
-            head = fh.read(1 << 16)
+            with open_regular(path) as fh:
+                return SCORES_TAG.encode() in (pq.read_schema(fh).metadata or {})
+        head = read_head(path).decode("utf-8")
         if head.lstrip().startswith("{"):
             return f'"{SCORES_TAG}"' in head
         first = head.split("\n", 1)[0].replace('"', "").split(",")
@@ -347,14 +349,15 @@ def is_score_file(path: Path) -> bool:
 
 def check_score_output(output: str | Path, images: Sequence[str | Path], model_dir: str | Path) -> Path:
     """``--output`` checked before any work: never an input photo (``images``: as for ``list_images``), a file
-    of a run, a cache or the store; an existing file only if this writer wrote it."""
+    of a run, a cache or the store; an existing file only if this writer wrote it. A pipe, a FIFO or a device
+    (``>(...)``, ``/dev/stdout``) is written as a stream."""
     from clothprobe._util.outputs import check_output
 
     def inputs() -> Iterator[Path]:  # listed only once the path itself passed (its folder exists...)
         yield Path(model_dir)
         yield from list_images(images)
 
-    return check_output(output, inputs=inputs(), ours=is_score_file)
+    return check_output(output, inputs=inputs(), ours=is_score_file, stream=True)
 
 
 class ScoreWriter:
@@ -364,7 +367,9 @@ class ScoreWriter:
     ``answer`` (the top class, or ``unknown`` below the threshold) and ``openset_score``. CSV or Parquet through Arrow's writers, JSON as
     ``{"clothprobe-scores": 1, "run", "calibrated", "columns", "rows": [{column: value}]}``; to a file
     through a temporary one renamed into place once complete (a failed or killed run leaves the previous
-    file), or to stdout (``path`` None; CSV or JSON)."""
+    file), to a stream as rows come (a pipe, a FIFO, ``/dev/stdout``: ``_util.files.atomic_write``), or to
+    stdout (``path`` None; CSV or JSON). In CSV, text cells (paths, class names, reasons) go through
+    ``_util.csvcells.cell``: none is a formula in a spreadsheet."""
 
     def __init__(self, path: str | Path | None, classes: Sequence[str], top_k: int, fmt: str | None = None, *,
                  run: str = "", calibrated: bool = False, openset: bool = False) -> None:
@@ -391,16 +396,16 @@ class ScoreWriter:
         import pyarrow.csv as pcsv
         import pyarrow.parquet as pq
 
-        from clothprobe._util.files import atomic_path
+        from clothprobe._util.files import atomic_write
 
         self._stack = contextlib.ExitStack()
-        self._sink = self._stack.enter_context(atomic_path(self.path)) if self.path is not None else sys.stdout.buffer
-        sink = str(self._sink) if self.path is not None else self._sink
+        self._sink = (self._stack.enter_context(atomic_write(self.path, "wb", stream=True)) if self.path is not None
+                      else sys.stdout.buffer)
         try:
             if self.fmt == "parquet":
-                self._writer = pq.ParquetWriter(sink, self.schema)
+                self._writer = pq.ParquetWriter(self._sink, self.schema)
             elif self.fmt == "csv":
-                self._writer = pcsv.CSVWriter(sink, self.schema)
+                self._writer = pcsv.CSVWriter(self._sink, self.schema)
         except BaseException as err:
             self._stack.__exit__(type(err), err, err.__traceback__)
             raise
@@ -429,7 +434,7 @@ class ScoreWriter:
         if self.path is None:
             sys.stdout.write(text)
         else:
-            Path(self._sink).write_text(text, encoding="utf-8")
+            self._sink.write(text.encode("utf-8"))
 
     def write(self, paths: Sequence[str], proba: np.ndarray, skipped: Sequence[tuple[str, str]] = (),
               answers: Sequence[str] = (), openset_scores: Sequence[float] = ()) -> None:
@@ -452,8 +457,13 @@ class ScoreWriter:
         if self.fmt == "json":
             names = list(columns)
             self._rows += [dict(zip(names, row)) for row in zip(*columns.values())]
-        else:
-            self._writer.write_table(pa.table(columns, schema=self.schema))
+            return
+        if self.fmt == "csv":
+            from clothprobe._util.csvcells import cell
+
+            text = {f.name for f in self.schema if pa.types.is_string(f.type)}
+            columns = {k: [v if v is None else cell(v) for v in c] if k in text else c for k, c in columns.items()}
+        self._writer.write_table(pa.table(columns, schema=self.schema))
 
 
 def write_scores(result: PredictResult, output: str | Path | None, top_k: int, fmt: str | None = None) -> None:

@@ -71,6 +71,7 @@ def test_prune_by_age_all_and_leftovers(store: ModelStore) -> None:
     doc = json.loads((old.path / "manifest.json").read_text())
     doc["last_used"] = time.time() - 40 * 86400
     (old.path / "manifest.json").write_text(json.dumps(doc))
+    os.utime(old.path / MARKER, (doc["last_used"], doc["last_used"]))  # its last use is the marker's time too
     (store.root / ".00000000deadbeef.tmp-999999999").mkdir()  # a killed build (no such process)
     (store.root / ".00000000deadbeef.tmp-999999999" / MARKER).write_text("")
     (store.root / "0123456789abcdef").mkdir()  # an entry without a readable manifest

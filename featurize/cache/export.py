@@ -53,32 +53,29 @@ def to_dataframe(cache: FeatureCache) -> Any:
 
 def to_parquet(cache: FeatureCache, path: str | Path) -> Path:
     """``cache`` as a Parquet file at ``path``: checked first (``check_output``: never the cache itself, a run's
-    or the store's file, nor an existing file other than an export), written atomically."""
-    from clothprobe._util.files import atomic_path
+    or the store's file, nor an existing file other than an export), written atomically, or as a stream to a
+    pipe (``>(...)``, ``/dev/stdout``)."""
+    from clothprobe._util.files import atomic_write
     from clothprobe._util.outputs import check_output
 
     pq = require("pyarrow.parquet", "export", f"Exporting {cache.path}")
-    path = check_output(path, option="--out", inputs=[cache.path], ours=_is_export)
-    with atomic_path(path) as tmp:
-        pq.write_table(to_arrow(cache), tmp)
+    path = check_output(path, option="--out", inputs=[cache.path], ours=_is_export, stream=True)
+    table = to_arrow(cache)
+    with atomic_write(path, "wb", stream=True) as fh:
+        pq.write_table(table, fh)
     return path
 
 
 def _is_export(path: Path) -> bool:
-    """A Parquet file this export wrote (its schema metadata holds the recipe)."""
-    if not _is_parquet(path):
-        return False
-    try:
-        import pyarrow.parquet as pq
+    """A regular Parquet file this export wrote (its schema metadata holds the recipe)."""
+    from clothprobe._util.files import open_regular
 
-        return b"clothprobe.recipe" in (pq.read_schema(path).metadata or {})
+    try:
+        with open_regular(path) as fh:
+            if fh.read(4) != b"PAR1":
+                return False
+            import pyarrow.parquet as pq
+
+            return b"clothprobe.recipe" in (pq.read_schema(fh).metadata or {})
     except (OSError, ValueError):
-        return False
-
-
-def _is_parquet(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(4) == b"PAR1"
-    except OSError:
         return False

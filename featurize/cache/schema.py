@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from clothprobe._util.files import kind_of
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.embed import view_names
 from clothprobe.featurize.model.recipe import Recipe
@@ -223,6 +225,9 @@ def probe(path: Path) -> Found:
     if not path.exists() and not path.is_symlink():
         return Found("missing")
     try:
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):  # never opened: a FIFO would hang HDF5's open
+            return Found("foreign", detail=f"not a regular file but {kind_of(path, mode)}")
         if not h5py.is_hdf5(path):
             return Found("foreign", detail="not an HDF5 file")
         with h5py.File(path, "r") as h5:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from clothprobe._util.files import atomic_write, write_text_atomic
+from clothprobe._util.files import atomic_write, open_regular, read_json, write_text_atomic
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.cache.read import ExistingCache, Known, RowSource
 from clothprobe.featurize.cache.schema import CacheHeader, Checksum
@@ -58,7 +58,7 @@ class PartialStore:
         if self.dir.is_dir():
             remove_stale(self.dir, "*.tmp-*")
             try:
-                same = json.loads((self.dir / STAMP).read_text()) == wanted
+                same = read_json(self.dir / STAMP) == wanted
             except (OSError, ValueError):
                 same = False
             if not same:
@@ -93,13 +93,14 @@ class PartialStore:
         return known, failures
 
     def _load_batch(self, marker: Path) -> tuple[RowSource, list[str], dict] | None:
-        meta = json.loads(marker.read_text())
+        meta = read_json(marker)
         hashes = list(meta["sha256"])
         stem = marker.name.split(".")[0]
         files = {view: self.dir / f"{stem}.{view}.npy" for view in self.views} if hashes else {}
         dims = {}
         for view, path in files.items():
-            values = np.load(path, allow_pickle=False)
+            with open_regular(path) as fh:
+                values = np.load(fh, allow_pickle=False)
             if (len(values) != len(hashes) or Checksum().update(values).hexdigest() != meta["checksums"][view]
                     or not np.isfinite(values).all()):
                 return None

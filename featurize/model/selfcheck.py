@@ -128,7 +128,7 @@ class _Loader:
     def runner(self, recipe: Recipe, entry: StoreEntry, rows: int | None) -> tuple[int, Runner]:
         """The model compiled for ``rows``, or for the rows per request measured on this machine."""
         def compile_for(n: int) -> Runner:
-            return load_runner(recipe, entry.file, n, cache_dir=self.store.home / "compiled", threads=self.threads)
+            return load_runner(recipe, entry.file, n, cache_dir=self.store.compile_cache(), threads=self.threads)
 
         if rows is not None:
             return rows, compile_for(rows)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clothprobe._util.bounds import BOUNDS
+from clothprobe._util.files import read_text
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.model.backbones import Preprocess
 
@@ -50,7 +51,7 @@ def sidecar_candidates(model: Path) -> list[Path]:
 
 def _parse(path: Path) -> dict:
     try:
-        text = path.read_text()
+        text = read_text(path)
         return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (OSError, UnicodeDecodeError, ValueError) as err:  # TOMLDecodeError and JSONDecodeError are ValueErrors
         raise ClothprobeError(f"Cannot read sidecar {path}: {err}. Fix it (see README, 'Any ONNX or Keras model').") from None

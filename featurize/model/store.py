@@ -10,15 +10,22 @@ own quantized IR.
 Safe with several processes: an entry is built under a per-key file lock in a temporary folder and
 renamed into place, so a reader sees a whole entry or none; every file's hash is checked before it is
 loaded, and an entry whose files differ from their manifest is refused (``cli cache prune`` removes it).
-A process loading an entry holds its lock (``in_use``), so a prune waits for it. This module alone reads
-the manifest's keys.
+A process loading an entry holds it (``in_use``: a shared hold on the entry's marker, opened read-only,
+``_util/holds.py``), so a prune waits for it. This module alone reads the manifest's keys.
+
+Read-only ground: a store baked into a container image or on a shared mount is used without writing to it.
+A reader creates no file in the store (a hold creates nothing); what it would record there (the time of
+last use, a runtime self-check, the rows per request measured, OpenVINO's compiled blobs) is recorded only
+where the store is writable, and is otherwise kept for this process alone.
 
 Hostile ground: the store deletes only what it provably made. An entry is a folder directly under
 ``models/`` named by a key (16 hex digits) holding the store's marker file (``MARKER``) and a manifest
 whose ``key`` is the folder's name and whose file names are plain names inside the folder; anything else
 there (a folder a user or another program put under ``$CLOTHPROBE_HOME/models``) is listed as foreign
-and never removed. ``compiled/`` (OpenVINO's compile cache) holds only the ``.blob`` files OpenVINO writes;
-``prune --all`` removes those.
+and never removed. ``compiled/`` (OpenVINO's compile cache) is a folder the store made and marked
+(``COMPILE_MARKER``); ``prune --all`` removes the ``.blob`` files OpenVINO wrote there. A ``compiled/`` the
+store did not make (a project folder's own, with ``CLOTHPROBE_HOME`` set to the project) is never used
+nor touched: OpenVINO then compiles without a cache.
 """
 
 from __future__ import annotations
@@ -36,7 +43,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clothprobe._util.files import file_sha256, stale_by_pid, write_text_atomic
+from clothprobe._util.files import file_sha256, read_json, stale_by_pid, write_text_atomic
+from clothprobe._util.holds import exclusive_hold, shared_hold
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.model.recipe import Recipe
 
@@ -45,6 +53,8 @@ MANIFEST = "manifest.json"
 MARKER = ".clothprobe-store-entry"  # written first into every entry the store builds
 MARKER_TEXT = "a clothprobe model store entry; `cli cache prune` may remove this folder\n"
 COMPILED = "compiled"  # OpenVINO's compile cache (CACHE_DIR): *.blob files
+COMPILE_MARKER = ".clothprobe-compile-cache"  # written into compiled/ by the store that made it
+COMPILE_MARKER_TEXT = "OpenVINO's compile cache of a clothprobe model store; `cli cache prune --all` clears it\n"
 STORE_VERSION = 1
 _KEY = re.compile(r"[0-9a-f]{16}")
 _LEFTOVER = re.compile(r"\.[0-9a-f]{16}\.tmp-[0-9]+")  # a build's temporary folder (``_build``)
@@ -196,10 +206,30 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
-def _made_by_store(directory: Path) -> bool:
-    """Whether ``directory`` is a real folder (not a link) holding the store's marker."""
-    marker = directory / MARKER
-    return (directory.is_dir() and not directory.is_symlink() and marker.is_file() and not marker.is_symlink())
+def _made_by_store(directory: Path, marker: str = MARKER) -> bool:
+    """Whether ``directory`` is a real folder (not a link) holding the store's ``marker``."""
+    path = directory / marker
+    return directory.is_dir() and not directory.is_symlink() and path.is_file() and not path.is_symlink()
+
+
+def _writable(folder: Path) -> bool:
+    """Whether this process may write in ``folder`` (False on a read-only mount, or a folder not its own)."""
+    return os.access(folder, os.W_OK)
+
+
+def _make_marked(folder: Path, marker: str, text: str) -> bool:
+    """Make ``folder`` with ``marker`` in it, whole (a temporary sibling renamed into place); False when it
+    cannot be made (another process made it first: the caller looks again)."""
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    try:
+        tmp.mkdir(parents=True)
+        (tmp / marker).write_text(text)
+        os.rename(tmp, folder)  # refused when folder exists
+        return True
+    except OSError:
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _build_failed(err: Exception, folder: Path, recipe: Recipe) -> ClothprobeError:
@@ -219,6 +249,8 @@ class ModelStore:
         self.home = Path(home) if home is not None else store_home()
         self.root = self.home / "models"
         self._locks: dict[str, Any] = {}  # one FileLock per key: re-entrant within this store
+        self._wanted: dict[str, int] = {}  # key -> in_use blocks asking for it (held as soon as the entry exists)
+        self._held: dict[str, contextlib.ExitStack] = {}  # key -> its shared hold
 
     def _dir(self, key: str) -> Path:
         return self.root / check_key(key, "store key")
@@ -238,12 +270,39 @@ class ModelStore:
 
     @contextmanager
     def in_use(self, *recipes: Recipe) -> Iterator[None]:
-        """Hold the entries of ``recipes`` while their files are loaded: a prune waits until the block ends."""
+        """Hold the entries of ``recipes`` while their files are loaded: a prune waits until the block ends. An
+        entry built inside the block is held from the moment it exists. Creates no file (a read-only store is
+        used as it is)."""
         keys = sorted({artifact_recipe(r).fingerprint for r in recipes})
-        with contextlib.ExitStack() as stack:
+        for key in keys:
+            self._wanted[key] = self._wanted.get(key, 0) + 1
+        try:
             for key in keys:
-                stack.enter_context(self._locked(key))
+                self._hold(key)
             yield
+        finally:
+            for key in keys:
+                self._wanted[key] -= 1
+                if not self._wanted[key]:
+                    del self._wanted[key]
+                    if key in self._held:
+                        self._held.pop(key).close()
+
+    def _hold(self, key: str) -> None:
+        """A shared hold on ``key``'s entry, if an ``in_use`` block wants it, it exists and is not held yet."""
+        directory = self._dir(key)
+        if key not in self._wanted or key in self._held or not _made_by_store(directory):
+            return
+        stack = contextlib.ExitStack()
+        try:
+            held = stack.enter_context(shared_hold(directory / MARKER, LOCK_TIMEOUT_S))
+        except TimeoutError as err:
+            stack.close()
+            raise ClothprobeError(f"{err}; is a `cli cache prune` stuck? Stop it and run again.") from None
+        if held:
+            self._held[key] = stack
+        else:
+            stack.close()
 
     def read(self, key: str) -> StoreEntry | None:
         """The entry for ``key`` if there is a finished one (not yet verified)."""
@@ -252,13 +311,16 @@ class ModelStore:
             raise ClothprobeError(f"{directory} was not made by the model store (no {MARKER}); clothprobe will not "
                                   f"use or remove it. Move it out of {self.root}.")
         try:
-            doc = json.loads((directory / MANIFEST).read_text())
+            doc = read_json(directory / MANIFEST)
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as err:
             raise ClothprobeError(f"Cannot read {directory / MANIFEST} ({err}); prune it with "
                                   f"`cli cache prune --key {key}`.") from None
-        return StoreEntry.from_manifest(directory, doc)
+        entry = StoreEntry.from_manifest(directory, doc)
+        with contextlib.suppress(OSError):  # the last use is also the marker's time (``_touch``)
+            entry.last_used = max(entry.last_used, (directory / MARKER).stat().st_mtime)
+        return entry
 
     def read_for(self, recipe: Recipe) -> StoreEntry | None:
         """The finished entry holding ``recipe``'s files, if any (not yet verified)."""
@@ -269,10 +331,16 @@ class ModelStore:
         (``calibration``: the content hashes of the photos ``build`` calibrates on, kept in the manifest).
         Two processes asking at once: one builds, the other waits for the lock and reuses it."""
         key = artifact_recipe(recipe).fingerprint
+        self._hold(key)
         entry = self.read(key)
         if entry is None:
+            if not _writable(next(p for p in (self.root, *self.root.parents) if p.exists())):
+                raise ClothprobeError(f"The model store {self.root} is read-only here and holds no model for "
+                                      f"{recipe.label}; make it where the store is writable (cli featurize), or "
+                                      f"set CLOTHPROBE_HOME to a writable folder.")
             with self._locked(key):
                 entry = self.read(key) or self._build(key, artifact_recipe(recipe), build, calibration)
+                self._hold(key)
         entry.verify()
         self._touch(entry)
         return entry
@@ -297,15 +365,11 @@ class ModelStore:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _touch(self, entry: StoreEntry) -> None:
-        """Record the use (for pruning by age); best effort, never fatal for a read-only store."""
+        """Record the use (for pruning by age) as the time of the entry's marker: no lock, no file written or
+        created; where the store is read-only (or not this user's), nothing is recorded."""
         entry.last_used = time.time()
-        try:
-            with self._locked(entry.key):
-                if _made_by_store(entry.path):  # not pruned meanwhile
-                    fresh = self._fresh(entry).to_manifest()
-                    _write_json(entry.path / MANIFEST, {**fresh, "last_used": entry.last_used})
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            os.utime(entry.path / MARKER, (entry.last_used, entry.last_used))
 
     def _fresh(self, entry: StoreEntry) -> StoreEntry:
         return self.read(entry.key) or entry
@@ -323,12 +387,15 @@ class ModelStore:
         self._record(entry, "guards", sample, guard)
 
     def _record(self, entry: StoreEntry, section: str, key: str, value: Any) -> None:
+        """Keep ``value`` in ``entry``, and in its manifest where the store is writable."""
+        getattr(entry, section)[key] = value
+        if not _writable(entry.path):
+            return
         with self._locked(entry.key):
             if _made_by_store(entry.path):  # not pruned meanwhile
                 fresh = self._fresh(entry)
                 getattr(fresh, section)[key] = value
                 _write_json(entry.path / MANIFEST, fresh.to_manifest())
-        getattr(entry, section)[key] = value
 
     def _folders(self) -> list[Path]:
         return sorted(p for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
@@ -366,12 +433,27 @@ class ModelStore:
                 out.append(directory)
         return out
 
+    def compile_cache(self) -> Path | None:
+        """OpenVINO's compile cache: ``compiled/``, made and marked by the store on first use; None where it
+        cannot be used (a ``compiled/`` the store did not make, or a store not writable here)."""
+        folder = self.home / COMPILED
+        if not os.path.lexists(folder) and _writable(next(p for p in (self.home, *self.home.parents) if p.exists())):
+            _make_marked(folder, COMPILE_MARKER, COMPILE_MARKER_TEXT)
+        return folder if _made_by_store(folder, COMPILE_MARKER) and _writable(folder) else None
+
+    def foreign_compile_cache(self) -> Path | None:
+        """``compiled/`` when it is there and the store did not make it (then it is never used nor cleared)."""
+        folder = self.home / COMPILED
+        return folder if os.path.lexists(folder) and not _made_by_store(folder, COMPILE_MARKER) else None
+
     def owns(self, path: Path) -> bool:
         """Whether ``path`` (resolved) is one of the store's own files: inside an entry it made (or a killed
-        build's leftover), a lock of its root, or OpenVINO's compile cache. The rest of ``home`` is not the
+        build's leftover), a lock of its root, or the compile cache it made. The rest of ``home`` is not the
         store's (``CLOTHPROBE_HOME`` may be a project folder)."""
         root, compiled = self.root.resolve(), (self.home / COMPILED).resolve()
-        if path == compiled or compiled in path.parents or (path.parent == root and path.suffix == ".lock"):
+        in_compiled = path == compiled or compiled in path.parents
+        if (in_compiled and _made_by_store(self.home / COMPILED, COMPILE_MARKER)) or (
+                path.parent == root and path.suffix == ".lock"):
             return True
         return any(folder.parent == root and _made_by_store(folder) for folder in (path, *path.parents))
 
@@ -400,9 +482,9 @@ class ModelStore:
         return removed
 
     def _clear_compiled(self) -> list[Path]:
-        """OpenVINO's compiled blobs under ``compiled/`` (the only files it writes there)."""
+        """OpenVINO's compiled blobs in the compile cache the store made (the only files OpenVINO writes there)."""
         folder = self.home / COMPILED
-        if not folder.is_dir() or folder.is_symlink():
+        if not _made_by_store(folder, COMPILE_MARKER):
             return []
         blobs = [p for p in folder.iterdir() if p.suffix == ".blob" and p.is_file() and not p.is_symlink()]
         for blob in blobs:
@@ -410,10 +492,15 @@ class ModelStore:
         return blobs
 
     def _delete(self, directory: Path) -> Path:
-        """``rmtree`` of a folder the store made, directly under its root (checked again here)."""
+        """``rmtree`` of a folder the store made, directly under its root (checked again here), once no process
+        holds it (``in_use``)."""
         if directory.parent.resolve() != self.root.resolve() or not _made_by_store(directory):
             raise ClothprobeError(f"{directory} is not a model store entry; refusing to remove it.")
-        shutil.rmtree(directory)
+        try:
+            with exclusive_hold(directory / MARKER, LOCK_TIMEOUT_S):
+                shutil.rmtree(directory)
+        except TimeoutError as err:
+            raise ClothprobeError(f"{err}: a process is still loading it; run the prune again later.") from None
         return directory
 
     def remove(self, key: str) -> Path:

@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from clothprobe._util.files import file_sha256
+from clothprobe._util.files import file_sha256, read_text
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.model.backbones import Backbone
 
@@ -44,7 +44,7 @@ def weights_dir() -> tuple[Path, str] | None:
     cfg = config_file()
     if cfg.is_file():
         try:
-            value = tomllib.loads(cfg.read_text()).get("weights_dir")
+            value = tomllib.loads(read_text(cfg)).get("weights_dir")
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
             raise ClothprobeError(f"Cannot read {cfg}: {err}. Fix or remove that file.") from None
         if value:

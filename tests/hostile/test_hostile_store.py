@@ -80,8 +80,8 @@ def test_a_key_is_never_a_path(store: ModelStore, key: str) -> None:
 
 
 def test_prune_all_clears_openvinos_compile_cache_only(store: ModelStore) -> None:
-    compiled = store.home / "compiled"
-    compiled.mkdir(parents=True)
+    compiled = store.compile_cache()  # made and marked by the store
+    assert compiled == store.home / "compiled"
     (compiled / "123.blob").write_bytes(b"x" * 100)
     (compiled / "readme.txt").write_text("not OpenVINO's")
     store.prune(everything=True)
@@ -131,7 +131,7 @@ def test_a_project_folder_as_clothprobe_home_is_not_all_the_stores(tmp_path: Pat
     entry = ModelStore().get_or_build(tiny(), write_files)
     assert check_output(tmp_path / "scores.csv") == tmp_path / "scores.csv"
     assert check_output(tmp_path / "models" / "notes.txt")  # models/ holds runs too: not the store's
-    (tmp_path / "compiled").mkdir()
+    ModelStore().compile_cache()
     for inside in (entry.path / "model.xml", entry.path / "new.txt", tmp_path / "compiled" / "x.blob"):
         with pytest.raises(ClothprobeError, match="inside the clothprobe model store"):
             check_output(inside)
