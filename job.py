@@ -72,9 +72,10 @@ def run_all(
         job.featurized.append(result)
         if on_featurized:
             on_featurized(result)
-    dataset = job.featurized[0].cache_path.parent.name
+    dataset = Path(data).expanduser().resolve().name
     for backbone in feature_sets(names):
         job.fits += fit(dataset, backbone=backbone, clf=clf, balance=balance, tta=tta, seed=seed, select=select,
-                        taps=head_taps, features_dir=features_dir, models_dir=models_dir, on_result=on_fit)
+                        taps=head_taps, features_dir=features_dir, models_dir=models_dir, on_result=on_fit,
+                        data_dir=data)
     job.report = build_report(models_dir, reports_dir)
     return job

@@ -168,7 +168,7 @@ def main() -> None:
     data = load_feature_set(a.backbone, a.dataset, a.features)
     (choice,) = tap_candidates(data, a.taps)
     data = restrict(data, choice)
-    unknown = with_taps(load_unknown(a.unknown, a.backbone, a.features, data, tta=a.tta), data, a.tta)
+    unknown = with_taps(load_unknown(a.unknown, a.features, data, tta=a.tta), data, a.tta)
     model = _head(data, a.seed, tta=a.tta)
     loo = _leave_one_out(model, data, unknown, a.seed, a.tta)
     parts = ["## cli fit --unknown's protocol", _protocol(model, data, unknown, a.seed, a.tta),

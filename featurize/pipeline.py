@@ -122,17 +122,24 @@ def featurize(
     calibration_size: int = DEFAULT_SIZE,
     shard_size: int = SHARD_SIZE,
     taps: str = DEFAULT_TAPS,
+    recipe: Recipe | None = None,
 ) -> FeaturizeResult:
     """Embed every image under ``data`` with ``backbone`` and cache the embeddings in HDF5.
 
     Only images whose content hash the cache lacks are computed; the cache is replaced atomically.
     Everything that can be checked is checked before any work: the recipe (weights found and hashed),
     the dataset layout, and that ``out`` is a clothprobe cache or nothing. ``rebuild`` allows replacing
-    a cache of another schema version. ``engine``: where shards are embedded (default: this process).
+    a cache of another schema version or of another dataset (``featurize/cache/identity.py``). ``engine``:
+    where shards are embedded (default: this process).
     ``calibration``: int8 only, a folder of photos to calibrate on instead of the training split.
     ``taps``: the layers whose pooled outputs are cached (``final``, ``all`` or names; featurize/model/taps.py).
+    ``recipe``: embed with this recipe as a cache recorded it (``reproduce``d) instead of resolving ``backbone``,
+    ``weights``, ``image_size``, ``runtime``, ``precision`` and ``taps`` (``fit --unknown``: another folder
+    embedded like the dataset, not recorded in the catalog; an int8 recipe runs the model its store entry was
+    calibrated for).
     """
     from clothprobe.featurize import catalog
+    from clothprobe.featurize.cache import identity
     from clothprobe.featurize.model.selfcheck import effective_recipe
 
     started = time.perf_counter()
@@ -140,14 +147,15 @@ def featurize(
         raise ClothprobeError(f"--batch-size must be at least 1, got {batch_size}.")
     if max_pixels < 1:
         raise ClothprobeError(f"--max-pixels must be at least 1, got {max_pixels}.")
-    recipe = resolve_recipe(backbone, weights=weights, image_size=image_size, runtime=runtime, precision=precision,
-                            seed=seed, taps=taps)
+    given = recipe is not None
+    recipe = recipe or resolve_recipe(backbone, weights=weights, image_size=image_size, runtime=runtime,
+                                      precision=precision, seed=seed, taps=taps)
     dataset = scan(data)
     out = Path(out) if out else default_path(features_dir, dataset.name, recipe.backbone)
     check_target(out, rebuild)
     opts = _Options(out=out, views=view_names(tta), batch_size=batch_size,
                     max_pixels=max_pixels, strict=strict, progress=progress, shard_size=shard_size, seed=seed,
-                    guard=precision == "auto")
+                    guard=precision == "auto" and not given)
     engine = engine or LocalEngine()
     with writer_lock(out):
         check_target(out, rebuild)  # again, now that no other clothprobe writes it
@@ -155,12 +163,16 @@ def featurize(
         if strict and index.unusable:
             raise strict_error(index.unusable, dataset.root)
         with ExistingCache(out) as existing:
+            identity.check_writable(out, existing.header, dataset.root, lambda: identity.index_fingerprint(index),
+                                    rebuild)
             if opts.guard:
                 recipe = _default_precision(recipe, index, calibration)
-            recipe, calibration_files = _calibrated(recipe, index, calibration, calibration_size, seed, existing)
+            recipe, calibration_files = ((recipe, ()) if given else
+                                         _calibrated(recipe, index, calibration, calibration_size, seed, existing))
             result = _update(index, effective_recipe(recipe), calibration_files, existing, engine, opts)
-    catalog.record(features_dir, dataset=dataset.name, backbone=result.backbone, cache_path=out,
-                   data_root=dataset.root)
+    if not given:  # a folder embedded like another's cache is found by its path, not by name
+        catalog.record(features_dir, dataset=dataset.name, backbone=result.backbone, cache_path=out,
+                       data_root=dataset.root)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -222,10 +234,12 @@ def _update(index: FileIndex, recipe: Recipe, calibration_files: tuple[str, ...]
         raise ClothprobeError(f"Feature cache {o.out} is damaged ({existing.damage}); --strict will not rebuild it. "
                               f"Run without --strict to rebuild it, or delete it.")
     plan, merger, model_seconds = _embed(index, recipe, calibration_files, existing, engine, o)
+    from clothprobe.featurize.cache.identity import index_fingerprint
+
     recipe, dataset = plan.recipe, index.dataset
     header = CacheHeader(recipe=recipe, class_names=tuple(dataset.class_names), dataset=dataset.name,
-                                   views=o.views, data_root=str(dataset.root.resolve()), decode=plan.decode,
-                                   versions=library_versions())
+                         views=o.views, data_root=str(dataset.root.resolve()), decode=plan.decode,
+                         versions=library_versions(), data_fingerprint=index_fingerprint(index))
     outcome = merger.write(existing, o.out, header, model_seconds)
     old = existing.header
     rows = sum(len(r.paths) for r in outcome.splits.values())

@@ -72,10 +72,11 @@ def tap_model(base: Any, taps: Sequence[Tap]) -> Any:
 def resolve_taps(request: str | Sequence[str] | None, available: Sequence[Tap]) -> tuple[str, ...]:
     """A ``--taps`` request -> the recipe's ``taps`` (tap names in network order; ``()`` = final only).
 
-    ``available``: the backbone's taps (empty for a model outside the registry, which has only ``final``)."""
+    ``available``: the backbone's taps (empty for a model outside the registry, which has only ``final``: ``all``
+    is that one tap)."""
     names = [t.name for t in available]
-    if request is None or request == FINAL or request == [FINAL] or request == (FINAL,):
-        return ()
+    if request is None or request == FINAL or request == [FINAL] or request == (FINAL,) or (request == ALL and not names):
+        return ()  # ``all`` of a model outside the registry: its only tap, the output
     if request == ALL:
         asked = list(names)
     else:
