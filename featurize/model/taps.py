@@ -84,7 +84,7 @@ def resolve_taps(request: str | Sequence[str] | None, available: Sequence[Tap]) 
         asked = [names[-1] if names and p.strip() == FINAL else p.strip() for p in parts if p.strip()]
     unknown = [p for p in asked if p not in names]
     if unknown or not asked:
-        have = ", ".join([FINAL, ALL, *names]) if names else FINAL
+        have = ", ".join([FINAL, ALL, *names]) if names else f"{FINAL} or {ALL} (its output, its only tap)"
         raise ClothprobeError(f"Unknown tap(s) {', '.join(unknown) or repr(request)}; this backbone has: {have}.")
     chosen = tuple(n for n in names if n in asked)
     return () if chosen == (names[-1],) else chosen
