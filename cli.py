@@ -237,8 +237,9 @@ def fit(
         "last-2, last-4 and all, each fitted and the best kept on the selection data, never test)."))] = "auto",
     unknown: Annotated[Path | None, typer.Option(
         help="Photos of garments outside the classes (DIR/<garment type>/<image>, apart from the dataset's folder; "
-             "featurized here like the dataset): each run learns to answer 'unknown'. Half of them (seeded, per type) and the validation split choose "
-             "the score and threshold; test and the other half measure them.")] = None,
+             "featurized here like the dataset): each run learns to answer 'unknown'. Half of them (seeded, per "
+             "type) and the validation split choose the score and threshold; test and the other half measure "
+             "them.")] = None,
     negatives: Annotated[Path | None, typer.Option(
         help="With --unknown: photos of other garments (a folder, not the --unknown one) the distance scores "
              "contrast with (outlier exposure: the knn_negatives score).")] = None,

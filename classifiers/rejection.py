@@ -88,6 +88,7 @@ def load_unknown(folder: str | Path, features_dir: str | Path, known: FeatureSet
     caches = []
     for b in known.backbones:
         info = CacheInfo.from_dict(known.caches[b])
+        _check_model_kept(info, known.dataset)
         done = featurize(folder, out=unknown_cache_path(features_dir, folder, b), features_dir=features_dir,
                          tta=FLIPPED in info.views, recipe=reproduce(info.recipe), progress=progress)
         caches.append(load_features(done.cache_path))
@@ -96,6 +97,16 @@ def load_unknown(folder: str | Path, features_dir: str | Path, known: FeatureSet
                                   f"{info.recipe.label}; featurize {known.dataset} again on this machine.")
     found = join_caches(known.backbones, caches, folder.name)
     return UnknownSet(str(folder), _rows(found, folder, tta), list(found.class_names), found)
+
+
+def _check_model_kept(info: CacheInfo, dataset: str) -> None:
+    """An int8 model is made from its calibration photos, which only the dataset's featurize has: it must still be
+    in the store to embed another folder like the dataset."""
+    from clothprobe.featurize.model.store import ModelStore
+
+    if info.recipe.precision == "int8" and ModelStore().read_for(info.recipe) is None:
+        raise ClothprobeError(f"The int8 model that embedded {dataset} ({info.recipe.label}) is no longer in the model "
+                              f"store (pruned?); featurize {dataset} again to make it, then fit with --unknown.")
 
 
 def unknown_cache_path(features_dir: str | Path, folder: str | Path, backbone: str) -> Path:

@@ -134,10 +134,17 @@ def find_cache(features_dir: str | Path, dataset: str | None, backbone: str, dat
 
     dataset = resolve_dataset(features_dir, dataset)
     default = default_path(features_dir, dataset, backbone)
-    found = _recorded(features_dir).get(dataset, {}).get(backbone) or (default if default.is_file() else None)
-    if found is not None:
-        check_readable(found, dataset, data)
-        return found
+    recorded = _recorded(features_dir).get(dataset, {}).get(backbone)
+    candidates = dict.fromkeys(p for p in (recorded, default if default.is_file() else None) if p is not None)
+    refusal = None
+    for found in candidates:  # the recorded cache, else the default one: the first of this dataset's photos
+        try:
+            check_readable(found, dataset, data)
+            return found
+        except ClothprobeError as err:
+            refusal = refusal or err
+    if refusal is not None:
+        raise refusal
     raise ClothprobeError(
         f"No {backbone} cache for dataset {dataset!r}: not at {default} nor recorded in {_path(features_dir)}. "
         f"Make it with: cli featurize --backbone {backbone} --data DIR/{dataset} --tta flip "

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from clothprobe._util.progress import progress_bar
 from clothprobe.errors import ClothprobeError
+from clothprobe.featurize.cache import identity
 from clothprobe.featurize.cache.read import ExistingCache
 from clothprobe.featurize.cache.schema import CacheHeader, check_target, default_path
 from clothprobe.featurize.cache.write import writer_lock
@@ -139,7 +140,6 @@ def featurize(
     calibrated for).
     """
     from clothprobe.featurize import catalog
-    from clothprobe.featurize.cache import identity
     from clothprobe.featurize.model.selfcheck import effective_recipe
 
     started = time.perf_counter()
@@ -234,12 +234,10 @@ def _update(index: FileIndex, recipe: Recipe, calibration_files: tuple[str, ...]
         raise ClothprobeError(f"Feature cache {o.out} is damaged ({existing.damage}); --strict will not rebuild it. "
                               f"Run without --strict to rebuild it, or delete it.")
     plan, merger, model_seconds = _embed(index, recipe, calibration_files, existing, engine, o)
-    from clothprobe.featurize.cache.identity import index_fingerprint
-
     recipe, dataset = plan.recipe, index.dataset
     header = CacheHeader(recipe=recipe, class_names=tuple(dataset.class_names), dataset=dataset.name,
                          views=o.views, data_root=str(dataset.root.resolve()), decode=plan.decode,
-                         versions=library_versions(), data_fingerprint=index_fingerprint(index))
+                         versions=library_versions(), data_fingerprint=identity.index_fingerprint(index))
     outcome = merger.write(existing, o.out, header, model_seconds)
     old = existing.header
     rows = sum(len(r.paths) for r in outcome.splits.values())

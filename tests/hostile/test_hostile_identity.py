@@ -18,6 +18,7 @@ from clothprobe.errors import ClothprobeError
 from clothprobe.featurize import catalog, featurize
 from clothprobe.featurize.cache.read import load_features
 from clothprobe.featurize.cache.schema import _header_checksum, attr_value
+from clothprobe.runs.directory import read_manifest
 
 FIT = dict(backbone="vgg16", clf="logreg", balance="none")
 
@@ -57,8 +58,10 @@ def test_fit_data_is_the_folder_not_its_name(tmp_path: Path) -> None:
     with pytest.raises(ClothprobeError, match=r"clothes/vgg16.h5 holds the cache of dataset 'clothes' \(.*theirs/"
                                               r"clothes\), not of .*mine/clothes"):
         featurize(mine, features_dir=features, **TINY)  # the default cache path is theirs
-    (result,) = _fit(features, tmp_path / "models", data_dir=theirs)
-    assert result.metrics.dataset == "clothes"
+    featurize(mine, out=tmp_path / "mine.h5", features_dir=features, **TINY)  # the catalog's "clothes" is now mine
+    for folder, cache in ((mine, tmp_path / "mine.h5"), (theirs, features / "clothes" / "vgg16.h5")):
+        (result,) = _fit(features, tmp_path / "models", data_dir=folder)  # each its own photos' cache
+        assert read_manifest(result.run_dir).caches["vgg16"]["path"] == str(cache)
 
 
 def test_a_moved_dataset_is_the_same_dataset(tmp_path: Path) -> None:
