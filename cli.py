@@ -170,7 +170,8 @@ def featurize(
     image_size: Annotated[int | None, typer.Option(help="Override the backbone's input size (changes the cache).")] = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse images above this many pixels (decompression bombs).")] = DEFAULT_MAX_PIXELS,
     seed: Annotated[int, typer.Option(help="Seed for random weights (--weights none) and the int8 calibration sample.")] = 0,
-    rebuild: Annotated[bool, typer.Option(help="Replace a cache of another clothprobe schema version.")] = False,
+    rebuild: Annotated[bool, typer.Option(
+        help="Replace a cache of another clothprobe schema version, or of another dataset's photos.")] = False,
     calibration: Annotated[Path | None, typer.Option(
         help="int8: calibrate on the photos under this folder instead of the training split.")] = None,
     calibration_size: Annotated[int | None, typer.Option(
@@ -255,7 +256,10 @@ def fit(
         help="The dataset folder that was featurized (its name picks the caches). Default: the only dataset "
              "featurized under --features-dir.")] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset name under --features-dir (instead of --data).")] = None,
-    backbone: Annotated[str, typer.Option(help="Cache(s) to fit on: xception, vgg16, or several joined: vgg16+xception.")] = DEFAULT_BACKBONE,
+    backbone: Annotated[str | None, typer.Option(
+        help="Cache(s) to fit on: a featurized backbone (xception, vgg16, onnx:PATH...), or several joined: "
+             f"vgg16+xception [default: {DEFAULT_BACKBONE} where the dataset has its cache, else its only one].",
+        show_default=False)] = None,
     clf: Clf = "logreg",
     balance: Balance = "weights",
     tta: Annotated[bool, typer.Option(help="Average probabilities of the original and flipped views (cache made with --tta flip).")] = False,
@@ -269,11 +273,12 @@ def fit(
         "Cached taps to fit on: final, all, last-K (each backbone's last K taps), tap names, or auto (final, "
         "last-2, last-4 and all, each fitted and the best kept on the selection data, never test)."))] = "auto",
     unknown: Annotated[Path | None, typer.Option(
-        help="Photos of garments outside the classes (DIR/<garment type>/<image>, featurized like the dataset): "
-             "each run learns to answer 'unknown'. Half of them (seeded, per type) and the validation split choose "
-             "the score and threshold; test and the other half measure them.")] = None,
+        help="Photos of garments outside the classes (DIR/<garment type>/<image>, apart from the dataset's folder; "
+             "featurized here like the dataset): each run learns to answer 'unknown'. Half of them (seeded, per "
+             "type) and the validation split choose the score and threshold; test and the other half measure "
+             "them.")] = None,
     negatives: Annotated[Path | None, typer.Option(
-        help="With --unknown: photos of other garments (featurized, not the --unknown ones) the distance scores "
+        help="With --unknown: photos of other garments (a folder, not the --unknown one) the distance scores "
              "contrast with (outlier exposure: the knn_negatives score).")] = None,
     unknown_cost: Annotated[float, typer.Option(
         help="With --unknown: the percentage points of validation accuracy the reject threshold may cost (photos "
@@ -284,7 +289,7 @@ def fit(
     from clothprobe.classifiers.select import DEFAULT_SELECT
 
     name = dataset or (data.expanduser().resolve().name if data else None)
-    table = Table(title=Text(f"{name or 'dataset'}: {backbone}"))
+    table = Table()
     for col in ("run", "selection", "val acc", "test acc", "test macro-F1", "fit s", "settings"):
         table.add_column(col, no_wrap=col != "settings")
 
@@ -298,9 +303,11 @@ def fit(
                                           _pct(m.test, "macro_f1"), f"{m.fit_seconds:.1f}",
                                           json.dumps({**m.params, **m.chosen, **tap_set}))))
 
-    run_fit(name, backbone=backbone, clf=clf, balance=balance, tta=tta, loss=loss, seed=seed,
-            select=select or DEFAULT_SELECT, features_dir=features_dir, models_dir=models_dir, out=out_dir,
-            on_result=show, taps=taps, unknown=unknown, negatives=negatives, unknown_cost=unknown_cost)
+    results = run_fit(name, backbone=backbone, clf=clf, balance=balance, tta=tta, loss=loss, seed=seed,
+                      select=select or DEFAULT_SELECT, features_dir=features_dir, models_dir=models_dir, out=out_dir,
+                      on_result=show, taps=taps, unknown=unknown, negatives=negatives, unknown_cost=unknown_cost,
+                      data_dir=data)
+    table.title = Text(f"{results[0].metrics.dataset}: {results[0].metrics.backbone}")
     out.print(table)
 
 

@@ -55,27 +55,29 @@ def run_all(
     ``balance`` on each cache and on their join (each head with its ``run_taps``: logistic regression chooses
     its tap set like every other setting, ``fit --taps auto``; the slower heads take the final tap), and write
     the report over every run under ``models_dir``. Every option is checked before any featurizing."""
-    names = parse_backbones(backbones.replace(",", "+"))
+    specs = [part.strip() for part in backbones.split(",") if part.strip()]  # as featurize takes them (onnx:PATH)
+    names = parse_backbones("+".join(specs))  # as the caches record them
     plan = plan_fit("+".join(names), clf, balance, select=select)
     head_taps = {head: get_classifier(head).run_taps for head in plan.clfs}  # the job's tap request per head
     scan(data)  # the folder's layout, before an hour of featurizing
-    for name in names:  # each backbone's weights found (and hashed) now, not after the first is featurized
-        resolve_recipe(name, weights=weights, seed=seed, taps=taps, precision=precision)
+    for spec in specs:  # each backbone's weights found (and hashed) now, not after the first is featurized
+        resolve_recipe(spec, weights=weights, seed=seed, taps=taps, precision=precision)
     for folder, what in ((models_dir, "--models-dir"), (reports_dir, "--reports-dir"), (features_dir, "--features-dir")):
         if Path(folder).exists() and not Path(folder).is_dir():
             raise ClothprobeError(f"{what} {folder} exists and is not a folder.")
     # a user's own index.html, or a reports dir inside the dataset: refused now, not at the end
     ReportFolder.plan(reports_dir, dict.fromkeys(["index.html", "report.md"], b""), (data,))
     job = JobResult()
-    for name in names:
-        result = featurize(data, backbone=name, weights=weights, features_dir=features_dir, tta=tta, seed=seed,
+    for spec in specs:
+        result = featurize(data, backbone=spec, weights=weights, features_dir=features_dir, tta=tta, seed=seed,
                            taps=taps, precision=precision, progress=progress)
         job.featurized.append(result)
         if on_featurized:
             on_featurized(result)
-    dataset = job.featurized[0].cache_path.parent.name
+    dataset = Path(data).expanduser().resolve().name
     for backbone in feature_sets(names):
         job.fits += fit(dataset, backbone=backbone, clf=clf, balance=balance, tta=tta, seed=seed, select=select,
-                        taps=head_taps, features_dir=features_dir, models_dir=models_dir, on_result=on_fit)
+                        taps=head_taps, features_dir=features_dir, models_dir=models_dir, on_result=on_fit,
+                        data_dir=data)
     job.report = build_report(models_dir, reports_dir)
     return job

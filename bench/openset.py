@@ -1,9 +1,9 @@
 """Benchmark: open-set scores ("none of these") on real caches, and how they carry over to garment types never
 seen in tuning.
 
-Needs the dataset's cache and a cache of photos outside its classes made with the same recipe, e.g.
+Needs the dataset's cache and a folder of photos outside its classes (``--unknown``), which is featurized with
+the same recipe as ``cli fit --unknown`` does it, e.g.
     cli featurize --backbone xception --data ../shared/data/clothing-dataset-small
-    cli featurize --backbone xception --data ../shared/data/unknown-garments
 
     python bench/openset.py --features ../shared-cache/features
 
@@ -147,7 +147,8 @@ def _negatives(model, data, unknown, seed: int) -> str:  # noqa: ANN001
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="clothing-dataset-small")
-    p.add_argument("--unknown", default="unknown-garments", help="The featurized folder of other garments (its name).")
+    p.add_argument("--unknown", type=Path, default=ROOT.parent / "shared" / "data" / "unknown-garments",
+                   help="The folder of other garments (featurized here like the dataset, as fit --unknown does).")
     p.add_argument("--features", type=Path, default=ROOT / "features")
     p.add_argument("--backbone", default="xception")
     p.add_argument("--seed", type=int, default=0)
@@ -168,7 +169,7 @@ def main() -> None:
     data = load_feature_set(a.backbone, a.dataset, a.features)
     (choice,) = tap_candidates(data, a.taps)
     data = restrict(data, choice)
-    unknown = with_taps(load_unknown(a.unknown, a.backbone, a.features, data, tta=a.tta), data, a.tta)
+    unknown = with_taps(load_unknown(a.unknown, a.features, data, tta=a.tta), data, a.tta)
     model = _head(data, a.seed, tta=a.tta)
     loo = _leave_one_out(model, data, unknown, a.seed, a.tta)
     parts = ["## cli fit --unknown's protocol", _protocol(model, data, unknown, a.seed, a.tta),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 
@@ -12,6 +12,7 @@ from clothprobe.featurize.cache.read import FeatureCache, load_features
 from clothprobe.featurize.cache.schema import CacheInfo
 from clothprobe.featurize.catalog import find_cache
 from clothprobe.featurize.model.backbones import get_backbone
+from clothprobe.featurize.model.recipe import FILE_PREFIXES
 
 
 @dataclass
@@ -84,24 +85,42 @@ class FeatureSet:
         return all(s.X_flip is not None for s in self.splits.values())
 
 
+def cache_backbone(name: str) -> str:
+    """The backbone a cache records for ``name``: a registry name, or ``onnx:``/``keras:`` and the model file's name
+    (``onnx:models/net.onnx`` -> ``onnx:net.onnx``, as featurize writes it; the file need not be here)."""
+    prefix = next((p for p in FILE_PREFIXES if name.startswith(p)), None)
+    if prefix is None:
+        return get_backbone(name).name
+    file_name = PurePath(name[len(prefix):]).name
+    if not file_name:
+        raise ClothprobeError(f"Backbone {name!r} names no model file; give {prefix}PATH as featurize was given it.")
+    return prefix + file_name
+
+
 def parse_backbones(spec: str) -> list[str]:
-    """``"vgg16+xception"`` -> validated registry names, in the order given."""
-    names = [get_backbone(part.strip()).name for part in spec.split("+") if part.strip()]
+    """``"vgg16+xception"`` -> validated backbone names as caches record them, in the order given."""
+    names = [cache_backbone(part.strip()) for part in spec.split("+") if part.strip()]
     if not names or len(set(names)) != len(names):
         raise ClothprobeError(f"Backbone list {spec!r} must name each backbone once, e.g. vgg16+xception.")
     return names
 
 
-def _load(features_dir: str | Path, backbone: str, dataset: str) -> FeatureCache:
+def _load(features_dir: str | Path, backbone: str, dataset: str, data: str | Path | None) -> FeatureCache:
     hint = f" Make it with: cli featurize --backbone {backbone} --data DIR/{dataset} --tta flip"
-    return load_features(find_cache(features_dir, dataset, backbone), hint=hint)
+    return load_features(find_cache(features_dir, dataset, backbone, data), hint=hint)
 
 
-def load_feature_set(backbones: str, dataset: str, features_dir: str | Path = "features") -> FeatureSet:
+def load_feature_set(backbones: str, dataset: str, features_dir: str | Path = "features",
+                     data: str | Path | None = None) -> FeatureSet:
     """Load the cache of each backbone for ``dataset`` (``features_dir/dataset/<backbone>.h5``, or where the
-    catalog says ``featurize --out`` wrote it), every tap it holds; several are joined by image path."""
+    catalog says ``featurize --out`` wrote it), every tap it holds; several are joined by image path. ``data``:
+    the dataset's folder, whose photos every cache must hold (``featurize/cache/identity.py``)."""
     names = parse_backbones(backbones)
-    caches = [_load(features_dir, n, dataset) for n in names]
+    return join_caches(names, [_load(features_dir, n, dataset, data) for n in names], dataset)
+
+
+def join_caches(names: list[str], caches: list[FeatureCache], dataset: str) -> FeatureSet:
+    """The caches of backbones ``names`` (the same photos), side by side by image path."""
     blocks = [TapBlock(n, tap, width) for n, c in zip(names, caches) for tap, width in c.taps]
     first = caches[0]
     for other in caches[1:]:

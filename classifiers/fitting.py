@@ -38,7 +38,7 @@ from clothprobe.classifiers.taps import (
     tap_candidates,
 )
 from clothprobe.errors import ClothprobeError
-from clothprobe.featurize.catalog import resolve_dataset
+from clothprobe.featurize.catalog import default_backbone, resolve_dataset
 from clothprobe.featurize.dataset import check_every_class_trains
 from clothprobe.featurize.model.backbones import DEFAULT_BACKBONE
 from clothprobe.runs.directory import (
@@ -82,13 +82,15 @@ class FitPlan:
         return [(c, b, self.loss if c == "dense" else "categorical") for c in self.clfs for b in self.balances]
 
 
-def plan_fit(backbone: str = DEFAULT_BACKBONE, clf: str = "logreg", balance: str = "weights", loss: str = "categorical",
+def plan_fit(backbone: str | None = DEFAULT_BACKBONE, clf: str = "logreg", balance: str = "weights", loss: str = "categorical",
              select: str = DEFAULT_SELECT, out: str | Path | None = None, taps: str | Mapping[str, str] = DEFAULT_FIT_TAPS,
              unknown: str | Path | None = None, negatives: str | Path | None = None,
              unknown_cost: float = 100 * MAX_ACCURACY_COST) -> FitPlan:
     """Check every option (before featurizing or loading anything) and expand ``all``. ``taps``: one request
-    for every head, or one per head (``{head: request}``)."""
-    parse_backbones(backbone)
+    for every head, or one per head (``{head: request}``). ``backbone`` None: chosen once the dataset is known
+    (``fit``)."""
+    if backbone is not None:
+        parse_backbones(backbone)
     check_options(unknown_cost=unknown_cost)
     if unknown is not None and select != "validation":
         raise ClothprobeError(f"--unknown needs --select validation (given: {select}): the reject threshold is set "
@@ -135,7 +137,7 @@ def versions() -> dict[str, str]:
 
 def fit(
     dataset: str | None = None,
-    backbone: str = DEFAULT_BACKBONE,
+    backbone: str | None = None,
     clf: str = "logreg",
     balance: str = "weights",
     tta: bool = False,
@@ -150,28 +152,32 @@ def fit(
     unknown: str | Path | None = None,
     negatives: str | Path | None = None,
     unknown_cost: float = 100 * MAX_ACCURACY_COST,
+    data_dir: str | Path | None = None,
 ) -> list[FitResult]:
     """Fit ``clf`` (or ``all``) with ``balance`` (or ``all``) on the caches of ``backbone`` (``a+b`` joins) of
-    ``dataset`` (None: the only dataset featurized under ``features_dir``). ``select``: ``validation`` or
-    ``cv`` (see ``classifiers/select.py``). ``taps``: which cached taps, ``auto`` chosen like the other
-    settings (see ``classifiers/taps.py``), or ``{head: request}`` for each head. ``unknown``: a featurized folder of photos outside the classes;
-    each run gets a reject option (``classifiers/rejection.py``); ``negatives``: a featurized folder of other
-    garments its distance scores contrast with; ``unknown_cost``: the percentage points of validation accuracy
-    the reject threshold may cost."""
+    ``dataset`` (None: the only dataset featurized under ``features_dir``; ``backbone`` None: its only cache, or
+    the default backbone's where it has several). ``data_dir``: the dataset's folder, whose photos the caches must
+    hold (``featurize/cache/identity.py``). ``select``: ``validation`` or ``cv`` (see ``classifiers/select.py``).
+    ``taps``: which cached taps, ``auto`` chosen like the other settings (see ``classifiers/taps.py``), or
+    ``{head: request}`` for each head. ``unknown``: a folder of photos outside the classes, featurized here like
+    the dataset; each run gets a reject option (``classifiers/rejection.py``); ``negatives``: a folder of other
+    garments its distance scores contrast with; ``unknown_cost``: the percentage points of validation accuracy the
+    reject threshold may cost."""
     plan = plan_fit(backbone, clf, balance, loss, select, out, taps, unknown, negatives, unknown_cost)
     dataset = resolve_dataset(features_dir, dataset)
+    backbone = backbone or default_backbone(features_dir, dataset)
     joined = "+".join(parse_backbones(backbone))
     run_dirs = [run_path(models_dir, dataset, joined, cached_run_name(name, bal, tta, run_loss), out)
                 for name, bal, run_loss in plan.runs()]
     for run_dir in run_dirs:  # every folder is ours to write, before any fitting
         check_target(run_dir)
-    data = load_feature_set(backbone, dataset, features_dir)
+    data = load_feature_set(backbone, dataset, features_dir, data_dir)
     _check_data(data, tta)
     for request in sorted(set(plan.taps.values())):  # a tap no cache holds: one line, before any fitting
         tap_candidates(data, request)
     reject = None if unknown is None else RejectRequest(
-        load_unknown(unknown, backbone, features_dir, data, tta),
-        None if negatives is None else load_unknown(negatives, backbone, features_dir, data, False), unknown_cost / 100)
+        load_unknown(unknown, features_dir, data, tta),
+        None if negatives is None else load_unknown(negatives, features_dir, data, False), unknown_cost / 100)
     jobs = [(name, bal, run_loss, run_dir) for (name, bal, run_loss), run_dir in zip(plan.runs(), run_dirs)]
     results = []
     for result in _fitted(data, jobs, tta, seed, plan.select, taps=plan.taps, reject=reject):

@@ -13,8 +13,8 @@ The fitted pipeline is stored without its sampler (SMOTE only acts while fitting
 
 Loading checks every sha256 in the manifest first, and that the caches it is used with are the ones it
 was fitted on, and refuses with one message naming the file otherwise: a file that is not what its
-format says (a pickle, a Keras model with a Lambda layer, a damaged LightGBM file, a LightGBM header
-whose class count differs from the run's) is refused before it is used.
+format says (a pickle, a Keras model with a Lambda layer, a damaged LightGBM file, LightGBM trees whose indices
+lead out of range, ``lgbmtext.py``) or whose classes are not the manifest's is refused before it is used.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from clothprobe.classifiers import lgbmtext
 from clothprobe.classifiers.proba import softmax
 from clothprobe.errors import ClothprobeError
 from clothprobe.runs.directory import Manifest, read_manifest, verify
 
 SAMPLER_STEPS = ("smote",)
-LGBM_HEADER_BYTES = 1 << 20  # LightGBM's text header comes before the first tree
 LINEAR_FILE = "model.npz"
 LINEAR_MAX_BYTES = 1 << 28  # 10 classes x 2,560 dims is 0.2 MB
 LGBM_PROBE_TIMEOUT_S = 120
@@ -130,19 +130,6 @@ def _load_linear(path: Path, n_classes: int) -> tuple[Callable[[np.ndarray], np.
                                                     else _linear_logits(X, **arrays))
 
 
-def _lgbm_header(path: Path, n_classes: int) -> None:
-    """Check LightGBM's text header before LightGBM reads the file: a wrong class count (or a file that is
-    not a LightGBM model) is refused before LightGBM allocates anything for it."""
-    with open(path, "rb") as fh:
-        head = fh.read(LGBM_HEADER_BYTES).split(b"Tree=", 1)[0].decode("utf-8", "replace").splitlines()
-    values = dict(line.split("=", 1) for line in head if "=" in line)
-    expected = 1 if n_classes == 2 else n_classes  # LightGBM's binary objective has one output
-    if head[:1] != ["tree"] or values.get("num_class", "").strip() != str(expected):
-        raise ClothprobeError(f"{path} is not a LightGBM model of this run's {n_classes} classes (header: "
-                              f"num_class={values.get('num_class', 'missing')[:20]}); refusing to load it. "
-                              f"Fit the model again.")
-
-
 def _lgbm_probe(path: Path) -> None:
     """Read and use the model in a child process first: a file LightGBM cannot read ends there, not here."""
     try:
@@ -169,6 +156,15 @@ def load_keras(path: Path):  # noqa: ANN201 - a keras.Model
                               f"Fit the model again.") from None
 
 
+def _with_outputs(model: Any, n_classes: int, path: Path) -> Any:
+    """``model``, once its one output is known to hold a probability per class of the run (its manifest's)."""
+    shapes = [tuple(out.shape) for out in model.outputs]
+    if len(shapes) != 1 or shapes[0][-1:] != (n_classes,):
+        raise ClothprobeError(f"{path} outputs {shapes}, not one probability per class of this run's {n_classes}; "
+                              f"refusing it. Fit the model again.")
+    return model
+
+
 def _save_estimator(estimator: Any, file_format: str, directory: Path) -> dict:
     """Write the final estimator in its own format; return what loading needs besides the file."""
     if file_format == "lightgbm":
@@ -190,7 +186,7 @@ def _load_estimator(file_format: str, directory: Path, manifest: Manifest,
         import lightgbm
 
         path = _run_file(directory, manifest, "model.lgbm.txt")
-        _lgbm_header(path, n_classes)
+        lgbmtext.check(path, n_classes)  # its header and every tree, before LightGBM reads a byte
         _lgbm_probe(path)
         try:
             booster = lightgbm.Booster(model_file=str(path))
@@ -201,7 +197,8 @@ def _load_estimator(file_format: str, directory: Path, manifest: Manifest,
     if file_format == "keras":
         from clothprobe.classifiers.dense import keras_proba
 
-        model = load_keras(_run_file(directory, manifest, "model.keras"))
+        path = _run_file(directory, manifest, "model.keras")
+        model = _with_outputs(load_keras(path), n_classes, path)
         return lambda X: keras_proba(model, X)
     raise ClothprobeError(f"{directory / 'manifest.json'} names an unknown model format {file_format!r}.")
 
@@ -236,7 +233,8 @@ def load_e2e_model(directory: str | Path) -> tuple[Manifest, Any]:
     if manifest.model.get("format") != "keras-e2e":
         raise ClothprobeError(f"{directory} is not an end-to-end run (its model format is "
                               f"{manifest.model.get('format')!r}).")
-    return manifest, load_keras(_run_file(directory, manifest, manifest.model.get("file", "model.keras")))
+    path = _run_file(directory, manifest, manifest.model.get("file", "model.keras"))
+    return manifest, _with_outputs(load_keras(path), len(manifest.classes), path)
 
 
 def _run_file(directory: Path, manifest: Manifest, name: object) -> Path:
@@ -278,6 +276,10 @@ def load_model(directory: str | Path, fingerprints: dict[str, str] | None = None
         file_format, classes = entry["format"], np.asarray(entry["classes"])
     except KeyError as err:
         raise ClothprobeError(f"{directory / 'manifest.json'}: the model entry lacks {err}; fit again.") from None
+    if classes.tolist() != list(range(len(manifest.classes))):  # the head's outputs are the manifest's classes
+        raise ClothprobeError(f"{directory / 'manifest.json'}: the model's classes {classes.tolist()!r} are not the "
+                              f"{len(manifest.classes)} classes the manifest names ({', '.join(manifest.classes)}); "
+                              f"refusing the run. Fit it again.")
     logits = None
     if file_format == "linear":
         predict, logits = _load_linear(_run_file(directory, manifest, entry.get("file")), len(classes))

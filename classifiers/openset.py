@@ -23,6 +23,7 @@ plus the manifest entry this module alone reads.
 
 from __future__ import annotations
 
+import math
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ FILE = "openset.npz"
 KNOWN_RECALL = 0.95  # the known-class recall at which FPR is reported (FPR@95)
 MAX_ACCURACY_COST = 0.01  # the threshold rejects at most this share of validation photos the head gets right
 MAX_BYTES = 1 << 30
+DEFAULT_K = 10  # neighbours of the k-NN scores
 _CHUNK = 1024  # rows per block of the k-NN similarity matrix
 
 
@@ -75,7 +77,7 @@ class OpenSetScorer:
     before the Mahalanobis distance. Fitted: ``bank_`` (normalized training rows), ``pca_mean_``,
     ``pca_components_``, ``class_means_``, ``precision_``, ``negatives_`` (normalized negative photos, or None)."""
 
-    def __init__(self, k: int = 10, pca_components: int = 256) -> None:
+    def __init__(self, k: int = DEFAULT_K, pca_components: int = 256) -> None:
         self.k = k
         self.pca_components = pca_components
 
@@ -356,20 +358,51 @@ def _shapes_ok(a: dict[str, np.ndarray], entry: dict) -> bool:
             and all(a[k].shape == (len(entry.get("components", [])),) for k in comb & set(a) - {"comb_intercept"}))
 
 
+def _number(value: Any) -> bool:
+    """A real number as JSON holds one (not a bool, not a string), finite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_entry_values(entry: dict, bank_rows: int) -> tuple[float, int]:
+    """The threshold and k of a manifest's open-set entry, or an error: the threshold a finite number (NaN or
+    infinity would make the reject option never or always fire), k a whole number from 1 to the training rows (or
+    ``DEFAULT_K``, which a fit on fewer rows saves), the combiner's components names of scores."""
+    threshold, k = entry.get("threshold"), entry.get("k")
+    if not _number(threshold):
+        raise ClothprobeError(f"the open-set threshold must be a finite number, got {threshold!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max(bank_rows, DEFAULT_K):
+        raise ClothprobeError(f"the open-set k must be a whole number from 1 to {max(bank_rows, DEFAULT_K)}, got {k!r}")
+    components = entry.get("components", [])
+    if not isinstance(components, list) or not set(components) <= set(SCORES) or len(set(components)) < len(components):
+        raise ClothprobeError(f"the open-set components must be distinct names among {', '.join(SCORES)}, got "
+                              f"{components!r}")
+    if not isinstance(entry.get("tuning_auroc", {}), dict):
+        raise ClothprobeError(f"the open-set tuning_auroc must be a map, got {entry['tuning_auroc']!r}")
+    return float(threshold), k
+
+
 def load(directory: Path, entry: dict) -> OpenSet:
-    """The ``OpenSet`` a run saved (the run's sha256 values are checked by its reader before this)."""
-    try:
-        path, score, threshold, k = directory / entry["file"], entry["score"], float(entry["threshold"]), int(entry["k"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ClothprobeError(f"{directory / 'manifest.json'}: the open-set entry is damaged ({err!r}); fit again.") from None
-    every_view = entry.get("logits_of_every_view", False)
+    """The ``OpenSet`` a run saved (the run's sha256 values are checked by its reader before this); every value is
+    checked, since a manifest's hashes can be recomputed by whoever edits it."""
+    where = directory / "manifest.json"
+    if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+        raise ClothprobeError(f"{where}: the open-set entry is damaged (no file named); fit again.")
+    score, every_view = entry.get("score"), entry.get("logits_of_every_view", False)
     if Path(entry["file"]).name != entry["file"] or score not in (*SCORES, COMBINED) or not isinstance(every_view, bool):
-        raise ClothprobeError(f"{directory / 'manifest.json'}: the open-set entry names {entry['file']!r} / score "
+        raise ClothprobeError(f"{where}: the open-set entry names {entry['file']!r} / score "
                               f"{score!r} / logits_of_every_view {every_view!r}; fit again.")
+    path = directory / entry["file"]
     arrays = _read_arrays(path)
+    try:
+        threshold, k = check_entry_values(entry, len(arrays.get("bank", ())))
+    except ClothprobeError as err:
+        raise ClothprobeError(f"{where}: {err}; refusing the reject option. Fit the run again with --unknown.") from None
     if not _shapes_ok(arrays, entry) or (score == COMBINED and "components" not in entry):
         raise ClothprobeError(f"{path} does not hold the open-set state its manifest describes; refusing it. "
                               f"Fit the run again with --unknown.")
+    if not all(np.isfinite(v).all() for v in arrays.values()):
+        raise ClothprobeError(f"{path} holds values that are not finite numbers; refusing it. Fit the run again with "
+                              f"--unknown.")
     combiner = None
     if "components" in entry:
         combiner = Combiner(list(entry["components"]), arrays["comb_mean"], arrays["comb_scale"], arrays["comb_coef"],

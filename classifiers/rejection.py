@@ -6,6 +6,7 @@ The test split and the reporting part are read only after the choice, to measure
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,13 @@ from typing import Any
 import numpy as np
 
 from clothprobe.classifiers import openset
-from clothprobe.classifiers.data import FeatureSet, SplitData, load_feature_set
+from clothprobe.classifiers.data import FeatureSet, SplitData, join_caches
 from clothprobe.classifiers.select import predict_split
 from clothprobe.classifiers.taps import TapChoice, restrict
 from clothprobe.errors import ClothprobeError
-from clothprobe.featurize.cache.schema import CacheInfo
+from clothprobe.featurize.cache.schema import CacheInfo, default_path
 from clothprobe.featurize.embed import FLIPPED
+from clothprobe.featurize.model.recipe import reproduce
 
 
 @dataclass
@@ -72,37 +74,62 @@ def with_taps(unknown: UnknownSet | None, fitted: FeatureSet, tta: bool) -> Unkn
     return UnknownSet(unknown.folder, _rows(found, unknown.folder, tta), unknown.type_names, found)
 
 
-def load_unknown(folder: str | Path, backbone: str, features_dir: str | Path, known: FeatureSet,
-                 tta: bool) -> UnknownSet:
-    """The cache(s) of ``folder`` (``DIR/<garment type>/<image>``, featurized like the dataset), every split
-    joined; refused when made with another recipe than the dataset's."""
-    name = Path(folder).expanduser().resolve().name
-    try:
-        found = load_feature_set(backbone, name, features_dir)
-    except ClothprobeError as err:
-        raise ClothprobeError(f"{err} Featurize {folder} like {known.dataset}: "
-                              f"{'; '.join(featurize_like(CacheInfo.from_dict(c), folder) for c in known.caches.values())}.") from None
-    for b in found.backbones:
-        theirs, ours = CacheInfo.from_dict(found.caches[b]), CacheInfo.from_dict(known.caches[b])
-        if theirs.fingerprint != ours.fingerprint:
-            differ = "; ".join(ours.recipe.differences(theirs.recipe)) or "the same settings, another version"
-            raise ClothprobeError(f"The {b} cache of {name} was made with another recipe than {known.dataset}'s "
-                                  f"({differ}: theirs -> the dataset's). Featurize {folder} like the dataset: "
-                                  f"{featurize_like(ours, folder)} --rebuild")
+def load_unknown(folder: str | Path, features_dir: str | Path, known: FeatureSet, tta: bool,
+                 progress: bool = False) -> UnknownSet:
+    """The photos of ``folder`` (``DIR/<garment type>/<image>``, found by its path), featurized here with the
+    recipe and views of each of ``known``'s caches into ``<features_dir>/<folder name>-<hash of its path>/`` (only
+    photos new to that cache are computed), every split joined. A folder that is, holds or lies inside the
+    dataset's folder is refused."""
+    from clothprobe.featurize.cache.read import load_features
+    from clothprobe.featurize.pipeline import featurize
+
+    folder = Path(folder).expanduser().resolve()
+    _check_apart(folder, known)
+    caches = []
+    for b in known.backbones:
+        info = CacheInfo.from_dict(known.caches[b])
+        _check_model_kept(info, known.dataset)
+        done = featurize(folder, out=unknown_cache_path(features_dir, folder, b), features_dir=features_dir,
+                         tta=FLIPPED in info.views, recipe=reproduce(info.recipe), progress=progress)
+        caches.append(load_features(done.cache_path))
+        if caches[-1].fingerprint != info.fingerprint:  # this machine ran another precision (a failed self-check)
+            raise ClothprobeError(f"{folder} was embedded with {caches[-1].recipe.label}, the dataset with "
+                                  f"{info.recipe.label}; featurize {known.dataset} again on this machine.")
+    found = join_caches(known.backbones, caches, folder.name)
     return UnknownSet(str(folder), _rows(found, folder, tta), list(found.class_names), found)
 
 
-def featurize_like(info: CacheInfo, folder: str | Path) -> str:
-    """The ``cli featurize`` command that embeds ``folder`` with the recipe and views of the cache ``info``
-    describes (int8: calibrated on the same photos, the training split of the folder it was made from)."""
-    recipe = info.recipe  # every tap the cache holds: the unknown folder's cache must have the same recipe
-    parts = [f"cli featurize --data {folder} --backbone {recipe.backbone}", f"--taps {','.join(recipe.taps) or 'final'}"]
-    if FLIPPED in info.views:
-        parts.append("--tta flip")
-    parts.append(f"--precision {recipe.precision} --runtime {recipe.runtime}")
-    if recipe.precision == "int8":
-        parts.append(f"--calibration {Path(info.data_root or 'DATASET') / 'train'}")
-    return " ".join(parts)
+def _check_model_kept(info: CacheInfo, dataset: str) -> None:
+    """An int8 model is made from its calibration photos, which only the dataset's featurize has: it must still be
+    in the store to embed another folder like the dataset."""
+    from clothprobe.featurize.model.store import ModelStore
+
+    if info.recipe.precision == "int8" and ModelStore().read_for(info.recipe) is None:
+        raise ClothprobeError(f"The int8 model that embedded {dataset} ({info.recipe.label}) is no longer in the model "
+                              f"store (pruned?); featurize {dataset} again to make it, then fit with --unknown.")
+
+
+def unknown_cache_path(features_dir: str | Path, folder: str | Path, backbone: str) -> Path:
+    """Where ``load_unknown`` keeps ``backbone``'s cache of ``folder`` (resolved): named by its path, as folder names
+    may repeat (a dataset's among them)."""
+    folder = Path(folder).expanduser().resolve()
+    return default_path(features_dir, f"{folder.name}-{hashlib.sha256(str(folder).encode()).hexdigest()[:8]}", backbone)
+
+
+def _check_apart(folder: Path, known: FeatureSet) -> None:
+    """Refuse a folder of unknown garments that overlaps the dataset's folder: the known photos would be taken
+    for unknown ones."""
+    root = known.data_root
+    if not folder.is_dir():
+        raise ClothprobeError(f"{folder} is not a folder; give DIR/<garment type>/<image> of garments outside the "
+                              f"classes.")
+    if root is None:
+        return
+    root = Path(root).resolve()
+    if folder == root or root in folder.parents or folder in root.parents:
+        how = "is" if folder == root else "lies inside" if root in folder.parents else "holds"
+        raise ClothprobeError(f"{folder} {how} the folder of dataset {known.dataset} ({root}): its photos are of the "
+                              f"known classes. Give a folder of garments outside them, apart from the dataset.")
 
 
 def subset(split: SplitData, rows: np.ndarray) -> SplitData:

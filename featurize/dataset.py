@@ -5,8 +5,11 @@ Two layouts: ``DIR/<split>/<class>/<image>`` (splits train, validation, test) an
 training split, sorted, so their order is stable across machines and runs.
 
 Files the run must not use are listed in ``Dataset.stray`` with their reason in ``Dataset.stray_reasons``:
-files outside a class folder, and anything that is not a regular file after following symbolic links
-(a FIFO, a device, a socket, a broken link, a link to a folder). The scan never opens a file.
+files outside a class folder, anything that is not a regular file after following symbolic links
+(a FIFO, a device, a socket, a broken link, a link to a folder), files whose path is not valid UTF-8 (a
+cache stores paths and class names as UTF-8; such a path is listed with its bytes escaped, ``\xff``, and a
+class folder so named is not a class), and folders that cannot be listed. The scan never opens a file, and
+walks folders of any depth.
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
+from clothprobe._util.names import shown, utf8
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.images import is_ignored, not_regular_reason
 
 SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"val": "validation", "valid": "validation"}
 OUTSIDE_CLASS = "not inside a class folder"
+NOT_UTF8 = "its name (or a folder's above it) is not valid UTF-8, which a cache cannot store; rename it (e.g. convmv -f latin1 -t utf8)"
+
 
 
 @dataclass(frozen=True)
@@ -89,20 +95,26 @@ def _split_dirs(root: Path) -> dict[str, Path]:
 
 
 def _walk_class(directory: Path, unusable: dict[Path, str]) -> list[Path]:
-    """Every visible regular file under a class folder (nested folders too), in sorted order; anything
-    else (FIFO, device, socket, broken link, link to a folder) goes to ``unusable`` with its reason."""
-    with os.scandir(directory) as it:
-        entries = _visible(list(it))
+    """Every visible regular file under a class folder (nested folders too, however deep: a folder's files,
+    then each subfolder's, in sorted order); anything else (FIFO, device, socket, broken link, link to a
+    folder, a folder that cannot be listed) goes to ``unusable`` with its reason."""
     out: list[Path] = []
-    for entry in entries:
-        if not entry.is_dir(follow_symlinks=False):
-            if entry.is_file():  # follows links; no stat for plain files
-                out.append(Path(entry.path))
-            else:
-                unusable[Path(entry.path)] = not_regular_reason(entry.path) or "not a regular file"
-    for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            out.extend(_walk_class(Path(entry.path), unusable))
+    todo = [directory]
+    while todo:
+        folder = todo.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = _visible(list(it))
+        except OSError as err:  # a path too long to open, no permission
+            unusable[folder] = f"a folder that cannot be listed ({err.strerror or err}); its files were not seen"
+            continue
+        for entry in entries:
+            if not entry.is_dir(follow_symlinks=False):
+                if entry.is_file():  # follows links; no stat for plain files
+                    out.append(Path(entry.path))
+                else:
+                    unusable[Path(entry.path)] = not_regular_reason(entry.path) or "not a regular file"
+        todo += reversed([Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)])
     return out
 
 
@@ -111,7 +123,7 @@ def _list_split(root: Path, split: str, splits: dict[str, Path], index: dict[str
     """The images of one split; the files it must not use go to ``stray`` as rel_path -> (split, why)."""
     with os.scandir(splits[split]) as it:
         entries = _visible(list(it))
-    unknown = [e.name for e in entries if e.is_dir() and e.name not in index]
+    unknown = [e.name for e in entries if e.is_dir() and e.name not in index and utf8(e.name)]
     if unknown:
         raise ClothprobeError(
             f"Class folder(s) {', '.join(unknown)} in {splits[split]} are not in the training split "
@@ -121,18 +133,26 @@ def _list_split(root: Path, split: str, splits: dict[str, Path], index: dict[str
     def rel(path: str | Path) -> str:
         return Path(path).relative_to(root).as_posix()
 
-    stray.update((rel(e.path), (split, OUTSIDE_CLASS)) for e in entries if not e.is_dir())
+    stray.update((shown(rel(e.path)), (split, OUTSIDE_CLASS)) for e in entries if not e.is_dir())
     images: list[ImageFile] = []
     for entry in (e for e in entries if e.is_dir()):
         unusable: dict[Path, str] = {}
-        images += [ImageFile(split, rel(p), index[entry.name], p) for p in _walk_class(Path(entry.path), unusable)]
-        stray.update((rel(p), (split, why)) for p, why in unusable.items())
+        found = _walk_class(Path(entry.path), unusable)
+        if entry.name not in index:  # a class folder whose name is not UTF-8: not a class
+            unusable.update((p, NOT_UTF8) for p in found)
+            found = []
+        unusable.update((p, NOT_UTF8) for p in found if not utf8(rel(p)))
+        images += [ImageFile(split, rel(p), index[entry.name], p) for p in found if utf8(rel(p))]
+        stray.update((shown(rel(p)), (split, shown(why))) for p, why in unusable.items())
     return images
 
 
 def scan(root: str | Path) -> Dataset:
     """List the images under ``root`` with their split and class, or say what is wrong with the layout."""
     root = Path(root).expanduser()
+    if not utf8(str(root.resolve())):
+        raise ClothprobeError(f"The path of data folder {shown(str(root.resolve()))} is not valid UTF-8, which a cache "
+                              f"cannot record; rename the folder (or one above it) to a UTF-8 name.")
     if not root.is_dir():
         raise ClothprobeError(
             f"Data folder {root} does not exist. Point --data at DIR/<split>/<class>/<image> "
@@ -144,7 +164,7 @@ def scan(root: str | Path) -> Dataset:
             f"{root} has {', '.join(splits)} but no train/ folder; class names come from the training "
             f"split, so add DIR/train/<class>/ (or use DIR/<class>/<image> for a single split)."
         )
-    class_names = [e.name for e in _subdirs(splits["train"])]
+    class_names = [e.name for e in _subdirs(splits["train"]) if utf8(e.name)]  # the others: NOT_UTF8
     if not class_names:
         raise ClothprobeError(f"{splits['train']} has no class folders; expected {splits['train']}/<class>/<image>.")
     index = {name: i for i, name in enumerate(class_names)}

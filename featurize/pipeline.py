@@ -14,6 +14,7 @@ from pathlib import Path
 
 from clothprobe._util.progress import progress_bar
 from clothprobe.errors import ClothprobeError
+from clothprobe.featurize.cache import identity
 from clothprobe.featurize.cache.read import ExistingCache
 from clothprobe.featurize.cache.schema import CacheHeader, check_target, default_path
 from clothprobe.featurize.cache.write import writer_lock
@@ -136,15 +137,21 @@ def featurize(
     calibration_size: int = DEFAULT_SIZE,
     shard_size: int = SHARD_SIZE,
     taps: str = DEFAULT_TAPS,
+    recipe: Recipe | None = None,
 ) -> FeaturizeResult:
     """Embed every image under ``data`` with ``backbone`` and cache the embeddings in HDF5.
 
     Only images whose content hash the cache lacks are computed; the cache is replaced atomically.
     Everything that can be checked is checked before any work: the recipe (weights found and hashed),
     the dataset layout, and that ``out`` is a clothprobe cache or nothing. ``rebuild`` allows replacing
-    a cache of another schema version. ``engine``: where shards are embedded (default: this process).
+    a cache of another schema version or of another dataset (``featurize/cache/identity.py``). ``engine``:
+    where shards are embedded (default: this process).
     ``calibration``: int8 only, a folder of photos to calibrate on instead of the training split.
     ``taps``: the layers whose pooled outputs are cached (``final``, ``all`` or names; featurize/model/taps.py).
+    ``recipe``: embed with this recipe as a cache recorded it (``reproduce``d) instead of resolving ``backbone``,
+    ``weights``, ``image_size``, ``runtime``, ``precision`` and ``taps`` (``fit --unknown``: another folder
+    embedded like the dataset, not recorded in the catalog; an int8 recipe runs the model its store entry was
+    calibrated for).
     """
     from clothprobe.featurize import catalog
     from clothprobe.featurize.model.selfcheck import effective_recipe
@@ -154,15 +161,16 @@ def featurize(
         raise ClothprobeError(f"--batch-size must be at least 1, got {batch_size}.")
     if max_pixels < 1:
         raise ClothprobeError(f"--max-pixels must be at least 1, got {max_pixels}.")
-    recipe = resolve_recipe(backbone, weights=weights, image_size=image_size, runtime=runtime, precision=precision,
-                            seed=seed, taps=taps)
+    given = recipe is not None
+    recipe = recipe or resolve_recipe(backbone, weights=weights, image_size=image_size, runtime=runtime,
+                                      precision=precision, seed=seed, taps=taps)
     dataset = scan(data)
     out = Path(out) if out else default_path(features_dir, dataset.name, recipe.backbone)
     _check_place(out, dataset.root)
     check_target(out, rebuild)
     opts = _Options(out=out, views=view_names(tta), batch_size=batch_size,
                     max_pixels=max_pixels, strict=strict, progress=progress, shard_size=shard_size, seed=seed,
-                    guard=precision == "auto")
+                    guard=precision == "auto" and not given)
     engine = engine or LocalEngine()
     with writer_lock(out):
         check_target(out, rebuild)  # again, now that no other clothprobe writes it
@@ -170,12 +178,16 @@ def featurize(
         if strict and index.unusable:
             raise strict_error(index.unusable, dataset.root)
         with ExistingCache(out) as existing:
+            identity.check_writable(out, existing.header, dataset.root, lambda: identity.index_fingerprint(index),
+                                    rebuild)
             if opts.guard:
                 recipe = _default_precision(recipe, index, calibration)
-            recipe, photos = _calibrated(recipe, index, calibration, calibration_size, seed, existing)
+            recipe, photos = ((recipe, ()) if given else
+                              _calibrated(recipe, index, calibration, calibration_size, seed, existing))
             result = _update(index, effective_recipe(recipe), photos, existing, engine, opts)
-    catalog.record(features_dir, dataset=dataset.name, backbone=result.backbone, cache_path=out,
-                   data_root=dataset.root)
+    if not given:  # a folder embedded like another's cache is found by its path, not by name
+        catalog.record(features_dir, dataset=dataset.name, backbone=result.backbone, cache_path=out,
+                       data_root=dataset.root)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -242,7 +254,7 @@ def _update(index: FileIndex, recipe: Recipe, photos: tuple[tuple[str, str], ...
     recipe, dataset = plan.recipe, index.dataset
     header = CacheHeader(recipe=recipe, class_names=tuple(dataset.class_names), dataset=dataset.name,
                          views=o.views, data_root=str(dataset.root.resolve()), decode=plan.decode,
-                         versions=library_versions(),
+                         versions=library_versions(), data_fingerprint=identity.index_fingerprint(index),
                          calibration_photos=photos if recipe.calibration and recipe.precision == "int8" else ())
     outcome = merger.write(existing, o.out, header, model_seconds)
     old = existing.header

@@ -32,7 +32,8 @@ name as one of the user's, the refit is refused before the swap, in one line, an
 
 Every file a run's manifest names lives inside the run (a plain file name) and is listed in its ``sha256``
 map, which ``verify`` checks before anything is loaded; the records are checked for types and bounds when
-read (``__post_init__``: classes, seed, calibration temperature...).
+read (``__post_init__``: classes, seed, calibration temperature...), and every number in them is finite and
+from 0 to 2**53 (``_check``: no NaN, infinity, 1e308 or negative count reaches a reader).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ PREDICTIONS = "predictions.csv"
 MARKER = ".clothprobe-run"  # written into every run: with a readable manifest, what makes a folder a run
 MARKER_TEXT = "a clothprobe run (cli fit / cli e2e); clothprobe may replace this folder\n"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_NUMBER = 2**53  # every number a run's records hold (counts, seconds, scores) is finite and from 0 to this
 _SIDE = re.compile(r"^\.(?P<name>.+)\.(?P<what>tmp|old)-(?P<pid>\d+)$")
 PREDICTIONS_MAX_BYTES = 4 << 30  # a test split of millions of photos
 
@@ -185,7 +187,7 @@ class SplitMetrics:
     balanced_accuracy: float
     log_loss: float
     ece: float  # expected calibration error (15 equal-width confidence bins)
-    per_class: dict[str, dict]  # class -> precision, recall, f1, support
+    per_class: dict[str, dict[str, float]]  # class -> precision, recall, f1, support
     confusion_matrix: list[list[int]]
     ci: dict[str, list[float]]
     source: str = ""  # "validation split", "out-of-fold (...)", "test split"
@@ -193,9 +195,12 @@ class SplitMetrics:
     def __post_init__(self) -> None:
         if self.n < 0:
             raise ValueError(f"n must be >= 0, got {self.n}")
-        for key in ("accuracy", "macro_f1", "balanced_accuracy"):
+        for key in ("accuracy", "macro_f1", "balanced_accuracy", "ece"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ValueError(f"{key} must be between 0 and 1, got {getattr(self, key)!r}")
+        for key, low_high in self.ci.items():
+            if len(low_high) != 2 or not 0 <= low_high[0] <= low_high[1] <= 1:
+                raise ValueError(f"ci.{key} must be an interval [low, high] within 0 and 1, got {low_high!r}")
 
     def interval(self, key: str) -> tuple[float, float] | None:
         low_high = self.ci.get(key)
@@ -275,6 +280,8 @@ def _check(value: Any, hint: Any, where: str) -> Any:
     ok = {float: (int, float), int: (int,), bool: (bool,), str: (str,), list: (list,), dict: (dict,)}[base]
     if not isinstance(value, ok) or (base in (int, float) and isinstance(value, bool)):
         raise ValueError(f"{where} should be {getattr(base, '__name__', base)}, got {type(value).__name__}")
+    if base in (int, float) and not (0 <= value <= MAX_NUMBER and math.isfinite(value)):  # ints of any size first
+        raise ValueError(f"{where} should be a finite number from 0 to 2**53, got {value!r}")
     args = typing.get_args(hint)
     if base is list and args:
         return [_check(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
@@ -296,6 +303,21 @@ def _from_dict(cls: type, data: Any, where: str = "") -> Any:
     return cls(**values)
 
 
+def _bounded_numbers(data: Any) -> None:
+    """Every number anywhere in a record read back, the records other modules own included, is finite and within
+    +-2**53 (the typed fields are also >= 0, ``_check``)."""
+    todo = [data]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, dict):
+            todo.extend(value.values())
+        elif isinstance(value, list):
+            todo.extend(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                not (-MAX_NUMBER <= value <= MAX_NUMBER and math.isfinite(value)):
+            raise ValueError(f"it holds the number {repr(value)[:24]}; every number must be finite and within +-2**53")
+
+
 def _load_json(path: Path, cls: type, what: str) -> Any:
     try:
         data = read_json(path)
@@ -304,13 +326,14 @@ def _load_json(path: Path, cls: type, what: str) -> Any:
                               f"cli e2e?") from None
     except UnreadableFile as err:
         raise ClothprobeError(f"{err}; fit that run again or delete its folder.") from None
-    except (OSError, UnicodeDecodeError, ValueError) as err:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:  # RecursionError: nested past Python's limit
         raise ClothprobeError(f"Cannot read {path} ({err}); fit that run again or delete its folder.") from None
     version = data.get("format_version") if isinstance(data, dict) else None
     if version != FORMAT_VERSION:
         raise ClothprobeError(f"{path} is a run {what} of format version {version!r}; this clothprobe reads "
                               f"version {FORMAT_VERSION}. Fit that run again.")
     try:
+        _bounded_numbers(data)
         return _from_dict(cls, data)
     except (ValueError, TypeError) as err:
         raise ClothprobeError(f"{path} is not a clothprobe run {what} ({err}); fit that run again.") from None

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clothprobe._util.names import shown
 from clothprobe._util.progress import progress_bar
 from clothprobe.classifiers.proba import full_proba
 from clothprobe.classifiers.stats import apply_temperature
@@ -274,11 +275,11 @@ class Predictor:
         s = self.score(files)
         model_seconds = time.perf_counter() - started
         values = [None] * len(s.good) if s.openset is None else s.openset.tolist()
-        predictions = [Prediction(str(files[i]), dict(zip(self.classes, map(float, row))), v,
+        predictions = [Prediction(shown(str(files[i])), dict(zip(self.classes, map(float, row))), v,
                                   v is not None and bool(self.openset.is_unknown(v)))
                        for i, row, v in zip(s.good, s.proba, values)]
         return PredictResult(run=self.manifest.id, classes=self.classes, predictions=predictions,
-                             skipped=[(str(files[i]), why) for i, why in sorted(s.skipped.items())],
+                             skipped=[(shown(str(files[i])), why) for i, why in sorted(s.skipped.items())],
                              model_seconds=model_seconds, seconds=time.perf_counter() - started,
                              calibrated=self.temperature is not None,
                              openset=None if self.openset is None else self.openset.score)
@@ -553,9 +554,9 @@ def _score_batches(files: list[Path], predictor: Predictor,
                  for k, how in enumerate(embeddings)]
         joined = {v: np.hstack([p[v] for p in parts]) for v in views}
         proba, scores = predictor.from_views(joined)
-        yield ([str(files[i]) for i in position[good]], proba,
-               [(str(files[i]), str(reason)) for i, reason in zip(position[~good], why[~good])],
+        yield ([shown(str(files[i])) for i in position[good]], proba,
+               [(shown(str(files[i])), str(reason)) for i, reason in zip(position[~good], why[~good])],
                None if scores is None else scores)
-    lost = [(str(files[i]), f"not scored: {LOST}") for i in np.flatnonzero(~done)]
+    lost = [(shown(str(files[i])), f"not scored: {LOST}") for i in np.flatnonzero(~done)]
     if lost:
         yield [], np.zeros((0, len(predictor.classes))), lost, None if predictor.openset is None else np.zeros(0)

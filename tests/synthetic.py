@@ -10,7 +10,7 @@ import numpy as np
 from clothprobe.featurize.cache.read import SplitFeatures
 from clothprobe.featurize.cache.schema import CacheHeader, default_path
 from clothprobe.featurize.cache.write import write_arrays
-from clothprobe.featurize.model.backbones import TF
+from clothprobe.featurize.model.backbones import get_backbone
 from clothprobe.featurize.model.recipe import Recipe
 
 CLASSES = ["dress", "hat", "t-shirt"]
@@ -18,17 +18,22 @@ SIZES = {"train": (40, 10, 12), "validation": (14, 5, 6), "test": (14, 5, 6)}  #
 
 
 def recipe(backbone: str, dim: int) -> Recipe:
-    return Recipe(backbone=backbone, source="keras-applications", model=backbone, input_size=32,
-                  resize="pil-bilinear", preprocess=TF, pooling="avg", layout="NHWC", output="", runtime="keras",
-                  precision="float32", weights_sha256=f"synthetic-{backbone}-{dim}")
+    """The registry backbone's recipe (so ``reproduce`` accepts it) with made-up weights and a 32 px input."""
+    entry = get_backbone(backbone)
+    return Recipe(backbone=backbone, source="keras-applications", model=entry.constructor, input_size=32,
+                  resize="pil-bilinear", preprocess=entry.preprocess, pooling="avg", layout="NHWC", output="",
+                  runtime="keras", precision="float32", weights_sha256=f"synthetic-{backbone}-{dim}")
 
 
 def make_cache(features_dir: Path, backbone: str = "xception", dim: int = 16, seed: int = 0,
                dataset: str = "clothes", splits: dict = SIZES, shuffle_rows: bool = False,
-               separation: float = 1.5, images: Path | None = None) -> Path:
+               separation: float = 1.5, images: Path | None = None, stand_ins: Path | None = None) -> Path:
     """Blobs around a per-class centre (same centres for every backbone of the same seed), with a flip view.
 
-    ``images``: also write a tiny image for every row there and record it as the cache's data root."""
+    ``images``: also write a tiny image for every row there and record it as the cache's data root.
+    ``stand_ins``: instead, write a stand-in file for every row there whose bytes are its path, so that its content
+    hash is the row's, and put the cache where ``fit --unknown`` keeps that folder's: a folder it finds embedded
+    already (no model runs)."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, separation, size=(len(CLASSES), dim))
     arrays = {}
@@ -43,13 +48,22 @@ def make_cache(features_dir: Path, backbone: str = "xception", dim: int = 16, se
             flip=(X[order] + rng.normal(0, 0.3, size=X.shape)).astype(np.float32),
         )
     path = default_path(features_dir, dataset, backbone)
+    if stand_ins is not None:
+        from clothprobe.classifiers.rejection import unknown_cache_path
+
+        path = unknown_cache_path(features_dir, stand_ins.resolve(), backbone)
     path.parent.mkdir(parents=True, exist_ok=True)
     if images is not None:
         from conftest import make_image
 
         for k, rel in enumerate(p for s in arrays.values() for p in s.paths):
             make_image(images / rel, seed=k)
+    if stand_ins is not None:
+        for rel in (p for s in arrays.values() for p in s.paths):
+            (stand_ins / rel).parent.mkdir(parents=True, exist_ok=True)
+            (stand_ins / rel).write_bytes(rel.encode())
+    root = images if images is not None else stand_ins
     header = CacheHeader(recipe=recipe(backbone, dim), class_names=tuple(CLASSES), dataset=dataset, views=(),
-                         data_root=str(images.resolve()) if images is not None else "")
+                         data_root=str(root.resolve()) if root is not None else "")
     write_arrays(path, header, arrays)
     return path

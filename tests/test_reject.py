@@ -12,14 +12,18 @@ from synthetic import make_cache
 
 from clothprobe.classifiers import fit
 from clothprobe.classifiers.openset import FILE
+from clothprobe.classifiers.rejection import unknown_cache_path
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.cache.read import load_features
 from clothprobe.featurize.cache.write import write_arrays
 
 
-def unknown_cache(features: Path, seed: int = 7) -> None:
-    """Three 'garment types' around centres of another seed: photos outside the dataset's classes."""
-    make_cache(features, dataset="outside", seed=seed, splits={"train": (16, 16, 16)}, separation=3.0)
+def unknown_cache(features: Path, seed: int = 7, name: str = "outside", sizes: tuple = (16, 16, 16)) -> Path:
+    """Three 'garment types' around centres of another seed: photos outside the dataset's classes, as the folder
+    ``name`` beside ``features`` (stand-in files) and its cache, made with the dataset's recipe."""
+    make_cache(features, dataset=name, seed=seed, splits={"train": sizes}, separation=3.0,
+               stand_ins=features.parent / name)
+    return features.parent / name
 
 
 @pytest.fixture
@@ -30,7 +34,7 @@ def features(tmp_path: Path) -> Path:
 
 
 def fit_unknown(features: Path, models: Path, **kw):
-    (result,) = fit("clothes", features_dir=features, models_dir=models, unknown="data/outside", **kw)
+    (result,) = fit("clothes", features_dir=features, models_dir=models, unknown=features.parent / "outside", **kw)
     return result
 
 
@@ -105,33 +109,26 @@ def test_the_choice_never_looks_at_the_reporting_unknowns(features: Path, tmp_pa
     from clothprobe.classifiers.openset import split_unknown
 
     clean = fit_unknown(features, tmp_path / "a")
-    cache = load_features(features / "outside" / "xception.h5")
+    cache = load_features(unknown_cache_path(features, features.parent / "outside", "xception"))
     part = cache.splits["train"]
     _, report = split_unknown(part.labels, seed=0)
     part.embeddings[report] = np.random.default_rng(5).normal(0, 50, part.embeddings[report].shape)
-    write_arrays(features / "outside" / "xception.h5", cache.header, cache.splits)
+    write_arrays(unknown_cache_path(features, features.parent / "outside", "xception"), cache.header, cache.splits)
     changed = fit_unknown(features, tmp_path / "b")
     assert (clean.run_dir / FILE).read_bytes() == (changed.run_dir / FILE).read_bytes()
 
 
-def test_unknown_needs_validation_selection_and_the_same_recipe(features: Path, tmp_path: Path) -> None:
+def test_unknown_needs_validation_selection_and_a_folder(features: Path, tmp_path: Path) -> None:
     with pytest.raises(ClothprobeError, match="--unknown needs --select validation"):
         fit_unknown(features, tmp_path / "m", select="cv")
-    make_cache(tmp_path / "features", dataset="outside", dim=12, splits={"train": (4, 4, 4)})
-    like = "cli featurize --data {} --backbone xception --taps final --tta flip --precision float32 --runtime keras"
-    with pytest.raises(ClothprobeError, match=r"another recipe than clothes's \(weights_sha256: synthetic-xception-12 "
-                                              r"-> synthetic-xception-16: theirs -> the dataset's\)\. Featurize "
-                                              r"data/outside like the dataset: " + like.format("data/outside") + " --rebuild"):
-        fit_unknown(features, tmp_path / "m")
-    with pytest.raises(ClothprobeError, match=r"No xception cache for dataset 'elsewhere'.* Featurize elsewhere like "
-                                              r"clothes: " + like.format("elsewhere")):
-        fit("clothes", features_dir=features, models_dir=tmp_path / "m", unknown="elsewhere")
+    with pytest.raises(ClothprobeError, match=r"elsewhere is not a folder; give DIR/<garment type>/<image>"):
+        fit("clothes", features_dir=features, models_dir=tmp_path / "m", unknown=tmp_path / "elsewhere")
 
 
 def test_an_unknown_folder_of_one_photo_is_one_line_before_any_fitting(features: Path, tmp_path: Path) -> None:
-    make_cache(features, dataset="outside", seed=7, splits={"train": (1, 0, 0)}, separation=3.0)
-    with pytest.raises(ClothprobeError, match=r"data/outside holds 1 featurized photo; --unknown needs at least 2"):
-        fit_unknown(features, tmp_path / "m")
+    single = unknown_cache(features, name="single", sizes=(1, 0, 0))
+    with pytest.raises(ClothprobeError, match=r"single holds 1 featurized photo; --unknown needs at least 2"):
+        fit("clothes", features_dir=features, models_dir=tmp_path / "m", unknown=single)
     assert not (tmp_path / "m").exists()
 
 
@@ -237,17 +234,17 @@ def test_negatives_add_a_contrast_score_and_must_differ_from_the_unknown_photos(
     from clothprobe.classifiers.openset import load
     from clothprobe.runs.directory import read_manifest
 
-    make_cache(features, dataset="others", seed=11, splits={"train": (10, 10, 10)}, separation=3.0)
-    (result,) = fit("clothes", features_dir=features, models_dir=tmp_path / "m", unknown="outside", negatives="others")
+    others, outside = unknown_cache(features, seed=11, name="others", sizes=(10, 10, 10)), features.parent / "outside"
+    (result,) = fit("clothes", features_dir=features, models_dir=tmp_path / "m", unknown=outside, negatives=others)
     figures = result.metrics.openset
     assert figures["negatives"] == 30 and "knn_negatives" in figures["tuning_auroc"]
     assert "knn_negatives" in figures["report"]["scores"]
     back = load(result.run_dir, read_manifest(result.run_dir).openset)
     assert back.scorer.negatives_.shape == (30, 16)
     with pytest.raises(ClothprobeError, match="must be different photos"):
-        fit("clothes", features_dir=features, models_dir=tmp_path / "m", unknown="outside", negatives="outside")
+        fit("clothes", features_dir=features, models_dir=tmp_path / "m", unknown=outside, negatives=outside)
     with pytest.raises(ClothprobeError, match="--negatives DIR is used with --unknown"):
-        fit("clothes", features_dir=features, models_dir=tmp_path / "m", negatives="others")
+        fit("clothes", features_dir=features, models_dir=tmp_path / "m", negatives=others)
 
 
 def test_cli_fit_unknown_prints_every_score(features: Path, tmp_path: Path) -> None:
@@ -256,7 +253,7 @@ def test_cli_fit_unknown_prints_every_score(features: Path, tmp_path: Path) -> N
     from clothprobe.cli import app
 
     result = CliRunner().invoke(app, ["fit", "--dataset", "clothes", "--features-dir", str(features), "--models-dir",
-                                      str(tmp_path / "m"), "--unknown", "outside"])
+                                      str(tmp_path / "m"), "--unknown", str(features.parent / "outside")])
     assert result.exit_code == 0, result.output
     for name in ("msp", "energy", "knn", "mahalanobis", "combined", "(chosen)", "FPR@95"):
         assert name in result.stdout
@@ -271,7 +268,7 @@ def test_every_score_chosen_at_fit_is_computable_from_the_saved_run(features: Pa
     from clothprobe.runs.predicting import Predictor
 
     (result,) = fit("clothes", clf=clf, balance="smote" if clf == "logreg" else "none", tta=True,
-                    features_dir=features, models_dir=tmp_path / "m", unknown="outside")
+                    features_dir=features, models_dir=tmp_path / "m", unknown=features.parent / "outside")
     assert ("energy" in result.metrics.openset["tuning_auroc"]) == (clf == "logreg")
     test = load_feature_set("xception", "clothes", features).splits["test"]
     predictor = Predictor(result.run_dir)
@@ -289,19 +286,3 @@ def openset_input(predictor, split):  # noqa: ANN001, ANN201
 
     return head_output(predictor.model, split.X, head_proba(predictor, {"embeddings": split.X, "flip": split.X_flip}),
                        flipped=split.X_flip if predictor.manifest.tta else None)
-
-
-def test_featurize_like_names_the_int8_calibration_photos_and_every_tap() -> None:
-    from dataclasses import replace
-
-    from synthetic import recipe
-
-    from clothprobe.classifiers.rejection import featurize_like
-    from clothprobe.featurize.cache.schema import CacheInfo
-
-    r = replace(recipe("xception", 16), runtime="openvino", taps=("block13_out", "block14_sepconv2_act"))
-    info = CacheInfo("c.h5", r.fingerprint, r.with_precision("int8", "0" * 16), ("embeddings",), "/data/clothes", 10, None,
-                     taps=("block14_sepconv2_act",))  # a fit that used one tap: the folder needs every tap
-    assert featurize_like(info, "odd") == ("cli featurize --data odd --backbone xception --taps "
-                                           "block13_out,block14_sepconv2_act --precision int8 --runtime openvino "
-                                           "--calibration /data/clothes/train")

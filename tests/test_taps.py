@@ -57,9 +57,9 @@ def test_tap_requests_resolve_once_and_name_the_choices() -> None:
     assert resolve_taps("block4_pool,final", taps) == ("block4_pool", "block5_pool")
     with pytest.raises(ClothprobeError, match="Unknown tap.*block9_pool.*has: final, all, block3_pool"):
         resolve_taps("block9_pool", taps)
-    with pytest.raises(ClothprobeError, match="has: final"):
-        resolve_taps("all", ())
-    assert resolve_taps("final", ()) == ()
+    with pytest.raises(ClothprobeError, match=r"has: final or all \(its output, its only tap\)"):
+        resolve_taps("block5_pool", ())
+    assert resolve_taps("final", ()) == () == resolve_taps("all", ())  # a model outside the registry: its output
 
 
 def test_recipe_carries_taps_in_its_fingerprint_and_round_trips() -> None:

@@ -6,8 +6,10 @@ Layout of ``features/<dataset>/<backbone>.h5`` (schema version 3)::
                              embedding recipe, featurize/model/recipe.py), fingerprint (the recipe's), class_names,
                              splits, views (JSON lists), dataset, data_root, seconds_per_image, decode (JSON:
                              the decoder settings the remembered failures hold for), versions (JSON),
-                             created, content_digest, calibration_photos (int8: JSON [path, sha256] of each
-                             photo that calibrated the network, in order), header_checksum (SHA-256 of all the others)
+                             created, content_digest, data_fingerprint (the dataset's photos, identity.py;
+                             written since 2026-12-07, absent before), calibration_photos (int8: JSON [path,
+                             sha256] of each photo that calibrated the network, in order), header_checksum
+                             (SHA-256 of all the others)
     /<split>/embeddings/<tap>   float32 (n, d_tap)   pooled output of each tap the recipe embeds
                                  (featurize/model/taps.py; one tap, named after the final layer, by default);
                                  float16 for every tap but the final layer (``taps.tap_dtype``; written since
@@ -89,6 +91,7 @@ class CacheHeader:
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
     content_digest: str = ""  # what the cache holds (content_digest()), to leave an unchanged cache alone
+    data_fingerprint: str = ""  # the dataset folder's photos (identity.py); "" in caches written before it
     # int8: (absolute path, sha256) of each photo that calibrated the quantized network, in the order it saw them,
     # so the network can be made again where the model store lacks it (a new machine); () otherwise
     calibration_photos: tuple[tuple[str, str], ...] = ()
@@ -104,7 +107,7 @@ class CacheHeader:
             "splits": canonical_json(list(splits)), "views": canonical_json(list(self.views)), "dataset": self.dataset,
             "data_root": self.data_root, "seconds_per_image": float(self.seconds_per_image),
             "decode": canonical_json(self.decode), "versions": canonical_json(self.versions), "created": self.created,
-            "content_digest": self.content_digest,
+            "content_digest": self.content_digest, "data_fingerprint": self.data_fingerprint,
         }
         if self.calibration_photos:  # absent from caches made before it was recorded, and from float caches
             attrs["calibration_photos"] = canonical_json([list(p) for p in self.calibration_photos])
@@ -123,6 +126,7 @@ class CacheHeader:
                          data_root=str(attrs["data_root"]), seconds_per_image=float(attrs["seconds_per_image"]),
                          decode=json.loads(attrs["decode"]), versions=json.loads(attrs["versions"]),
                          created=str(attrs["created"]), content_digest=str(attrs["content_digest"]),
+                         data_fingerprint=str(attrs.get("data_fingerprint", "")),
                          calibration_photos=calibration_photos(json.loads(attrs.get("calibration_photos", "[]"))))
             return header, list(json.loads(attrs["splits"]))
         except (KeyError, TypeError, ValueError, ClothprobeError) as err:
@@ -263,6 +267,18 @@ def check_target(path: Path, rebuild: bool = False) -> Found:
     if why:
         raise ClothprobeError(why)
     return found
+
+
+def read_header(path: Path) -> CacheHeader | None:
+    """The header of the clothprobe cache at ``path`` (root attributes only), or None when there is none or
+    it cannot be trusted (the full read says why)."""
+    if probe(path).kind not in ("cache", "other-schema"):
+        return None
+    try:
+        with h5py.File(path, "r") as h5:
+            return CacheHeader.from_attrs(dict(h5.attrs.items()))[0]
+    except (CacheDamaged, OSError, RuntimeError, KeyError, ValueError):
+        return None
 
 
 def attr_value(value: Any) -> Any:

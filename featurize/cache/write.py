@@ -77,7 +77,8 @@ class SplitRows:
 def content_digest(header: CacheHeader, splits: dict[str, SplitRows], failures: dict[str, str]) -> str:
     """A hash of everything a cache holds, so that an unchanged dataset is not rewritten."""
     digest = hashlib.sha256(canonical_json([SCHEMA_VERSION, header.fingerprint, list(header.class_names), list(header.views),
-                                   header.dataset, header.data_root, header.decode, sorted(failures.items())]).encode())
+                                   header.dataset, header.data_root, header.decode, sorted(failures.items()),
+                                   header.data_fingerprint]).encode())
     for name in sorted(splits):
         rows = splits[name]
         digest.update(canonical_json([name, rows.paths, rows.labels, rows.sha256, rows.skipped]).encode())

@@ -45,6 +45,7 @@ from typing import Any
 
 from clothprobe._util.files import file_sha256, read_json, stale_by_pid, write_text_atomic
 from clothprobe._util.holds import exclusive_hold, shared_hold
+from clothprobe._util.settings import folder_setting, usable_folder
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.model.recipe import Recipe
 
@@ -65,9 +66,10 @@ LOCK_TIMEOUT_S = 3600  # another process building the same model (int8 quantizat
 def store_home() -> Path:
     """``$CLOTHPROBE_HOME``, else ``$XDG_CACHE_HOME/clothprobe``, else ``~/.cache/clothprobe``."""
     if os.environ.get(ENV_HOME):
-        return Path(os.environ[ENV_HOME]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "clothprobe"
+        return folder_setting(os.environ[ENV_HOME], ENV_HOME)
+    if os.environ.get("XDG_CACHE_HOME"):
+        return folder_setting(os.environ["XDG_CACHE_HOME"], "XDG_CACHE_HOME") / "clothprobe"
+    return Path.home() / ".cache" / "clothprobe"
 
 
 def check_key(key: object, where: str) -> str:
@@ -246,7 +248,8 @@ class ModelStore:
     """The store under ``home`` (default: ``store_home()``)."""
 
     def __init__(self, home: str | Path | None = None) -> None:
-        self.home = Path(home) if home is not None else store_home()
+        origin = f"The model store's home (${ENV_HOME}, else $XDG_CACHE_HOME/clothprobe, else ~/.cache/clothprobe)"
+        self.home = usable_folder(Path(home) if home is not None else store_home(), origin)
         self.root = self.home / "models"
         self._locks: dict[str, Any] = {}  # one FileLock per key: re-entrant within this store
         self._wanted: dict[str, int] = {}  # key -> in_use blocks asking for it (held as soon as the entry exists)

@@ -72,10 +72,11 @@ def tap_model(base: Any, taps: Sequence[Tap]) -> Any:
 def resolve_taps(request: str | Sequence[str] | None, available: Sequence[Tap]) -> tuple[str, ...]:
     """A ``--taps`` request -> the recipe's ``taps`` (tap names in network order; ``()`` = final only).
 
-    ``available``: the backbone's taps (empty for a model outside the registry, which has only ``final``)."""
+    ``available``: the backbone's taps (empty for a model outside the registry, which has only ``final``: ``all``
+    is that one tap)."""
     names = [t.name for t in available]
-    if request is None or request == FINAL or request == [FINAL] or request == (FINAL,):
-        return ()
+    if request is None or request == FINAL or request == [FINAL] or request == (FINAL,) or (request == ALL and not names):
+        return ()  # ``all`` of a model outside the registry: its only tap, the output
     if request == ALL:
         asked = list(names)
     else:
@@ -83,7 +84,7 @@ def resolve_taps(request: str | Sequence[str] | None, available: Sequence[Tap]) 
         asked = [names[-1] if names and p.strip() == FINAL else p.strip() for p in parts if p.strip()]
     unknown = [p for p in asked if p not in names]
     if unknown or not asked:
-        have = ", ".join([FINAL, ALL, *names]) if names else FINAL
+        have = ", ".join([FINAL, ALL, *names]) if names else f"{FINAL} or {ALL} (its output, its only tap)"
         raise ClothprobeError(f"Unknown tap(s) {', '.join(unknown) or repr(request)}; this backbone has: {have}.")
     chosen = tuple(n for n in names if n in asked)
     return () if chosen == (names[-1],) else chosen

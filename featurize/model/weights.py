@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clothprobe._util.files import file_sha256, read_text
+from clothprobe._util.settings import folder_setting
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.model.backbones import Backbone
 
@@ -38,17 +39,18 @@ def config_file() -> Path:
 
 
 def weights_dir() -> tuple[Path, str] | None:
-    """The team's offline weights directory and where that setting came from, if one is set."""
+    """The team's offline weights directory and where that setting came from, if one is set; a setting that is
+    not a folder path (``weights_dir = 5``, a table) is an error naming the file."""
     if os.environ.get(ENV_DIR):
-        return Path(os.environ[ENV_DIR]).expanduser(), ENV_DIR
+        return folder_setting(os.environ[ENV_DIR], ENV_DIR), ENV_DIR
     cfg = config_file()
     if cfg.is_file():
         try:
-            value = tomllib.loads(read_text(cfg)).get("weights_dir")
+            doc = tomllib.loads(read_text(cfg))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
             raise ClothprobeError(f"Cannot read {cfg}: {err}. Fix or remove that file.") from None
-        if value:
-            return Path(value).expanduser(), str(cfg)
+        if "weights_dir" in doc:
+            return folder_setting(doc["weights_dir"], f"weights_dir in {cfg}"), str(cfg)
     return None
 
 
