@@ -305,17 +305,18 @@ def _from_dict(cls: type, data: Any, where: str = "") -> Any:
 
 def _bounded_numbers(data: Any) -> None:
     """Every number anywhere in a record read back, the records other modules own included, is finite and within
-    +-2**53 (the typed fields are also >= 0, ``_check``)."""
-    todo = [data]
+    +-2**53 (the typed fields are also >= 0, ``_check``); the error names where the number is."""
+    todo: list[tuple[str, Any]] = [("", data)]
     while todo:
-        value = todo.pop()
+        where, value = todo.pop()
         if isinstance(value, dict):
-            todo.extend(value.values())
+            todo.extend((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
         elif isinstance(value, list):
-            todo.extend(value)
+            todo.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and \
                 not (-MAX_NUMBER <= value <= MAX_NUMBER and math.isfinite(value)):
-            raise ValueError(f"it holds the number {repr(value)[:24]}; every number must be finite and within +-2**53")
+            raise ValueError(f"{where[:80] or 'it'} holds the number {repr(value)[:24]}; every number must be finite "
+                             f"and within +-2**53")
 
 
 def _load_json(path: Path, cls: type, what: str) -> Any:
