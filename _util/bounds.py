@@ -55,6 +55,9 @@ BOUNDS: dict[str, Bound] = {
     "max_pixels": Bound(1, 1 << 32),
     "unused_days": Bound(0, 1_000_000, whole=False),
     "unknown_cost": Bound(0, 100, whole=False),  # percentage points of validation accuracy
+    "proportion": Bound(0, 100, whole=False),  # each part of featurize --proportions, a percentage
+    "few": Bound(1, 1_000_000),  # audit: photos of a class in a split below which it is listed
+    "near_threshold": Bound(0, 1, whole=False, low_open=True),  # a cosine similarity
 }
 
 

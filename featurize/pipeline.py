@@ -17,7 +17,6 @@ from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.cache.read import ExistingCache
 from clothprobe.featurize.cache.schema import CacheHeader, check_target, default_path
 from clothprobe.featurize.cache.write import writer_lock
-from clothprobe.featurize.dataset import scan
 from clothprobe.featurize.embed import view_names
 from clothprobe.featurize.engines.base import Engine
 from clothprobe.featurize.engines.local import LocalEngine
@@ -38,6 +37,7 @@ from clothprobe.featurize.model.guard import GuardSample, LabelledPhoto, guard_s
 from clothprobe.featurize.model.recipe import Recipe, resolve_recipe
 from clothprobe.featurize.model.rows import worth_timing
 from clothprobe.featurize.model.taps import DEFAULT_TAPS
+from clothprobe.featurize.table import LabelsTable, TableRecord, open_dataset
 
 
 @dataclass
@@ -61,6 +61,7 @@ class FeaturizeResult:
     recipe: Recipe | None = None
     damaged: str = ""  # what was wrong with the previous cache, which this run replaced
     remembered: int = 0  # skipped files known from earlier runs not to decode (not tried again)
+    table: TableRecord | None = None  # a dataset read from a labels table: how it was read and split
 
     @property
     def cache_megabytes(self) -> float:
@@ -122,6 +123,7 @@ def featurize(
     calibration_size: int = DEFAULT_SIZE,
     shard_size: int = SHARD_SIZE,
     taps: str = DEFAULT_TAPS,
+    labels: LabelsTable | None = None,
 ) -> FeaturizeResult:
     """Embed every image under ``data`` with ``backbone`` and cache the embeddings in HDF5.
 
@@ -131,6 +133,8 @@ def featurize(
     a cache of another schema version. ``engine``: where shards are embedded (default: this process).
     ``calibration``: int8 only, a folder of photos to calibrate on instead of the training split.
     ``taps``: the layers whose pooled outputs are cached (``final``, ``all`` or names; featurize/model/taps.py).
+    ``labels``: the photos, classes and splits come from this labels table (``featurize/table.py``), ``data``
+    being the folder its photo names are relative to.
     """
     from clothprobe.featurize import catalog
     from clothprobe.featurize.model.selfcheck import effective_recipe
@@ -142,7 +146,7 @@ def featurize(
         raise ClothprobeError(f"--max-pixels must be at least 1, got {max_pixels}.")
     recipe = resolve_recipe(backbone, weights=weights, image_size=image_size, runtime=runtime, precision=precision,
                             seed=seed, taps=taps)
-    dataset = scan(data)
+    dataset = open_dataset(data, labels)
     out = Path(out) if out else default_path(features_dir, dataset.name, recipe.backbone)
     check_target(out, rebuild)
     opts = _Options(out=out, views=view_names(tta), batch_size=batch_size,
@@ -162,6 +166,7 @@ def featurize(
     catalog.record(features_dir, dataset=dataset.name, backbone=result.backbone, cache_path=out,
                    data_root=dataset.root)
     result.seconds = time.perf_counter() - started
+    result.table = dataset.table
     return result
 
 
@@ -224,8 +229,8 @@ def _update(index: FileIndex, recipe: Recipe, calibration_files: tuple[str, ...]
     plan, merger, model_seconds = _embed(index, recipe, calibration_files, existing, engine, o)
     recipe, dataset = plan.recipe, index.dataset
     header = CacheHeader(recipe=recipe, class_names=tuple(dataset.class_names), dataset=dataset.name,
-                                   views=o.views, data_root=str(dataset.root.resolve()), decode=plan.decode,
-                                   versions=library_versions())
+                         views=o.views, data_root=str(dataset.root.resolve()), decode=plan.decode,
+                         versions=library_versions(), table=dataset.table.to_dict() if dataset.table else {})
     outcome = merger.write(existing, o.out, header, model_seconds)
     old = existing.header
     rows = sum(len(r.paths) for r in outcome.splits.values())

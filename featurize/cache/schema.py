@@ -6,7 +6,9 @@ Layout of ``features/<dataset>/<backbone>.h5`` (schema version 3)::
                              embedding recipe, featurize/model/recipe.py), fingerprint (the recipe's), class_names,
                              splits, views (JSON lists), dataset, data_root, seconds_per_image, decode (JSON:
                              the decoder settings the remembered failures hold for), versions (JSON),
-                             created, content_digest, header_checksum (SHA-256 of all the others)
+                             created, content_digest, header_checksum (SHA-256 of all the others);
+                             table (JSON, only for a dataset read from a labels table: how it was read and
+                             split, featurize/table.py's TableRecord; absent otherwise, and in older caches)
     /<split>/embeddings/<tap>   float32 (n, d_tap)   pooled output of each tap the recipe embeds
                                  (featurize/model/taps.py; one tap, named after the final layer, by default);
                                  float16 for every tap but the final layer (``taps.tap_dtype``; written since
@@ -15,6 +17,7 @@ Layout of ``features/<dataset>/<backbone>.h5`` (schema version 3)::
     /<split>/paths        utf-8 (n,)       path relative to the dataset root; rows are aligned with it
     /<split>/labels       int32 (n,)       index into class_names
     /<split>/sha256       ascii (n,)       content hash of the image file
+    /<split>/groups       utf-8 (n,)       each photo's group (a table dataset with a group column only)
     /<split>/skipped_paths, /<split>/skipped_reasons   utf-8   files that could not be used, and why
     /failures/sha256, /failures/reasons               contents that could not be decoded, not retried
 
@@ -86,6 +89,7 @@ class CacheHeader:
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
     content_digest: str = ""  # what the cache holds (content_digest()), to leave an unchanged cache alone
+    table: dict[str, Any] = field(default_factory=dict)  # a table dataset's TableRecord.to_dict(); {}: folders
 
     @property
     def fingerprint(self) -> str:
@@ -100,6 +104,8 @@ class CacheHeader:
             "decode": canonical_json(self.decode), "versions": canonical_json(self.versions), "created": self.created,
             "content_digest": self.content_digest,
         }
+        if self.table:  # written only for table datasets: a folder dataset's cache is as before
+            attrs["table"] = canonical_json(self.table)
         return {**attrs, "header_checksum": _header_checksum(attrs)}
 
     @classmethod
@@ -114,10 +120,18 @@ class CacheHeader:
                          dataset=str(attrs["dataset"]), views=tuple(json.loads(attrs["views"])),
                          data_root=str(attrs["data_root"]), seconds_per_image=float(attrs["seconds_per_image"]),
                          decode=json.loads(attrs["decode"]), versions=json.loads(attrs["versions"]),
-                         created=str(attrs["created"]), content_digest=str(attrs["content_digest"]))
+                         created=str(attrs["created"]), content_digest=str(attrs["content_digest"]),
+                         table=_json_object(attrs.get("table", "{}")))
             return header, list(json.loads(attrs["splits"]))
         except (KeyError, TypeError, ValueError, ClothprobeError) as err:
             raise CacheDamaged(f"its root attributes are incomplete ({err})") from None
+
+
+def _json_object(text: Any) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def canonical_json(value: Any) -> str:
@@ -141,6 +155,7 @@ class CacheInfo:
     images: int
     featurize_seconds: float | None  # model time for all its images, None when unknown
     taps: tuple[str, ...] = ()  # the taps used (a subset of the recipe's, in its order); () = all of them
+    table: dict[str, Any] = field(default_factory=dict)  # the cache's table record ({}: a folder dataset)
 
     def tap_columns(self) -> np.ndarray | None:
         """The columns of the taps used, in an embedding made with ``recipe`` (the cache's own network, so new
@@ -157,7 +172,8 @@ class CacheInfo:
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "fingerprint": self.fingerprint, "recipe": self.recipe.to_dict(),
                 "views": list(self.views), "data_root": self.data_root, "images": self.images,
-                "featurize_seconds": self.featurize_seconds, "taps": list(self.taps)}
+                "featurize_seconds": self.featurize_seconds, "taps": list(self.taps),
+                **({"table": self.table} if self.table else {})}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CacheInfo:
@@ -167,7 +183,7 @@ class CacheInfo:
             return cls(path=str(d["path"]), fingerprint=str(d["fingerprint"]), recipe=Recipe.from_dict(d["recipe"]),
                        views=tuple(d["views"]), data_root=d["data_root"], images=int(d["images"]),
                        featurize_seconds=None if seconds is None else float(seconds),
-                       taps=tuple(str(t) for t in d.get("taps", ())))
+                       taps=tuple(str(t) for t in d.get("taps", ())), table=dict(d.get("table", {})))
         except (KeyError, TypeError, ValueError, AttributeError, ClothprobeError) as err:
             raise ClothprobeError(f"not a cache record this clothprobe can read ({err})") from None
 
