@@ -497,3 +497,31 @@ def _dataset(index: FolderIndex, classes: list[str], rows: list[_Row], record: T
             files[r.split].append(ImageFile(r.split, r.rel, label_of[r.label], index.root / r.rel, r.group))
     return Dataset(root=index.root, class_names=classes, files=files, stray=stray, stray_reasons=reasons,
                    table=record)
+
+
+def read_groups(spec: LabelsTable, paths: Sequence[str]) -> list[str]:
+    """The group of each of ``paths`` (photos of a dataset, posix, relative to its folder) from ``spec``'s table:
+    its image and group columns, a name matching a path as it is, without its extension, or by its file name
+    with or without extension; "" for a photo the table does not list."""
+    table = read_table(spec.path, spec.separator)
+    image = _column(table, spec.image_column, "--image-column", IMAGE_COLUMNS)
+    if image is None or spec.group_column is None:
+        raise ClothprobeError(f"{table.name}: name its columns of photo names and of groups with --image-column and "
+                              f"--group-column (its columns: {', '.join(table.columns)}).")
+    group = table.columns.index(_column(table, spec.group_column, "--group-column"))
+    by_name: dict[str, tuple[str, str]] = {}
+    for cells, where in zip(table.rows, table.where):
+        name = posixpath.normpath(cells[table.columns.index(image)])
+        first = by_name.setdefault(name, (cells[group], where))
+        if first[0] != cells[group]:
+            raise ClothprobeError(f"{where}: {name!r} is listed again with group {cells[group]!r}; {first[1]} gives it "
+                                  f"{first[0]!r}. Keep one row per photo.")
+    found = []
+    for path in paths:
+        base = posixpath.basename(path)
+        keys = (path, posixpath.splitext(path)[0], base, posixpath.splitext(base)[0])
+        found.append(next((by_name[k][0] for k in keys if k in by_name), ""))
+    if paths and not any(found):
+        raise ClothprobeError(f"{table.name}: no photo name in column {image!r} matches a photo of the dataset (e.g. "
+                              f"{next(iter(by_name))!r} and {paths[0]!r}).")
+    return found
