@@ -37,6 +37,7 @@ def load_rows(dataset: str | None, backbone: str, features_dir: str | Path) -> t
     them: a table dataset with a group column), and the folder it was made from."""
     from clothprobe.featurize.cache.read import load_features
     from clothprobe.featurize.catalog import find_cache
+    from clothprobe.featurize.table import TableRecord
 
     cache = load_features(find_cache(features_dir, dataset, backbone))
     parts = [(name, s) for name, s in cache.splits.items() if len(s)]
@@ -50,7 +51,7 @@ def load_rows(dataset: str | None, backbone: str, features_dir: str | Path) -> t
                 path=np.concatenate([s.paths for _, s in parts]), sha256=np.concatenate([s.sha256 for _, s in parts]),
                 class_names=cache.class_names, X_flip=None if any(f is None for f in flips) else np.vstack(flips),
                 group=np.concatenate(groups).astype(object) if grouped else None,
-                group_column=cache.header.table.get("group_column", "") if grouped else "")
+                group_column=TableRecord.from_dict(cache.header.table).group_column if grouped else "")
     return rows, cache.header.data_root or None
 
 

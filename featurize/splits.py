@@ -2,8 +2,9 @@
 given a group (a sender, a shop, a session), grouped, so no group has photos in two splits.
 
 scikit-learn cuts the photos into ``FOLDS`` folds (``StratifiedGroupKFold``, or ``StratifiedKFold`` when each
-photo is its own group), each with about the same share of every class and whole groups only; the first
-folds make test, the next validation, the rest train, so the proportions are met in steps of one fold (5%).
+photo is its own group), each with about the same share of every class and whole groups only; some folds make
+test, some validation, the rest train, so the proportions are met in steps of one fold (5%; coarser with fewer
+than 20 groups, or when no class has 20 photos).
 A class that ended up with no training photo takes its smallest group back into train (a class can always be
 trained when it has a photo). The result depends only on the photos' classes and groups and on the seed,
 not on the order of the rows.
@@ -79,6 +80,22 @@ def _folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int, groupe
     return fold
 
 
+def _fold_splits(sizes: np.ndarray, counts: tuple[int, int, int], proportions: Sequence[float]) -> np.ndarray:
+    """Each fold's split (0 train, 1 validation, 2 test): test, then validation, take their number of folds, each
+    time the fold whose size is nearest the photos still wanted per fold still to take (folds differ by whole
+    groups, which matters when there are few photos per fold)."""
+    split = np.zeros(len(sizes), dtype=np.int64)
+    free = list(range(len(sizes)))
+    for s in (2, 1):
+        wanted = proportions[s] * sizes.sum()
+        for left in range(counts[s], 0, -1):
+            k = min(free, key=lambda f: (abs(sizes[f] - wanted / left), f))
+            free.remove(k)
+            split[k] = s
+            wanted -= sizes[k]
+    return split
+
+
 def assign_splits(labels: Sequence[str], groups: Sequence[str] | None, proportions: Sequence[float],
                   seed: int, *, present: Sequence[bool] | None = None) -> SplitOutcome:
     """The split of each photo (``labels``: its class; ``groups``: its group, None: each photo alone).
@@ -89,14 +106,18 @@ def assign_splits(labels: Sequence[str], groups: Sequence[str] | None, proportio
     g = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)[1] if grouped else np.arange(len(y))
     n_groups = int(g.max()) + 1 if len(g) else 0
     needed = 1 + sum(1 for p in proportions[1:] if p > 0)
-    if n_groups < needed:
-        what = "groups" if grouped else "photos"
-        raise ClothprobeError(f"{n_groups} {what} cannot fill {needed} splits: a split needs at least one; give "
-                              f"more {what} or --proportions with fewer splits (e.g. 100/0/0).")
-    folds = min(FOLDS, n_groups)
+    largest = int(np.bincount(y).max()) if len(y) else 0
+    if min(n_groups, largest) < needed:
+        what = f"{n_groups} group(s)" if grouped else f"{n_groups} photo(s)"
+        raise ClothprobeError(f"{what} (the largest class: {largest}) cannot fill {needed} splits stratified by "
+                              f"class: it takes {needed} of each; add photos, or give --proportions with fewer splits "
+                              f"(e.g. 100/0/0) or the table a split column.")
+    if needed == 1:
+        return SplitOutcome(["train"] * len(y), 1)
+    folds = min(FOLDS, n_groups, largest)  # scikit-learn: no more folds than the largest class has photos
     counts = fold_counts(proportions, folds)
     fold = _folds(y, g, folds, seed, grouped)
-    split = np.where(fold < counts[2], 2, np.where(fold < counts[2] + counts[1], 1, 0))
+    split = _fold_splits(np.bincount(fold, minlength=folds), counts, proportions)[fold]
     ok = np.ones(len(y), bool) if present is None else np.asarray(present, bool)
     moved = []
     for c in np.unique(y[ok]):

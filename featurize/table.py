@@ -257,16 +257,20 @@ def _spelling(label: str) -> str:
     return re.sub(r"[\W_]+", "", label.casefold())
 
 
-def _kept_labels(table: Table, labels: list[str], classes: Sequence[str]) -> tuple[list[str], dict[str, int]]:
-    """The class names (sorted) and, per label left out, its row count. ``classes`` must be spelled as in the
-    table; two labels of the table spelled alike but for case or punctuation are refused."""
-    counts = Counter(labels)
-    spelled = [c for c in counts if c]
+def _check_classes(table: Table, labels: list[str], classes: Sequence[str]) -> None:
+    """Each of ``classes`` spelled as a label of the table (an error listing near-misses otherwise)."""
+    spelled = sorted(set(labels) - {""})
     for wanted in classes:
-        if wanted not in counts:
+        if wanted not in spelled:
             raise ClothprobeError(f"--classes {wanted!r}: no row of {table.name} has that label{near(wanted, spelled)};"
-                                  f" labels are matched as spelled. Its labels: {', '.join(map(repr, sorted(spelled)))}.")
-    kept = sorted(set(classes) if classes else set(spelled))
+                                  f" labels are matched as spelled. Its labels: {', '.join(map(repr, spelled))}.")
+
+
+def _kept_labels(table: Table, labels: list[str], classes: Sequence[str]) -> tuple[list[str], dict[str, int]]:
+    """The class names (sorted) and, per label left out, its row count; two labels of the table spelled alike
+    but for case or punctuation are refused."""
+    counts = Counter(labels)
+    kept = sorted(set(classes) if classes else set(counts) - {""})
     alike: dict[str, str] = {}
     for label in kept:
         other = alike.setdefault(_spelling(label), label)
@@ -407,7 +411,11 @@ def _rows(table: Table, index: FolderIndex, cols: _Columns) -> tuple[list[_Row],
     return list(rows.values()), repeated
 
 
-def _check_groups(table: Table, rows: list[_Row], column: str | None) -> None:
+def _check_rows(table: Table, rows: list[_Row], classes: Sequence[str], column: str | None) -> None:
+    """Every class kept has a row, and a group column has two groups or more."""
+    empty = sorted(set(classes) - {r.label for r in rows})
+    if empty:
+        raise ClothprobeError(f"{table.name}: class {empty[0]!r} (--classes) has no row left after --where.")
     values = {r.group for r in rows if r.group}
     if column is not None and len(values) < 2:
         what = f"one value ({next(iter(values))!r})" if values else "no value"
@@ -459,6 +467,7 @@ def read_dataset(data: str | Path, spec: LabelsTable) -> Dataset:
                               f"are relative to.")
     table = read_table(spec.path, spec.separator)
     cols = _columns(table, spec)
+    _check_classes(table, table.column(cols.label), spec.classes)
     filtered = _filter(table, spec.where)
     labels = table.column(cols.label)
     classes, left_out = _kept_labels(table, labels, spec.classes)
@@ -472,7 +481,7 @@ def read_dataset(data: str | Path, spec: LabelsTable) -> Dataset:
     rows, repeated = _rows(table, index, cols)
     if repeated:
         left_out["repeated rows"] = repeated
-    _check_groups(table, rows, cols.group)
+    _check_rows(table, rows, classes, cols.group)
     _split(rows, cols, spec)
     _check_training(table, rows, classes)
     groups, crossing = _crossing(rows)
