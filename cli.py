@@ -582,6 +582,65 @@ def predict(
         err.print(Text(f"wrote {output}"))
 
 
+class Strategy(str, Enum):
+    margin = "margin"
+    entropy = "entropy"
+
+
+@app.command()
+@bounded
+def suggest(
+    images: Annotated[list[Path], typer.Argument(help="Unlabeled image files or folders of images.")],
+    model: Annotated[Path, typer.Option(help="A run directory written by cli fit (models/<dataset>/<backbone>/<run>).")],
+    strategy: Annotated[Strategy, typer.Option(help=(
+        "How unsure the run is of a photo: margin (1 - the gap between its two most probable classes) or entropy "
+        "(of its probabilities, over log of the number of classes)."))] = Strategy.margin,
+    near_threshold: Annotated[float | None, typer.Option(help=(
+        "Cosine from which two photos are near duplicates, collapsed into one row (default: measured on these "
+        "photos, the median cosine of a photo and its mirror image)."))] = None,
+    limit: Annotated[int | None, typer.Option(help="List only the first so many rows [default: every photo].")] = None,
+    output: Annotated[Path | None, typer.Option(help=(
+        "Write the rows to this file (CSV, JSON or Parquet, by its name or --format; replaced atomically; never an "
+        "input photo, a run's or a cache's file, nor a file clothprobe did not write). Default: a table of the "
+        "first 20 rows."))] = None,
+    fmt: Annotated[Format | None, typer.Option("--format", help=(
+        "table, json, csv or parquet (the columns of cli predict's score files, with rank, uncertainty, "
+        "near_duplicates and an empty label after path)."), show_default=False)] = None,
+    top_k: Annotated[int, typer.Option(help="Classes to give per photo.")] = 3,
+    weights: Annotated[str | None, typer.Option(help="Weights file or directory, as for cli predict.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 16,
+    calibrate: Annotated[bool, typer.Option(help="Rank on temperature-scaled probabilities.")] = False,
+) -> None:
+    """Which unlabeled photos to label next: the ones the run is least sure about first, near duplicates
+    collapsed into one row, as a table to label from (an empty label column)."""
+    from clothprobe.runs.predicting import check_score_output
+    from clothprobe.runs.ranking import SHOWN, write_suggestions
+    from clothprobe.runs.ranking import suggest as run_suggest
+
+    chosen = _predict_format(fmt, output, EngineKind.local)
+    if output is not None:
+        check_score_output(output, images, model)
+    result = run_suggest(images, model, strategy=strategy.value, near_threshold=near_threshold, limit=limit,
+                         weights=weights, batch_size=batch_size, calibrate=calibrate)
+    for path, why in result.skipped:
+        err.print(Text(f"skipped {path}: {why}"))
+    collapsed = sum(len(s.alike) for s in result.suggestions)
+    err.print(Text(f"{result.photos} photo(s) scored with {result.run} in {result.seconds:.1f} s; {collapsed} near "
+                   f"duplicate(s) collapsed (cosine >= {result.near_threshold:.4f}, {result.threshold_source})"))
+    if chosen != "table":
+        write_suggestions(result, output, top_k, chosen)
+        if output:
+            err.print(Text(f"wrote {output}"))
+        return
+    table = Table(title=Text(f"{result.run}: label these first (most uncertain by {result.strategy})"))
+    for col in ("#", "photo", "uncertainty", "guess", "near duplicates"):
+        table.add_column(col, overflow="fold")
+    for rank, s in enumerate(result.suggestions[:SHOWN], 1):
+        guess = ", ".join(f"{c} {100 * p:.0f}%" for c, p in s.top(2))
+        table.add_row(str(rank), Text(s.path), f"{s.uncertainty:.3f}", Text(guess), str(len(s.alike)))
+    out.print(table)
+
+
 @app.command()
 @bounded
 def audit(
