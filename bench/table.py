@@ -130,10 +130,11 @@ def main() -> None:
         timing.append((name, f"{seconds:.0f}", "; ".join(featurized)))
     load_after = os.getloadavg()
     runs = {name: chosen(a.work, name) for name in layouts}
-    lines = [f"CPU: {cpu_line()}. Load average (1/5/15 min) before {load_before[0]:.1f}/{load_before[1]:.1f}/"
-             f"{load_before[2]:.1f}, after {load_after[0]:.1f}/{load_after[1]:.1f}/{load_after[2]:.1f}.", "",
-             f"{n} photos of {a.data.name} in photos.csv with {a.senders} made-up senders (seed {a.seed}); `cli run` "
-             f"--clf {a.clf} --balance {a.balance} --seed {a.seed}, one features folder for the three layouts.", "",
+    cpu = (f"CPU: {cpu_line()}. Load average (1/5/15 min) before {load_before[0]:.1f}/{load_before[1]:.1f}/"
+           f"{load_before[2]:.1f}, after {load_after[0]:.1f}/{load_after[1]:.1f}/{load_after[2]:.1f}.")
+    what = (f"{n} photos of {a.data.name} in photos.csv with {a.senders} made-up senders (seed {a.seed}); `cli run` "
+            f"--clf {a.clf} --balance {a.balance} --seed {a.seed}, one features folder for the three layouts.")
+    lines = [cpu, "", what, "",
              *table(("layout", "cli run wall s", "featurize"), timing), "",
              *table(("layout", "chosen run (validation)", "val acc %", "test photos", "test acc % [95% CI]",
                      "vs folders"), compare(runs, a.seed)), ""]
