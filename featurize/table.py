@@ -39,6 +39,7 @@ TAB_SEPARATED = (".tsv", ".tab")
 IMAGE_COLUMNS = ("image", "path")  # looked for, in this order, when no image column is named
 SPLIT_COLUMN = "split"  # a column of this name is the split unless another is named
 NO_LABEL = "(no label)"
+SPLIT_BY = ("column", "seed")  # the table's own split column, or featurize/splits.py's seeded split
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class TableRecord:
 
     table: str  # the table's file name
     images: int  # photos listed and kept
-    split_by: str  # "column" (the table's own) or "seed"
+    split_by: str  # one of SPLIT_BY
     split_column: str = ""
     group_column: str = ""
     seed: int = 0
@@ -100,6 +101,9 @@ class TableRecord:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TableRecord:
         """The record ``to_dict`` wrote; a ClothprobeError for anything else."""
+        if not isinstance(d, dict) or d.get("split_by") not in SPLIT_BY:
+            raise ClothprobeError(f"not a table record this clothprobe can read (split_by must be one of "
+                                  f"{', '.join(SPLIT_BY)})")
         try:
             return cls(table=str(d["table"]), images=int(d["images"]), split_by=str(d["split_by"]),
                        split_column=str(d["split_column"]), group_column=str(d["group_column"]), seed=int(d["seed"]),

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from conftest import cli, featurize_tiny, make_image
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.table import LabelsTable, TableRecord, read_dataset, read_table
@@ -271,3 +273,16 @@ def test_fit_report_predict_export_and_audit_work_on_a_table_dataset(tmp_path: P
     res = cli("audit", "--backbone", "vgg16", cwd=work)
     assert res.returncode == 0, res.stderr
     assert "sender_id from the labels table the cache was made from" in (work / "audit.html").read_text()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(sorted(TableRecord("t.csv", 1, "seed").to_dict()) + ["other"]),
+                       st.one_of(st.none(), st.integers(), st.text(max_size=5), st.lists(st.floats(), max_size=3),
+                                 st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))))
+def test_a_table_record_read_back_is_one_or_a_clothprobe_error(d) -> None:
+    try:
+        record = TableRecord.from_dict(d)
+    except ClothprobeError as err:
+        assert "not a table record" in str(err)
+    else:
+        assert TableRecord.from_dict(record.to_dict()) == record
