@@ -227,6 +227,9 @@ def test_featurize_caches_the_split_and_groups_and_moving_photos_recomputes_noth
     train = cache.split("train")
     assert len(train.groups) == len(train.paths) and set(train.groups) <= {f"s{i}" for i in range(12)}
     assert featurize_tiny(images, out, labels=spec(path)).up_to_date  # the same table: nothing to do
+    exported = cache.to_arrow()
+    assert exported.column_names[:6] == ["split", "path", "label", "class", "sha256", "group"]
+    assert sorted(exported.column("group").to_pylist()) == sorted(g for s in cache.splits.values() for g in s.groups)
     moved = tmp_path / "elsewhere"  # the photos moved into a subfolder, and the table renamed and rewritten
     shutil.move(images, moved / "photos")
     renamed = write_table(tmp_path / "labels-v2.csv", ["path", "sender_id", "label", "kids"],
