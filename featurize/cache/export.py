@@ -18,9 +18,9 @@ if TYPE_CHECKING:
 
 def to_arrow(cache: FeatureCache) -> Any:
     """A ``pyarrow.Table``, one row per image: split, path, label, class, sha256 (and group, for a labels table
-    with a group column) and one fixed-size list<float32> column per view (``embedding``, and ``flip`` with --tta flip: the taps read, side by
-    side); the recipe, class names and taps (``[[name, columns], ...]`` in column order) are in the schema
-    metadata."""
+    with a group column) and one fixed-size list<float32> column per view (``embedding``, and ``flip`` with
+    --tta flip: the taps read, side by side); the recipe, class names and taps (``[[name, columns], ...]`` in
+    column order) are in the schema metadata."""
     pa = require("pyarrow", "export", f"Exporting {cache.path}")
     parts = [_arrow_split(cache, name, s) for name, s in cache.splits.items()]
     meta = {"clothprobe.recipe": canonical_json(cache.recipe.to_dict()),
