@@ -591,7 +591,8 @@ class Strategy(str, Enum):
 @bounded
 def suggest(
     images: Annotated[list[Path], typer.Argument(help="Unlabeled image files or folders of images.")],
-    model: Annotated[Path, typer.Option(help="A run directory written by cli fit (models/<dataset>/<backbone>/<run>).")],
+    model: Annotated[Path, typer.Option(help="A run directory written by cli fit (models/<dataset>/<backbone>/<run>).")
+                     ],
     strategy: Annotated[Strategy, typer.Option(help=(
         "How unsure the run is of a photo: margin (1 - the gap between its two most probable classes) or entropy "
         "(of its probabilities, over log of the number of classes)."))] = Strategy.margin,

@@ -64,8 +64,9 @@ def with_groups(rows: Rows, groups: LabelsTable | None) -> tuple[Rows, str]:
 
     if groups is not None:
         found = read_groups(groups, [str(p) for p in rows.path])
-        return replace(rows, group=np.array(found, dtype=object), group_column=str(groups.group_column)), \
-            f"{groups.group_column} from {groups.path.name} ({sum(1 for g in found if g)} of {len(found)} photos listed)"
+        listed = sum(1 for g in found if g)
+        return (replace(rows, group=np.array(found, dtype=object), group_column=str(groups.group_column)),
+                f"{groups.group_column} from {groups.path.name} ({listed} of {len(found)} photos listed)")
     return rows, (f"{rows.group_column} from the labels table the cache was made from" if rows.group is not None
                   else "")
 
@@ -93,7 +94,8 @@ def _label_search(rows: Rows, seed: int) -> tuple[list[Finding], str]:
 
 def audit(dataset: str | None = None, backbone: str = "xception", features_dir: str | Path = "features", *,
           html: str | Path = "audit.html", csv: str | Path = "audit.csv", seed: int = 0,
-          near_threshold: float | None = None, few: int = DEFAULT_FEW, groups: LabelsTable | None = None) -> AuditResult:
+          near_threshold: float | None = None, few: int = DEFAULT_FEW,
+          groups: LabelsTable | None = None) -> AuditResult:
     """Audit the featurized ``dataset``: label issues (cleanlab, out-of-fold probabilities), exact and near
     duplicates, near duplicates in two splits (leaks), groups with photos in two splits (the cache's, from a
     labels table with a group column, or ``groups``' table for any layout), classes with fewer than ``few``

@@ -54,9 +54,10 @@ def write_table(data: Path, out: Path, senders: int, seed: int) -> int:
 def run_cli(name: str, args: list[str], work: Path) -> tuple[float, str]:
     """``cli run`` with ``args`` into ``work``'s folders for ``name``; wall seconds and stderr."""
     started = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "clothprobe.cli", "run", *args, "--features-dir", str(work / "features"),
-                          "--models-dir", str(work / name / "models"), "--reports-dir", str(work / name / "reports")],
-                         capture_output=True, text=True, check=False)
+    folders = ["--features-dir", str(work / "features"), "--models-dir", str(work / name / "models"),
+               "--reports-dir", str(work / name / "reports")]
+    res = subprocess.run([sys.executable, "-m", "clothprobe.cli", "run", *args, *folders], capture_output=True,
+                         text=True, check=False)
     if res.returncode != 0:
         sys.exit(f"cli run ({name}) failed:\n{res.stderr[-4000:]}")
     return time.perf_counter() - started, res.stderr

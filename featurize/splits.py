@@ -103,7 +103,8 @@ def assign_splits(labels: Sequence[str], groups: Sequence[str] | None, proportio
     train its smallest group holding a present photo of it."""
     names, y = np.unique(np.asarray(labels, dtype=object).astype(str), return_inverse=True)
     grouped = groups is not None
-    g = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)[1] if grouped else np.arange(len(y))
+    g = (np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)[1] if grouped
+         else np.arange(len(y)))
     n_groups = int(g.max()) + 1 if len(g) else 0
     needed = 1 + sum(1 for p in proportions[1:] if p > 0)
     largest = int(np.bincount(y).max()) if len(y) else 0

@@ -479,8 +479,8 @@ def read_dataset(data: str | Path, spec: LabelsTable) -> Dataset:
     if filtered:
         left_out["--where"] = filtered
     if not table.rows:
-        raise ClothprobeError(f"{table.name}: no row is left to use ({', '.join(f'{k}: {n}' for k, n in left_out.items())}"
-                              f" left out).")
+        why = ", ".join(f"{k}: {n}" for k, n in left_out.items())
+        raise ClothprobeError(f"{table.name}: no row is left to use ({why} left out).")
     index = FolderIndex.of(root)
     rows, repeated = _rows(table, index, cols)
     if repeated:
