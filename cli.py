@@ -113,6 +113,53 @@ Precision = Annotated[str, typer.Option(
     help="auto (OpenVINO: int8 calibrated on a sample of the training photos, checked against float32 and "
          "on the validation photos before first use, else bfloat16 where the CPU has bf16 units, else "
          "float32), float32, bfloat16, or int8.")]
+# A labels table instead of folders (featurize, run): declared once; _labels_table() turns them into a LabelsTable.
+Labels = Annotated[Path | None, typer.Option(help=(
+    "A labels table (CSV, TSV or Parquet) listing the photos with their labels; --data is then the image folder "
+    "its photo names are relative to (see docs/guide/tables.md)."))]
+ImageColumn = Annotated[str | None, typer.Option(help=(
+    "--labels: the column naming each photo (a path inside --data, with or without its extension) [default: "
+    "image, else path]."))]
+LabelColumn = Annotated[str, typer.Option(help="--labels: the column of labels.")]
+SplitColumn = Annotated[str | None, typer.Option(help=(
+    "--labels: a column of splits (train, validation or val, test); it wins over --proportions [default: split, "
+    "when the table has it]."))]
+GroupColumn = Annotated[str | None, typer.Option(help=(
+    "--labels: a column of groups (a sender, a shop): split by it, so no group has photos in two splits."))]
+Classes = Annotated[str | None, typer.Option(help=(
+    "--labels: comma-separated labels to keep, spelled as in the table; rows of other labels are left out and "
+    "counted [default: every label]."))]
+Where = Annotated[list[str] | None, typer.Option(help=(
+    "--labels: keep only the rows where COLUMN=VALUE, e.g. kids=False (repeat it: every one must hold)."))]
+Separator = Annotated[str | None, typer.Option(help=(
+    "--labels: the field separator of a text table, one character or 'tab' [default: ',', a tab for .tsv]."))]
+Proportions = Annotated[str, typer.Option(help=(
+    "--labels without a split column: train/validation/test percentages of the seeded split, stratified by "
+    "class and grouped by --group-column."))]
+
+
+def _labels_table(labels: Path | None, seed: int, *, image_column: str | None, label_column: str,
+                  split_column: str | None, group_column: str | None, classes: str | None, where: list[str] | None,
+                  separator: str | None, proportions: str):  # noqa: ANN202 - a LabelsTable or None
+    """The table options as a ``LabelsTable`` (None without --labels, when none of them may be given)."""
+    from clothprobe.featurize.splits import DEFAULT_PROPORTIONS, parse_proportions
+    from clothprobe.featurize.table import LabelsTable
+
+    shares = parse_proportions(proportions)
+    if labels is None:
+        given = [name for name, value in (("--image-column", image_column), ("--split-column", split_column),
+                                          ("--group-column", group_column), ("--classes", classes),
+                                          ("--where", where), ("--separator", separator)) if value]
+        given += ["--label-column"] * (label_column != "label") + ["--proportions"] * (shares != DEFAULT_PROPORTIONS)
+        if given:
+            raise ClothprobeError(f"{', '.join(given)}: for a labels table; give --labels TABLE too.")
+        return None
+    kept = tuple(c.strip() for c in (classes or "").split(",") if c.strip())
+    return LabelsTable(labels, image_column=image_column, label_column=label_column, split_column=split_column,
+                       group_column=group_column, classes=kept, where=tuple(where or ()), separator=separator,
+                       proportions=shares, seed=seed)
+
+
 TAPS_HELP = ("Layers whose average-pooled outputs are cached side by side: final, all, or names (e.g. "
              "block13_out,final) [default: all; see docs/guide/taps.md].")
 
@@ -149,8 +196,8 @@ def _engine(ctx: typer.Context, kind: EngineKind, address: str | None, workers: 
 def featurize(
     ctx: typer.Context,
     data: Annotated[Path | None, typer.Option(
-        help="Dataset folder: DIR/<split>/<class>/<image> or DIR/<class>/<image> (default: the folder "
-             "featurized last under --features-dir).")] = None,
+        help="Dataset folder: DIR/<split>/<class>/<image> or DIR/<class>/<image>; with --labels, the image folder "
+             "(default: the folder featurized last under --features-dir).")] = None,
     backbone: Annotated[str, typer.Option(
         help=f"A registry name ({', '.join(BACKBONES)}), onnx:PATH or keras:PATH.")] = DEFAULT_BACKBONE,
     weights: Weights = "imagenet",
@@ -180,6 +227,15 @@ def featurize(
     address: Address = None,
     workers: Workers = None,
     taps: Annotated[str | None, typer.Option(help=TAPS_HELP)] = None,
+    labels: Labels = None,
+    image_column: ImageColumn = None,
+    label_column: LabelColumn = "label",
+    split_column: SplitColumn = None,
+    group_column: GroupColumn = None,
+    classes: Classes = None,
+    where: Where = None,
+    separator: Separator = None,
+    proportions: Proportions = "70/15/15",
 ) -> None:
     """Run a frozen ImageNet conv base once over DATA and cache pooled embeddings in HDF5."""
     from clothprobe._util.appsetup import govern_pixels
@@ -187,7 +243,11 @@ def featurize(
     from clothprobe.featurize.catalog import last_data
 
     govern_pixels(max_pixels)
-
+    table = _labels_table(labels, seed, image_column=image_column, label_column=label_column,
+                          split_column=split_column, group_column=group_column, classes=classes, where=where,
+                          separator=separator, proportions=proportions)
+    if data is None and table is not None:
+        raise ClothprobeError("--labels: give --data too, the image folder the table's photo names are relative to.")
     if data is None:
         data = last_data(features_dir)
         if data is None:
@@ -199,7 +259,7 @@ def featurize(
             data, backbone=backbone, out=out_path, features_dir=features_dir, weights=weights,
             batch_size=batch_size, precision=precision, runtime=runtime, tta=tta is TTA.flip, strict=strict,
             image_size=image_size, max_pixels=max_pixels, seed=seed, progress=sys.stderr.isatty(), rebuild=rebuild,
-            calibration=calibration, engine=chosen,
+            calibration=calibration, engine=chosen, labels=table,
             **({"calibration_size": calibration_size} if calibration_size is not None else {}),
             **({"taps": taps} if taps is not None else {}),
         )
@@ -217,6 +277,8 @@ def _print_featurized(result) -> None:  # noqa: ANN001 - a clothprobe.featurize.
     for split, n in result.images.items():
         table.add_row(split, str(n))
     out.print(table)
+    if result.table is not None:
+        _print_table_record(result.table)
     rate = f", {result.images_per_second:.1f} img/s" if result.computed else ""
     known = f" ({result.remembered} known from earlier runs, not tried again)" if result.remembered else ""
     out.print(
@@ -227,6 +289,13 @@ def _print_featurized(result) -> None:  # noqa: ANN001 - a clothprobe.featurize.
         err.print(Text.assemble(("skipped", "yellow"), f" {path}: {reason}"))
     state = "up to date" if result.up_to_date else "written"
     out.print(Text(f"cache {state}: {result.cache_path} ({result.cache_megabytes:.1f} MB)"))
+
+
+def _print_table_record(record) -> None:  # noqa: ANN001 - a clothprobe.featurize.table.TableRecord
+    left = ", ".join(f"{why} {n}" for why, n in record.left_out.items())
+    out.print(Text(f"{record.table}: {record.images} photo(s) listed and kept" + (f"; left out: {left}" if left else "")
+                   + (f"; {record.missing} not found (skipped)" if record.missing else "")))
+    out.print(Text(record.describe()))
 
 
 @app.command()
@@ -368,7 +437,9 @@ def report(
 @app.command("run")
 @bounded
 def run_job(
-    data: DataFolder,
+    data: Annotated[Path, typer.Option(help=(
+        "Dataset folder: DIR/<split>/<class>/<image>, or DIR/<class>/<image>; with --labels, the image folder.")),
+    ],
     backbones: Annotated[str, typer.Option(help="Comma-separated backbones; each alone and all joined are fitted.")] = RUN_BACKBONES,
     weights: Weights = "imagenet",
     clf: Clf = "all",
@@ -385,6 +456,15 @@ def run_job(
     models_dir: ModelsDir = Path("models"),
     reports_dir: Annotated[Path, typer.Option(help="Where the report goes.")] = Path("reports"),
     top: Top = 5,
+    labels: Labels = None,
+    image_column: ImageColumn = None,
+    label_column: LabelColumn = "label",
+    split_column: SplitColumn = None,
+    group_column: GroupColumn = None,
+    classes: Classes = None,
+    where: Where = None,
+    separator: Separator = None,
+    proportions: Proportions = "70/15/15",
 ) -> None:
     """The main job: featurize with each backbone, fit every classifier and balance mode, write the report.
     Every option is checked before any featurizing."""
@@ -401,7 +481,10 @@ def run_job(
         m = r.metrics
         err.print(Text(f"fitted {m.backbone}/{m.run}: val {_pct(m.validation)}% ({m.fit_seconds:.1f} s)"))
 
-    job = run_all(data, backbones=backbones, weights=weights, clf=clf, balance=balance, tta=tta, seed=seed,
+    table = _labels_table(labels, seed, image_column=image_column, label_column=label_column,
+                          split_column=split_column, group_column=group_column, classes=classes, where=where,
+                          separator=separator, proportions=proportions)
+    job = run_all(data, labels=table, backbones=backbones, weights=weights, clf=clf, balance=balance, tta=tta, seed=seed,
                   select=select or DEFAULT_SELECT, taps=taps, precision=precision, features_dir=features_dir,
                   models_dir=models_dir, reports_dir=reports_dir, progress=sys.stderr.isatty(), on_featurized=featurized, on_fit=fitted)
     _print_top(job.report, top)
@@ -543,6 +626,11 @@ def predict(
         err.print(Text(f"wrote {output}"))
 
 
+class Strategy(str, Enum):
+    margin = "margin"
+    entropy = "entropy"
+
+
 @app.command()
 @bounded
 def serve(
@@ -593,6 +681,62 @@ def serve(
 
 
 @app.command()
+@bounded
+def suggest(
+    images: Annotated[list[Path], typer.Argument(help="Unlabeled image files or folders of images.")],
+    model: Annotated[Path, typer.Option(help="A run directory written by cli fit (models/<dataset>/<backbone>/<run>).")
+                     ],
+    strategy: Annotated[Strategy, typer.Option(help=(
+        "How unsure the run is of a photo: margin (1 - the gap between its two most probable classes) or entropy "
+        "(of its probabilities, over log of the number of classes)."))] = Strategy.margin,
+    near_threshold: Annotated[float | None, typer.Option(help=(
+        "Cosine from which two photos are near duplicates, collapsed into one row (default: measured on these "
+        "photos, the median cosine of a photo and its mirror image)."))] = None,
+    limit: Annotated[int | None, typer.Option(help="List only the first so many rows [default: every photo].")] = None,
+    output: Annotated[Path | None, typer.Option(help=(
+        "Write the rows to this file (CSV, JSON or Parquet, by its name or --format; replaced atomically; never an "
+        "input photo, a run's or a cache's file, nor a file clothprobe did not write). Default: a table of the "
+        "first 20 rows."))] = None,
+    fmt: Annotated[Format | None, typer.Option("--format", help=(
+        "table, json, csv or parquet (the columns of cli predict's score files, with rank, uncertainty, "
+        "near_duplicates and an empty label after path)."), show_default=False)] = None,
+    top_k: Annotated[int, typer.Option(help="Classes to give per photo.")] = 3,
+    weights: Annotated[str | None, typer.Option(help="Weights file or directory, as for cli predict.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 16,
+    calibrate: Annotated[bool, typer.Option(help="Rank on temperature-scaled probabilities.")] = False,
+) -> None:
+    """Which unlabeled photos to label next: the ones the run is least sure about first, near duplicates
+    collapsed into one row, as a table to label from (an empty label column)."""
+    from clothprobe.runs.predicting import check_score_output
+    from clothprobe.runs.ranking import SHOWN, write_suggestions
+    from clothprobe.runs.ranking import suggest as run_suggest
+
+    chosen = _predict_format(fmt, output, EngineKind.local)
+    if output is not None:
+        check_score_output(output, images, model)
+    result = run_suggest(images, model, strategy=strategy.value, near_threshold=near_threshold, limit=limit,
+                         weights=weights, batch_size=batch_size, calibrate=calibrate)
+    for path, why in result.skipped:
+        err.print(Text(f"skipped {path}: {why}"))
+    collapsed = sum(len(s.alike) for s in result.suggestions)
+    err.print(Text(f"{result.photos} photo(s) scored with {result.run} in {result.seconds:.1f} s; {collapsed} near "
+                   f"duplicate(s) collapsed (cosine >= {result.near_threshold:.4f}, {result.threshold_source})"))
+    if chosen != "table":
+        write_suggestions(result, output, top_k, chosen)
+        if output:
+            err.print(Text(f"wrote {output}"))
+        return
+    table = Table(title=Text(f"{result.run}: label these first (most uncertain by {result.strategy})"))
+    for col in ("#", "photo", "uncertainty", "guess", "near duplicates"):
+        table.add_column(col, overflow="fold")
+    for rank, s in enumerate(result.suggestions[:SHOWN], 1):
+        guess = ", ".join(f"{c} {100 * p:.0f}%" for c, p in s.top(2))
+        table.add_row(str(rank), Text(s.path), f"{s.uncertainty:.3f}", Text(guess), str(len(s.alike)))
+    out.print(table)
+
+
+@app.command()
+@bounded
 def audit(
     data: Annotated[Path | None, typer.Option(help="The dataset folder that was featurized (its name picks the cache). "
                                                    "Default: the only dataset featurized under --features-dir.")] = None,
@@ -607,14 +751,28 @@ def audit(
              "a photo and its mirror image; needs a cache made with --tta flip).")] = None,
     few: Annotated[int, typer.Option(help="List classes with fewer photos than this in a split.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed of the folds behind the label-issue search.")] = 0,
+    groups: Annotated[Path | None, typer.Option(help=(
+        "A table (CSV, TSV or Parquet) giving each photo's group (a sender, a shop), for any layout: a group with "
+        "photos in two splits is listed. A cache made from a labels table with --group-column has them already."))
+    ] = None,
+    group_column: Annotated[str | None, typer.Option(help="--groups: the column of groups.")] = None,
+    image_column: Annotated[str | None, typer.Option(help=(
+        "--groups: the column naming each photo (its path, or its file name, with or without extension) "
+        "[default: image, else path]."))] = None,
+    separator: Separator = None,
 ) -> None:
     """What in a featurized dataset deserves a second look: likely label issues (cleanlab), exact and near
-    duplicates, test photos near training photos, small classes. Nothing in the dataset is changed."""
+    duplicates, leaks between splits (near duplicates, groups), small classes. Nothing in the dataset is changed."""
     from clothprobe.audit import audit as run_audit
+    from clothprobe.featurize.table import LabelsTable
 
+    if groups is None and (group_column or image_column or separator):
+        raise ClothprobeError("--group-column, --image-column and --separator are for --groups TABLE.")
     name = dataset or (data.expanduser().resolve().name if data else None)
+    table = None if groups is None else LabelsTable(groups, image_column=image_column, group_column=group_column,
+                                                    separator=separator)
     result = run_audit(name, backbone, features_dir, html=html, csv=csv_out, seed=seed,
-                       near_threshold=near_threshold, few=few)
+                       near_threshold=near_threshold, few=few, groups=table)
     table = Table(title=Text(f"audit: {len(result.findings)} finding(s), most suspicious first"))
     for col in ("kind", "suspicion", "photo", "why"):
         table.add_column(col, overflow="fold")

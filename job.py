@@ -13,10 +13,10 @@ from clothprobe.classifiers.registry import get_classifier
 from clothprobe.classifiers.select import DEFAULT_SELECT
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize import FeaturizeResult, featurize
-from clothprobe.featurize.dataset import scan
 from clothprobe.featurize.model.backbones import RUN_BACKBONES
 from clothprobe.featurize.model.recipe import resolve_recipe
 from clothprobe.featurize.model.taps import DEFAULT_TAPS
+from clothprobe.featurize.table import LabelsTable, open_dataset
 from clothprobe.report import Report, build_report
 from clothprobe.report.folder import ReportFolder
 
@@ -50,16 +50,18 @@ def run_all(
     progress: bool = False,
     on_featurized: Callable[[FeaturizeResult], None] | None = None,
     on_fit: Callable[[FitResult], None] | None = None,
+    labels: LabelsTable | None = None,
 ) -> JobResult:
     """Featurize ``data`` with each backbone (comma-separated) in ``precision``, caching ``taps``, fit ``clf`` x
     ``balance`` on each cache and on their join (each head with its ``run_taps``: logistic regression chooses
     its tap set like every other setting, ``fit --taps auto``; the slower heads take the final tap), and write
-    the report over every run under ``models_dir``. Every option is checked before any featurizing."""
+    the report over every run under ``models_dir``. ``labels``: the photos, classes and splits come from this
+    labels table, ``data`` being its image folder. Every option is checked before any featurizing."""
     specs = [part.strip() for part in backbones.split(",") if part.strip()]  # as featurize takes them (onnx:PATH)
     names = parse_backbones("+".join(specs))  # as the caches record them
     plan = plan_fit("+".join(names), clf, balance, select=select)
     head_taps = {head: get_classifier(head).run_taps for head in plan.clfs}  # the job's tap request per head
-    scan(data)  # the folder's layout, before an hour of featurizing
+    open_dataset(data, labels)  # the folder's layout or the table, before an hour of featurizing
     for spec in specs:  # each backbone's weights found (and hashed) now, not after the first is featurized
         resolve_recipe(spec, weights=weights, seed=seed, taps=taps, precision=precision)
     for folder, what in ((models_dir, "--models-dir"), (reports_dir, "--reports-dir"), (features_dir, "--features-dir")):
@@ -70,7 +72,7 @@ def run_all(
     job = JobResult()
     for spec in specs:
         result = featurize(data, backbone=spec, weights=weights, features_dir=features_dir, tta=tta, seed=seed,
-                           taps=taps, precision=precision, progress=progress)
+                           taps=taps, precision=precision, progress=progress, labels=labels)
         job.featurized.append(result)
         if on_featurized:
             on_featurized(result)

@@ -64,6 +64,10 @@ BOUNDS: dict[str, Bound] = {
     "max_requests": Bound(1, 100_000),
     "max_files": Bound(1, 10_000),
     "threads": Bound(1, 1024),
+    "proportion": Bound(0, 100, whole=False),  # each part of featurize --proportions, a percentage
+    "few": Bound(1, 1_000_000),  # audit: photos of a class in a split below which it is listed
+    "near_threshold": Bound(0, 1, whole=False, low_open=True),  # a cosine similarity
+    "limit": Bound(1, 1_000_000_000),  # suggest: rows to list
 }
 
 

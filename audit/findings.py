@@ -3,6 +3,7 @@ pooled features. Every finding carries a ``suspicion`` in [0, 1]; the page shows
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +12,15 @@ LABEL_ISSUE = "label issue"
 EXACT_DUPLICATE = "exact duplicate"
 NEAR_DUPLICATE = "near duplicate"
 TEST_NEAR_TRAINING = "test photo near a training photo"
+VALIDATION_NEAR_TRAINING = "validation photo near a training photo"
+TEST_NEAR_VALIDATION = "test photo near a validation photo"
+GROUP_ACROSS_SPLITS = "group in two splits"
 FEW_PHOTOS = "few photos"
+# A near-duplicate pair in two splits is a leak: its kind, by the pair's splits. The photo of the split earlier
+# in SPLIT_ORDER is the finding's photo, the other its "other photo".
+LEAKS = {frozenset({"test", "train"}): TEST_NEAR_TRAINING, frozenset({"validation", "train"}): VALIDATION_NEAR_TRAINING,
+         frozenset({"test", "validation"}): TEST_NEAR_VALIDATION}
+SPLIT_ORDER = ("test", "validation", "train")
 OOF_FOLDS = 5
 OOF_C = (0.01, 0.1, 1.0)  # the regularization with the lowest out-of-fold log loss is used
 _BLOCK = 1024
@@ -28,6 +37,8 @@ class Rows:
     sha256: np.ndarray
     class_names: list[str]
     X_flip: np.ndarray | None = None
+    group: np.ndarray | None = None  # each photo's group ("" for none), when the photos have groups
+    group_column: str = ""  # what a group is (a table's column name), for the findings' wording
 
 
 @dataclass
@@ -76,8 +87,14 @@ def label_quality(rows: Rows, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np
     return quality, flagged, proba, C
 
 
+def searchable(y: np.ndarray) -> bool:
+    """Whether out-of-fold probabilities can be had: at least two classes with two photos or more (then every
+    training fold holds two classes)."""
+    return int(np.sum(np.bincount(np.asarray(y, dtype=np.int64)) >= 2)) >= 2
+
+
 def label_issues(rows: Rows, seed: int = 0) -> tuple[list[Finding], float]:
-    """The rows cleanlab flags, and the C of the logistic regression behind them."""
+    """The rows cleanlab flags, and the C of the logistic regression behind them; callers check ``searchable``."""
     quality, flagged, proba, C = label_quality(rows, seed)
     return [Finding(LABEL_ISSUE, float(1 - quality[i]), rows.split[i], rows.path[i], rows.class_names[rows.y[i]],
                     f"looks like {rows.class_names[proba[i].argmax()]} ({100 * proba[i].max():.0f}%); "
@@ -123,18 +140,46 @@ def similar_pairs(X: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarr
     return np.concatenate(I), np.concatenate(J), np.concatenate(S)
 
 
+def _split_rank(split: str) -> int:
+    return SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER)
+
+
 def near_duplicates(rows: Rows, threshold: float) -> list[Finding]:
-    """Pairs of different photos at least ``threshold`` alike; a test photo near a training photo is a leak."""
+    """Pairs of different photos at least ``threshold`` alike; a pair in two splits is a leak (``LEAKS``), the
+    photo of the later split (test, then validation) first."""
     found = []
     for i, j, s in zip(*similar_pairs(rows.X, threshold)):
         if rows.sha256[i] == rows.sha256[j]:
             continue  # an exact duplicate, reported as one
-        a, b = sorted((i, j), key=lambda k: (rows.split[k] != "test", k))  # the test photo first
-        leak = {rows.split[a], rows.split[b]} == {"test", "train"}
+        a, b = sorted((i, j), key=lambda k: (_split_rank(rows.split[k]), k))
+        kind = LEAKS.get(frozenset({rows.split[a], rows.split[b]}), NEAR_DUPLICATE)
         labels = rows.class_names[rows.y[a]], rows.class_names[rows.y[b]]
         note = f"cosine {s:.4f}" + ("" if labels[0] == labels[1] else f", labelled {labels[1]} there")
-        found.append(Finding(TEST_NEAR_TRAINING if leak else NEAR_DUPLICATE, float(s), rows.split[a], rows.path[a],
-                             labels[0], note, rows.split[b], rows.path[b]))
+        found.append(Finding(kind, float(s), rows.split[a], rows.path[a], labels[0], note, rows.split[b], rows.path[b]))
+    return found
+
+
+def groups_across_splits(rows: Rows) -> list[Finding]:
+    """Each group with photos in two splits or more (a leak: the model is tested on a sender it trained on), as
+    one finding: a photo of the group in its latest split, and one in another split."""
+    if rows.group is None:
+        return []
+    by_group: dict[str, list[int]] = {}
+    for k, group in enumerate(rows.group):
+        if group:
+            by_group.setdefault(str(group), []).append(k)
+    found = []
+    for group, members in sorted(by_group.items()):
+        in_split = Counter(rows.split[k] for k in members)
+        splits = sorted(in_split, key=_split_rank)
+        if len(splits) < 2:
+            continue
+        first = next(k for k in members if rows.split[k] == splits[0])
+        other = next(k for k in members if rows.split[k] == splits[1])
+        counts = ", ".join(f"{in_split[s]} in {s}" for s in splits)
+        found.append(Finding(GROUP_ACROSS_SPLITS, 1.0, rows.split[first], rows.path[first],
+                             rows.class_names[rows.y[first]], f"{rows.group_column or 'group'} {group!r}: {counts}",
+                             rows.split[other], rows.path[other]))
     return found
 
 

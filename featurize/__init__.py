@@ -3,7 +3,8 @@
 Rooms: ``model/`` (how an embedding is made: recipe, backbones, weights, sidecar, runtimes, the model store,
 the runtime self-check, int8 calibration), ``cache/`` (the HDF5 cache: schema, read, write, export),
 ``engines/`` (plan, local engine, merge, Ray); ``pipeline.py`` is ``featurize()``, the entry point;
-``dataset.py``/``images.py`` find and decode photos, ``embed.py`` runs a model over files,
+``dataset.py``/``images.py`` find and decode photos (``table.py``: from a labels table, ``splits.py``: its
+splits), ``embed.py`` runs a model over files,
 ``transformer.py`` is the scikit-learn ``ImageEmbedder``.
 """
 

@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +41,7 @@ class ImageFile:
     rel_path: str
     label: int
     path: Path
+    group: str = ""  # a table dataset's group column ("" for none)
 
 
 def check_every_class_trains(class_names: list[str], train_labels: np.ndarray, where: object) -> None:
@@ -63,6 +65,13 @@ class Dataset:
     stray: dict[str, str] = field(default_factory=dict)
     # ... and rel_path -> why, for the same paths
     stray_reasons: dict[str, str] = field(default_factory=dict)
+    # a dataset read from a labels table: how (featurize/table.py's TableRecord); None for folders
+    table: Any = None
+
+    @property
+    def grouped(self) -> bool:
+        """Whether each photo has a group (a table dataset with a group column)."""
+        return bool(self.table is not None and self.table.group_column)
 
     @property
     def name(self) -> str:

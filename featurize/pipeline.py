@@ -18,7 +18,6 @@ from clothprobe.featurize.cache import identity
 from clothprobe.featurize.cache.read import ExistingCache
 from clothprobe.featurize.cache.schema import CacheHeader, check_target, default_path
 from clothprobe.featurize.cache.write import writer_lock
-from clothprobe.featurize.dataset import scan
 from clothprobe.featurize.embed import view_names
 from clothprobe.featurize.engines.base import Engine
 from clothprobe.featurize.engines.local import LocalEngine
@@ -39,6 +38,7 @@ from clothprobe.featurize.model.guard import GuardSample, LabelledPhoto, guard_s
 from clothprobe.featurize.model.recipe import Recipe, resolve_recipe
 from clothprobe.featurize.model.rows import worth_timing
 from clothprobe.featurize.model.taps import DEFAULT_TAPS
+from clothprobe.featurize.table import LabelsTable, TableRecord, open_dataset
 
 
 @dataclass
@@ -62,6 +62,7 @@ class FeaturizeResult:
     recipe: Recipe | None = None
     damaged: str = ""  # what was wrong with the previous cache, which this run replaced
     remembered: int = 0  # skipped files known from earlier runs not to decode (not tried again)
+    table: TableRecord | None = None  # a dataset read from a labels table: how it was read and split
 
     @property
     def cache_megabytes(self) -> float:
@@ -138,6 +139,7 @@ def featurize(
     shard_size: int = SHARD_SIZE,
     taps: str = DEFAULT_TAPS,
     recipe: Recipe | None = None,
+    labels: LabelsTable | None = None,
 ) -> FeaturizeResult:
     """Embed every image under ``data`` with ``backbone`` and cache the embeddings in HDF5.
 
@@ -152,6 +154,8 @@ def featurize(
     ``weights``, ``image_size``, ``runtime``, ``precision`` and ``taps`` (``fit --unknown``: another folder
     embedded like the dataset, not recorded in the catalog; an int8 recipe runs the model its store entry was
     calibrated for).
+    ``labels``: the photos, classes and splits come from this labels table (``featurize/table.py``), ``data``
+    being the folder its photo names are relative to.
     """
     from clothprobe.featurize import catalog
     from clothprobe.featurize.model.selfcheck import effective_recipe
@@ -164,7 +168,7 @@ def featurize(
     given = recipe is not None
     recipe = recipe or resolve_recipe(backbone, weights=weights, image_size=image_size, runtime=runtime,
                                       precision=precision, seed=seed, taps=taps)
-    dataset = scan(data)
+    dataset = open_dataset(data, labels)
     out = Path(out) if out else default_path(features_dir, dataset.name, recipe.backbone)
     _check_place(out, dataset.root)
     check_target(out, rebuild)
@@ -189,6 +193,7 @@ def featurize(
         catalog.record(features_dir, dataset=dataset.name, backbone=result.backbone, cache_path=out,
                        data_root=dataset.root)
     result.seconds = time.perf_counter() - started
+    result.table = dataset.table
     return result
 
 
@@ -255,7 +260,8 @@ def _update(index: FileIndex, recipe: Recipe, photos: tuple[tuple[str, str], ...
     header = CacheHeader(recipe=recipe, class_names=tuple(dataset.class_names), dataset=dataset.name,
                          views=o.views, data_root=str(dataset.root.resolve()), decode=plan.decode,
                          versions=library_versions(), data_fingerprint=identity.index_fingerprint(index),
-                         calibration_photos=photos if recipe.calibration and recipe.precision == "int8" else ())
+                         calibration_photos=photos if recipe.calibration and recipe.precision == "int8" else (),
+                         table=dataset.table.to_dict() if dataset.table else {})
     outcome = merger.write(existing, o.out, header, model_seconds)
     old = existing.header
     rows = sum(len(r.paths) for r in outcome.splits.values())

@@ -277,7 +277,8 @@ def _intro(section: Section) -> str:
              if calibration and ece is not None and calibrated is not None else "")
     return (f"{len(section.runs)} runs on {section.dataset}. Chosen on validation: {best.id}, validation "
             f"{_pct(best.val_accuracy)}% ({_ci(best.interval('validation'))}), test {_pct(best.score('test'))}% "
-            f"({_ci(best.interval('test'))}), on {best.metrics.selection_n} photos for the choice.{calib}")
+            f"({_ci(best.interval('test'))}), on {best.metrics.selection_n} photos for the choice.{calib}"
+            + (f" {best.split_note}" if best.split_note else ""))
 
 
 def _skipped_lines(report: Report) -> list[str]:

@@ -84,6 +84,15 @@ class Run:
             return fit_s
         return None if feat_s is None else fit_s + feat_s
 
+    @property
+    def split_note(self) -> str:
+        """How the photos were split, for a run fitted on a dataset read from a labels table ("" otherwise)."""
+        from clothprobe.featurize.cache.schema import CacheInfo
+        from clothprobe.featurize.table import TableRecord
+
+        tables = [CacheInfo.from_dict(record).table for record in self.manifest.caches.values()]
+        return next((TableRecord.from_dict(t).describe() for t in tables if t), "")
+
     def predictions(self) -> Predictions | None:
         if self._predictions is None:
             self._predictions = read_predictions(self.directory, self.manifest.classes)
@@ -95,6 +104,7 @@ def _read(directory: Path) -> Run:
     if run.metrics.run != run.manifest.run or run.metrics.dataset != run.manifest.dataset:
         raise ClothprobeError(f"{directory}: metrics.json and manifest.json describe different runs; fit it again.")
     run.predictions()  # a damaged predictions file is caught here, not halfway through the report
+    _ = run.split_note  # and so is a damaged table record
     return run
 
 

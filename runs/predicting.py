@@ -258,10 +258,16 @@ class Predictor:
             if self.temperature is not None and len(proba):
                 proba = apply_temperature(proba, self.temperature)
             return Scored(proba, good, skipped)
-        self.ensure_networks()
-        done = _embed(files, self.manifest.caches, self.manifest.tta, self.batch_size, self.max_pixels, self.weights)
+        done = self.embed(files)
         proba, scores = self.from_views(done.views)
         return Scored(proba, done.good, done.skipped, scores)
+
+    def embed(self, files: list[Path], flip: bool | None = None) -> Embedded:
+        """``files`` embedded as the run's caches were (a cached-features run); ``flip``: with the mirrored view
+        too (None: when the run uses TTA)."""
+        flip = self.manifest.tta if flip is None else flip
+        self.ensure_networks()
+        return _embed(files, self.manifest.caches, flip, self.batch_size, self.max_pixels, self.weights)
 
     def proba(self, files: list[Path]) -> tuple[np.ndarray, list[int], dict[int, str]]:
         """Probabilities over the run's classes for the files that could be used, their positions, and why
@@ -321,12 +327,13 @@ def score_format(path: str | Path | None, fmt: str | None = None) -> str:
     return chosen
 
 
-def score_columns(classes: Sequence[str], top_k: int, openset: bool = False) -> list[str]:
-    """Every score file's columns, in order: the same for CSV, JSON and Parquet, local or Ray; with ``openset``
-    (a run with a reject option) ``answer`` and ``openset_score`` follow ``path``."""
+def score_columns(classes: Sequence[str], top_k: int, openset: bool = False, extra: Sequence[str] = ()) -> list[str]:
+    """Every score file's columns, in order: the same for CSV, JSON and Parquet, local or Ray; ``extra`` columns
+    (a ranking's, ``runs/ranking.py``) follow ``path``, then, with ``openset`` (a run with a reject option),
+    ``answer`` and ``openset_score``."""
     tops = [f"top{k}{s}" for k in range(1, top_k + 1) for s in ("", "_p")]
     rejects = ["answer", "openset_score"] if openset else []
-    return ["path", *rejects, *tops, *(f"p_{c}" for c in classes), "skipped"]
+    return ["path", *extra, *rejects, *tops, *(f"p_{c}" for c in classes), "skipped"]
 
 
 def is_score_file(path: Path) -> bool:
@@ -370,10 +377,12 @@ class ScoreWriter:
     through a temporary one renamed into place once complete (a failed or killed run leaves the previous
     file), to a stream as rows come (a pipe, a FIFO, ``/dev/stdout``: ``_util.files.atomic_write``), or to
     stdout (``path`` None; CSV or JSON). In CSV, text cells (paths, class names, reasons) go through
-    ``_util.csvcells.cell``: none is a formula in a spreadsheet."""
+    ``_util.csvcells.cell``: none is a formula in a spreadsheet. ``extra``: more columns after ``path``, name ->
+    kind (``string``, ``int64`` or ``float64``), given to ``write`` as ``extra_values``."""
 
     def __init__(self, path: str | Path | None, classes: Sequence[str], top_k: int, fmt: str | None = None, *,
-                 run: str = "", calibrated: bool = False, openset: bool = False) -> None:
+                 run: str = "", calibrated: bool = False, openset: bool = False,
+                 extra: dict[str, str] | None = None) -> None:
         from clothprobe._util.extras import require
 
         pa = require("pyarrow", "export", f"Writing scores to {path or 'stdout'}")
@@ -381,10 +390,11 @@ class ScoreWriter:
         self.path = Path(path) if path is not None else None
         self.classes, self.top_k = list(classes), max(1, min(top_k, len(classes)))
         self.fmt = score_format(path, fmt)
-        self.run, self.calibrated, self.openset = run, calibrated, openset
-        text = {"path", "skipped", "answer", *(f"top{k}" for k in range(1, self.top_k + 1))}  # the rest: numbers
-        self.schema = pa.schema([pa.field(c, pa.string() if c in text else pa.float64())
-                                 for c in score_columns(self.classes, self.top_k, openset)],
+        self.run, self.calibrated, self.openset, self.extra = run, calibrated, openset, dict(extra or {})
+        kinds = {"path": "string", "skipped": "string", "answer": "string", **self.extra,
+                 **{f"top{k}": "string" for k in range(1, self.top_k + 1)}}  # the rest: numbers
+        self.schema = pa.schema([pa.field(c, getattr(pa, kinds.get(c, "float64"))())
+                                 for c in score_columns(self.classes, self.top_k, openset, list(self.extra))],
                                 metadata={SCORES_TAG: "1", "run": run, "calibrated": str(calibrated)})
         self._stack: Any = None
         self._writer: Any = None
@@ -438,14 +448,17 @@ class ScoreWriter:
             self._sink.write(text.encode("utf-8"))
 
     def write(self, paths: Sequence[str], proba: np.ndarray, skipped: Sequence[tuple[str, str]] = (),
-              answers: Sequence[str] = (), openset_scores: Sequence[float] = ()) -> None:
+              answers: Sequence[str] = (), openset_scores: Sequence[float] = (),
+              extra_values: dict[str, Sequence] | None = None) -> None:
         """Rows for ``paths`` (``proba``: one row each, the run's class order; with ``openset``, their answers
-        and open-set scores) and for ``skipped`` photos."""
+        and open-set scores; ``extra_values``: each extra column's values) and for ``skipped`` photos."""
         import pyarrow as pa
 
         n, m = len(paths), len(skipped)
         order = np.argsort(-proba, axis=1, kind="stable")[:, : self.top_k]  # ties: the run's class order
         columns: dict[str, list] = {"path": [*paths, *(p for p, _ in skipped)]}
+        for name in self.extra:
+            columns[name] = [*(extra_values or {})[name], *[None] * m]
         if self.openset:
             columns["answer"] = [*answers, *[None] * m]
             columns["openset_score"] = [*map(float, openset_scores), *[None] * m]

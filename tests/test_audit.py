@@ -90,9 +90,76 @@ def test_near_duplicate_threshold_needs_a_mirror_or_a_value(planted) -> None:
     rows.X_flip = None
     with pytest.raises(ClothprobeError, match="--tta flip, or give --near-threshold"):
         near_threshold_of(rows, None)
-    with pytest.raises(ClothprobeError, match=r"cosine similarity in \(0, 1\]"):
-        near_threshold_of(rows, 1.5)
     assert near_threshold_of(rows, 0.9) == (0.9, "given (--near-threshold)")
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("seed", -1, "--seed must be a whole number >= 0"), ("few", 10**20, "--few must be a whole number >= 1"),
+    ("few", 0, "--few must be a whole number >= 1"), ("near_threshold", float("nan"), "--near-threshold must be"),
+    ("near_threshold", 1.5, "--near-threshold must be a finite number > 0 and <= 1")])
+def test_bad_options_are_one_line_before_any_work(tmp_path: Path, option, value, message) -> None:
+    with pytest.raises(ClothprobeError, match=message):  # no cache at all: the options are checked first
+        audit("clothes", features_dir=tmp_path / "none", html=tmp_path / "a.html", csv=tmp_path / "a.csv",
+              **{option: value})
+    assert not (tmp_path / "a.html").exists()
+
+
+def test_the_cli_refuses_a_bad_option_in_one_line(tmp_path: Path) -> None:
+    from conftest import cli
+
+    res = cli("audit", "--seed", "-1", "--near-threshold", "nan", cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "must be a" in res.stderr
+
+
+@pytest.mark.parametrize("sizes", [(2, 0, 0), (1, 1, 0), (3, 1, 0)])
+def test_a_tiny_dataset_is_audited_without_the_label_search(tmp_path: Path, sizes) -> None:
+    make_cache(tmp_path / "features", splits={"train": sizes}, images=tmp_path / "clothes")
+    result = run(tmp_path)
+    assert checks.LABEL_ISSUE not in result.counts
+    assert "Label issues: not searched; out-of-fold probabilities need two classes with two photos" in (
+        tmp_path / "audit.html").read_text()
+
+
+def test_near_duplicates_across_any_two_splits_are_leaks(tmp_path: Path) -> None:
+    path = make_cache(tmp_path / "features", splits=SIZES, separation=4.0, images=tmp_path / "clothes")
+    cache = load_features(path)
+    train, val, test = cache.splits["train"], cache.splits["validation"], cache.splits["test"]
+    val.embeddings[0] = train.embeddings[3] + 1e-3
+    test.embeddings[2] = val.embeddings[4] + 1e-3
+    write_arrays(path, cache.header, cache.splits)
+    by_kind = {}
+    for f in run(tmp_path).findings:
+        by_kind.setdefault(f.kind, []).append((f.split, f.path, f.other_split, f.other_path))
+    assert by_kind[checks.VALIDATION_NEAR_TRAINING] == [("validation", val.paths[0], "train", train.paths[3])]
+    assert by_kind[checks.TEST_NEAR_VALIDATION] == [("test", test.paths[2], "validation", val.paths[4])]
+    assert checks.TEST_NEAR_TRAINING not in by_kind and checks.NEAR_DUPLICATE not in by_kind
+
+
+def test_a_group_in_two_splits_is_listed_from_the_cache_or_a_groups_table(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from clothprobe.featurize.table import LabelsTable, TableRecord
+
+    path = make_cache(tmp_path / "features", splits=SIZES, separation=4.0, images=tmp_path / "clothes")
+    cache = load_features(path)
+    for name, s in cache.splits.items():  # senders of 5 photos each within a split; "leaky" in train and test
+        s.groups = [f"{name}-{i // 5}" for i in range(len(s))]
+    cache.splits["train"].groups[7] = cache.splits["test"].groups[3] = "leaky"
+    record = TableRecord(table="t.csv", images=138, split_by="column", split_column="split", group_column="sender")
+    write_arrays(path, replace(cache.header, table=record.to_dict()), cache.splits)
+    found = [f for f in run(tmp_path).findings if f.kind == checks.GROUP_ACROSS_SPLITS]
+    train, test = cache.splits["train"], cache.splits["test"]
+    assert [(f.split, f.path, f.other_split, f.other_path, f.detail) for f in found] == [
+        ("test", test.paths[3], "train", train.paths[7], "sender 'leaky': 1 in test, 1 in train")]
+    # any layout: the groups from a table naming each photo by its path without extension; "shop-0" has photos in
+    # train and validation, every other shop one photo
+    groups = tmp_path / "shops.csv"
+    groups.write_text("file,shop\n" + f"{train.paths[0][:-4]},shop-0\n{cache.splits['validation'].paths[1][:-4]},"
+                      f"shop-0\n" + "".join(f"{p[:-4]},shop-{k + 1}\n" for k, p in enumerate(test.paths)))
+    found = run(tmp_path, groups=LabelsTable(groups, image_column="file", group_column="shop")).findings
+    assert [(f.split, f.other_split, f.detail) for f in found if f.kind == checks.GROUP_ACROSS_SPLITS] == [
+        ("validation", "train", "shop 'shop-0': 1 in validation, 1 in train")]
+    assert "Groups: shop from shops.csv (26 of 138 photos listed)" in (tmp_path / "audit.html").read_text()
 
 
 def test_similar_pairs_are_exact() -> None:

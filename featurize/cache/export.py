@@ -17,10 +17,10 @@ if TYPE_CHECKING:
 
 
 def to_arrow(cache: FeatureCache) -> Any:
-    """A ``pyarrow.Table``, one row per image: split, path, label, class, sha256 and one fixed-size
-    list<float32> column per view (``embedding``, and ``flip`` with --tta flip: the taps read, side by
-    side); the recipe, class names and taps (``[[name, columns], ...]`` in column order) are in the schema
-    metadata."""
+    """A ``pyarrow.Table``, one row per image: split, path, label, class, sha256 (and group, for a labels table
+    with a group column) and one fixed-size list<float32> column per view (``embedding``, and ``flip`` with
+    --tta flip: the taps read, side by side); the recipe, class names and taps (``[[name, columns], ...]`` in
+    column order) are in the schema metadata."""
     pa = require("pyarrow", "export", f"Exporting {cache.path}")
     parts = [_arrow_split(cache, name, s) for name, s in cache.splits.items()]
     meta = {"clothprobe.recipe": canonical_json(cache.recipe.to_dict()),
@@ -40,7 +40,10 @@ def _arrow_split(cache: FeatureCache, name: str, s: SplitFeatures) -> Any:
     columns = {"split": pa.array([name] * len(s), pa.string()), "path": pa.array(list(s.paths), pa.string()),
                "label": pa.array(s.labels, pa.int32()),
                "class": pa.array([cache.class_names[i] for i in s.labels], pa.string()),
-               "sha256": pa.array(list(s.sha256), pa.string()), "embedding": vectors(s.embeddings)}
+               "sha256": pa.array(list(s.sha256), pa.string())}
+    if s.groups is not None:
+        columns["group"] = pa.array(list(s.groups), pa.string())
+    columns["embedding"] = vectors(s.embeddings)
     if s.flip is not None:
         columns[FLIPPED] = vectors(s.flip)
     return pa.table(columns)

@@ -43,6 +43,7 @@ class SplitFeatures:
     sha256: np.ndarray
     flip: np.ndarray | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    groups: np.ndarray | None = None  # each row's group (a table dataset with a group column), else None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -97,7 +98,7 @@ class FeatureCache:
         return CacheInfo(path=str(self.path), fingerprint=self.fingerprint, recipe=self.recipe, views=self.views,
                          data_root=self.header.data_root or None, images=n,
                          featurize_seconds=per_image * n if per_image > 0 else None,
-                         taps=tuple(name for name, _ in self.taps),
+                         taps=tuple(name for name, _ in self.taps), table=dict(self.header.table),
                          calibration_photos=self.header.calibration_photos)
 
     def to_arrow(self) -> Any:
@@ -177,6 +178,7 @@ def _read_split(group: h5py.Group, views: Sequence[str], available: Sequence[str
         sha256=as_strings(read_verified(group["sha256"])),
         flip=_read_view(group, FLIPPED, available, wanted) if FLIPPED in views else None,
         skipped=list(zip(as_strings(read_verified(group["skipped_paths"])), as_strings(read_verified(group["skipped_reasons"])))),
+        groups=as_strings(read_verified(group["groups"])) if "groups" in group else None,
     )
 
 

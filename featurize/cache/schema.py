@@ -9,7 +9,9 @@ Layout of ``features/<dataset>/<backbone>.h5`` (schema version 3)::
                              created, content_digest, data_fingerprint (the dataset's photos, identity.py;
                              written since 2026-12-07, absent before), calibration_photos (int8: JSON [path,
                              sha256] of each photo that calibrated the network, in order), header_checksum
-                             (SHA-256 of all the others)
+                             (SHA-256 of all the others);
+                             table (JSON, only for a dataset read from a labels table: how it was read and
+                             split, featurize/table.py's TableRecord; absent otherwise, and in older caches)
     /<split>/embeddings/<tap>   float32 (n, d_tap)   pooled output of each tap the recipe embeds
                                  (featurize/model/taps.py; one tap, named after the final layer, by default);
                                  float16 for every tap but the final layer (``taps.tap_dtype``; written since
@@ -18,6 +20,7 @@ Layout of ``features/<dataset>/<backbone>.h5`` (schema version 3)::
     /<split>/paths        utf-8 (n,)       path relative to the dataset root; rows are aligned with it
     /<split>/labels       int32 (n,)       index into class_names
     /<split>/sha256       ascii (n,)       content hash of the image file
+    /<split>/groups       utf-8 (n,)       each photo's group (a table dataset with a group column only)
     /<split>/skipped_paths, /<split>/skipped_reasons   utf-8   files that could not be used, and why
     /failures/sha256, /failures/reasons               contents that could not be decoded, not retried
 
@@ -95,6 +98,7 @@ class CacheHeader:
     # int8: (absolute path, sha256) of each photo that calibrated the quantized network, in the order it saw them,
     # so the network can be made again where the model store lacks it (a new machine); () otherwise
     calibration_photos: tuple[tuple[str, str], ...] = ()
+    table: dict[str, Any] = field(default_factory=dict)  # a table dataset's TableRecord.to_dict(); {}: folders
 
     @property
     def fingerprint(self) -> str:
@@ -111,6 +115,8 @@ class CacheHeader:
         }
         if self.calibration_photos:  # absent from caches made before it was recorded, and from float caches
             attrs["calibration_photos"] = canonical_json([list(p) for p in self.calibration_photos])
+        if self.table:  # written only for table datasets: a folder dataset's cache is as before
+            attrs["table"] = canonical_json(self.table)
         return {**attrs, "header_checksum": _header_checksum(attrs)}
 
     @classmethod
@@ -127,7 +133,8 @@ class CacheHeader:
                          decode=json.loads(attrs["decode"]), versions=json.loads(attrs["versions"]),
                          created=str(attrs["created"]), content_digest=str(attrs["content_digest"]),
                          data_fingerprint=str(attrs.get("data_fingerprint", "")),
-                         calibration_photos=calibration_photos(json.loads(attrs.get("calibration_photos", "[]"))))
+                         calibration_photos=calibration_photos(json.loads(attrs.get("calibration_photos", "[]"))),
+                         table=_json_object(attrs.get("table", "{}")))
             return header, list(json.loads(attrs["splits"]))
         except (KeyError, TypeError, ValueError, ClothprobeError) as err:
             raise CacheDamaged(f"its root attributes are incomplete ({err})") from None
@@ -145,6 +152,13 @@ def calibration_photos(value: Any) -> tuple[tuple[str, str], ...]:
             raise ValueError(f"calibration_photos holds {str(item)[:80]!r}, not a [path, sha256] pair")
         pairs.append((item[0], item[1]))
     return tuple(pairs)
+
+
+def _json_object(text: Any) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def canonical_json(value: Any) -> str:
@@ -169,6 +183,7 @@ class CacheInfo:
     featurize_seconds: float | None  # model time for all its images, None when unknown
     taps: tuple[str, ...] = ()  # the taps used (a subset of the recipe's, in its order); () = all of them
     calibration_photos: tuple[tuple[str, str], ...] = ()  # the cache's record (CacheHeader), for predict
+    table: dict[str, Any] = field(default_factory=dict)  # the cache's table record ({}: a folder dataset)
 
     def tap_columns(self) -> np.ndarray | None:
         """The columns of the taps used, in an embedding made with ``recipe`` (the cache's own network, so new
@@ -186,7 +201,8 @@ class CacheInfo:
         return {"path": self.path, "fingerprint": self.fingerprint, "recipe": self.recipe.to_dict(),
                 "views": list(self.views), "data_root": self.data_root, "images": self.images,
                 "featurize_seconds": self.featurize_seconds, "taps": list(self.taps),
-                "calibration_photos": [list(p) for p in self.calibration_photos]}
+                "calibration_photos": [list(p) for p in self.calibration_photos],
+                **({"table": self.table} if self.table else {})}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CacheInfo:
@@ -196,7 +212,7 @@ class CacheInfo:
             return cls(path=str(d["path"]), fingerprint=str(d["fingerprint"]), recipe=Recipe.from_dict(d["recipe"]),
                        views=tuple(d["views"]), data_root=d["data_root"], images=int(d["images"]),
                        featurize_seconds=None if seconds is None else float(seconds),
-                       taps=tuple(str(t) for t in d.get("taps", ())),
+                       taps=tuple(str(t) for t in d.get("taps", ())), table=dict(d.get("table", {})),
                        calibration_photos=calibration_photos(d.get("calibration_photos", [])))
         except (KeyError, TypeError, ValueError, AttributeError, ClothprobeError) as err:
             raise ClothprobeError(f"not a cache record this clothprobe can read ({err})") from None

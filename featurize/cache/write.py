@@ -72,6 +72,7 @@ class SplitRows:
     labels: list[int]
     sha256: list[str]
     skipped: list[tuple[str, str]]
+    groups: list[str] | None = None  # each row's group: a table dataset with a group column only
 
 
 def content_digest(header: CacheHeader, splits: dict[str, SplitRows], failures: dict[str, str]) -> str:
@@ -79,9 +80,13 @@ def content_digest(header: CacheHeader, splits: dict[str, SplitRows], failures: 
     digest = hashlib.sha256(canonical_json([SCHEMA_VERSION, header.fingerprint, list(header.class_names), list(header.views),
                                    header.dataset, header.data_root, header.decode, sorted(failures.items()),
                                    header.data_fingerprint]).encode())
+    if header.table:  # a table dataset's record and groups; a folder dataset's digest is as before
+        digest.update(canonical_json(["table", header.table]).encode())
     for name in sorted(splits):
         rows = splits[name]
         digest.update(canonical_json([name, rows.paths, rows.labels, rows.sha256, rows.skipped]).encode())
+        if rows.groups is not None:
+            digest.update(canonical_json(["groups", rows.groups]).encode())
     return digest.hexdigest()
 
 
@@ -131,6 +136,8 @@ def _write_split(group: h5py.Group, rows: SplitRows, header: CacheHeader, known:
     _dataset(group, "paths", np.array(rows.paths, dtype=object), STR)
     _dataset(group, "labels", np.array(rows.labels, dtype="<i4"))
     _dataset(group, "sha256", np.array(rows.sha256, dtype="S64"))
+    if rows.groups is not None:
+        _dataset(group, "groups", np.array(rows.groups, dtype=object), STR)
     _dataset(group, "skipped_paths", np.array([p for p, _ in rows.skipped], dtype=object), STR)
     _dataset(group, "skipped_reasons", np.array([r for _, r in rows.skipped], dtype=object), STR)
 
@@ -170,7 +177,8 @@ def write_arrays(path: Path, header: CacheHeader, splits: dict[str, SplitFeature
         for row, sha in enumerate(s.sha256):
             known[str(sha)] = (source, row)
         rows[name] = SplitRows(paths=list(s.paths), labels=[int(v) for v in s.labels],
-                               sha256=[str(v) for v in s.sha256], skipped=list(s.skipped))
+                               sha256=[str(v) for v in s.sha256], skipped=list(s.skipped),
+                               groups=None if s.groups is None else [str(v) for v in s.groups])
     header = replace(header, views=views)
     header = replace(header, content_digest=content_digest(header, rows, failures or {}))
     write_cache(path, header, rows, known, failures or {})

@@ -219,7 +219,7 @@ class Merger:
         splits = {}
         skipped = dict(index.unusable)
         for split, files in index.dataset.files.items():
-            rows = SplitRows(paths=[], labels=[], sha256=[], skipped=[])
+            rows = SplitRows(paths=[], labels=[], sha256=[], skipped=[], groups=[] if index.dataset.grouped else None)
             for f in files:
                 sha = index.hashes.get(f.rel_path)
                 why = skipped.get(f.rel_path) or self.faults.get(sha) or self.failures.get(sha)
@@ -231,6 +231,8 @@ class Merger:
                 rows.paths.append(f.rel_path)
                 rows.labels.append(f.label)
                 rows.sha256.append(sha)
+                if rows.groups is not None:
+                    rows.groups.append(f.group)
             rows.skipped = sorted((p, r) for p, r in skipped.items() if index.split_of[p] == split)
             splits[split] = rows
         return splits, skipped
