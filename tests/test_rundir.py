@@ -22,10 +22,20 @@ def _split(acc: float) -> SplitMetrics:
                         confusion_matrix=[[2, 0], [0, 2]], ci={"accuracy": [acc - 0.1, acc]}, source="test split")
 
 
+def cache_record() -> dict:
+    """A cache record as fit writes it into a manifest (``CacheInfo``; the run directory keeps it as it is)."""
+    from synthetic import recipe
+
+    from clothprobe.featurize.cache.schema import CacheInfo
+
+    r = recipe("vgg16", 4)
+    return CacheInfo("features/clothes/vgg16.h5", r.fingerprint, r, ("embeddings",), "/data/clothes", 8, None).to_dict()
+
+
 def make(run: str = "logreg-none", acc: float = 0.75) -> tuple[Manifest, Metrics, Predictions]:
     manifest = Manifest(run=run, dataset="clothes", kind=RunKind.CACHED_FEATURES, classes=["a", "b"], backbones=["vgg16"],
                         classifier="logreg", balance="none", tta=False, loss="categorical", seed=0, params={"C": 1.0},
-                        chosen={}, versions={}, caches={"vgg16": {"opaque": True}})
+                        chosen={}, versions={}, caches={"vgg16": cache_record()})
     metrics = Metrics(run=run, dataset="clothes", backbone="vgg16", classifier="logreg", balance="none", tta=False,
                       loss="categorical", seed=0, kind=RunKind.CACHED_FEATURES, selection="validation split",
                       selection_n=4, params={"C": 1.0}, chosen={}, candidates=[], fit_seconds=1.0,
@@ -45,7 +55,7 @@ def test_round_trip(tmp_path: Path) -> None:
     assert sorted(p.name for p in run.iterdir()) == [".clothprobe-run", "manifest.json", "metrics.json", "model.bin",
                                                      "predictions.csv"]
     manifest = rundir.read_manifest(run)
-    assert manifest.caches == {"vgg16": {"opaque": True}} and manifest.model == {"format": "test", "file": "model.bin"}
+    assert manifest.caches == {"vgg16": cache_record()} and manifest.model == {"format": "test", "file": "model.bin"}
     assert set(manifest.sha256) == {"metrics.json", "model.bin", "predictions.csv"}
     rundir.verify(run, manifest)
     metrics = rundir.read_metrics(run)

@@ -1,12 +1,14 @@
 """Which data a cache is of: the one place that says whether a cache holds a given dataset folder's photos.
 
 A cache's identity is its dataset folder (``data_root``, an absolute path) and the fingerprint of the photos
-that folder held when the cache was written (``data_fingerprint``: SHA-256 of the sorted ``(split, relative
-path, content SHA-256)`` of every photo file in a class folder, those that did not decode included; files
-outside class folders and special files are not part of it). Both are in the cache's header.
+that folder held when the cache was written (``data_fingerprint``: SHA-256 of the sorted content SHA-256 of
+every photo file of the dataset, those that did not decode included; files outside class folders and special
+files are not part of it). Both are in the cache's header. The fingerprint is of the photos' content alone, not
+of their names, folders or splits: the same photos reorganised (into subfolders, another table, other splits)
+are the same data, whose labels and splits featurize brings up to date.
 
 A folder ``DIR`` is the cache's data when ``DIR`` is its ``data_root``, or when ``DIR``'s photos have its
-fingerprint: the same photos moved or copied elsewhere. Anything else is another dataset, even with the same
+fingerprint: the same photos moved, copied or reorganised elsewhere. Anything else is another dataset, even with the same
 folder name: ``featurize`` does not write over that cache without ``--rebuild``, and ``fit``, ``audit`` and
 ``fit --unknown`` do not read it for ``DIR`` (one line naming both). A dataset whose photos changed in place
 (same folder) is the same dataset: ``featurize`` brings its cache up to date.
@@ -18,7 +20,7 @@ dataset for it (``featurize --rebuild`` records the fingerprint; no embedding is
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,15 +31,14 @@ if TYPE_CHECKING:
     from clothprobe.featurize.engines.plan import FileIndex
 
 
-def fingerprint(files: dict[str, tuple[str, str]]) -> str:
-    """``files``: relative path -> (split, content SHA-256), one per photo file of the dataset."""
-    rows = sorted((split, rel, sha) for rel, (split, sha) in files.items())
-    return "sha256:" + hashlib.sha256(canonical_json(rows).encode()).hexdigest()
+def fingerprint(hashes: Iterable[str]) -> str:
+    """``hashes``: the content SHA-256 of each photo file of the dataset, in any order."""
+    return "sha256:" + hashlib.sha256(canonical_json(sorted(hashes)).encode()).hexdigest()
 
 
 def index_fingerprint(index: FileIndex) -> str:
     """The fingerprint of a ``FileIndex`` (``featurize/engines/plan.py``): every file it could hash."""
-    return fingerprint({rel: (index.split_of[rel], sha) for rel, sha in index.hashes.items()})
+    return fingerprint(index.hashes.values())
 
 
 def folder_fingerprint(folder: Path) -> str:
