@@ -850,11 +850,22 @@ def main() -> None:
         err.print(Text("error: ", style="bold red") + Text(str(error)), highlight=False)
         sys.exit(2)
     except Interrupted as interrupted:
-        err.print(Text(str(interrupted)), highlight=False)
-        sys.exit(130)
+        _exit_interrupted(str(interrupted))
     except KeyboardInterrupt:  # before any command ran
-        err.print(Text(INTERRUPTED_ELSE), highlight=False)
-        sys.exit(130)
+        _exit_interrupted(INTERRUPTED_ELSE)
+
+
+def _exit_interrupted(line: str) -> None:
+    """Say what Ctrl-C kept and leave with 130 at once. Every ``finally`` has run by now (temporaries removed,
+    locks released); interpreter shutdown is skipped, because a native thread pool caught mid-task (a C++
+    ``std::thread`` still running) aborts the process there ("terminate called without an active exception",
+    exit -6) about one time in six, after the line was printed."""
+    import os
+
+    err.print(Text(line), highlight=False)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 
 if __name__ == "__main__":
