@@ -1,0 +1,126 @@
+"""One head's search for every balance mode asked for: each candidate tap set x balance mode is one ``select``
+(the grid, chosen on validation or by cv), and each run keeps its best tap set, as ``cli fit --taps`` says
+(``classifiers/taps.py``). Never on test.
+
+What makes it fast, with the same choices as searching each run alone:
+
+- **Shared work.** The searches of one tap set share what does not depend on the balance mode (the scaler
+  fitted on the training rows and the rows it scales, the rows held out for early stopping, LightGBM's
+  binned rows; ``classifiers/shared.py``): computed once, each a pure function of the rows and the seed.
+  A tap set's columns and shared work live while its searches run, and are dropped after the last one.
+- **Side by side.** Heads that keep no process-wide state use every core with one thread per fit: a
+  warm-started path (logistic regression's C) is one chain, so the (tap set, balance mode) searches run side
+  by side, each with one BLAS thread; LightGBM's grid entries are independent fits, so they run side by side
+  within each search. Small fits share out badly over threads, and under a second load on the same cores
+  a 2-thread LightGBM fit ran 12x slower than a 1-thread one (bench/fit.py). The Keras head (process-wide
+  seeding) runs one fit at a time, as before.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+from clothprobe.classifiers.data import FeatureSet
+from clothprobe.classifiers.registry import ClassifierSpec, available_cores
+from clothprobe.classifiers.select import Selection, Sharing, select
+from clothprobe.classifiers.shared import SharedWork
+from clothprobe.classifiers.taps import TapChoice, compare_on_held, held_score, restrict, tap_candidates
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a head: its balance mode and loss."""
+
+    balance: str
+    loss: str
+
+
+@dataclass
+class TapSearch:
+    """A run's search: the tap set kept, the selection on it, the record of every candidate (for the run's
+    metrics), and the seconds its searches took (each shared step counted where it was done)."""
+
+    choice: TapChoice
+    selection: Selection
+    record: dict
+    seconds: float
+
+
+class _TapSets:
+    """Each candidate tap set's columns and shared work: made by its first search, dropped after its last."""
+
+    def __init__(self, data: FeatureSet, choices: list[TapChoice], searches_each: int) -> None:
+        self.data, self.choices = data, choices
+        self._left = [searches_each] * len(choices)
+        self._held: dict[int, tuple[FeatureSet, SharedWork]] = {}
+        self._lock = threading.Lock()
+        self._making = [threading.Lock() for _ in choices]
+
+    def take(self, c: int) -> tuple[FeatureSet, SharedWork]:
+        with self._making[c]:
+            if c not in self._held:
+                self._held[c] = (restrict(self.data, self.choices[c]), SharedWork())
+            return self._held[c]
+
+    def done(self, c: int) -> None:
+        with self._lock:
+            self._left[c] -= 1
+            if not self._left[c]:
+                self._held.pop(c, None)
+
+
+def _columns(data: FeatureSet, choice: TapChoice) -> int:
+    return sum(b.width for b in data.blocks if b.tap in choice.taps[b.backbone])
+
+
+def search_runs(spec: ClassifierSpec, data: FeatureSet, runs: list[Run], *, tta: bool, seed: int, mode: str,
+                taps: str) -> list[TapSearch]:
+    """Each run's search over the tap sets ``taps`` stands for (see the module docstring); in ``runs``' order."""
+    choices = tap_candidates(data, taps)
+    cores = available_cores() if spec.concurrent else 1
+    side_by_side, grid_workers = (cores, 1) if spec.path else (1, cores)
+    tap_sets = _TapSets(data, choices, len(runs))
+    units = [(c, r) for c in range(len(choices)) for r in range(len(runs))]  # tap set by tap set: little held
+
+    def search(unit: tuple[int, int]) -> tuple[Selection, float]:
+        c, r = unit
+        subset, shared = tap_sets.take(c)
+        started = time.perf_counter()
+        sharing = Sharing(shared, choices[c].name, grid_workers)
+        selection = select(spec, subset, runs[r].balance, seed, tta, runs[r].loss, mode, sharing)
+        tap_sets.done(c)
+        return selection, time.perf_counter() - started
+
+    if side_by_side > 1 and len(units) > 1:
+        with _one_blas_thread(), ThreadPoolExecutor(max_workers=side_by_side) as pool:
+            done = dict(zip(units, pool.map(search, units)))
+    else:
+        done = {unit: search(unit) for unit in units}
+    return [_kept(taps, data, [(choices[c], done[(c, r)][0]) for c in range(len(choices))],
+                  sum(done[(c, r)][1] for c in range(len(choices))), seed) for r in range(len(runs))]
+
+
+def _kept(request: str, data: FeatureSet, tried: list[tuple[TapChoice, Selection]], seconds: float,
+          seed: int) -> TapSearch:
+    """The candidate with the best score on the selection data (then the lowest log loss, then the first)."""
+    scores = [held_score(s.held.y, s.held.proba) for _, s in tried]
+    best = max(range(len(tried)), key=lambda i: (scores[i][0], -scores[i][1], -i))
+    record = {"request": request, "chosen": tried[best][0].name,
+              "used": {b: list(t) for b, t in tried[best][0].taps.items()},
+              "candidates": [{"name": c.name, "taps": {b: list(t) for b, t in c.taps.items()}, "accuracy": acc,
+                              "log_loss": ll, "columns": _columns(data, c),
+                              **compare_on_held(s.held, tried[0][1].held, len(data.class_names), seed)}
+                             for (c, s), (acc, ll) in zip(tried, scores)]}
+    return TapSearch(tried[best][0], tried[best][1], record, seconds)
+
+
+def _one_blas_thread() -> AbstractContextManager:
+    """BLAS at one thread while searches run side by side (restored after), so two of them do not ask for four
+    threads on two cores (threadpoolctl, which scikit-learn depends on)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
