@@ -96,9 +96,12 @@ class Embedder:
         b = self.batch_size
         return {view: out[i * b : i * b + n] for i, view in enumerate(self.view_names)}
 
-    def run(self, files: Sequence[Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Batch]:
-        """Embed ``files`` in order, batch by batch; files that cannot be decoded are reported, not fatal."""
-        for start, decoded in decoded_batches(files, self.recipe.input_size, self.batch_size, max_pixels):
+    def run(self, files: Sequence[Path], max_pixels: int = DEFAULT_MAX_PIXELS,
+            groups: Sequence[int] | None = None) -> Iterator[Batch]:
+        """Embed ``files`` in order, batch by batch; files that cannot be decoded are reported, not fatal.
+        ``groups``: sizes of consecutive runs of ``files`` that no batch may straddle (shards)."""
+        for start, decoded in decoded_batches(files, self.recipe.input_size, self.batch_size, max_pixels,
+                                              groups=groups):
             good = [i for i, (image, _) in enumerate(decoded) if image is not None]
             views = (self.embed_array(np.stack([decoded[i][0] for i in good])) if good
                      else {v: np.empty((0, 0), np.float32) for v in self.view_names})
@@ -116,20 +119,32 @@ def _load(path: Path, size: int, max_pixels: int) -> tuple[np.ndarray | None, st
         return None, str(err)
 
 
-def decoded_batches(files: Sequence[Path], size: int, batch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
-                    prefetch: int = PREFETCH_BATCHES) -> Iterator[tuple[int, list[tuple[np.ndarray | None, str]]]]:
-    """Decode and resize in parallel threads (Pillow releases the GIL), ``prefetch`` batches ahead of the
-    consumer, in order. At most ``prefetch + 1`` batches are in memory, whatever the dataset size."""
-    starts = list(range(0, len(files), batch_size))
-    with ThreadPoolExecutor(max_workers=decode_workers()) as pool_:
-        def submit(start: int) -> list[Future]:
-            return [pool_.submit(_load, f, size, max_pixels) for f in files[start : start + batch_size]]
+def batch_bounds(total: int, batch_size: int, groups: Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """``(start, end)`` of each batch of ``total`` items, ``batch_size`` at most, none straddling two of the
+    consecutive ``groups`` (their sizes; None: one group)."""
+    bounds, begin = [], 0
+    for size in groups if groups is not None else [total]:
+        bounds += [(s, min(s + batch_size, begin + size)) for s in range(begin, begin + size, batch_size)]
+        begin += size
+    return bounds
 
-        queue = deque(submit(s) for s in starts[: prefetch + 1])
-        for k, start in enumerate(starts):
+
+def decoded_batches(files: Sequence[Path], size: int, batch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+                    prefetch: int = PREFETCH_BATCHES, groups: Sequence[int] | None = None,
+                    ) -> Iterator[tuple[int, list[tuple[np.ndarray | None, str]]]]:
+    """Decode and resize in parallel threads (Pillow releases the GIL), ``prefetch`` batches ahead of the
+    consumer, in order, across ``groups`` too (batches never straddle two: ``batch_bounds``). At most
+    ``prefetch + 1`` batches are in memory, whatever the dataset size."""
+    bounds = batch_bounds(len(files), batch_size, groups)
+    with ThreadPoolExecutor(max_workers=decode_workers()) as pool_:
+        def submit(start: int, end: int) -> list[Future]:
+            return [pool_.submit(_load, f, size, max_pixels) for f in files[start:end]]
+
+        queue = deque(submit(*b) for b in bounds[: prefetch + 1])
+        for k, (start, _) in enumerate(bounds):
             futures = queue.popleft()
-            if k + prefetch + 1 < len(starts):
-                queue.append(submit(starts[k + prefetch + 1]))
+            if k + prefetch + 1 < len(bounds):
+                queue.append(submit(*bounds[k + prefetch + 1]))
             yield start, [f.result() for f in futures]
 
 
