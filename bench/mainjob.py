@@ -101,6 +101,7 @@ def child(a: argparse.Namespace) -> None:
     alone = {s["stage"]: _network_alone(Path(s["cache"]), a.weights, a.tta) for s in stages if "cache" in s}
     result = {"total": total, "peak_gb": peak_gb, "stages": stages, "alone": alone,
               "steps": {label: timer.seconds.get(label, 0.0) for label in steps},
+              "steps_cpu": {label: timer.cpu.get(label, 0.0) for label in steps},
               "cache_mb": sum(f.stat().st_size for f in (work / "features").rglob("*.h5")) / 1e6,
               "chosen": {"run": f"{best.backbone} {best.run}", "taps": (best.taps or {}).get("chosen"),
                          "validation": best.validation.accuracy, "test": best.test.accuracy,
@@ -130,7 +131,10 @@ def _rows(versions: list[tuple[str, dict]]) -> list[tuple]:
         figures: dict[str, float] = {}
         for s in r["stages"]:
             if s["stage"].startswith("fit") and not any(k.startswith("  ") for k in figures):
-                figures.update({f"  {label}": seconds for label, seconds in r["steps"].items() if seconds > 0})
+                for label, seconds in r["steps"].items():
+                    if seconds > 0:
+                        figures[f"  {label}"] = seconds
+                        figures[f"  {label}, CPU s (all threads)"] = r["steps_cpu"][label]
                 figures.update({f"  embedding loop, {f['stage']}": f["loop_seconds"] for f in r["stages"]
                                 if "loop_seconds" in f})
             figures[s["stage"]] = s["seconds"]

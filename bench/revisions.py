@@ -68,27 +68,31 @@ def run_child(script: Path, args: list[str], code: Path, result: Path, env: dict
 
 
 class StepTimer:
-    """Exclusive wall seconds of named steps: each wrapped function's time, less the time of wrapped steps it
-    calls. ``wrap`` replaces a function wherever clothprobe's modules imported it (a benchmark's own
-    instrument: it only runs in the benchmark's child process)."""
+    """Exclusive wall and CPU seconds (every thread of the process) of named steps: each wrapped function's
+    time, less the time of wrapped steps it calls. CPU seconds stand for what a step costs on a machine
+    other work also loads. ``wrap`` replaces a function wherever clothprobe's modules imported it (a
+    benchmark's own instrument: it only runs in the benchmark's child process, on its main thread)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
         self.calls: dict[str, int] = {}
-        self._stack: list[float] = []  # child seconds of each open step
+        self._stack: list[list[float]] = []  # wall and CPU seconds of the wrapped steps inside each open one
 
     def _timed(self, label: str, call: Callable[[], Any]) -> Any:
-        self._stack.append(0.0)
-        started = time.perf_counter()
+        self._stack.append([0.0, 0.0])
+        started, cpu = time.perf_counter(), time.process_time()
         try:
             return call()
         finally:
-            took = time.perf_counter() - started
-            inner = self._stack.pop()
+            took, took_cpu = time.perf_counter() - started, time.process_time() - cpu
+            inner, inner_cpu = self._stack.pop()
             self.seconds[label] = self.seconds.get(label, 0.0) + took - inner
+            self.cpu[label] = self.cpu.get(label, 0.0) + took_cpu - inner_cpu
             self.calls[label] = self.calls.get(label, 0) + 1
             if self._stack:
-                self._stack[-1] += took
+                self._stack[-1][0] += took
+                self._stack[-1][1] += took_cpu
 
     def wrap(self, module: str, name: str, label: str, generator: bool = False) -> bool:
         """Time ``module.name`` (``Class.method`` for a method) under ``label``; False when this version of

@@ -29,16 +29,17 @@ MAX_BIN = 63
 
 class BinnedRows:
     """Rows binned once by LightGBM: ``X`` (with labels ``y``) and, when given, ``X_stop``/``y_stop`` (the rows
-    early stopping watches) on the same bin edges. ``params``: LightGBM's dataset parameters."""
+    early stopping watches) on the same bin edges. ``params``: LightGBM's dataset parameters; ``threads``: for
+    the binning (each column on its own: it shares out well), the fits keep their own."""
 
     def __init__(self, X: np.ndarray, y: np.ndarray, X_stop: np.ndarray | None = None,
-                 y_stop: np.ndarray | None = None, *, params: dict) -> None:
+                 y_stop: np.ndarray | None = None, *, params: dict, threads: int = 1) -> None:
         import lightgbm
 
         self.shape = X.shape
         self.classes = np.unique(y)
         self.params = dict(params)
-        self._bins = lightgbm.Dataset(X, np.searchsorted(self.classes, y), params=self.params,
+        self._bins = lightgbm.Dataset(X, np.searchsorted(self.classes, y), params={**self.params, "num_threads": threads},
                                       free_raw_data=True).construct()
         self._stop = None
         if X_stop is not None:

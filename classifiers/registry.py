@@ -67,13 +67,13 @@ def _lgbm(params: dict, balanced: bool, seed: int, loss: str) -> Any:
 
 
 def _lgbm_prepare(estimator: Any, X: np.ndarray, y: np.ndarray, X_stop: np.ndarray | None,
-                  y_stop: np.ndarray | None) -> dict:
+                  y_stop: np.ndarray | None, threads: int) -> dict:
     """The rows binned once for every grid entry; early stopping on ``X_stop`` (held out of ``X``), so the
     number of rounds is chosen without the rows the candidates are then ranked on. Gains under
     ``LGBM_MIN_DELTA`` in log loss do not count, so separable data does not run to the cap."""
     from clothprobe.classifiers.boosting import BinnedRows
 
-    return {"binned": BinnedRows(X, y, X_stop, y_stop, params=estimator.dataset_params())}
+    return {"binned": BinnedRows(X, y, X_stop, y_stop, params=estimator.dataset_params(), threads=threads)}
 
 
 def _lgbm_chosen(estimator: Any) -> dict:
@@ -97,8 +97,9 @@ class ClassifierSpec:
 
     ``build(params, balanced, seed, loss)``: ``params`` is a grid entry plus, from the fit, ``columns`` (the
     input's width).
-    ``prepare(estimator, X, y, X_stop, y_stop)`` (optional): work every grid entry shares, done once per
-    search on the first entry's estimator (LightGBM's binning); it returns extra ``fit`` arguments.
+    ``prepare(estimator, X, y, X_stop, y_stop, threads)`` (optional): work every grid entry shares, done once
+    per search on the first entry's estimator (LightGBM's binning), on ``threads`` threads; it returns extra
+    ``fit`` arguments.
     ``stops_early``: a share of the training rows is held out of the fit for early stopping (``X_stop``).
     ``chosen`` reports settings the fit itself chose (rounds, epochs). ``scale`` puts a StandardScaler first.
     ``path``: the grid is fitted in order on one estimator that warm-starts from the previous entry.
@@ -116,7 +117,7 @@ class ClassifierSpec:
     scale: bool = True
     path: bool = False
     stops_early: bool = False
-    prepare: Callable[[Any, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None], dict] | None = None
+    prepare: Callable[[Any, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, int], dict] | None = None
     chosen: Callable[[Any], dict] = field(default=lambda est: {})
     concurrent: bool = True
     run_taps: str = "auto"

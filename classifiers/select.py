@@ -135,7 +135,7 @@ def _base_rows(spec: ClassifierSpec, X: np.ndarray, y: np.ndarray, seed: int, ea
 
 def _rows(spec: ClassifierSpec, grid: tuple[dict, ...] | list[dict], X: np.ndarray, y: np.ndarray, balance: str,
           seed: int, loss: str, early_stop: bool, column_scale: np.ndarray | None, shared: SharedWork,
-          key: Hashable | None) -> tuple[_Rows, dict]:
+          key: Hashable | None, threads: int) -> tuple[_Rows, dict]:
     """The shared steps fitted (each computed once per ``key`` in ``shared``), the balance mode's sampler, and
     the fit arguments every grid entry shares (``spec.prepare``)."""
     shape = key and (key, spec.scale, spec.stops_early and early_stop, seed)
@@ -151,7 +151,7 @@ def _rows(spec: ClassifierSpec, grid: tuple[dict, ...] | list[dict], X: np.ndarr
     if spec.prepare is not None:
         first = spec.build({**grid[0], "columns": rows.X.shape[1]}, balance == "weights", seed, loss)
         extra = shared.get(shape and ("prepare", spec.name, shape, bool(sampler)),
-                           lambda: spec.prepare(first, rows.X, rows.y, rows.X_stop, rows.y_stop))
+                           lambda: spec.prepare(first, rows.X, rows.y, rows.X_stop, rows.y_stop, threads))
     return rows, extra
 
 
@@ -166,7 +166,7 @@ def _fit_grid(spec: ClassifierSpec, grid: tuple[dict, ...] | list[dict], X: np.n
     along the grid; other heads that may run concurrently fit ``workers`` entries at a time.
     ``column_scale``: each tap's weight, folded into the scaler (``classifiers/taps.py``)."""
     rows, extra = _rows(spec, grid, X, y, balance, seed, loss, early_stop, column_scale,
-                       SharedWork() if shared is None else shared, key)
+                        SharedWork() if shared is None else shared, key, workers)
     min_count = int(np.bincount(rows.y)[np.unique(rows.y)].min())
 
     def build(params: dict) -> Any:
