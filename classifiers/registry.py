@@ -15,6 +15,7 @@ from clothprobe.classifiers.dense import LOSSES
 from clothprobe.errors import ClothprobeError
 
 BALANCES = ("none", "weights", "smote")
+TAP_SEARCHES = ("joint", "first-entry")  # how --taps auto searches a head's grid (ClassifierSpec.tap_search)
 SMOTE_NEIGHBOURS = 5
 LGBM_MAX_ROUNDS = 2000
 LOGREG_TOL = 1e-3
@@ -105,6 +106,9 @@ class ClassifierSpec:
     ``path``: the grid is fitted in order on one estimator that warm-starts from the previous entry.
     ``concurrent``: its fits keep no process-wide state, so a search may run them in threads side by side
     (not the Keras head, whose seeding is process-wide).
+    ``tap_search``: how ``--taps auto`` searches: ``joint`` fits every grid entry on every candidate tap set;
+    ``first-entry`` compares the tap sets at the grid's first entry and searches the rest of the grid on the
+    tap set kept (for heads whose fits cost seconds each: a quarter to a half of the fits).
     ``run_taps``: the ``--taps`` request ``cli run`` fits this head with (``auto`` everywhere else): a head
     whose wide tap sets cost several times its fit takes the final tap there, to keep the main job in its
     minutes (docs/guide/run.md).
@@ -120,6 +124,11 @@ class ClassifierSpec:
     prepare: Callable[[Any, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, int], dict] | None = None
     chosen: Callable[[Any], dict] = field(default=lambda est: {})
     concurrent: bool = True
+    tap_search: str = "joint"
+
+    def __post_init__(self) -> None:
+        if self.tap_search not in TAP_SEARCHES:
+            raise ValueError(f"{self.name}: tap_search must be one of {', '.join(TAP_SEARCHES)}, not {self.tap_search!r}")
     run_taps: str = "auto"
 
 
@@ -132,12 +141,14 @@ CLASSIFIERS: dict[str, ClassifierSpec] = {
             name="lgbm", build=_lgbm,
             grid=tuple({"num_leaves": nl, "learning_rate": lr} for nl in (7, 15) for lr in (0.05, 0.1)),
             file_format="lightgbm", scale=False, stops_early=True, prepare=_lgbm_prepare, chosen=_lgbm_chosen,
+            tap_search="first-entry",
             run_taps="final",  # 4 tap sets cost ~7x the final tap's fit for +1-2 pp on validation; cli run
             # fits it 3 times (docs/guide/taps.md)
         ),
         ClassifierSpec(
             name="dense", build=_dense, grid=tuple({"learning_rate": 1e-3, "dropout": d} for d in (0.2, 0.5)),
-            file_format="keras", chosen=_dense_chosen, concurrent=False, run_taps="final",  # 4 tap sets cost ~5x the final
+            file_format="keras", chosen=_dense_chosen, concurrent=False, tap_search="first-entry",
+            run_taps="final",  # 4 tap sets cost ~5x the final
             # tap's fit for +1-5 pp on validation, as for lgbm (docs/guide/taps.md)
         ),
     )

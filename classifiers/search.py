@@ -22,11 +22,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from clothprobe.classifiers.data import FeatureSet
 from clothprobe.classifiers.registry import ClassifierSpec, available_cores
-from clothprobe.classifiers.select import Selection, Sharing, select
+from clothprobe.classifiers.select import Selection, Sharing, best_candidate, select
 from clothprobe.classifiers.shared import SharedWork
 from clothprobe.classifiers.taps import TapChoice, compare_on_held, held_score, restrict, tap_candidates
 
@@ -51,26 +51,39 @@ class TapSearch:
 
 
 class _TapSets:
-    """Each candidate tap set's columns and shared work: made by its first search, dropped after its last."""
+    """Each candidate tap set's columns and shared work. The columns are made by the first search that needs them
+    and dropped after the last one that was planned (``plan``); the shared work (binned rows, scaled rows)
+    lives until ``release`` too, so a second round of searches on a tap set kept finds it."""
 
-    def __init__(self, data: FeatureSet, choices: list[TapChoice], searches_each: int) -> None:
+    def __init__(self, data: FeatureSet, choices: list[TapChoice]) -> None:
         self.data, self.choices = data, choices
-        self._left = [searches_each] * len(choices)
-        self._held: dict[int, tuple[FeatureSet, SharedWork]] = {}
+        self._planned = [0] * len(choices)
+        self._columns: dict[int, FeatureSet] = {}
+        self._shared: dict[int, SharedWork] = {}
         self._lock = threading.Lock()
         self._making = [threading.Lock() for _ in choices]
 
+    def plan(self, units: list[tuple[int, int]]) -> None:
+        for c, _ in units:
+            self._planned[c] += 1
+
     def take(self, c: int) -> tuple[FeatureSet, SharedWork]:
         with self._making[c]:
-            if c not in self._held:
-                self._held[c] = (restrict(self.data, self.choices[c]), SharedWork())
-            return self._held[c]
+            if c not in self._columns:
+                self._columns[c] = restrict(self.data, self.choices[c])
+            return self._columns[c], self._shared.setdefault(c, SharedWork())
 
     def done(self, c: int) -> None:
         with self._lock:
-            self._left[c] -= 1
-            if not self._left[c]:
-                self._held.pop(c, None)
+            self._planned[c] -= 1
+            if not self._planned[c]:
+                self._columns.pop(c, None)
+
+    def release(self, keep: set[int]) -> None:
+        """Drop the shared work of every tap set but ``keep``."""
+        with self._lock:
+            for c in set(self._shared) - keep:
+                del self._shared[c]
 
 
 def _columns(data: FeatureSet, choice: TapChoice) -> int:
@@ -79,29 +92,56 @@ def _columns(data: FeatureSet, choice: TapChoice) -> int:
 
 def search_runs(spec: ClassifierSpec, data: FeatureSet, runs: list[Run], *, tta: bool, seed: int, mode: str,
                 taps: str) -> list[TapSearch]:
-    """Each run's search over the tap sets ``taps`` stands for (see the module docstring); in ``runs``' order."""
+    """Each run's search over the tap sets ``taps`` stands for (see the module docstring); in ``runs``' order.
+    ``spec.tap_search`` ``first-entry``: the tap sets are compared at the grid's first entry, and the rest of
+    the grid is searched on the tap set each run keeps (with the work shared there in the first round)."""
     choices = tap_candidates(data, taps)
+    coordinate = spec.tap_search == "first-entry" and len(choices) > 1 and len(spec.grid) > 1
+    tap_sets = _TapSets(data, choices)
+    every = [(c, r) for c in range(len(choices)) for r in range(len(runs))]  # tap set by tap set: little held
+    compared = replace(spec, grid=spec.grid[:1]) if coordinate else spec
+    done = _searched(compared, tap_sets, runs, every, tta=tta, seed=seed, mode=mode)
+    found = [_kept(taps, data, [(choices[c], done[(c, r)][0]) for c in range(len(choices))],
+                   sum(done[(c, r)][1] for c in range(len(choices))), seed) for r in range(len(runs))]
+    kept = [choices.index(f.choice) for f in found]
+    tap_sets.release(set(kept) if coordinate else set())
+    if not coordinate:
+        return found
+    units = sorted(((kept[r], r) for r in range(len(runs))), key=lambda u: u[0])
+    rest = _searched(replace(spec, grid=spec.grid[1:]), tap_sets, runs, units, tta=tta, seed=seed, mode=mode)
+    return [replace(f, selection=_merged(f.selection, rest[(kept[r], r)][0]), seconds=f.seconds + rest[(kept[r], r)][1])
+            for r, f in enumerate(found)]
+
+
+def _searched(spec: ClassifierSpec, tap_sets: _TapSets, runs: list[Run], units: list[tuple[int, int]], *,
+              tta: bool, seed: int, mode: str) -> dict:
+    """``(tap set, run) -> (Selection, seconds)`` for each unit, work shared and fits side by side as the module
+    docstring says."""
     cores = available_cores() if spec.concurrent else 1
     side_by_side, grid_workers = (cores, 1) if spec.path else (1, cores)
-    tap_sets = _TapSets(data, choices, len(runs))
-    units = [(c, r) for c in range(len(choices)) for r in range(len(runs))]  # tap set by tap set: little held
+    tap_sets.plan(units)
 
     def search(unit: tuple[int, int]) -> tuple[Selection, float]:
         c, r = unit
         subset, shared = tap_sets.take(c)
         started = time.perf_counter()
-        sharing = Sharing(shared, choices[c].name, grid_workers)
+        sharing = Sharing(shared, tap_sets.choices[c].name, grid_workers)
         selection = select(spec, subset, runs[r].balance, seed, tta, runs[r].loss, mode, sharing)
         tap_sets.done(c)
         return selection, time.perf_counter() - started
 
     if side_by_side > 1 and len(units) > 1:
         with _one_blas_thread(), ThreadPoolExecutor(max_workers=side_by_side) as pool:
-            done = dict(zip(units, pool.map(search, units)))
-    else:
-        done = {unit: search(unit) for unit in units}
-    return [_kept(taps, data, [(choices[c], done[(c, r)][0]) for c in range(len(choices))],
-                  sum(done[(c, r)][1] for c in range(len(choices))), seed) for r in range(len(runs))]
+            return dict(zip(units, pool.map(search, units)))
+    return {unit: search(unit) for unit in units}
+
+
+def _merged(first: Selection, rest: Selection) -> Selection:
+    """One selection over the candidates of both (``first``'s come first in the grid), choosing as ``select``
+    does."""
+    candidates = [*first.candidates, *rest.candidates]
+    winner = first if best_candidate(candidates) < len(first.candidates) else rest
+    return replace(winner, candidates=candidates)
 
 
 def _kept(request: str, data: FeatureSet, tried: list[tuple[TapChoice, Selection]], seconds: float,

@@ -88,7 +88,7 @@ def _score(y: np.ndarray, proba: np.ndarray) -> tuple[float, float]:
     return accuracy_score(y, proba.argmax(1)), log_loss(y, proba, labels=range(proba.shape[1]))
 
 
-def _best(candidates: list[Candidate]) -> int:
+def best_candidate(candidates: list[Candidate]) -> int:
     """Highest accuracy, then lowest log loss, then the earliest grid entry (deterministic)."""
     return max(range(len(candidates)), key=lambda i: (candidates[i].accuracy, -candidates[i].log_loss, -i))
 
@@ -225,7 +225,7 @@ def _on_validation(spec: ClassifierSpec, data: FeatureSet, balance: str, seed: i
     probas = [predict_split(model, val, n_classes, tta) for model in models]
     candidates = [Candidate(params, *_score(val.y, proba), spec.chosen(model[-1]), took)
                   for params, model, proba, took in zip(spec.grid, models, probas, seconds)]
-    best = _best(candidates)
+    best = best_candidate(candidates)
     held = Held(val.y, probas[best], "validation split", val.y, probas[best])
     return Selection(spec.grid[best], candidates[best].chosen, "validation split", "validation", candidates,
                      models[best], held)
@@ -265,7 +265,7 @@ def _cross_validated(spec: ClassifierSpec, data: FeatureSet, balance: str, seed:
         candidates.append(Candidate(params, float(np.mean([r.accuracy for r in runs])),
                                     float(np.mean([r.log_loss for r in runs])), chosen,
                                     float(sum(r.seconds for r in runs))))
-    best = _best(candidates)
+    best = best_candidate(candidates)
     params, chosen = spec.grid[best], candidates[best].chosen
     # Refit on every row; settings the folds chose (rounds) are fixed now that no held-out data is left.
     (model,), _ = _fit_grid(spec, [{**params, **chosen}], rows.X, rows.y, balance, seed, loss, early_stop=False,

@@ -216,6 +216,45 @@ def test_lgbm_bins_its_rows_once_per_tap_set_for_unweighted_and_weighted_fits(tm
     assert sum(len(r.metrics.candidates) for r in results) == 3 * len(CLASSIFIERS["lgbm"].grid)
 
 
+def test_lgbm_compares_tap_sets_at_its_first_setting_then_searches_its_grid_on_the_kept_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tap_search="first-entry"``: every candidate tap set is fitted with the grid's first entry and scored on
+    validation; the rest of the grid is fitted on the best tap set only; the run's settings are the best of the
+    whole grid there, chosen as ``select`` chooses."""
+    from synthetic import make_tapped_cache
+
+    from clothprobe.classifiers import boosting
+    from clothprobe.classifiers.select import best_candidate
+
+    make_tapped_cache(tmp_path / "f")
+    fitted: list[tuple[int, int, float]] = []
+    original = boosting.BoostedTrees.fit
+
+    def spy(self, X, y, **kw):  # noqa: ANN001, ANN003, ANN202
+        fitted.append((X.shape[1], self.num_leaves, self.learning_rate))
+        return original(self, X, y, **kw)
+
+    monkeypatch.setattr(boosting.BoostedTrees, "fit", spy)
+    (result,) = fit("clothes", backbone="vgg16", clf="lgbm", balance="none", features_dir=tmp_path / "f",
+                    models_dir=tmp_path / "m")
+    grid, taps = CLASSIFIERS["lgbm"].grid, result.metrics.taps
+    first = (grid[0]["num_leaves"], grid[0]["learning_rate"])
+    widths = [c["columns"] for c in taps["candidates"]]
+    kept = max(range(len(widths)), key=lambda i: (taps["candidates"][i]["accuracy"], -taps["candidates"][i]["log_loss"], -i))
+    assert taps["chosen"] == taps["candidates"][kept]["name"] and len(widths) == 2
+    assert sorted(fitted[: len(widths)]) == sorted((w, *first) for w in widths)
+    assert fitted[len(widths) :] == [(widths[kept], g["num_leaves"], g["learning_rate"]) for g in grid[1:]]
+    candidates = result.metrics.candidates
+    assert [c["params"] for c in candidates] == list(grid)
+    assert result.metrics.params == candidates[best_candidate([_candidate(c) for c in candidates])]["params"]
+
+
+def _candidate(record: dict):  # a metrics.json candidate as a select.Candidate
+    from clothprobe.classifiers.select import Candidate
+
+    return Candidate(record["params"], record["accuracy"], record["log_loss"], record["chosen"], record["seconds"])
+
+
 def test_boosted_trees_grow_the_trees_lgbmclassifier_grows(features: Path) -> None:
     """The LightGBM head trains through the native API on rows binned once; with the same rows, settings and
     early-stopping rows, it is the model LightGBM's own scikit-learn estimator fits."""
