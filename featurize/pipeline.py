@@ -279,8 +279,10 @@ def _embed(index: FileIndex, recipe: Recipe, calibration_files: tuple[str, ...],
     with progress_bar(ran.label, len(plan.todo), o.progress, unit="img") as advance:
         if sample is not None:  # the guard's photos first, with the int8 model the job runs anyway
             vectors, before = _sample_first(engine, plan, merger, sample, advance)
-            guard = measure_guard(ran, sample, vectors, len(index.dataset.class_names), batch_size=UNTIMED_ROWS,
-                                  seed=o.seed)
+            # the reference at the job's rows per request: its float32 self-check reuses the compiled model
+            # the int8 self-check made
+            guard = measure_guard(ran, sample, vectors, len(index.dataset.class_names),
+                                  batch_size=engine.request_rows or UNTIMED_ROWS, seed=o.seed)
             instead = guarded(ran, guard)
             if instead != ran:  # int8 failed: what it embedded is another recipe's, not kept
                 ran, before = _open(engine, instead, calibration_files, plan, o), 0

@@ -68,6 +68,10 @@ class LocalEngine(Engine):
         return self._worker.embedder.batch_size if self._worker else None
 
     @property
+    def request_rows(self) -> int | None:
+        return self._worker.embedder.batch_size * len(self._worker.embedder.view_names) if self._worker else None
+
+    @property
     def network_seconds(self) -> float:
         """Seconds the network ran on shards so far: against the run's embedding time, how busy decoding
         kept it."""
