@@ -142,14 +142,14 @@ CLASSIFIERS: dict[str, ClassifierSpec] = {
             grid=tuple({"num_leaves": nl, "learning_rate": lr} for nl in (7, 15) for lr in (0.05, 0.1)),
             file_format="lightgbm", scale=False, stops_early=True, prepare=_lgbm_prepare, chosen=_lgbm_chosen,
             tap_search="first-entry",
-            run_taps="final",  # 4 tap sets cost ~7x the final tap's fit for +1-2 pp on validation; cli run
-            # fits it 3 times (docs/guide/taps.md)
+            run_taps="final",  # auto: 7 early-stopped fits on up to 5.6x the columns where the final tap
+            # takes 4, for +1-2 pp on validation; cli run fits it 3 times (docs/guide/taps.md)
         ),
         ClassifierSpec(
             name="dense", build=_dense, grid=tuple({"learning_rate": 1e-3, "dropout": d} for d in (0.2, 0.5)),
             file_format="keras", chosen=_dense_chosen, concurrent=False, tap_search="first-entry",
-            run_taps="final",  # 4 tap sets cost ~5x the final
-            # tap's fit for +1-5 pp on validation, as for lgbm (docs/guide/taps.md)
+            run_taps="final",  # auto: 5 fits on up to 5.6x the
+            # columns where the final tap takes 2, for +1-5 pp on validation (docs/guide/taps.md)
         ),
     )
 }
