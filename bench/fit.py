@@ -16,7 +16,8 @@ flipped view (TTA). For each run: the wall and CPU seconds of its ``fit`` call (
 shared evenly among the runs it fitted (CPU seconds: every thread of the process; they stand for the cost on
 a machine other work also loads), what it chose (settings and tap set) and the accuracy on validation the
 choice rested on, with the test accuracy (95% bootstrap intervals; test is never used to choose). ``--select
-cv`` chooses by cross-validation instead. Names the CPU and the load average.
+cv`` chooses by cross-validation instead, ``--select validation,cv`` both ways side by side. Names the CPU
+and the load average.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGET_SECONDS = 30.0  # per head and balance mode, search included (issue 32)
 
 
-def _record(backbone: str, result, seconds: float, cpu: float) -> dict:  # a FitResult
+def _record(backbone: str, result, seconds: float, cpu: float, mode: str) -> dict:  # a FitResult
     m = result.metrics
-    return {"backbone": backbone, "run": m.run, "wall": seconds, "cpu": cpu, "head": m.fit_seconds, "params": m.params,
+    return {"backbone": backbone, "run": m.run, "select": mode, "wall": seconds, "cpu": cpu, "head": m.fit_seconds, "params": m.params,
             "chosen": m.chosen, "taps": (m.taps or {}).get("chosen"), "validation": m.validation.accuracy,
             "val_log_loss": m.validation.log_loss, "val_interval": list(m.validation.interval("accuracy")),
             "test": m.test.accuracy, "test_interval": list(m.test.interval("accuracy"))}
@@ -48,17 +49,18 @@ def child(a: argparse.Namespace) -> None:
     from clothprobe.classifiers import fit
 
     records: list[dict] = []
-    for backbone in a.backbones.split(","):
-        for clf in a.clfs.split(","):
-            for balance in a.balances.split(","):
-                started, cpu = time.perf_counter(), time.process_time()
-                results = fit(a.dataset, backbone=backbone, clf=clf, balance=balance, tta=a.tta, select=a.select,
-                              taps=a.taps, features_dir=a.features, models_dir=Path(a.work) / "models")
-                wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-                for r in results:  # the runs of one call are searched together: each its share of the whole
-                    records.append(_record(backbone, r, wall / len(results), cpu / len(results)))
-                    print(f"{backbone:>16} {r.metrics.run:<22} {wall / len(results):6.1f} s, CPU "
-                          f"{cpu / len(results):6.1f} s", flush=True)
+    for mode in a.select.split(","):
+        for backbone in a.backbones.split(","):
+            for clf in a.clfs.split(","):
+                for balance in a.balances.split(","):
+                    started, cpu = time.perf_counter(), time.process_time()
+                    results = fit(a.dataset, backbone=backbone, clf=clf, balance=balance, tta=a.tta, select=mode,
+                                  taps=a.taps, features_dir=a.features, models_dir=Path(a.work) / f"models-{mode}")
+                    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+                    for r in results:  # the runs of one call are searched together: each its share of the whole
+                        records.append(_record(backbone, r, wall / len(results), cpu / len(results), mode))
+                        print(f"{mode:>10} {backbone:>16} {r.metrics.run:<22} {wall / len(results):6.1f} s, CPU "
+                              f"{cpu / len(results):6.1f} s", flush=True)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     Path(a.result).write_text(json.dumps({"records": records, "peak_gb": peak_gb}))
 
@@ -72,12 +74,21 @@ def _choice(r: dict) -> str:
     return f"{r['taps']}; " + ", ".join(f"{k} {v}" for k, v in settings.items())
 
 
+def _key(r: dict) -> tuple[str, str, str]:
+    return r["backbone"], r["run"], r["select"]
+
+
+def _modes(figures: dict) -> list[str]:
+    return list(dict.fromkeys(r["select"] for r in figures["records"]))
+
+
 def _table(versions: list[tuple[str, dict]]) -> list[str]:
     names = [n for n, _ in versions]
-    header = ["features", "run", *(f"{n}: wall s (CPU s)" for n in names), *(f"{n}: choice" for n in names),
+    header = ["features", "run", "chosen by", *(f"{n}: wall s (CPU s)" for n in names),
+              *(f"{n}: choice" for n in names),
               *(f"{n}: validation acc" for n in names), *(f"{n}: test acc" for n in names)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    keyed = [{(r["backbone"], r["run"]): r for r in v["records"]} for _, v in versions]
+    keyed = [{_key(r): r for r in v["records"]} for _, v in versions]
     for key in keyed[-1]:
         rows = [k.get(key) for k in keyed]
         cells = [*key]
@@ -91,21 +102,20 @@ def _table(versions: list[tuple[str, dict]]) -> list[str]:
 
 def _summary(versions: list[tuple[str, dict]]) -> list[str]:
     lines = []
-    for name, v in versions:
-        records = v["records"]
+    for (name, v), mode in ((version, mode) for version in versions for mode in _modes(version[1])):
+        records = [r for r in v["records"] if r["select"] == mode]
         worst = max(records, key=lambda r: r["wall"])
         over = [f"{r['backbone']} {r['run']}" for r in records if r["wall"] >= TARGET_SECONDS]
         best = max(records, key=lambda r: (r["validation"], -r["val_log_loss"]))
-        lines.append(f"- **{name}**: {len(records)} runs, {sum(r['wall'] for r in records):.0f} s in all, slowest "
+        lines.append(f"- **{name}**, chosen by {mode}: {len(records)} runs, {sum(r['wall'] for r in records):.0f} s in all, slowest "
                      f"{worst['backbone']} {worst['run']} {worst['wall']:.1f} s; {len(over)} at or over "
                      f"{TARGET_SECONDS:.0f} s{': ' + ', '.join(over) if over else ''}; peak memory "
                      f"{v['peak_gb']:.2f} GB. Best on validation: {best['backbone']} {best['run']} "
                      f"({_choice(best)}), validation {_acc(best['validation'], best['val_interval'])}, test "
                      f"{_acc(best['test'], best['test_interval'])}.")
     if len(versions) == 2:
-        same = [k for k in versions[1][1]["records"]
-                if any(_choice(b) == _choice(k) and (b["backbone"], b["run"]) == (k["backbone"], k["run"])
-                       for b in versions[0][1]["records"])]
+        before = {_key(b): _choice(b) for b in versions[0][1]["records"]}
+        same = [k for k in versions[1][1]["records"] if before.get(_key(k)) == _choice(k)]
         lines.append(f"- Same choice (settings and tap set) in {len(same)} of {len(versions[1][1]['records'])} runs.")
     return lines
 
@@ -119,7 +129,7 @@ def main() -> None:
     p.add_argument("--balances", default="all", help="all (one fit for every mode), or modes fitted one by one")
     p.add_argument("--taps", default="auto")
     p.add_argument("--no-tta", dest="tta", action="store_false")
-    p.add_argument("--select", default="validation", choices=("validation", "cv"))
+    p.add_argument("--select", default="validation", help="validation, cv or both (validation,cv)")
     p.add_argument("--baseline", default=None, help="a git revision to run first, side by side (e.g. d7f7c25)")
     p.add_argument("--report", type=Path, default=ROOT / "bench" / "results" / "fit.md")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
