@@ -6,8 +6,8 @@ working tree; without it, this tree alone), from nothing: a fresh CLOTHPROBE_HOM
 calibration, int8 quantization, self-check, rows timing and the validation guard all happen) and fresh
 features/models/reports folders. The job runs through ``job.run_all`` (what `cli run` calls), each stage
 timed as it finishes: featurize per backbone (and inside it, each step of making the int8 model, exclusive
-wall seconds: a step's time less the time of the timed steps it calls), each fit (per head: fit seconds as
-recorded in its metrics), the report. Then the stored int8 network alone (its preprocessing and pooling, one
+wall and CPU seconds: a step's time less the time of the timed steps it calls), each head's fits (its
+balance modes together), the report. Then the stored int8 network alone (its preprocessing and pooling, one
 fixed batch of random pixels at the job's rows per request, nothing decoded) is timed for the ratio of
 featurize's rate to the network's own. The chosen run is the one with the best accuracy on what its
 settings were chosen on (validation), as the report ranks them; its test accuracy is shown with its 95%
@@ -84,9 +84,13 @@ def child(a: argparse.Namespace) -> None:
         stages.append({"stage": f"featurize {r.backbone}", "seconds": lap(), "precision": r.precision,
                        "views": views, "loop_seconds": r.model_seconds, "cache": str(r.cache_path)})
 
-    def fitted(r) -> None:  # a FitResult
-        stages.append({"stage": f"fit {r.metrics.backbone} {r.metrics.run}", "seconds": lap(),
-                       "head_seconds": r.metrics.fit_seconds})
+    def fitted(r) -> None:  # a FitResult: a head's runs are timed together (a version may search them together)
+        stage = f"fit {r.metrics.backbone} {r.metrics.classifier}"
+        if stages and stages[-1]["stage"] == stage:
+            stages[-1]["seconds"] += lap()
+            stages[-1]["runs"] += 1
+        else:
+            stages.append({"stage": stage, "seconds": lap(), "runs": 1})
 
     work = Path(a.work)
     os.environ["CLOTHPROBE_HOME"] = str(work / "home")  # from nothing: an empty model store
