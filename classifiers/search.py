@@ -10,8 +10,8 @@ What makes it fast (each run the one its balance mode gives alone):
   A tap set's columns and shared work live while its searches run, and are dropped after the last one.
 - **Side by side.** Heads that keep no process-wide state use every core with one thread per fit: a
   warm-started path (logistic regression's C) is one chain, so the (tap set, balance mode) searches run side
-  by side, each with one BLAS thread; LightGBM's grid entries are independent fits, so they run side by side
-  within each search. Small fits share out badly over threads, and under a second load on the same cores
+  by side, each with one BLAS thread (always: a run is then the same on any number of cores); LightGBM's
+  grid entries are independent fits, so they run side by side within each search. Small fits share out badly over threads, and under a second load on the same cores
   a 2-thread LightGBM fit ran 12x slower than a 1-thread one (docs/guide/speed.md). The Keras head
   (process-wide seeding) runs one fit at a time, as before.
 - **Tap sets compared at the first setting** (``tap_search="first-entry"`` in the registry: LightGBM, the
@@ -29,7 +29,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 
 from clothprobe.classifiers.data import FeatureSet
@@ -138,10 +138,11 @@ def _searched(spec: ClassifierSpec, tap_sets: _TapSets, runs: list[Run], units: 
         tap_sets.done(c)
         return selection, time.perf_counter() - started
 
-    if side_by_side > 1 and len(units) > 1:
-        with _one_blas_thread(), ThreadPoolExecutor(max_workers=side_by_side) as pool:
-            return dict(zip(units, pool.map(search, units)))
-    return {unit: search(unit) for unit in units}
+    with _one_blas_thread() if spec.path else nullcontext():
+        if side_by_side > 1 and len(units) > 1:
+            with ThreadPoolExecutor(max_workers=side_by_side) as pool:
+                return dict(zip(units, pool.map(search, units)))
+        return {unit: search(unit) for unit in units}
 
 
 def _merged(first: Selection, rest: Selection) -> Selection:
@@ -167,8 +168,10 @@ def _kept(request: str, data: FeatureSet, tried: list[tuple[TapChoice, Selection
 
 
 def _one_blas_thread() -> AbstractContextManager:
-    """BLAS at one thread while searches run side by side (restored after), so two of them do not ask for four
-    threads on two cores (threadpoolctl, which scikit-learn depends on)."""
+    """BLAS at one thread for a warm-started path's searches (restored after): two searches side by side do not
+    ask for four threads on two cores, and a run is the same whatever the cores (a matrix product's rounding
+    depends on how many threads share it, and the C path's stopping points on that rounding: with two BLAS
+    threads one validation photo moved a run's choice between tap sets). threadpoolctl: scikit-learn's own."""
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1, user_api="blas")

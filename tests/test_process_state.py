@@ -104,10 +104,12 @@ def test_nncf_sends_no_usage_events_for_clothprobes_quantization(tmp_path: Path,
     assert sent == [] and decorator.telemetry is recording  # switched off for the call, then put back
 
 
-def test_searches_side_by_side_hold_blas_at_one_thread_and_give_it_back(tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Logistic regression's searches run side by side with one BLAS thread each (so two of them do not ask
-    for four threads on two cores); the caller's BLAS threads are as they were afterwards."""
+@pytest.mark.parametrize("cores", [1, 2])
+def test_logreg_searches_hold_blas_at_one_thread_and_give_it_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  cores: int) -> None:
+    """Logistic regression's searches run with one BLAS thread each, side by side or not (so two of them do not
+    ask for four threads on two cores, and a run does not depend on the cores); the caller's BLAS threads are
+    as they were afterwards."""
     from sklearn.linear_model import LogisticRegression
     from synthetic import make_cache
     from threadpoolctl import threadpool_info
@@ -117,7 +119,7 @@ def test_searches_side_by_side_hold_blas_at_one_thread_and_give_it_back(tmp_path
     def blas() -> list[int]:
         return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
 
-    monkeypatch.setattr(search, "available_cores", lambda: 2)
+    monkeypatch.setattr(search, "available_cores", lambda: cores)
     during, original = [], LogisticRegression.fit
 
     def spy(self, X, y, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
