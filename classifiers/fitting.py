@@ -6,6 +6,7 @@ import platform
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -20,23 +21,15 @@ from clothprobe.classifiers.registry import (
     BALANCES,
     CLASSIFIERS,
     ClassifierSpec,
-    available_cores,
     check_balance,
     check_loss,
     get_classifier,
-    threads_for,
 )
 from clothprobe.classifiers.rejection import RejectRequest, fit_rejection, load_unknown
-from clothprobe.classifiers.select import DEFAULT_SELECT, Held, Selection, check_select, predict_split, select
+from clothprobe.classifiers.search import Run, TapSearch, search_runs
+from clothprobe.classifiers.select import DEFAULT_SELECT, Held, check_select, predict_split
 from clothprobe.classifiers.stats import apply_temperature, expected_calibration_error, fit_temperature
-from clothprobe.classifiers.taps import (
-    DEFAULT_FIT_TAPS,
-    check_taps,
-    compare_on_held,
-    held_score,
-    restrict,
-    tap_candidates,
-)
+from clothprobe.classifiers.taps import DEFAULT_FIT_TAPS, check_taps, restrict, tap_candidates
 from clothprobe.errors import ClothprobeError
 from clothprobe.featurize.catalog import default_backbone, resolve_dataset
 from clothprobe.featurize.dataset import check_every_class_trains
@@ -187,28 +180,19 @@ def fit(
     return results
 
 
-def concurrent_fits(data: FeatureSet) -> int:
-    """Heads fitted at once: the cores one fit leaves idle (``threads_for`` gives a fit on small data one
-    thread, on large data every core, so on large data heads run one after another)."""
-    return max(1, available_cores() // threads_for(data.splits["train"].X))
-
-
 def _fitted(data: FeatureSet, jobs: list[tuple[str, str, str, Path]], tta: bool, seed: int, select_mode: str, *,
             taps: dict[str, str], reject: RejectRequest | None) -> Iterator[FitResult]:
-    """Each job's FitResult, in order. Heads that keep no process-wide state (not the Keras head, whose
-    seeding is process-wide) run in threads on idle cores (joblib), the rest one after another."""
-    from joblib import Parallel, delayed
-
-    def one(job: tuple[str, str, str, Path]) -> FitResult:
-        name, bal, run_loss, run_dir = job
-        return fit_one(data, name, bal, tta, run_loss, seed, run_dir, select_mode, taps[name], reject=reject)
-
-    threaded = [job for job in jobs if job[0] != "dense"]
-    workers = min(concurrent_fits(data), len(threaded))
-    ready = iter(Parallel(n_jobs=workers, prefer="threads", return_as="generator")(delayed(one)(j) for j in threaded)
-                 if workers > 1 else map(one, threaded))
-    for job in jobs:
-        yield one(job) if job[0] == "dense" else next(ready)
+    """Each job's FitResult, in order. The runs of one head are searched together (``classifiers/search.py``:
+    work shared between balance modes, fits side by side), then each is finished and written."""
+    for clf, group in groupby(jobs, key=lambda job: job[0]):
+        group = list(group)
+        spec = get_classifier(clf)
+        searches = search_runs(spec, data, [Run(bal, run_loss) for _, bal, run_loss, _ in group], tta=tta, seed=seed,
+                               mode=select_mode, taps=taps[clf])
+        subsets: dict[str, FeatureSet] = {}  # the kept tap sets' columns, while this head's runs are written
+        for (_, bal, run_loss, run_dir), found in zip(group, searches):
+            subset = subsets.setdefault(found.choice.name, restrict(data, found.choice))
+            yield finish_run(subset, spec, found, bal, tta, run_loss, seed, run_dir, reject=reject)
 
 
 def _check_data(data: FeatureSet, tta: bool) -> None:
@@ -235,33 +219,12 @@ def calibrate(held: Held, test_y: np.ndarray | None, test_proba: np.ndarray | No
     return Calibration(temperature, fitted_on, int(len(held.calibration_y))), after
 
 
-def select_taps(spec: ClassifierSpec, data: FeatureSet, balance: str, seed: int, tta: bool, loss: str,
-                select_mode: str, taps: str) -> tuple[FeatureSet, Selection, dict]:
-    """Each candidate tap set fitted and scored on the selection data (never test); the best one's columns,
-    selection, and a record of every candidate for the run's metrics."""
-    tried = []
-    for choice in tap_candidates(data, taps):
-        subset = restrict(data, choice)
-        tried.append((choice, subset, select(spec, subset, balance, seed, tta, loss, select_mode)))
-    scores = [held_score(s.held.y, s.held.proba) for _, _, s in tried]
-    best = max(range(len(tried)), key=lambda i: (scores[i][0], -scores[i][1], -i))
-    choice, subset, selection = tried[best]
-    record = {"request": taps, "chosen": choice.name, "used": {b: list(t) for b, t in choice.taps.items()},
-              "candidates": [{"name": c.name, "taps": {b: list(t) for b, t in c.taps.items()}, "accuracy": acc,
-                              "log_loss": ll, "columns": sub.splits["train"].X.shape[1],
-                              **compare_on_held(s.held, tried[0][2].held, len(data.class_names), seed)}
-                             for (c, sub, s), (acc, ll) in zip(tried, scores)]}
-    return subset, selection, record
-
-
-def fit_one(data: FeatureSet, clf: str, balance: str, tta: bool, loss: str, seed: int, run_dir: Path,
-            select_mode: str = DEFAULT_SELECT, taps: str = DEFAULT_FIT_TAPS, *,
-            reject: RejectRequest | None = None) -> FitResult:
-    spec = get_classifier(clf)
-    n_classes = len(data.class_names)
-    started = time.perf_counter()
-    data, selection, tap_record = select_taps(spec, data, balance, seed, tta, loss, select_mode, taps)
-    fit_seconds = time.perf_counter() - started
+def finish_run(data: FeatureSet, spec: ClassifierSpec, found: TapSearch, balance: str, tta: bool, loss: str,
+               seed: int, run_dir: Path, *, reject: RejectRequest | None = None) -> FitResult:
+    """A searched run (``data``: the columns of its kept tap set): the reject option when asked for, test scored
+    once, the temperature fitted on the selection data, and the run directory written."""
+    clf, n_classes = spec.name, len(data.class_names)
+    selection, tap_record, fit_seconds = found.selection, found.record, found.seconds
     asked = None if reject is None else reject.restricted(data, tta)
     rejection = None if asked is None else fit_rejection(selection.model, data, asked.unknown, tta=tta, seed=seed,
                                                          negatives=asked.negatives, max_cost=asked.max_cost,

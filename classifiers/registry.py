@@ -15,6 +15,7 @@ from clothprobe.classifiers.dense import LOSSES
 from clothprobe.errors import ClothprobeError
 
 BALANCES = ("none", "weights", "smote")
+TAP_SEARCHES = ("joint", "first-entry")  # how --taps auto searches a head's grid (ClassifierSpec.tap_search)
 SMOTE_NEIGHBOURS = 5
 LGBM_MAX_ROUNDS = 2000
 LOGREG_TOL = 1e-3
@@ -26,17 +27,9 @@ LGBM_COLSAMPLE_WIDTH = 2048  # ...up to this many columns; wider inputs (tap set
 # (11,544) in 28-29 s, at the same validation accuracy (docs/guide/taps.md)
 
 
-SMALL_DATA = 1_000_000  # matrix cells below which one thread beats several (thread sync dominates)
-
-
 def available_cores() -> int:
     """The cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def threads_for(X: np.ndarray) -> int:
-    """Threads for a fit on ``X``: LightGBM advises few threads for small data; all cores otherwise."""
-    return 1 if X.size < SMALL_DATA else max(1, available_cores())
 
 
 def _logreg(params: dict, balanced: bool, seed: int, loss: str) -> Any:
@@ -49,42 +42,39 @@ def _logreg(params: dict, balanced: bool, seed: int, loss: str) -> Any:
 
 
 def _lgbm(params: dict, balanced: bool, seed: int, loss: str) -> Any:
-    from lightgbm import LGBMClassifier
+    from clothprobe.classifiers.boosting import BoostedTrees
 
     # Feature subsampling (5% of the columns per tree: 2x faster than 20%, the same validation accuracy within
     # 1-2 images), few bins and early stopping keep 2,048-d embeddings fast: 358 s for 300 trees -> ~8 s.
-    # ``columns`` (the input's width, given by the fit) caps the columns per tree for wide tap sets.
+    # ``columns`` (the input's width, given by the fit) caps the columns per tree for wide tap sets. One thread
+    # per fit: the search runs its fits side by side instead (a fit's trees are too small to share out, and
+    # under a second load two threads per fit ran 12x slower than one, measured on the real cache).
     columns = params.get("columns", LGBM_COLSAMPLE_WIDTH)
-    return LGBMClassifier(
+    return BoostedTrees(
         n_estimators=params.get("n_estimators", LGBM_MAX_ROUNDS),
         learning_rate=params["learning_rate"],
         num_leaves=params["num_leaves"],
         colsample_bytree=LGBM_COLSAMPLE * min(1.0, LGBM_COLSAMPLE_WIDTH / columns),
         subsample=0.8,
         subsample_freq=1,
-        max_bin=63,
         min_child_samples=10,
         reg_lambda=1.0,
         class_weight="balanced" if balanced else None,
+        patience=LGBM_PATIENCE,
+        min_delta=LGBM_MIN_DELTA,
         random_state=seed,
-        n_jobs=params.get("n_jobs", 1),
-        deterministic=True,
-        force_col_wise=True,
-        verbose=-1,
+        n_jobs=1,
     )
 
 
-def _lgbm_fit_params(X_val: np.ndarray, y_val: np.ndarray) -> dict:
-    """Early stopping on the selection data: the number of rounds is a setting chosen on validation.
-    Gains under ``min_delta`` in log loss do not count, so separable data does not run to the cap."""
-    import inspect
+def _lgbm_prepare(estimator: Any, X: np.ndarray, y: np.ndarray, X_stop: np.ndarray | None,
+                  y_stop: np.ndarray | None, threads: int) -> dict:
+    """The rows binned once for every grid entry; early stopping on ``X_stop`` (held out of ``X``), so the
+    number of rounds is chosen without the rows the candidates are then ranked on. Gains under
+    ``LGBM_MIN_DELTA`` in log loss do not count, so separable data does not run to the cap."""
+    from clothprobe.classifiers.boosting import BinnedRows
 
-    import lightgbm
-
-    stop = lightgbm.early_stopping(LGBM_PATIENCE, verbose=False, min_delta=LGBM_MIN_DELTA)
-    if "eval_X" in inspect.signature(lightgbm.LGBMClassifier.fit).parameters:  # LightGBM >= 4.7
-        return {"eval_X": (X_val,), "eval_y": (y_val,), "callbacks": [stop]}
-    return {"eval_set": [(X_val, y_val)], "callbacks": [stop]}
+    return {"binned": BinnedRows(X, y, X_stop, y_stop, params=estimator.dataset_params(), threads=threads)}
 
 
 def _lgbm_chosen(estimator: Any) -> dict:
@@ -106,11 +96,19 @@ def _dense_chosen(estimator: Any) -> dict:
 class ClassifierSpec:
     """One head: how to build it, what to search, how its fitted estimator is stored.
 
-    ``build(params, balanced, seed, loss)``: ``params`` is a grid entry plus, from the fit, ``n_jobs`` (threads
-    for this input) and ``columns`` (its width).
-    ``fit_params`` (optional) gives extra fit arguments that use the selection data (early stopping);
+    ``build(params, balanced, seed, loss)``: ``params`` is a grid entry plus, from the fit, ``columns`` (the
+    input's width).
+    ``prepare(estimator, X, y, X_stop, y_stop, threads)`` (optional): work every grid entry shares, done once
+    per search on the first entry's estimator (LightGBM's binning), on ``threads`` threads; it returns extra
+    ``fit`` arguments.
+    ``stops_early``: a share of the training rows is held out of the fit for early stopping (``X_stop``).
     ``chosen`` reports settings the fit itself chose (rounds, epochs). ``scale`` puts a StandardScaler first.
     ``path``: the grid is fitted in order on one estimator that warm-starts from the previous entry.
+    ``concurrent``: its fits keep no process-wide state, so a search may run them in threads side by side
+    (not the Keras head, whose seeding is process-wide).
+    ``tap_search``: how ``--taps auto`` searches: ``joint`` fits every grid entry on every candidate tap set;
+    ``first-entry`` compares the tap sets at the grid's first entry and searches the rest of the grid on the
+    tap set kept (for heads whose fits cost seconds each: a quarter to a half of the fits).
     ``run_taps``: the ``--taps`` request ``cli run`` fits this head with (``auto`` everywhere else): a head
     whose wide tap sets cost several times its fit takes the final tap there, to keep the main job in its
     minutes (docs/guide/run.md).
@@ -122,8 +120,15 @@ class ClassifierSpec:
     file_format: str  # "linear" | "lightgbm" | "keras": see classifiers/modelio.py
     scale: bool = True
     path: bool = False
-    fit_params: Callable[[np.ndarray, np.ndarray], dict] | None = None
+    stops_early: bool = False
+    prepare: Callable[[Any, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, int], dict] | None = None
     chosen: Callable[[Any], dict] = field(default=lambda est: {})
+    concurrent: bool = True
+    tap_search: str = "joint"
+
+    def __post_init__(self) -> None:
+        if self.tap_search not in TAP_SEARCHES:
+            raise ValueError(f"{self.name}: tap_search must be one of {', '.join(TAP_SEARCHES)}, not {self.tap_search!r}")
     run_taps: str = "auto"
 
 
@@ -135,14 +140,16 @@ CLASSIFIERS: dict[str, ClassifierSpec] = {
         ClassifierSpec(
             name="lgbm", build=_lgbm,
             grid=tuple({"num_leaves": nl, "learning_rate": lr} for nl in (7, 15) for lr in (0.05, 0.1)),
-            file_format="lightgbm", scale=False, fit_params=_lgbm_fit_params, chosen=_lgbm_chosen,
-            run_taps="final",  # 4 tap sets cost ~7x the final tap's fit for +1-2 pp on validation; cli run
-            # fits it 3 times (docs/guide/taps.md)
+            file_format="lightgbm", scale=False, stops_early=True, prepare=_lgbm_prepare, chosen=_lgbm_chosen,
+            tap_search="first-entry",
+            run_taps="final",  # auto: 7 early-stopped fits on up to 5.6x the columns where the final tap
+            # takes 4, for +1-2 pp on validation; cli run fits it 3 times (docs/guide/taps.md)
         ),
         ClassifierSpec(
             name="dense", build=_dense, grid=tuple({"learning_rate": 1e-3, "dropout": d} for d in (0.2, 0.5)),
-            file_format="keras", chosen=_dense_chosen, run_taps="final",  # 4 tap sets cost ~5x the final
-            # tap's fit for +1-5 pp on validation, as for lgbm (docs/guide/taps.md)
+            file_format="keras", chosen=_dense_chosen, concurrent=False, tap_search="first-entry",
+            run_taps="final",  # auto: 5 fits on up to 5.6x the
+            # columns where the final tap takes 2, for +1-5 pp on validation (docs/guide/taps.md)
         ),
     )
 }

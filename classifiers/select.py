@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +26,8 @@ from sklearn.model_selection import RepeatedStratifiedKFold, train_test_split
 
 from clothprobe.classifiers.data import FeatureSet, SplitData
 from clothprobe.classifiers.proba import full_proba
-from clothprobe.classifiers.registry import ClassifierSpec, make_pipeline, threads_for
+from clothprobe.classifiers.registry import ClassifierSpec, make_pipeline
+from clothprobe.classifiers.shared import SharedWork
 from clothprobe.classifiers.taps import weight_scaler
 from clothprobe.errors import ClothprobeError
 
@@ -85,7 +88,7 @@ def _score(y: np.ndarray, proba: np.ndarray) -> tuple[float, float]:
     return accuracy_score(y, proba.argmax(1)), log_loss(y, proba, labels=range(proba.shape[1]))
 
 
-def _best(candidates: list[Candidate]) -> int:
+def best_candidate(candidates: list[Candidate]) -> int:
     """Highest accuracy, then lowest log loss, then the earliest grid entry (deterministic)."""
     return max(range(len(candidates)), key=lambda i: (candidates[i].accuracy, -candidates[i].log_loss, -i))
 
@@ -98,67 +101,131 @@ def _hold_out(X: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.n
     return train_test_split(rows, test_size=n_held, stratify=stratify, random_state=seed)
 
 
+@dataclass
+class _Rows:
+    """The rows a search's grid entries are fitted on, after the steps they share (fitted), and the rows early
+    stopping watches (through the same steps)."""
+
+    steps: list[tuple[str, Any]]
+    X: np.ndarray
+    y: np.ndarray
+    X_stop: np.ndarray | None = None
+    y_stop: np.ndarray | None = None
+
+
+def _base_rows(spec: ClassifierSpec, X: np.ndarray, y: np.ndarray, seed: int, early_stop: bool,
+               column_scale: np.ndarray | None) -> _Rows:
+    """Rows held out for early stopping (heads that stop early) and the scaler fitted on the rest: the work
+    every balance mode and grid entry of a search shares."""
+    X_stop = y_stop = None
+    if spec.stops_early and early_stop:
+        fit_rows, stop_rows = _hold_out(X, y, seed)
+        X, y, X_stop, y_stop = X[fit_rows], y[fit_rows], X[stop_rows], y[stop_rows]
+    steps: list[tuple[str, Any]] = []
+    if spec.scale:
+        from sklearn.preprocessing import StandardScaler
+
+        scaler = StandardScaler().fit(X)
+        weight_scaler(scaler, column_scale)
+        steps.append(("scale", scaler))
+        X = scaler.transform(X)
+        X_stop = None if X_stop is None else scaler.transform(X_stop)
+    return _Rows(steps, X, y, X_stop, y_stop)
+
+
+def _rows(spec: ClassifierSpec, grid: tuple[dict, ...] | list[dict], X: np.ndarray, y: np.ndarray, balance: str,
+          seed: int, loss: str, early_stop: bool, column_scale: np.ndarray | None, shared: SharedWork,
+          key: Hashable | None, threads: int) -> tuple[_Rows, dict]:
+    """The shared steps fitted (each computed once per ``key`` in ``shared``), the balance mode's sampler, and
+    the fit arguments every grid entry shares (``spec.prepare``)."""
+    shape = key and (key, spec.scale, spec.stops_early and early_stop, seed)
+    base = shared.get(shape and ("rows", shape), lambda: _base_rows(spec, X, y, seed, early_stop, column_scale))
+    rows = _Rows(list(base.steps), base.X, base.y, base.X_stop, base.y_stop)
+    min_count = int(np.bincount(rows.y)[np.unique(rows.y)].min())
+    sampler = [(n, s) for n, s in make_pipeline(spec, grid[0], balance, seed, min_count, loss).steps[:-1]
+               if hasattr(s, "fit_resample")]
+    for name, step in sampler:  # resampling only acts while fitting, on the rows fitted
+        rows.X, rows.y = step.fit_resample(rows.X, rows.y)
+        rows.steps.append((name, step))
+    extra: dict = {}
+    if spec.prepare is not None:
+        first = spec.build({**grid[0], "columns": rows.X.shape[1]}, balance == "weights", seed, loss)
+        extra = shared.get(shape and ("prepare", spec.name, shape, bool(sampler)),
+                           lambda: spec.prepare(first, rows.X, rows.y, rows.X_stop, rows.y_stop, threads))
+    return rows, extra
+
+
 def _fit_grid(spec: ClassifierSpec, grid: tuple[dict, ...] | list[dict], X: np.ndarray, y: np.ndarray,
               balance: str, seed: int, loss: str, early_stop: bool = True,
-              column_scale: np.ndarray | None = None) -> tuple[list[Any], list[float]]:
+              column_scale: np.ndarray | None = None, *, shared: SharedWork | None = None,
+              key: Hashable | None = None, workers: int = 1) -> tuple[list[Any], list[float]]:
     """One fitted pipeline per grid entry, fitted on ``X``/``y`` only, and the seconds each estimator took. A
-    head with ``spec.fit_params`` (early stopping) stops on a seeded, stratified share of these rows, held out of its fitting. The
-    preprocessing (scaling, SMOTE) is fitted once and shared; ``spec.path`` heads warm-start along the grid.
+    head that stops early stops on a seeded, stratified share of these rows, held out of its fitting. The
+    preprocessing (scaling, SMOTE, ``spec.prepare``) is fitted once for the grid, and once per ``key`` in
+    ``shared`` (the same rows under the same key: balance modes share it); ``spec.path`` heads warm-start
+    along the grid; other heads that may run concurrently fit ``workers`` entries at a time.
     ``column_scale``: each tap's weight, folded into the scaler (``classifiers/taps.py``)."""
-    extra_rows = None
-    if spec.fit_params and early_stop:
-        fit_rows, extra_rows = _hold_out(X, y, seed)
-        X, y, X_stop, y_stop = X[fit_rows], y[fit_rows], X[extra_rows], y[extra_rows]
-    min_count = int(np.bincount(y)[np.unique(y)].min())
-    shared = make_pipeline(spec, grid[0], balance, seed, min_count, loss).steps[:-1]
-    for name, step in shared:
-        if hasattr(step, "fit_resample"):
-            X, y = step.fit_resample(X, y)
-        else:
-            step.fit(X, y)
-            if name == "scale":
-                weight_scaler(step, column_scale)
-            X = step.transform(X)
-    extra = {}
-    if extra_rows is not None:
-        for _, step in shared:
-            if not hasattr(step, "fit_resample"):  # samplers only act while fitting
-                X_stop = step.transform(X_stop)
-        extra = spec.fit_params(X_stop, y_stop)
-    models, seconds, warm = [], [], None
-    for params in grid:
-        estimator = make_pipeline(spec, {**params, "n_jobs": threads_for(X), "columns": X.shape[1]}, balance, seed,
-                                  min_count, loss)[-1]
-        if spec.path and warm is not None:
-            estimator = warm.set_params(**estimator.get_params())
+    rows, extra = _rows(spec, grid, X, y, balance, seed, loss, early_stop, column_scale,
+                        SharedWork() if shared is None else shared, key, workers)
+    min_count = int(np.bincount(rows.y)[np.unique(rows.y)].min())
+
+    def build(params: dict) -> Any:
+        return make_pipeline(spec, {**params, "columns": rows.X.shape[1]}, balance, seed, min_count, loss)[-1]
+
+    def timed_fit(estimator: Any) -> tuple[Any, float]:
         started = time.perf_counter()
-        estimator.fit(X, y, **extra)
-        seconds.append(time.perf_counter() - started)
-        if spec.path:
-            warm, estimator = estimator, copy.deepcopy(estimator)
-        models.append(Pipeline([*shared, ("clf", estimator)]))
-    return models, seconds
+        estimator.fit(rows.X, rows.y, **extra)
+        return estimator, time.perf_counter() - started
+
+    if spec.path:  # one estimator along the grid, each entry starting from the previous solution
+        fitted, warm = [], None
+        for params in grid:
+            estimator = build(params) if warm is None else warm.set_params(**build(params).get_params())
+            warm, took = timed_fit(estimator)
+            fitted.append((copy.deepcopy(warm), took))
+    elif workers > 1 and spec.concurrent and len(grid) > 1:
+        with ThreadPoolExecutor(max_workers=min(workers, len(grid))) as pool:
+            fitted = list(pool.map(lambda params: timed_fit(build(params)), grid))
+    else:
+        fitted = [timed_fit(build(params)) for params in grid]
+    return [Pipeline([*rows.steps, ("clf", est)]) for est, _ in fitted], [took for _, took in fitted]
+
+
+@dataclass(frozen=True)
+class Sharing:
+    """How a search shares work: ``shared`` holds what other searches of the same rows computed (``key`` names
+    those rows: searches of other rows must not share a key), ``workers`` fits may run at once."""
+
+    shared: SharedWork = field(default_factory=SharedWork)
+    key: Hashable | None = None
+    workers: int = 1
+
+    def under(self, *part: Hashable) -> dict:
+        """``_fit_grid``'s sharing arguments for the rows named ``part`` within these."""
+        return {"shared": self.shared, "key": self.key and (self.key, *part), "workers": self.workers}
 
 
 def select(spec: ClassifierSpec, data: FeatureSet, balance: str, seed: int = 0, tta: bool = False,
-           loss: str = "categorical", mode: str = DEFAULT_SELECT) -> Selection:
-    """Search ``spec.grid`` as ``mode`` says; return the chosen settings and the model fitted with them."""
+           loss: str = "categorical", mode: str = DEFAULT_SELECT, sharing: Sharing | None = None) -> Selection:
+    """Search ``spec.grid`` as ``mode`` says; return the chosen settings and the model fitted with them.
+    ``sharing``: work shared with other searches of the same rows (other balance modes), and the workers."""
     check_select(mode)
+    sharing = sharing or Sharing()
     val = data.splits.get("validation")
     if mode == "validation" and val is not None and len(val):
-        return _on_validation(spec, data, balance, seed, tta, loss)
-    return _cross_validated(spec, data, balance, seed, tta, loss)
+        return _on_validation(spec, data, balance, seed, tta, loss, sharing)
+    return _cross_validated(spec, data, balance, seed, tta, loss, sharing)
 
 
 def _on_validation(spec: ClassifierSpec, data: FeatureSet, balance: str, seed: int, tta: bool,
-                   loss: str) -> Selection:
+                   loss: str, sharing: Sharing) -> Selection:
     train, val, n_classes = data.splits["train"], data.splits["validation"], len(data.class_names)
     models, seconds = _fit_grid(spec, spec.grid, train.X, train.y, balance, seed, loss,
-                                column_scale=data.column_scale)
+                                column_scale=data.column_scale, **sharing.under("train"))
     probas = [predict_split(model, val, n_classes, tta) for model in models]
     candidates = [Candidate(params, *_score(val.y, proba), spec.chosen(model[-1]), took)
                   for params, model, proba, took in zip(spec.grid, models, probas, seconds)]
-    best = _best(candidates)
+    best = best_candidate(candidates)
     held = Held(val.y, probas[best], "validation split", val.y, probas[best])
     return Selection(spec.grid[best], candidates[best].chosen, "validation split", "validation", candidates,
                      models[best], held)
@@ -173,7 +240,7 @@ def _joined(data: FeatureSet) -> SplitData:
 
 
 def _cross_validated(spec: ClassifierSpec, data: FeatureSet, balance: str, seed: int, tta: bool,
-                     loss: str) -> Selection:
+                     loss: str, sharing: Sharing) -> Selection:
     rows, n_classes = _joined(data), len(data.class_names)
     folds = min(CV_FOLDS, int(np.bincount(rows.y)[np.unique(rows.y)].min()))
     if folds < 2:
@@ -186,7 +253,7 @@ def _cross_validated(spec: ClassifierSpec, data: FeatureSet, balance: str, seed:
         held = SplitData(rows.X[out_rows], rows.y[out_rows], rows.paths[out_rows],
                          None if rows.X_flip is None else rows.X_flip[out_rows])
         models, seconds = _fit_grid(spec, spec.grid, rows.X[fit_rows], rows.y[fit_rows], balance, seed, loss,
-                                    column_scale=data.column_scale)
+                                    column_scale=data.column_scale, **sharing.under("fold", k))
         for i, model in enumerate(models):
             oof[i, k // folds, out_rows] = predict_split(model, held, n_classes, tta)
         scores.append([Candidate(p, *_score(held.y, oof[i, k // folds, out_rows]), spec.chosen(m[-1]), took)
@@ -198,11 +265,11 @@ def _cross_validated(spec: ClassifierSpec, data: FeatureSet, balance: str, seed:
         candidates.append(Candidate(params, float(np.mean([r.accuracy for r in runs])),
                                     float(np.mean([r.log_loss for r in runs])), chosen,
                                     float(sum(r.seconds for r in runs))))
-    best = _best(candidates)
+    best = best_candidate(candidates)
     params, chosen = spec.grid[best], candidates[best].chosen
     # Refit on every row; settings the folds chose (rounds) are fixed now that no held-out data is left.
     (model,), _ = _fit_grid(spec, [{**params, **chosen}], rows.X, rows.y, balance, seed, loss, early_stop=False,
-                            column_scale=data.column_scale)
+                            column_scale=data.column_scale, **sharing.under("train + validation"))
     where = "train + validation" if "validation" in data.splits and len(data.splits["validation"]) else "train"
     mode = f"{folds}-fold CV x{CV_REPEATS} on {where}"
     held = Held(rows.y, oof[best, 0], f"out of fold ({mode}, first repeat)", np.tile(rows.y, CV_REPEATS),

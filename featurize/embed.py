@@ -2,7 +2,8 @@
 
 Decoding and resizing run in a thread pool (Pillow releases the GIL), a bounded number of batches ahead of
 inference, so memory is bounded by the batch size, not the dataset size (tf.data measured 1.7x slower on
-2 cores: its threads competed with inference). Every batch is padded to the full batch size, so the model
+2 cores: its threads competed with inference); the network's input (padding, the flipped view, the
+backbone's preprocessing) is made in a thread of its own while the network runs the batch before. Every batch is padded to the full batch size, so the model
 is compiled for one shape and an embedding does not depend on its batch neighbours.
 
 ``open_embedder(recipe)`` is the one way to get an embedder: it takes the compiled model from the store
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clothprobe._util.ahead import ahead
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS, BadImage, decode
 from clothprobe.featurize.model.recipe import Recipe
 from clothprobe.featurize.model.runtimes import Runner
@@ -36,6 +38,7 @@ def view_names(flip: bool) -> tuple[str, ...]:
     return (ORIGINAL, FLIPPED) if flip else (ORIGINAL,)
 
 PREFETCH_BATCHES = 2
+PREPARED_BATCHES = 2  # network inputs made ahead while the network runs
 
 
 def decode_workers() -> int:
@@ -84,11 +87,18 @@ class Embedder:
 
     def embed_array(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Embeddings of up to ``batch_size`` decoded uint8 images, one array per view."""
-        n, size = len(images), self.recipe.input_size
+        return self._infer(self._input(images), len(images))
+
+    def _input(self, images: np.ndarray) -> np.ndarray:
+        """The network's input for up to ``batch_size`` images: padded to the batch size, each view."""
+        size = self.recipe.input_size
         padded = np.zeros((self.batch_size, size, size, 3), np.uint8)
-        padded[:n] = images
+        padded[: len(images)] = images
         views = [padded, padded[:, :, ::-1]] if self.flip else [padded]
-        x = model_input(self.recipe, np.concatenate(views))
+        return model_input(self.recipe, np.concatenate(views))
+
+    def _infer(self, x: np.ndarray, n: int) -> dict[str, np.ndarray]:
+        """The first ``n`` images' embeddings of input ``x`` (``_input``), one array per view."""
         started = time.perf_counter()
         raw = self._runner(x)
         self.network_seconds += time.perf_counter() - started
@@ -96,11 +106,20 @@ class Embedder:
         b = self.batch_size
         return {view: out[i * b : i * b + n] for i, view in enumerate(self.view_names)}
 
-    def run(self, files: Sequence[Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Batch]:
-        """Embed ``files`` in order, batch by batch; files that cannot be decoded are reported, not fatal."""
-        for start, decoded in decoded_batches(files, self.recipe.input_size, self.batch_size, max_pixels):
+    def run(self, files: Sequence[Path], max_pixels: int = DEFAULT_MAX_PIXELS,
+            groups: Sequence[int] | None = None) -> Iterator[Batch]:
+        """Embed ``files`` in order, batch by batch; files that cannot be decoded are reported, not fatal.
+        ``groups``: sizes of consecutive runs of ``files`` that no batch may straddle (shards). The network's
+        input is made in a thread of its own, ``PREPARED_BATCHES`` ahead, while the network runs."""
+        def prepared() -> Iterator[tuple[int, list, np.ndarray | None]]:
+            for start, decoded in decoded_batches(files, self.recipe.input_size, self.batch_size, max_pixels,
+                                                  groups=groups):
+                good = [image for image, _ in decoded if image is not None]
+                yield start, decoded, self._input(np.stack(good)) if good else None
+
+        for start, decoded, x in ahead(prepared(), PREPARED_BATCHES):
             good = [i for i, (image, _) in enumerate(decoded) if image is not None]
-            views = (self.embed_array(np.stack([decoded[i][0] for i in good])) if good
+            views = (self._infer(x, len(good)) if good
                      else {v: np.empty((0, 0), np.float32) for v in self.view_names})
             yield Batch(
                 indices=[start + i for i in good],
@@ -116,20 +135,32 @@ def _load(path: Path, size: int, max_pixels: int) -> tuple[np.ndarray | None, st
         return None, str(err)
 
 
-def decoded_batches(files: Sequence[Path], size: int, batch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
-                    prefetch: int = PREFETCH_BATCHES) -> Iterator[tuple[int, list[tuple[np.ndarray | None, str]]]]:
-    """Decode and resize in parallel threads (Pillow releases the GIL), ``prefetch`` batches ahead of the
-    consumer, in order. At most ``prefetch + 1`` batches are in memory, whatever the dataset size."""
-    starts = list(range(0, len(files), batch_size))
-    with ThreadPoolExecutor(max_workers=decode_workers()) as pool_:
-        def submit(start: int) -> list[Future]:
-            return [pool_.submit(_load, f, size, max_pixels) for f in files[start : start + batch_size]]
+def batch_bounds(total: int, batch_size: int, groups: Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """``(start, end)`` of each batch of ``total`` items, ``batch_size`` at most, none straddling two of the
+    consecutive ``groups`` (their sizes; None: one group)."""
+    bounds, begin = [], 0
+    for size in groups if groups is not None else [total]:
+        bounds += [(s, min(s + batch_size, begin + size)) for s in range(begin, begin + size, batch_size)]
+        begin += size
+    return bounds
 
-        queue = deque(submit(s) for s in starts[: prefetch + 1])
-        for k, start in enumerate(starts):
+
+def decoded_batches(files: Sequence[Path], size: int, batch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+                    prefetch: int = PREFETCH_BATCHES, groups: Sequence[int] | None = None,
+                    ) -> Iterator[tuple[int, list[tuple[np.ndarray | None, str]]]]:
+    """Decode and resize in parallel threads (Pillow releases the GIL), ``prefetch`` batches ahead of the
+    consumer, in order, across ``groups`` too (batches never straddle two: ``batch_bounds``). At most
+    ``prefetch + 1`` batches are in memory, whatever the dataset size."""
+    bounds = batch_bounds(len(files), batch_size, groups)
+    with ThreadPoolExecutor(max_workers=decode_workers()) as pool_:
+        def submit(start: int, end: int) -> list[Future]:
+            return [pool_.submit(_load, f, size, max_pixels) for f in files[start:end]]
+
+        queue = deque(submit(*b) for b in bounds[: prefetch + 1])
+        for k, (start, _) in enumerate(bounds):
             futures = queue.popleft()
-            if k + prefetch + 1 < len(starts):
-                queue.append(submit(starts[k + prefetch + 1]))
+            if k + prefetch + 1 < len(bounds):
+                queue.append(submit(*bounds[k + prefetch + 1]))
             yield start, [f.result() for f in futures]
 
 

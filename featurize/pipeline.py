@@ -9,8 +9,11 @@ from __future__ import annotations
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from clothprobe._util.progress import progress_bar
 from clothprobe.errors import ClothprobeError
@@ -18,7 +21,7 @@ from clothprobe.featurize.cache import identity
 from clothprobe.featurize.cache.read import ExistingCache
 from clothprobe.featurize.cache.schema import CacheHeader, check_target, default_path
 from clothprobe.featurize.cache.write import writer_lock
-from clothprobe.featurize.embed import view_names
+from clothprobe.featurize.embed import ORIGINAL, view_names
 from clothprobe.featurize.engines.base import Engine
 from clothprobe.featurize.engines.local import LocalEngine
 from clothprobe.featurize.engines.merge import Merger, PartialStore, strict_error
@@ -27,6 +30,8 @@ from clothprobe.featurize.engines.plan import (
     EmbedTask,
     FileIndex,
     Plan,
+    Shard,
+    ShardBatch,
     decode_settings,
     index_files,
     make_plan,
@@ -34,9 +39,17 @@ from clothprobe.featurize.engines.plan import (
 from clothprobe.featurize.images import DEFAULT_MAX_PIXELS
 from clothprobe.featurize.model.backbones import DEFAULT_BACKBONE
 from clothprobe.featurize.model.calibration import DEFAULT_SIZE
-from clothprobe.featurize.model.guard import GuardSample, LabelledPhoto, guard_sample, guarded_recipe
+from clothprobe.featurize.model.guard import (
+    GuardSample,
+    LabelledPhoto,
+    guard_sample,
+    guarded,
+    measure_guard,
+    recorded_guard,
+)
 from clothprobe.featurize.model.recipe import Recipe, resolve_recipe
-from clothprobe.featurize.model.rows import worth_timing
+from clothprobe.featurize.model.rows import UNTIMED_ROWS, worth_timing
+from clothprobe.featurize.model.store import ModelStore
 from clothprobe.featurize.model.taps import DEFAULT_TAPS
 from clothprobe.featurize.table import LabelsTable, TableRecord, open_dataset
 
@@ -241,8 +254,6 @@ def _calibrated(recipe: Recipe, index: FileIndex, calibration: str | Path | None
 def _kept_calibration(recipe: Recipe, existing: ExistingCache) -> Recipe | None:
     """The existing cache's int8 recipe, when it differs from ``recipe`` only in its calibration sample and
     its quantized model is still in the store."""
-    from clothprobe.featurize.model.store import ModelStore
-
     previous = existing.header.recipe if existing.usable else None
     if previous is None or previous.precision != "int8" or previous.with_precision("int8") != recipe.with_precision("int8"):
         return None
@@ -255,7 +266,7 @@ def _update(index: FileIndex, recipe: Recipe, photos: tuple[tuple[str, str], ...
     if existing.damage and o.strict:
         raise ClothprobeError(f"Feature cache {o.out} is damaged ({existing.damage}); --strict will not rebuild it. "
                               f"Run without --strict to rebuild it, or delete it.")
-    plan, merger, model_seconds = _embed(index, recipe, tuple(p for p, _ in photos), existing, engine, o)
+    plan, merger, model_seconds, before = _embed(index, recipe, tuple(p for p, _ in photos), existing, engine, o)
     recipe, dataset = plan.recipe, index.dataset
     header = CacheHeader(recipe=recipe, class_names=tuple(dataset.class_names), dataset=dataset.name,
                          views=o.views, data_root=str(dataset.root.resolve()), decode=plan.decode,
@@ -267,8 +278,8 @@ def _update(index: FileIndex, recipe: Recipe, photos: tuple[tuple[str, str], ...
     rows = sum(len(r.paths) for r in outcome.splits.values())
     return FeaturizeResult(
         cache_path=o.out, backbone=recipe.backbone, precision=recipe.precision, runtime=recipe.runtime,
-        images={s: len(f) for s, f in dataset.files.items()}, computed=outcome.computed,
-        reused=rows - outcome.computed, resumed=plan.resumed, removed=outcome.removed,
+        images={s: len(f) for s, f in dataset.files.items()}, computed=outcome.computed + before,
+        reused=rows - outcome.computed - before, resumed=plan.resumed - before, removed=outcome.removed,
         skipped=sorted(outcome.skipped.items()),
         invalidated=recipe.differences(old.recipe) if old is not None and old.recipe != recipe else [],
         up_to_date=not outcome.written, model_seconds=model_seconds, recipe=recipe, damaged=existing.damage,
@@ -283,26 +294,61 @@ def _plan(index: FileIndex, recipe: Recipe, existing: ExistingCache, o: _Options
 
 
 def _embed(index: FileIndex, recipe: Recipe, calibration_files: tuple[str, ...], existing: ExistingCache,
-           engine: Engine, o: _Options) -> tuple[Plan, Merger, float]:
-    """Embed the plan's shards with ``engine``, each finished batch kept as it arrives. No model is loaded
-    when nothing is to be computed (a rerun, even over files that do not decode)."""
+           engine: Engine, o: _Options) -> tuple[Plan, Merger, float, int]:
+    """Embed the plan's shards with ``engine``, each finished batch kept as it arrives; also how many photos
+    were embedded before the final plan's (the guard's sample, embedded first). No model is loaded when nothing
+    is to be computed (a rerun, even over files that do not decode)."""
     plan, merger = _plan(index, recipe, existing, o)
     if not plan.todo:
-        return plan, merger, 0.0
-    if o.guard and recipe.precision == "int8":
-        guarded = guarded_recipe(recipe, _guard_sample(index, o.seed), len(index.dataset.class_names),
-                                 calibration_files=[Path(p) for p in calibration_files], seed=o.seed)
-        if guarded != recipe:
-            recipe = guarded
-            plan, merger = _plan(index, recipe, existing, o)
-            if not plan.todo:
-                return plan, merger, 0.0
-    ran = engine.open(EmbedTask(recipe, o.views, o.batch_size, o.max_pixels, calibration_files,
-                                time_rows=worth_timing(len(plan.todo))))
+        return plan, merger, 0.0, 0
+    sample = _guard_sample(index, o.seed) if o.guard and recipe.precision == "int8" else None
+    recorded = None if sample is None else recorded_guard(recipe, sample, ModelStore())
+    if recorded is not None:  # measured before on these photos: nothing to measure now
+        recipe, sample = guarded(recipe, recorded), None
+        plan, merger = _plan(index, recipe, existing, o)
+        if not plan.todo:
+            return plan, merger, 0.0, 0
+    ran = _open(engine, recipe, calibration_files, plan, o)
     if ran != recipe:  # the runtime's self-check fell back to another precision here: plan for what runs
-        plan, merger = _plan(index, ran, existing, o)
-    started = time.perf_counter()
+        plan, merger, sample = (*_plan(index, ran, existing, o), None)
+    started, before = time.perf_counter(), 0
     with progress_bar(ran.label, len(plan.todo), o.progress, unit="img") as advance:
+        if sample is not None:  # the guard's photos first, with the int8 model the job runs anyway
+            vectors, before = _sample_first(engine, plan, merger, sample, advance)
+            # the reference at the job's rows per request: its float32 self-check reuses the compiled model
+            # the int8 self-check made
+            guard = measure_guard(ran, sample, vectors, len(index.dataset.class_names),
+                                  batch_size=engine.request_rows or UNTIMED_ROWS, seed=o.seed)
+            instead = guarded(ran, guard)
+            if instead != ran:  # int8 failed: what it embedded is another recipe's, not kept
+                ran, before = _open(engine, instead, calibration_files, plan, o), 0
+            plan, merger = _plan(index, ran, existing, o)  # the rest: the sample's batches are in the partial store
         for item in engine.embed(plan.shards):
             advance(merger.add(item))
-    return plan, merger, time.perf_counter() - started
+    return plan, merger, time.perf_counter() - started, before
+
+
+def _open(engine: Engine, recipe: Recipe, calibration_files: tuple[str, ...], plan: Plan, o: _Options) -> Recipe:
+    return engine.open(EmbedTask(recipe, o.views, o.batch_size, o.max_pixels, calibration_files,
+                                 time_rows=worth_timing(len(plan.todo))))
+
+
+def _sample_first(engine: Engine, plan: Plan, merger: Merger, sample: GuardSample,
+                  advance: Callable[[int], None]) -> tuple[dict[str, np.ndarray], int]:
+    """Embed (and keep, as part of the job) the sample's photos the plan has to compute, first; their
+    original view's embeddings by content hash, with those of sample photos the cache already holds, and how
+    many photos were embedded."""
+    photos = [*sample.train, *sample.validation]
+    wanted = {p.sha256 for p in photos}
+    first = [item for item in plan.todo if item.sha256 in wanted]
+    shards = [Shard(k, tuple(first[i : i + plan.shard_size])) for k, i in enumerate(range(0, len(first), plan.shard_size))]
+    vectors: dict[str, np.ndarray] = {}
+    for item in engine.embed(shards):
+        advance(merger.add(item))
+        if isinstance(item, ShardBatch) and item.sha256:
+            vectors.update(zip(item.sha256, item.views[ORIGINAL]))
+    for p in photos:
+        if p.sha256 not in vectors and p.sha256 in plan.known:
+            source, row = plan.known[p.sha256]
+            vectors[p.sha256] = source.read(ORIGINAL, np.array([row]))[0]
+    return vectors, merger.computed

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from clothprobe.featurize.cache.read import SplitFeatures
+from clothprobe.featurize.cache.read import SplitFeatures, load_features
 from clothprobe.featurize.cache.schema import CacheHeader, default_path
 from clothprobe.featurize.cache.write import write_arrays
 from clothprobe.featurize.model.backbones import get_backbone
@@ -66,4 +67,28 @@ def make_cache(features_dir: Path, backbone: str = "xception", dim: int = 16, se
     header = CacheHeader(recipe=recipe(backbone, dim), class_names=tuple(CLASSES), dataset=dataset, views=(),
                          data_root=str(root.resolve()) if root is not None else "")
     write_arrays(path, header, arrays)
+    return path
+
+
+TAPS = ("block3_pool", "block5_pool")  # 256 + 512 columns: two candidate tap sets (final, and both)
+
+
+def make_tapped_cache(features_dir: Path, seed: int = 0, dataset: str = "clothes") -> Path:
+    """A cache of VGG16 with two taps and the flipped view: the blobs of ``make_cache``, seen through a seeded
+    random projection into each tap's columns with noise of its own (the final tap the clearer one)."""
+    rng = np.random.default_rng(seed)
+    path = make_cache(features_dir, backbone="vgg16", dim=16, seed=seed, dataset=dataset)
+    cache = load_features(path)
+    widths, noise = (256, 512), (2.0, 0.5)
+    project = [rng.normal(0, 1 / 4, size=(16, w)) for w in widths]
+
+    def tapped(X: np.ndarray, draw: np.random.Generator) -> np.ndarray:
+        return np.hstack([X @ p + draw.normal(0, s, size=(len(X), p.shape[1])) for p, s in zip(project, noise)]
+                         ).astype(np.float32)
+
+    splits = {name: replace(s, embeddings=tapped(s.embeddings, rng), flip=tapped(s.flip, rng))
+              for name, s in cache.splits.items()}
+    header = replace(cache.header, recipe=replace(recipe("vgg16", 16), taps=TAPS))
+    path.unlink()
+    write_arrays(path, header, splits)
     return path

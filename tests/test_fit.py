@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import pickle
+import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from synthetic import CLASSES, SIZES, make_cache
 
-from clothprobe.classifiers import fit, load_feature_set, load_model, registry
+from clothprobe.classifiers import fit, load_feature_set, load_model
 from clothprobe.classifiers.registry import BALANCES, CLASSIFIERS, LGBM_MAX_ROUNDS
 from clothprobe.errors import ClothprobeError
 from clothprobe.runs import directory as rundir
@@ -154,21 +155,130 @@ def test_each_grid_entry_is_timed_in_the_metrics(features: Path, tmp_path: Path,
     assert sum(seconds) <= metrics["fit_seconds"]  # the estimators alone, within the whole search
 
 
-def test_heads_fitted_concurrently_give_what_one_after_another_gives(features: Path, tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from clothprobe.classifiers import fitting
+def _untimed(result) -> dict:  # a FitResult: what must not depend on how the fits were scheduled
+    metrics = {k: v for k, v in asdict(result.metrics).items() if k not in ("fit_seconds", "predict_seconds")}
+    metrics["candidates"] = [{k: v for k, v in c.items() if k != "seconds"} for c in metrics["candidates"]]
+    return {"metrics": metrics, "predictions": (result.run_dir / "predictions.csv").read_text()}
 
-    data = load_feature_set("xception", "clothes", features)
-    assert fitting.concurrent_fits(data) == registry.available_cores()  # small data: one thread a fit
+
+def test_fits_side_by_side_give_what_one_core_gives(features: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Logistic regression's searches and LightGBM's grid entries run side by side on two cores; one core,
+    one fit at a time, gives the same runs."""
+    from clothprobe.classifiers import search
+
+    monkeypatch.setattr(search, "available_cores", lambda: 2)
     order: list[str] = []
-    together = fit("clothes", clf="all", balance="none", features_dir=features, models_dir=tmp_path / "a",
-                   on_result=lambda r: order.append(r.metrics.classifier))
-    monkeypatch.setattr(fitting, "concurrent_fits", lambda data: 1)
-    alone = fit("clothes", clf="all", balance="none", features_dir=features, models_dir=tmp_path / "b")
-    assert order == [r.metrics.classifier for r in alone] == list(CLASSIFIERS)
-    for a, b in zip(together, alone):
-        assert (a.run_dir / "predictions.csv").read_text() == (b.run_dir / "predictions.csv").read_text()
-        assert a.metrics.test == b.metrics.test and a.metrics.params == b.metrics.params
+    together = fit("clothes", clf="all", balance="all", features_dir=features, models_dir=tmp_path / "a",
+                   on_result=lambda r: order.append(r.metrics.run))
+    monkeypatch.setattr(search, "available_cores", lambda: 1)
+    alone = fit("clothes", clf="all", balance="all", features_dir=features, models_dir=tmp_path / "b")
+    assert order == [r.metrics.run for r in alone] == [f"{c}-{b}" for c in CLASSIFIERS for b in BALANCES]
+    assert [_untimed(r) for r in together] == [_untimed(r) for r in alone]
+
+
+@pytest.mark.parametrize("clf", ["logreg", "lgbm"])
+def test_balance_modes_fitted_together_give_what_each_gives_alone(tmp_path: Path, clf: str) -> None:
+    """The work the three balance modes share (scaling, rows held out for early stopping, LightGBM's binned
+    rows) leaks nothing from one mode's fit into another's: each run is what fitting its mode alone gives,
+    and the modes do differ (each fits its own rows or weights). Several tap sets, so that each is shared."""
+    from synthetic import make_tapped_cache
+
+    make_tapped_cache(tmp_path / "f")
+    kw = {"clf": clf, "backbone": "vgg16", "features_dir": tmp_path / "f", "tta": True}
+    together = fit("clothes", balance="all", models_dir=tmp_path / "all", **kw)
+    alone = [fit("clothes", balance=b, models_dir=tmp_path / b, **kw)[0] for b in BALANCES]
+    assert [_untimed(r) for r in together] == [_untimed(r) for r in alone]
+    assert len({r.metrics.taps["chosen"] for r in together}) >= 1 and len(together[0].metrics.taps["candidates"]) > 1
+    assert len({(r.run_dir / "predictions.csv").read_text().split("\n", 1)[1] for r in together}) == 3
+
+
+def test_lgbm_bins_its_rows_once_per_tap_set_for_unweighted_and_weighted_fits(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tap set's training rows are binned once for all 4 grid entries of balance modes none and weights, and
+    once more for SMOTE's rows; never per fit."""
+    from synthetic import make_tapped_cache
+
+    from clothprobe.classifiers import boosting
+
+    make_tapped_cache(tmp_path / "f")
+    binned: list[tuple[int, int]] = []
+    original = boosting.BinnedRows.__init__
+
+    def spy(self, X, y, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        binned.append(X.shape)
+        original(self, X, y, *a, **k)
+
+    monkeypatch.setattr(boosting.BinnedRows, "__init__", spy)
+    results = fit("clothes", backbone="vgg16", clf="lgbm", balance="all", features_dir=tmp_path / "f",
+                  models_dir=tmp_path / "m")
+    tap_sets = len(results[0].metrics.taps["candidates"])
+    assert tap_sets > 1 and len(binned) == 2 * tap_sets
+    assert sum(len(r.metrics.candidates) for r in results) == 3 * len(CLASSIFIERS["lgbm"].grid)
+
+
+def test_lgbm_compares_tap_sets_at_its_first_setting_then_searches_its_grid_on_the_kept_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tap_search="first-entry"``: every candidate tap set is fitted with the grid's first entry and scored on
+    validation; the rest of the grid is fitted on the best tap set only; the run's settings are the best of the
+    whole grid there, chosen as ``select`` chooses."""
+    from synthetic import make_tapped_cache
+
+    from clothprobe.classifiers import boosting
+    from clothprobe.classifiers.select import best_candidate
+
+    make_tapped_cache(tmp_path / "f")
+    fitted: list[tuple[int, int, float]] = []
+    original = boosting.BoostedTrees.fit
+
+    def spy(self, X, y, **kw):  # noqa: ANN001, ANN003, ANN202
+        fitted.append((X.shape[1], self.num_leaves, self.learning_rate))
+        return original(self, X, y, **kw)
+
+    monkeypatch.setattr(boosting.BoostedTrees, "fit", spy)
+    (result,) = fit("clothes", backbone="vgg16", clf="lgbm", balance="none", features_dir=tmp_path / "f",
+                    models_dir=tmp_path / "m")
+    grid, taps = CLASSIFIERS["lgbm"].grid, result.metrics.taps
+    first = (grid[0]["num_leaves"], grid[0]["learning_rate"])
+    widths = [c["columns"] for c in taps["candidates"]]
+    kept = max(range(len(widths)), key=lambda i: (taps["candidates"][i]["accuracy"], -taps["candidates"][i]["log_loss"], -i))
+    assert taps["chosen"] == taps["candidates"][kept]["name"] and len(widths) == 2
+    assert sorted(fitted[: len(widths)]) == sorted((w, *first) for w in widths)
+    assert fitted[len(widths) :] == [(widths[kept], g["num_leaves"], g["learning_rate"]) for g in grid[1:]]
+    candidates = result.metrics.candidates
+    assert [c["params"] for c in candidates] == list(grid)
+    assert result.metrics.params == candidates[best_candidate([_candidate(c) for c in candidates])]["params"]
+
+
+def _candidate(record: dict):  # a metrics.json candidate as a select.Candidate
+    from clothprobe.classifiers.select import Candidate
+
+    return Candidate(record["params"], record["accuracy"], record["log_loss"], record["chosen"], record["seconds"])
+
+
+def test_boosted_trees_grow_the_trees_lgbmclassifier_grows(features: Path) -> None:
+    """The LightGBM head trains through the native API on rows binned once; with the same rows, settings and
+    early-stopping rows, it is the model LightGBM's own scikit-learn estimator fits."""
+    from lightgbm import LGBMClassifier, early_stopping
+
+    from clothprobe.classifiers.boosting import BinnedRows, BoostedTrees
+
+    train = load_feature_set("xception", "clothes", features).splits["train"]
+    X, y, X_stop, y_stop = train.X[::2], train.y[::2], train.X[1::2], train.y[1::2]  # every class in both
+    settings = {"num_leaves": 7, "learning_rate": 0.1, "n_estimators": 300, "colsample_bytree": 0.5,
+                "subsample": 0.8, "subsample_freq": 1, "min_child_samples": 5, "reg_lambda": 1.0,
+                "class_weight": "balanced", "random_state": 3}
+    ours = BoostedTrees(**settings, patience=10, min_delta=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the bins' copies and the fit agree on LightGBM's parameters: no warning
+        ours.fit(X, y, binned=BinnedRows(X, y, X_stop, y_stop, params=ours.dataset_params(), threads=2))
+    theirs = LGBMClassifier(**settings, max_bin=63, n_jobs=1, deterministic=True, force_col_wise=True,
+                            enable_bundle=False, verbose=-1)
+    theirs.fit(X, y, eval_X=(X_stop,), eval_y=(y_stop,), callbacks=[early_stopping(10, verbose=False, min_delta=1e-3)])
+    assert 1 <= ours.best_iteration_ == theirs.best_iteration_ < 300
+    assert np.allclose(ours.predict_proba(train.X), theirs.predict_proba(train.X), rtol=0, atol=1e-12)
+    alone = BoostedTrees(**settings, patience=10, min_delta=1e-3).fit(X, y, X_stop=X_stop, y_stop=y_stop)
+    assert np.array_equal(alone.predict_proba(train.X), ours.predict_proba(train.X))  # binning inside fit: the same
 
 
 def test_tta_and_joined_backbones(tmp_path: Path) -> None:

@@ -102,3 +102,33 @@ def test_nncf_sends_no_usage_events_for_clothprobes_quantization(tmp_path: Path,
                             calibration=cal.digest)
     open_embedder(recipe, batch_size=2, calibration_files=cal.files, store=ModelStore(tmp_path / "home"))
     assert sent == [] and decorator.telemetry is recording  # switched off for the call, then put back
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_logreg_searches_hold_blas_at_one_thread_and_give_it_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  cores: int) -> None:
+    """Logistic regression's searches run with one BLAS thread each, side by side or not (so two of them do not
+    ask for four threads on two cores, and a run does not depend on the cores); the caller's BLAS threads are
+    as they were afterwards."""
+    from sklearn.linear_model import LogisticRegression
+    from synthetic import make_cache
+    from threadpoolctl import threadpool_info
+
+    from clothprobe.classifiers import fit, search
+
+    def blas() -> list[int]:
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    monkeypatch.setattr(search, "available_cores", lambda: cores)
+    during, original = [], LogisticRegression.fit
+
+    def spy(self, X, y, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        during.append(blas())
+        return original(self, X, y, *args, **kwargs)
+
+    monkeypatch.setattr(LogisticRegression, "fit", spy)
+    before = blas()
+    make_cache(tmp_path / "f")
+    fit("clothes", clf="logreg", balance="all", features_dir=tmp_path / "f", models_dir=tmp_path / "m")
+    assert during and all(threads == [1] * len(before) for threads in during)
+    assert blas() == before

@@ -39,27 +39,34 @@ def _rows(X: np.ndarray) -> set[bytes]:
 
 ESTIMATORS = {
     "logreg": ("sklearn.linear_model", "LogisticRegression"),
-    "lgbm": ("lightgbm", "LGBMClassifier"),
+    "lgbm": ("clothprobe.classifiers.boosting", "BoostedTrees"),
     "dense": ("clothprobe.classifiers.dense", "DenseHeadClassifier"),
 }
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch, clf: str) -> list[dict]:
-    """Record the rows each fit of ``clf``'s estimator gets, and the rows it may stop early on."""
+    """Record the rows each fit of ``clf``'s estimator gets, and the rows it may stop early on (LightGBM's are
+    binned once for the whole grid: recorded as they are binned, with the rows binned for fitting)."""
     import importlib
+
+    from clothprobe.classifiers import boosting
 
     module, name = ESTIMATORS[clf]
     cls = getattr(importlib.import_module(module), name)
-    original = cls.fit
+    original, binning = cls.fit, boosting.BinnedRows.__init__
     seen: list[dict] = []
 
     def spy(self, X, y, **kw):  # noqa: ANN001, ANN003, ANN202
-        stop = kw.get("eval_X") or [X_ for X_, _ in kw.get("eval_set", [])]
-        seen.append({"fit": np.asarray(X, np.float64).copy(), "stop": [np.asarray(s, np.float64) for s in stop]})
+        seen.append({"kind": "fit", "fit": np.asarray(X, np.float64).copy(), "stop": []})
         return original(self, X, y, **kw)
 
-    spy.__signature__ = __import__("inspect").signature(original)  # LightGBM's fit arguments are looked up
+    def bin_spy(self, X, y, X_stop=None, y_stop=None, **kw):  # noqa: ANN001, ANN003, ANN202
+        seen.append({"kind": "bin", "fit": np.asarray(X, np.float64).copy(),
+                     "stop": [] if X_stop is None else [np.asarray(X_stop, np.float64)]})
+        return binning(self, X, y, X_stop, y_stop, **kw)
+
     monkeypatch.setattr(cls, "fit", spy)
+    monkeypatch.setattr(boosting.BinnedRows, "__init__", bin_spy)
     return seen
 
 
@@ -79,8 +86,8 @@ def test_validation_rows_never_reach_a_fit(tmp_path: Path, monkeypatch: pytest.M
         assert fitted <= train and not fitted & val and not fitted & test
         for stop in call["stop"]:  # LightGBM's early stopping: held-out training rows
             assert _rows(stop) <= train and not _rows(stop) & fitted and not _rows(stop) & val
-    if clf == "lgbm":
-        assert all(call["stop"] for call in seen)
+    if clf == "lgbm":  # the rows are binned once, with their early-stopping rows, for every grid entry
+        assert sum(1 for call in seen if call["stop"]) == 1
 
 
 @pytest.mark.parametrize("clf", ["logreg", "lgbm"])
@@ -120,7 +127,7 @@ def test_cross_validation_never_fits_on_the_rows_it_scores(tmp_path: Path, monke
     if clf == "lgbm":  # no scaler: the estimator's own rows, early stopping included, stay inside each fold
         for call in seen[:-1]:
             assert _rows(call["fit"]) <= pool and all(not _rows(s) & _rows(call["fit"]) for s in call["stop"])
-        assert seen[-1]["stop"] == []  # the refit uses the rounds the folds chose
+        assert [c for c in seen if c["kind"] == "bin"][-1]["stop"] == []  # the refit: the rounds the folds chose
 
 
 def test_cv_refits_on_train_and_validation(tmp_path: Path) -> None:

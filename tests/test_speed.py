@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +101,62 @@ def test_decoding_ahead_keeps_order_and_reports_bad_files(tmp_path: Path) -> Non
     assert embedder.network_seconds > 0
 
 
+def test_batches_run_across_shards_without_straddling_them() -> None:
+    from clothprobe.featurize.embed import batch_bounds
+
+    assert batch_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert batch_bounds(10, 4, groups=[5, 5]) == [(0, 4), (4, 5), (5, 9), (9, 10)]
+    assert batch_bounds(7, 3, groups=[0, 7, 0]) == [(0, 3), (3, 6), (6, 7)]
+
+
+def test_the_local_engine_embeds_every_shard_ahead_of_the_caller_in_order(tmp_path: Path) -> None:
+    """Shards are decoded and embedded in a thread ahead of the caller (who writes the batches), each batch
+    within one shard, in order; a file that does not decode is reported in its own shard."""
+    from clothprobe.featurize.engines.local import LocalEngine
+    from clothprobe.featurize.engines.plan import EmbedTask, Shard, WorkItem
+
+    files = [make_image(tmp_path / f"{i:02d}.png", seed=i) for i in range(7)]
+    (tmp_path / "04.png").write_bytes(b"")
+    items = [WorkItem(f"sha{i}", str(f)) for i, f in enumerate(files)]
+    shards = [Shard(0, tuple(items[:3])), Shard(1, tuple(items[3:]))]
+    engine = LocalEngine()
+    recipe = engine.open(EmbedTask(tiny(), ("embeddings",), 2, DEFAULT_MAX_PIXELS))
+    with ModelStore(tmp_path / "home").in_use(recipe):
+        batches = list(engine.embed(shards))
+    assert [(b.shard, b.sha256) for b in batches] == [(0, ["sha0", "sha1"]), (0, ["sha2"]), (1, ["sha3"]),
+                                                      (1, ["sha5", "sha6"])]
+    assert {k for b in batches for k in b.failed} == {"sha4"} and batches[2].failed
+
+
+def test_a_producer_ahead_hands_its_error_to_the_caller_and_stops_when_the_caller_does() -> None:
+    from clothprobe._util.ahead import ahead
+
+    def failing() -> Iterator[int]:
+        yield 1
+        raise ValueError("decoder broke")
+
+    stream = ahead(failing(), 2)
+    assert next(stream) == 1
+    with pytest.raises(ValueError, match="decoder broke"):
+        next(stream)
+    made = []
+
+    def endless() -> Iterator[int]:
+        k = 0
+        while True:
+            made.append(k)
+            yield k
+            k += 1
+
+    stream = ahead(endless(), 2)
+    assert [next(stream) for _ in range(3)] == [0, 1, 2]
+    stream.close()  # the caller stops: the producer ends instead of running on
+    stopped = len(made)
+    assert stopped <= 3 + 2 + 2
+    time.sleep(0.3)
+    assert len(made) == stopped
+
+
 BUILD_INT8 = """
 import json, sys
 from clothprobe.featurize.embed import open_embedder
@@ -151,8 +209,14 @@ def run_default(data: Path, tmp_path: Path, name: str):  # noqa: ANN201
 @pytest.mark.slow
 def test_default_is_int8_guarded_on_validation_and_recorded(colours: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    embedded_by = []
+    real = guard_module.embedded
+    monkeypatch.setattr(guard_module, "embedded", lambda e, p: embedded_by.append(e.recipe.precision) or real(e, p))
     result, said = run_default(colours, tmp_path, "a")
     assert result.precision == "int8" and not said
+    # the guard's int8 side is the job's own embeddings (each photo embedded once, kept in the cache): only
+    # the reference precision embeds the sample on its own
+    assert embedded_by == [FALLBACK] and result.computed == 32 and result.resumed == 0
     entry = ModelStore().read_for(result.recipe)
     (guard,) = entry.guards.values()
     assert guard.passed and guard.images == 16 and guard.reference == FALLBACK
@@ -167,9 +231,9 @@ def test_default_int8_falls_back_with_one_line_when_the_guard_fails(colours: Pat
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     real = guard_module._features
 
-    def scrambled(embedder, photos):  # noqa: ANN001, ANN202 - injected failure: int8 features lose their labels
-        X, y = real(embedder, photos)
-        if embedder.recipe.precision == "int8":
+    def scrambled(vectors, photos, precision):  # noqa: ANN001, ANN202 - injected failure: int8 loses the labels
+        X, y = real(vectors, photos, precision)
+        if precision == "int8":
             X = np.random.default_rng(0).normal(size=X.shape).astype(np.float32)
         return X, y
 

@@ -44,6 +44,11 @@ class Engine(ABC):
         """Load the model(s) for ``task``; returns the recipe they really run (the driver plans again
         when it differs from ``task.recipe``)."""
 
+    @property
+    def request_rows(self) -> int | None:
+        """Rows per inference request of the opened model, where this engine knows it (None: it does not)."""
+        return None
+
     @abstractmethod
     def embed(self, shards: Iterable[Shard]) -> Iterator[ShardBatch | ShardFailed]:
         """Finished batches of ``shards``, as they finish (any order), or ``ShardFailed`` for a shard the

@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from clothprobe._util.ahead import ahead
 from clothprobe.featurize.engines.base import Engine
 from clothprobe.featurize.engines.plan import EmbedTask, Shard, ShardBatch, ShardFailed
 from clothprobe.featurize.model.recipe import Recipe
+
+AHEAD_BATCHES = 4  # finished batches the embedding thread may hold while the driver writes the previous ones
 
 
 class ShardEmbedder:
@@ -34,12 +37,19 @@ class ShardEmbedder:
 
     def embed(self, shard: Shard) -> Iterator[ShardBatch]:
         """The shard's files, batch by batch; files that cannot be decoded are reported in ``failed``."""
+        return self.embed_all([shard])
+
+    def embed_all(self, shards: Sequence[Shard]) -> Iterator[ShardBatch]:
+        """Every shard's files, batch by batch and shard by shard, decoded ahead across shard boundaries (no
+        batch holds files of two shards)."""
         fingerprint = self.recipe.fingerprint
-        items = shard.items
-        for batch in self.embedder.run([Path(item.path) for item in items], self.task.max_pixels):
-            yield ShardBatch(shard=shard.index, fingerprint=fingerprint,
-                             sha256=[items[i].sha256 for i in batch.indices], views=batch.views,
-                             failed={items[i].sha256: reason for i, reason in batch.skipped.items()})
+        items = [(shard.index, item) for shard in shards for item in shard.items]
+        files = [Path(item.path) for _, item in items]
+        for batch in self.embedder.run(files, self.task.max_pixels, groups=[len(s.items) for s in shards]):
+            first = batch.indices[0] if batch.indices else next(iter(batch.skipped))
+            yield ShardBatch(shard=items[first][0], fingerprint=fingerprint,
+                             sha256=[items[i][1].sha256 for i in batch.indices], views=batch.views,
+                             failed={items[i][1].sha256: reason for i, reason in batch.skipped.items()})
 
 
 class LocalEngine(Engine):
@@ -58,13 +68,18 @@ class LocalEngine(Engine):
         return self._worker.embedder.batch_size if self._worker else None
 
     @property
+    def request_rows(self) -> int | None:
+        return self._worker.embedder.batch_size * len(self._worker.embedder.view_names) if self._worker else None
+
+    @property
     def network_seconds(self) -> float:
         """Seconds the network ran on shards so far: against the run's embedding time, how busy decoding
         kept it."""
         return self._worker.embedder.network_seconds if self._worker else 0.0
 
     def embed(self, shards: Iterable[Shard]) -> Iterator[ShardBatch | ShardFailed]:
+        """Every shard's batches, embedded in a thread of their own up to ``AHEAD_BATCHES`` ahead of the caller,
+        so writing each finished batch (the caller's part) overlaps the network instead of pausing it."""
         if self._worker is None:
             raise RuntimeError("LocalEngine.embed called before open")
-        for shard in shards:
-            yield from self._worker.embed(shard)
+        return ahead(self._worker.embed_all(list(shards)), AHEAD_BATCHES)
