@@ -23,7 +23,7 @@ from clothprobe.export.contract import PREFIX, PREPROCESSING, ExportedModel
 DEPLOY = Path(__file__).resolve().parents[1] / "docs" / "guide" / "deploy.md"
 
 
-def session(model) -> ort.InferenceSession:  # noqa: ANN001 - an onnx.ModelProto
+def session(model) -> ort.InferenceSession:
     import onnx
 
     onnx.checker.check_model(model)
@@ -33,7 +33,7 @@ def session(model) -> ort.InferenceSession:  # noqa: ANN001 - an onnx.ModelProto
 # --- the reference preprocessor of docs/guide/deploy.md ----------------------------------------------------
 
 
-def reference_preprocess():  # noqa: ANN201 - the page's function
+def reference_preprocess():
     """``preprocess`` as the Deploy page prints it: its block's imports and function definitions, run here."""
     from test_docs import blocks
 
@@ -86,7 +86,7 @@ def test_the_reference_preprocessor_gives_featurize_s_pixels(tmp_path: Path, siz
 
 
 @pytest.fixture(scope="module")
-def fitted_openset():  # noqa: ANN201 - an OpenSet with every component fitted (negatives, combiner)
+def fitted_openset():
     from clothprobe.classifiers.openset import SCORES, Combiner, OpenSet, OpenSetScorer
 
     rng = np.random.default_rng(0)
@@ -128,8 +128,8 @@ def test_output_stage_computes_predict_s_probabilities_and_open_set_score(fitted
 
 
 def test_a_score_needing_logits_is_refused_without_them(fitted_openset) -> None:
-    from clothprobe.export.openset import Rows, openset_score
     from clothprobe.export.graph import Graph
+    from clothprobe.export.openset import Rows, openset_score
 
     with pytest.raises(ClothprobeError, match="energy' needs the head's logits"):
         openset_score(Graph("t/"), dataclasses.replace(fitted_openset, score="energy"), Rows("x", "p"))
