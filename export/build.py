@@ -11,6 +11,7 @@ on an ``onnx:`` backbone, int8 without calibration photos.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -85,6 +86,12 @@ class _Run:
     how: RunEmbedding | None  # None: an end-to-end run
     openset: OpenSet | None = None
     calibration: Sequence[Path] = ()
+    described: ExportedModel | None = None  # the file's metadata, all but its precision
+
+    @property
+    def views(self) -> int:
+        """Images the network runs per photo: 2 with TTA (a cached-features run; an end-to-end run has none)."""
+        return 2 if self.manifest.tta and self.how is not None else 1
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, precision: str = "float32",
@@ -108,13 +115,13 @@ def export_run(run_dir: str | Path, out: str | Path, *, precision: str = "float3
     path = check_output(out, option="--out", inputs=[run_dir], ours=is_export)
     run = _open(Path(run_dir), precision, calibration)
     model, photos = _build(run, precision, weights)
-    model = _with_metadata(model, run, precision)
+    described = dataclasses.replace(run.described, precision=precision)
+    _set_metadata(model, described)
     with atomic_path(path) as tmp:
         import onnx
 
         onnx.save(model, str(tmp))
-    return ExportResult(path, "onnx", time.perf_counter() - started,
-                        model=ExportedModel.from_metadata(_props(model), str(path)), calibration_photos=photos)
+    return ExportResult(path, "onnx", time.perf_counter() - started, model=described, calibration_photos=photos)
 
 
 def _open(directory: Path, precision: str, calibration: str | Path | None) -> _Run:
@@ -142,6 +149,7 @@ def _open(directory: Path, precision: str, calibration: str | Path | None) -> _R
                                   f"model's run on a Keras backbone, or join your ONNX model yourself.")
         run = _Run(directory, manifest, how.recipe, how)
     run.openset = _openset(directory, manifest)
+    run.described = _described(run)
     if precision == "int8":
         run.calibration = _calibration_photos(run, calibration)
     return run
@@ -185,23 +193,29 @@ def _build(run: _Run, precision: str, weights: Any) -> tuple[Any, int]:
     from clothprobe.export.heads import has_logits, head_stage
     from clothprobe.export.outputs import Layout, needs_logits, output_stage
 
-    parts = model_parts(run.directory)
-    openset = run.openset
-    views = 2 if run.manifest.tta and run.how is not None else 1
-    backbone = backbone_stage(run.how, views == 2, weights) if run.how is not None else e2e_stage(run.recipe,
-                                                                                               parts.estimator)
+    parts, openset = model_parts(run.directory), run.openset
+    if run.how is not None:
+        backbone = backbone_stage(run.how, run.views == 2, weights)
+    else:
+        backbone = e2e_stage(run.recipe, parts.estimator)
     photos = 0
     if precision == "int8":
-        from clothprobe.export.quantize import quantize_stage
+        from clothprobe.export.quantize import QUANTIZED_OPS, quantize_stage
 
-        backbone, photos = quantize_stage(backbone, run.calibration, run.recipe.input_size)
-    width = backbone.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+        ops = QUANTIZED_OPS if run.how is not None else ("Conv",)  # an end-to-end network holds its head too
+        backbone, photos = quantize_stage(backbone, run.calibration, run.recipe.input_size, ops)
+    width = _width(backbone.graph.output[0])
     head = head_stage(parts, width)
-    layout = Layout(views, width, tuple(int(c) for c in parts.classes), len(run.manifest.classes),
-                    logits=head.graph.output[-1].type.tensor_type.shape.dim[1].dim_value if has_logits(parts) else 0)
+    layout = Layout(run.views, width, tuple(int(c) for c in parts.classes), len(run.manifest.classes),
+                    logits=_width(head.graph.output[-1]) if has_logits(parts) else 0)
     outputs = output_stage(layout, openset, openset.logits_of_every_view if openset is not None else True)
     after = join(head, outputs, [(HEAD_PROBA, OUT_PROBA)] + ([(HEAD_LOGITS, OUT_LOGITS)] if needs_logits(openset) else []))
     return join(backbone, after, [(FEATURES, HEAD_IN), (FEATURES, OUT_FEATURES)]), photos
+
+
+def _width(value: Any) -> int:
+    """The columns of a ``(rows, columns)`` graph output."""
+    return value.type.tensor_type.shape.dim[1].dim_value
 
 
 def _openset(directory: Path, manifest: Manifest) -> OpenSet | None:
@@ -217,24 +231,26 @@ def _openset(directory: Path, manifest: Manifest) -> OpenSet | None:
     return chosen
 
 
-def _with_metadata(model: Any, run: _Run, precision: str) -> Any:
-    from onnx import helper
-
+def _described(run: _Run) -> ExportedModel:
+    """What the file will say about itself (at float32; the precision is set once the file is built)."""
     from clothprobe import __version__
     from clothprobe.runs.directory import read_metrics
 
-    metrics = read_metrics(run.directory)
-    chosen = run.openset
-    described = ExportedModel(
-        classes=tuple(run.manifest.classes), input_size=run.recipe.input_size, precision=precision,
+    metrics, chosen = read_metrics(run.directory), run.openset
+    return ExportedModel(
+        classes=tuple(run.manifest.classes), input_size=run.recipe.input_size, precision="float32",
         run=run.manifest.id, recipe_fingerprint=run.recipe.fingerprint, clothprobe_version=__version__,
-        tta=bool(run.manifest.tta and run.how is not None),
+        tta=run.views == 2,
         validation_accuracy=metrics.validation.accuracy if metrics.validation is not None else None,
         test_accuracy=metrics.test.accuracy if metrics.test is not None else None,
         openset=None if chosen is None else {"score": chosen.score, "threshold": chosen.threshold})
+
+
+def _set_metadata(model: Any, described: ExportedModel) -> None:
+    from onnx import helper
+
     helper.set_model_props(model, described.to_metadata())
-    model.doc_string = f"clothprobe run {run.manifest.id}, exported at {precision} (docs: Deploy)"
-    return model
+    model.doc_string = f"clothprobe run {described.run}, exported at {described.precision} (docs: Deploy)"
 
 
 def _props(model: Any) -> dict[str, str]:

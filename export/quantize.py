@@ -5,7 +5,7 @@ fuses them into int8 kernels), weights int8 per output channel, activations uint
 x86 CPUs with VNNI, AVX-512 or AMX: no range reduction), ranges from MinMax calibration on photos decoded
 exactly as featurize decodes them. Only the backbone's Conv, MatMul and Gemm nodes are quantized: the
 preprocessing, the pooling, the float16 rounding of the taps, the head and the open-set score stay float (they
-are other stages, joined after this one).
+are other stages, joined after this one). An end-to-end network holds its head: its Conv nodes only.
 """
 
 from __future__ import annotations
@@ -53,9 +53,10 @@ class _Photos:
         return None if batch is None else {INPUT: batch}
 
 
-def quantize_stage(stage: Any, files: Sequence[Path], size: int) -> tuple[Any, int]:
-    """``stage`` (the backbone's float ONNX model) quantized on ``files``; the model and the photos it was
-    calibrated on."""
+def quantize_stage(stage: Any, files: Sequence[Path], size: int,
+                   ops: Sequence[str] = QUANTIZED_OPS) -> tuple[Any, int]:
+    """``stage`` (the backbone's float ONNX model) quantized on ``files``, its ``ops`` only; the model and the
+    photos it was calibrated on."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -74,5 +75,5 @@ def quantize_stage(stage: Any, files: Sequence[Path], size: int) -> tuple[Any, i
         quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(int8), photos, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=list(QUANTIZED_OPS), extra_options={"MatMulConstBOnly": True})
+                        op_types_to_quantize=list(ops), extra_options={"MatMulConstBOnly": True})
         return set_versions(onnx.load(str(int8))), photos.used

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -197,7 +198,9 @@ def test_an_end_to_end_run_exports_its_whole_network(tmp_path: Path) -> None:
     data = colour_photos(tmp_path / "clothes", {"train": 8, "validation": 4, "test": 4})
     result = e2e(data, epochs=2, models_dir=tmp_path / "models", backbone="vgg16", weights=None, image_size=32,
                  batch_size=4)
+    filters, state = list(warnings.filters), np.random.get_state()[1].copy()
     done = export_run(result.run_dir, tmp_path / "e2e.onnx")
+    assert list(warnings.filters) == filters and np.array_equal(np.random.get_state()[1], state)  # left as it was
     assert not done.model.tta and done.model.input_size == 32
     photos = sorted(data.rglob("*.png"))
     expected, _ = predicted(result.run_dir, photos)
