@@ -4,8 +4,8 @@ An export is three stages, each an ONNX model with named inputs and outputs (the
 backbone (``images`` -> ``features``: ``export/backbone.py``), the head (``HEAD_IN`` -> ``HEAD_PROBA`` and,
 for a linear head, ``HEAD_LOGITS``: ``export/heads.py``) and the run's output (the views averaged, the
 open-set score: ``export/outputs.py``). Every stage is made at one operator set (``OPSET``, and ``ML_OPSET``
-for ``ai.onnx.ml``) and one IR version, which every onnxruntime since 1.10 reads; ``join`` prefixes each stage's
-inner names and connects them with ``onnx.compose``.
+for ``ai.onnx.ml``) and one IR version, which every onnxruntime since 1.10 reads; ``normalized`` prefixes a
+stage's inner names (its interface names stay) and ``join`` connects two stages with ``onnx.compose``.
 """
 
 from __future__ import annotations
@@ -49,13 +49,12 @@ class Graph:
         self.constants.append(numpy_helper.from_array(np.asarray(value, dtype), name))
         return name
 
-    def op(self, op_type: str, *inputs: str, outputs: int = 1, domain: str = "", **attrs: Any) -> Any:
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs: Any) -> Any:
         """One node; its output name (a list of names when ``outputs`` > 1)."""
         from onnx import helper
 
         names = [self._name(op_type.lower()) for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=self._name(op_type), domain=domain,
-                                           **attrs))
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=self._name(op_type), **attrs))
         return names[0] if outputs == 1 else names
 
     def output(self, value: str, name: str) -> None:
@@ -63,6 +62,7 @@ class Graph:
         self.op_named("Identity", [value], name)
 
     def op_named(self, op_type: str, inputs: Sequence[str], name: str, **attrs: Any) -> None:
+        """One node whose output is the interface name ``name``."""
         from onnx import helper
 
         self.nodes.append(helper.make_node(op_type, list(inputs), [name], name=self._name(op_type), **attrs))
