@@ -200,10 +200,10 @@ def _build(run: _Run, precision: str, weights: Any) -> tuple[Any, int]:
         backbone = e2e_stage(run.recipe, parts.estimator)
     photos = 0
     if precision == "int8":
-        from clothprobe.export.quantize import QUANTIZED_OPS, quantize_stage
+        from clothprobe.export.quantize import HEAD_OPS, quantize_stage
 
-        ops = QUANTIZED_OPS if run.how is not None else ("Conv",)  # an end-to-end network holds its head too
-        backbone, photos = quantize_stage(backbone, run.calibration, run.recipe.input_size, ops)
+        ignored = () if run.how is not None else HEAD_OPS  # an end-to-end network holds its head too
+        backbone, photos = quantize_stage(backbone, run.calibration, run.recipe.input_size, ignored)
     width = _width(backbone.graph.output[0])
     head = head_stage(parts, width)
     layout = Layout(run.views, width, tuple(int(c) for c in parts.classes), len(run.manifest.classes),

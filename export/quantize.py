@@ -1,17 +1,16 @@
-"""``--precision int8``: the backbone stage quantized with onnxruntime's post-training static quantization.
+"""``--precision int8``: the backbone stage quantized as featurize quantizes the run's own int8 network.
 
-QDQ format (QuantizeLinear/DequantizeLinear pairs around float ops, which any ONNX runtime reads; onnxruntime
-fuses them into int8 kernels), weights int8 per output channel, activations uint8 (onnxruntime's advice for
-x86 CPUs with VNNI, AVX-512 or AMX: no range reduction), ranges from MinMax calibration on photos decoded
-exactly as featurize decodes them. Only the backbone's Conv, MatMul and Gemm nodes are quantized: the
-preprocessing, the pooling, the float16 rounding of the taps, the head and the open-set score stay float (they
-are other stages, joined after this one). An end-to-end network holds its head: its Conv nodes only.
+NNCF's post-training quantization (its ONNX backend; featurize runs the same algorithm on the OpenVINO model):
+the same calibration photos, decoded exactly as featurize decodes them, the same preset and fast bias
+correction, so the file's int8 network is the run's up to where the two graphs place their quantizers. The
+result is in **QDQ format** (QuantizeLinear/DequantizeLinear pairs around float ops), which any ONNX runtime
+reads; onnxruntime fuses them into int8 kernels. Only this stage is quantized: the pooling of the taps, their
+float16 rounding, the head and the open-set score are other stages, joined after it and kept float. An
+end-to-end network holds its head: its dense layers are left float (``ignored``).
 """
 
 from __future__ import annotations
 
-import itertools
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,59 +20,47 @@ import numpy as np
 from clothprobe.errors import ClothprobeError
 from clothprobe.export.contract import INPUT
 
-QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
-BATCH = 8  # calibration photos per run of the float model
+BATCH = 8  # photos decoded at a time
+HEAD_OPS = ("MatMul", "Gemm")  # an end-to-end network's head
 
 
 class _Photos:
-    """The calibration photos as ``images`` batches (onnxruntime's ``CalibrationDataReader`` protocol),
-    decoded batch by batch: memory holds a batch, not hundreds of photos. ``used``: how many were decoded; none
-    at all is an error, before any quantization."""
+    """The calibration photos as ``images`` inputs of one photo each, decoded again on every pass (NNCF reads
+    them more than once), so memory holds a batch, not hundreds of photos. ``used``: how many decode; none at
+    all is an error, before any quantization."""
 
     def __init__(self, files: Sequence[Path], size: int) -> None:
-        self.used = 0
-        batches = self._decode(files, size)
-        first = next(batches, None)
-        if first is None:
-            raise ClothprobeError(f"None of the {len(files)} calibration photos could be decoded; int8 needs photos "
-                                  f"like the ones it will classify (--calibration DIR).")
-        self._batches = itertools.chain([first], batches)
+        self.files, self.size = list(files), size
+        self.used = sum(1 for _ in self)
+        if self.used == 0:
+            raise ClothprobeError(f"None of the {len(self.files)} calibration photos could be decoded; int8 needs "
+                                  f"photos like the ones it will classify (--calibration DIR).")
 
-    def _decode(self, files: Sequence[Path], size: int) -> Iterator[np.ndarray]:
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         from clothprobe.featurize.embed import decoded_batches
 
-        for _, batch in decoded_batches(list(files), size, BATCH):
-            good = [image for image, _ in batch if image is not None]
-            self.used += len(good)
-            if good:
-                yield np.stack(good)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._batches, None)
-        return None if batch is None else {INPUT: batch}
+        for _, batch in decoded_batches(self.files, self.size, BATCH):
+            for image, _ in batch:
+                if image is not None:
+                    yield {INPUT: image[None]}
 
 
-def quantize_stage(stage: Any, files: Sequence[Path], size: int,
-                   ops: Sequence[str] = QUANTIZED_OPS) -> tuple[Any, int]:
-    """``stage`` (the backbone's float ONNX model) quantized on ``files``, its ``ops`` only; the model and the
-    photos it was calibrated on."""
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
+def quantize_stage(stage: Any, files: Sequence[Path], size: int, ignored: Sequence[str] = ()) -> tuple[Any, int]:
+    """``stage`` (the backbone's float ONNX model) quantized on ``files``, operators of the ``ignored`` types
+    left float; the model and how many photos it was calibrated on."""
+    from clothprobe._util.extras import require
     from clothprobe.export.graph import set_versions
+    from clothprobe.featurize.model.runtimes import nncf_quiet
 
-    class Reader(_Photos, CalibrationDataReader):
-        pass
+    nncf = require("nncf", "int8", "--precision int8 (NNCF post-training quantization)")
+    photos = _Photos(files, size)
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
 
-    photos = Reader(files, size)
-    with tempfile.TemporaryDirectory(prefix="clothprobe-int8-") as tmp:
-        float_path, prepared, int8 = Path(tmp) / "float.onnx", Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
-        onnx.save(stage, float_path)
-        # ONNX shape inference and graph optimisation, as advised (symbolic shape inference is for dynamic
-        # shapes inside transformers, and needs sympy)
-        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(int8), photos, quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=list(ops), extra_options={"MatMulConstBOnly": True})
-        return set_versions(onnx.load(str(int8))), photos.used
+    scope = nncf.IgnoredScope(types=list(ignored)) if ignored else None
+    # one scale per activation tensor: onnxruntime's int8 kernels take no per-channel activations (NNCF gives
+    # OpenVINO's depthwise convolutions one per channel)
+    per_tensor = AdvancedQuantizationParameters(activations_quantization_params=QuantizationParameters(per_channel=False))
+    with nncf_quiet():
+        quantized = nncf.quantize(stage, nncf.Dataset(photos), subset_size=photos.used, fast_bias_correction=True,
+                                  ignored_scope=scope, advanced_parameters=per_tensor)
+    return set_versions(quantized), photos.used
