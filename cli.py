@@ -298,20 +298,46 @@ def _print_table_record(record) -> None:  # noqa: ANN001 - a clothprobe.featuriz
     out.print(Text(record.describe()))
 
 
+class ExportPrecision(str, Enum):
+    float32 = "float32"
+    int8 = "int8"
+
+
 @app.command()
 @bounded
 def export(
-    cache: Annotated[Path, typer.Argument(help="A feature cache (.h5) written by cli featurize.")],
-    out_path: Annotated[Path, typer.Option("--out", help="The Parquet file to write.")],
+    source: Annotated[Path, typer.Argument(help=(
+        "A run directory (cli fit, cli e2e): written as one ONNX file. A feature cache (.h5, cli featurize): "
+        "written as Parquet."))],
+    out_path: Annotated[Path, typer.Option("--out", help=(
+        "The file to write: FILE.onnx for a run, FILE.parquet for a cache (replaced atomically; an existing file "
+        "only if cli export wrote it)."))],
+    precision: Annotated[ExportPrecision | None, typer.Option(help=(
+        "A run's ONNX file: float32 (default: the run's own numbers) or int8 (its backbone quantized, QDQ, "
+        "calibrated on the run's calibration photos or --calibration)."), show_default=False)] = None,
+    calibration: Annotated[Path | None, typer.Option(help=(
+        "With --precision int8: a folder of photos to calibrate on instead of the ones the run's cache recorded "
+        "(a float run records none)."))] = None,
+    weights: Annotated[str | None, typer.Option(
+        help="A run's backbone weights file or directory, if not found as for featurize; checked against the "
+             "run's sha256.")] = None,
 ) -> None:
-    """A cache as Parquet: one row per image (split, path, label, class, sha256) with its embedding as a
-    fixed-size list of float32 (and the flipped view's, if cached); the recipe in the file's metadata."""
-    from clothprobe.featurize import load_features
+    """A run as one portable ONNX file (uint8 images in; probabilities, and the open-set score and threshold of a
+    run fitted with --unknown, out: plain onnxruntime runs it), or a cache as Parquet: one row per image (split,
+    path, label, class, sha256) with its embedding as a fixed-size list of float32 (and the flipped view's, if
+    cached), the recipe in the file's metadata."""
+    from clothprobe.export.build import export as run_export
 
-    features = load_features(cache)
-    features.to_parquet(out_path)
-    rows = sum(len(s) for s in features.splits.values())
-    out.print(Text(f"wrote {rows} rows to {out_path}"))
+    result = run_export(source, out_path, precision=precision.value if precision else None, calibration=calibration,
+                        weights=weights)
+    if result.kind == "parquet":
+        out.print(Text(f"wrote {result.rows} rows to {result.path}"))
+        return
+    m = result.model
+    calibrated = f", calibrated on {result.calibration_photos} photos" if result.calibration_photos else ""
+    openset = f"; open set: {m.openset['score']} < {m.openset['threshold']:.4g} is unknown" if m.openset else ""
+    out.print(Text(f"wrote {result.path} ({result.megabytes:.1f} MB, {m.precision}{calibrated}) in "
+                   f"{result.seconds:.0f} s: {len(m.classes)} classes, {m.input_size} px uint8 RGB in{openset}"))
 
 
 def _pct(block, key: str = "accuracy") -> str:  # noqa: ANN001 - a rundir.SplitMetrics or None

@@ -113,7 +113,8 @@ def _linear_shapes_ok(arrays: dict[str, np.ndarray], rows: int) -> bool:
             and all(arrays[k].shape == (dims,) for k in ("mean", "scale") if k in arrays))
 
 
-def _load_linear(path: Path, n_classes: int) -> tuple[Callable[[np.ndarray], np.ndarray], Callable]:
+def _read_linear(path: Path, n_classes: int) -> dict[str, np.ndarray]:
+    """The arrays of a linear head of ``n_classes`` classes, checked (a refusal for anything else)."""
     try:
         with zipfile.ZipFile(path) as z:  # a bound before numpy allocates: a crafted file may claim any size
             if sum(info.file_size for info in z.infolist()) > LINEAR_MAX_BYTES:
@@ -126,6 +127,11 @@ def _load_linear(path: Path, n_classes: int) -> tuple[Callable[[np.ndarray], np.
     if not _linear_shapes_ok(arrays, rows=1 if n_classes == 2 else n_classes):
         raise ClothprobeError(f"{path} is not a linear model of this run's {n_classes} classes (arrays: "
                               f"{ {k: v.shape for k, v in arrays.items()} }); refusing to load it. Fit the model again.")
+    return arrays
+
+
+def _load_linear(path: Path, n_classes: int) -> tuple[Callable[[np.ndarray], np.ndarray], Callable]:
+    arrays = _read_linear(path, n_classes)
     return (lambda X: _linear_proba(X, **arrays)), (lambda X: _linear_logits(X, **arrays)[:, 0] if n_classes == 2
                                                     else _linear_logits(X, **arrays))
 
@@ -183,24 +189,31 @@ def _binary_columns(p: np.ndarray) -> np.ndarray:
 def _load_estimator(file_format: str, directory: Path, manifest: Manifest,
                     n_classes: int) -> Callable[[np.ndarray], np.ndarray]:
     if file_format == "lightgbm":
-        import lightgbm
-
-        path = _run_file(directory, manifest, "model.lgbm.txt")
-        lgbmtext.check(path, n_classes)  # its header and every tree, before LightGBM reads a byte
-        _lgbm_probe(path)
-        try:
-            booster = lightgbm.Booster(model_file=str(path))
-        except lightgbm.basic.LightGBMError as err:
-            raise ClothprobeError(f"{path} is not a readable LightGBM model ({str(err)[:200]}); refusing it. "
-                                  f"Fit the model again.") from None
+        booster = _read_estimator(file_format, directory, manifest, n_classes)
         return lambda X: _binary_columns(np.asarray(booster.predict(X)))
     if file_format == "keras":
         from clothprobe.classifiers.dense import keras_proba
 
-        path = _run_file(directory, manifest, "model.keras")
-        model = _with_outputs(load_keras(path), n_classes, path)
+        model = _read_estimator(file_format, directory, manifest, n_classes)
         return lambda X: keras_proba(model, X)
     raise ClothprobeError(f"{directory / 'manifest.json'} names an unknown model format {file_format!r}.")
+
+
+def _read_estimator(file_format: str, directory: Path, manifest: Manifest, n_classes: int) -> Any:
+    """The final estimator in its own format, checked: a ``lightgbm.Booster`` or a ``keras.Model``."""
+    if file_format == "keras":
+        path = _run_file(directory, manifest, "model.keras")
+        return _with_outputs(load_keras(path), n_classes, path)
+    import lightgbm
+
+    path = _run_file(directory, manifest, "model.lgbm.txt")
+    lgbmtext.check(path, n_classes)  # its header and every tree, before LightGBM reads a byte
+    _lgbm_probe(path)
+    try:
+        return lightgbm.Booster(model_file=str(path))
+    except lightgbm.basic.LightGBMError as err:
+        raise ClothprobeError(f"{path} is not a readable LightGBM model ({str(err)[:200]}); refusing it. "
+                              f"Fit the model again.") from None
 
 
 def save_model(pipeline: Any, file_format: str, directory: Path) -> dict:
@@ -290,3 +303,41 @@ def load_model(directory: str | Path, fingerprints: dict[str, str] | None = None
         pre = _load_skops(_run_file(directory, manifest, entry["preprocess"])) if "preprocess" in entry else None
         predict = estimator if pre is None else (lambda X: estimator(pre.transform(X)))
     return LoadedModel(manifest, predict, classes, logits)
+
+
+@dataclass
+class ModelParts:
+    """A run's model as the objects an exporter converts (``clothprobe/export``). ``kind``: ``linear`` (``linear``
+    holds ``coef``, ``intercept`` and, with a scaler, ``mean`` and ``scale``, as ``decision_function`` uses
+    them), ``lightgbm`` (``estimator``: a ``lightgbm.Booster``), ``keras`` (``estimator``: the head's
+    ``keras.Model``) or ``keras-e2e`` (``estimator``: the whole network). ``preprocess``: the scikit-learn steps
+    before the estimator, or None. ``classes``: the class indices of the estimator's columns."""
+
+    kind: str
+    classes: np.ndarray
+    linear: dict[str, np.ndarray] | None = None
+    estimator: Any = None
+    preprocess: Any = None
+
+
+def model_parts(directory: str | Path) -> ModelParts:
+    """A run's model read back for export after checking every sha256; a run saved in the old ``skops`` format
+    (the whole pipeline in one file) is refused with what to do."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    verify(directory, manifest)
+    entry = manifest.model
+    file_format = entry.get("format")
+    if file_format == "keras-e2e":
+        return ModelParts(file_format, np.arange(len(manifest.classes)),
+                          estimator=load_keras(_run_file(directory, manifest, entry.get("file", "model.keras"))))
+    classes = np.asarray(entry.get("classes", []))
+    if file_format == "linear":
+        return ModelParts(file_format, classes, linear=_read_linear(_run_file(directory, manifest, entry.get("file")),
+                                                                    len(classes)))
+    if file_format not in ("lightgbm", "keras"):
+        raise ClothprobeError(f"{directory} keeps its model in the {file_format!r} format, which cannot be exported; "
+                              f"fit it again with this clothprobe and export that run.")
+    pre = _load_skops(_run_file(directory, manifest, entry["preprocess"])) if "preprocess" in entry else None
+    return ModelParts(file_format, classes, estimator=_read_estimator(file_format, directory, manifest, len(classes)),
+                      preprocess=pre)

@@ -4,7 +4,6 @@ exported by the real `cli export` in a child process into the model store's home
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,8 +18,6 @@ from test_serve import HEAVY, SERVER_MODULES, free_port
 
 pytestmark = [
     pytest.mark.slow,  # featurize, fit and export a tiny run
-    pytest.mark.skipif(importlib.util.find_spec("clothprobe.export.build") is None,
-                       reason="cli export RUN --out FILE.onnx (issue 29 point 2) is not on this branch yet"),
 ]
 
 

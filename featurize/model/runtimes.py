@@ -244,6 +244,13 @@ def _nncf_progress() -> Iterator[None]:
         logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def nncf_quiet() -> Iterator[None]:
+    """An NNCF call of clothprobe's: no telemetry, progress only on a terminal (``cli export`` quantizes too)."""
+    with _nncf_telemetry_off(), _nncf_progress():
+        yield
+
+
 class _CalibrationSet:
     """The calibration photos as model inputs, one image per item, decoded again on every pass (NNCF
     iterates more than once), so memory holds one image, not hundreds."""
@@ -273,7 +280,7 @@ def quantize_int8(recipe: Recipe, float_ir: Path, directory: Path, calibration: 
     if usable == 0:
         raise ClothprobeError(f"None of the {len(calibration)} calibration photos could be decoded; int8 needs "
                               f"photos like the ones it will embed (--calibration DIR).")
-    with _nncf_telemetry_off(), _nncf_progress():
+    with nncf_quiet():
         quantized = nncf.quantize(ov.Core().read_model(float_ir), nncf.Dataset(data), subset_size=usable,
                                   fast_bias_correction=True)
     ov.save_model(quantized, directory / IR_FILE, compress_to_fp16=False)
