@@ -90,9 +90,9 @@ def test_without_the_photos_one_line_names_both_ways_out(int8_run: tuple[Path, P
 
 def test_changed_photos_are_refused_not_used(int8_run: tuple[Path, Path, Path], tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from clothprobe.runs.directory import read_manifest
     from clothprobe.runs.networks import ensure_networks
     from clothprobe.runs.predicting import run_embeddings
-    from clothprobe.runs.directory import read_manifest
 
     data, run_dir, _ = int8_run
     (how,) = run_embeddings(read_manifest(run_dir).caches)
