@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from results_file import write_report  # bench/ is this script's folder, first on sys.path
-from revisions import TREE, code_folder, cpu_line, load_line, run_child, short_revision
+from revisions import TREE, child_options, code_folder, cpu_line, load_line, run_child, short_revision
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_SECONDS = 30.0  # per head and balance mode, search included (issue 32)
@@ -132,9 +132,7 @@ def main() -> None:
     p.add_argument("--select", default="validation", help="validation, cv or both (validation,cv)")
     p.add_argument("--baseline", default=None, help="a git revision to run first, side by side (e.g. d7f7c25)")
     p.add_argument("--report", type=Path, default=ROOT / "bench" / "results" / "fit.md")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--work", help=argparse.SUPPRESS)
-    p.add_argument("--result", help=argparse.SUPPRESS)
+    child_options(p)
     a = p.parse_args()
     if a.child:
         child(a)

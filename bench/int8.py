@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from results_file import write_report  # bench/ is this script's folder, first on sys.path
-from revisions import TREE, StepTimer, code_folder, cpu_line, load_line, run_child
+from revisions import TREE, StepTimer, child_options, code_folder, cpu_line, load_line, run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "clothing-dataset-small"
@@ -80,10 +80,8 @@ def main() -> None:
     p.add_argument("--backbone", default="xception")
     p.add_argument("--sizes", default="300,100")
     p.add_argument("--report", type=Path, default=ROOT / "bench" / "results" / "int8-calibration.md")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    child_options(p)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--work", help=argparse.SUPPRESS)
-    p.add_argument("--result", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
         child(a)

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from results_file import write_report  # bench/ is this script's folder, first on sys.path
-from revisions import TREE, StepTimer, code_folder, cpu_line, load_line, run_child, short_revision
+from revisions import TREE, StepTimer, child_options, code_folder, cpu_line, load_line, run_child, short_revision
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "clothing-dataset-small"
@@ -185,9 +185,7 @@ def main() -> None:
     p.add_argument("--report", type=Path, default=ROOT / "bench" / "results" / "mainjob.md")
     p.add_argument("--keep", type=Path, default=None,
                    help="an empty folder to run in and keep (features, models, reports, model store) for later use")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--work", help=argparse.SUPPRESS)
-    p.add_argument("--result", help=argparse.SUPPRESS)
+    child_options(p)
     a = p.parse_args()
     if a.child:
         child(a)

@@ -4,6 +4,7 @@ under the same load. Also the CPU line every result file names, and exclusive ti
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -29,6 +30,14 @@ def cpu_line() -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (f"{field.get('Model name', '?')} (CPU family {field.get('CPU family', '?')}, model "
             f"{field.get('Model', '?')}), {cores} cores, flags: {' '.join(wanted)}")
+
+
+def child_options(p: argparse.ArgumentParser) -> None:
+    """The hidden options a version's child process is started with: ``--child``, its ``--work`` folder and the
+    JSON file for its ``--result``."""
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--work", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
 
 
 def load_line() -> str:
