@@ -3,11 +3,12 @@
 Two runs as the main job fits its choice (Xception, every tap cached with the flipped view; `cli fit --clf logreg
 --taps last-4 --tta`): one featurized at float32 (`cli featurize --precision float32`), one at the default
 precision (int8: NNCF on OpenVINO, calibrated on 300 training photos). The float32 run is exported at float32,
-the int8 run at int8 (onnxruntime's static quantization, calibrated on the photos its cache recorded) and, for
-comparison, at float32. Each file runs in plain onnxruntime on the test photos decoded as featurize decodes them;
-against the run's predict on the same photos: top-1 agreement and the largest probability difference, and the
-accuracy of both against the true classes. Also the export's wall time, the file's size and the file's
-throughput here (onnxruntime's default threads, batches of 16, decoding not included).
+the int8 run at int8 (NNCF, calibrated on the photos its cache recorded, as featurize quantized the run's
+network) and, for comparison, at float32. Each file runs in plain onnxruntime on the test photos decoded as
+featurize decodes them; against the run's predict on the same photos: top-1 agreement and the largest
+probability difference, and the accuracy of both against the true classes. Also the export's wall time, the
+file's size and the file's throughput here (onnxruntime's default threads, batches of 16, decoding not
+included).
 
 Targets (issue 29): float32 export of the float32 run: top-1 equal on >= 99.7% of photos, probabilities within
 1e-3; int8 export of the int8 run: top-1 equal on >= 99%, accuracy within 0.5 pp of the run's.
