@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "clothing-dataset-small"
 STEPS = (
     ("clothprobe.featurize.model.runtimes", "export_float", "export", False),
-    ("clothprobe.featurize.model.runtimes", "_CalibrationSet.__iter__", "calibration photos decoded", True),
+    ("clothprobe.featurize.model.runtimes", "CalibrationSet.__iter__", "calibration photos decoded", True),
     ("clothprobe.featurize.model.runtimes", "quantize_int8", "NNCF quantization", False),
 )
 

@@ -38,7 +38,7 @@ ALONE_SECONDS = 10.0
 STEPS = (
     ("clothprobe.featurize.engines.plan", "index_files", "hash the photos", False),
     ("clothprobe.featurize.model.runtimes", "export_float", "export: Keras -> OpenVINO float IR", False),
-    ("clothprobe.featurize.model.runtimes", "_CalibrationSet.__iter__", "calibration photos decoded", True),
+    ("clothprobe.featurize.model.runtimes", "CalibrationSet.__iter__", "calibration photos decoded", True),
     ("clothprobe.featurize.model.runtimes", "quantize_int8", "int8 quantization (NNCF)", False),
     ("clothprobe.featurize.model.runtimes", "load_runner", "compile (OpenVINO, every model and rows)", False),
     ("clothprobe.featurize.model.selfcheck", "_embed_probe", "self-check against float32", False),

@@ -311,3 +311,19 @@ def test_cli_export_prints_what_it_wrote_for_a_cache(synthetic_runs, tmp_path: P
     assert done.returncode == 0 and "wrote 112 rows to" in done.stdout
     refused = cli("export", str(run), "--out", str(tmp_path / "e.parquet"))
     assert refused.returncode == 2 and "name a .onnx file" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_calibration_photos_that_do_not_decode_are_refused_before_quantizing(tmp_path: Path) -> None:
+    """The one calibration set featurize and export quantize on: photos that do not decode are left out and
+    counted; none at all is one line naming how many were given, before NNCF runs."""
+    from clothprobe.featurize.model.runtimes import CalibrationSet
+
+    good, bad = tmp_path / "good.png", tmp_path / "bad.jpg"
+    Image.new("RGB", (20, 12), (200, 30, 30)).save(good)
+    bad.write_bytes(b"not an image")
+    photos = CalibrationSet([good, bad], lambda image: {"images": image}, 16)
+    assert photos.usable == 1
+    (item,) = list(photos)
+    assert item["images"].shape == (1, 16, 16, 3) and item["images"].dtype == np.uint8
+    with pytest.raises(ClothprobeError, match=r"None of the 2 calibration photos could be decoded"):
+        CalibrationSet([bad, bad], lambda image: image, 16)

@@ -251,14 +251,20 @@ def nncf_quiet() -> Iterator[None]:
         yield
 
 
-class _CalibrationSet:
-    """The calibration photos as model inputs, one image per item, decoded again on every pass (NNCF
-    iterates more than once), so memory holds one image, not hundreds."""
+class CalibrationSet:
+    """The calibration photos as model inputs (``prepare`` of a one-image batch), one image per item, decoded
+    again on every pass (NNCF iterates more than once), so memory holds one image, not hundreds. ``usable``: how
+    many decode; none at all is an error, before any quantization. ``cli featurize`` and ``cli export`` both
+    calibrate on it."""
 
-    def __init__(self, files: Sequence[Path], prepare: Callable[[np.ndarray], np.ndarray], size: int) -> None:
+    def __init__(self, files: Sequence[Path], prepare: Callable[[np.ndarray], Any], size: int) -> None:
         self.files, self.prepare, self.size = list(files), prepare, size
+        self.usable = sum(1 for _ in self)
+        if self.usable == 0:
+            raise ClothprobeError(f"None of the {len(self.files)} calibration photos could be decoded; int8 needs "
+                                  f"photos like the ones the model will see (--calibration DIR).")
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def __iter__(self) -> Iterator[Any]:
         from clothprobe.featurize.embed import decoded_batches
 
         for _, batch in decoded_batches(self.files, self.size, 8):
@@ -275,13 +281,9 @@ def quantize_int8(recipe: Recipe, float_ir: Path, directory: Path, calibration: 
     from clothprobe._util.extras import require
 
     nncf = require("nncf", "int8", "--precision int8 (NNCF post-training quantization)")
-    data = _CalibrationSet(calibration, prepare, recipe.input_size)
-    usable = sum(1 for _ in data)
-    if usable == 0:
-        raise ClothprobeError(f"None of the {len(calibration)} calibration photos could be decoded; int8 needs "
-                              f"photos like the ones it will embed (--calibration DIR).")
+    data = CalibrationSet(calibration, prepare, recipe.input_size)
     with nncf_quiet():
-        quantized = nncf.quantize(ov.Core().read_model(float_ir), nncf.Dataset(data), subset_size=usable,
+        quantized = nncf.quantize(ov.Core().read_model(float_ir), nncf.Dataset(data), subset_size=data.usable,
                                   fast_bias_correction=True)
     ov.save_model(quantized, directory / IR_FILE, compress_to_fp16=False)
 
