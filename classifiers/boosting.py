@@ -29,19 +29,23 @@ MAX_BIN = 63
 class BinnedRows:
     """Rows binned once by LightGBM: ``X`` (with labels ``y``) and, when given, ``X_stop``/``y_stop`` (the rows
     early stopping watches) on the same bin edges. ``params``: LightGBM's dataset parameters; ``threads``: for
-    the binning (each column on its own: it shares out well), the fits keep their own."""
+    the binning (each column on its own: it shares out well), the fits keep their own. ``on``: rows made from
+    another ``BinnedRows``' rows (SMOTE's, from the training rows) take its bin edges and its early-stopping
+    rows instead of finding their own: edges from the real rows, not the synthetic ones, and 30% less binning
+    (finding the edges of 11,544 columns is that share of binning them)."""
 
     def __init__(self, X: np.ndarray, y: np.ndarray, X_stop: np.ndarray | None = None,
-                 y_stop: np.ndarray | None = None, *, params: dict, threads: int = 1) -> None:
+                 y_stop: np.ndarray | None = None, *, params: dict, threads: int = 1,
+                 on: BinnedRows | None = None) -> None:
         import lightgbm
 
         self.shape = X.shape
         self.classes = np.unique(y)
         self.params = {**params, "num_threads": threads}  # every Dataset made from these bins: the same params
-        self._bins = lightgbm.Dataset(X, np.searchsorted(self.classes, y), params=self.params,
-                                      free_raw_data=True).construct()
-        self._stop = None
-        if X_stop is not None:
+        self._bins = lightgbm.Dataset(X, np.searchsorted(self.classes, y), params=self.params, free_raw_data=True,
+                                      reference=None if on is None else on._bins).construct()
+        self._stop = None if on is None else on._stop
+        if X_stop is not None and on is None:
             self._stop = lightgbm.Dataset(X_stop, np.searchsorted(self.classes, y_stop), reference=self._bins,
                                           params=self.params, free_raw_data=True).construct()
 

@@ -68,13 +68,15 @@ def _lgbm(params: dict, balanced: bool, seed: int, loss: str) -> Any:
 
 
 def _lgbm_prepare(estimator: Any, X: np.ndarray, y: np.ndarray, X_stop: np.ndarray | None,
-                  y_stop: np.ndarray | None, threads: int) -> dict:
+                  y_stop: np.ndarray | None, threads: int, made_from: dict | None) -> dict:
     """The rows binned once for every grid entry; early stopping on ``X_stop`` (held out of ``X``), so the
     number of rounds is chosen without the rows the candidates are then ranked on. Gains under
-    ``LGBM_MIN_DELTA`` in log loss do not count, so separable data does not run to the cap."""
+    ``LGBM_MIN_DELTA`` in log loss do not count, so separable data does not run to the cap. Resampled rows
+    (``made_from``: what this gave for the rows they were made from) are binned on those rows' edges."""
     from clothprobe.classifiers.boosting import BinnedRows
 
-    return {"binned": BinnedRows(X, y, X_stop, y_stop, params=estimator.dataset_params(), threads=threads)}
+    return {"binned": BinnedRows(X, y, X_stop, y_stop, params=estimator.dataset_params(), threads=threads,
+                                 on=None if made_from is None else made_from["binned"])}
 
 
 def _lgbm_chosen(estimator: Any) -> dict:
@@ -98,17 +100,19 @@ class ClassifierSpec:
 
     ``build(params, balanced, seed, loss)``: ``params`` is a grid entry plus, from the fit, ``columns`` (the
     input's width).
-    ``prepare(estimator, X, y, X_stop, y_stop, threads)`` (optional): work every grid entry shares, done once
-    per search on the first entry's estimator (LightGBM's binning), on ``threads`` threads; it returns extra
-    ``fit`` arguments.
+    ``prepare(estimator, X, y, X_stop, y_stop, threads, made_from)`` (optional): work every grid entry shares,
+    done once per search on the first entry's estimator (LightGBM's binning), on ``threads`` threads; it
+    returns extra ``fit`` arguments. For resampled rows (SMOTE's), ``made_from`` is what it returned for the
+    rows they were made from (else None).
     ``stops_early``: a share of the training rows is held out of the fit for early stopping (``X_stop``).
     ``chosen`` reports settings the fit itself chose (rounds, epochs). ``scale`` puts a StandardScaler first.
     ``path``: the grid is fitted in order on one estimator that warm-starts from the previous entry.
     ``concurrent``: its fits keep no process-wide state, so a search may run them in threads side by side
     (not the Keras head, whose seeding is process-wide).
     ``tap_search``: how ``--taps auto`` searches: ``joint`` fits every grid entry on every candidate tap set;
-    ``first-entry`` compares the tap sets at the grid's first entry and searches the rest of the grid on the
-    tap set kept (for heads whose fits cost seconds each: a quarter to a half of the fits).
+    ``first-entry`` compares the tap sets at the grid's first entry (a SMOTE run's with class weights) and
+    searches the rest of the grid on the tap set kept (for heads whose fits cost seconds each: a quarter to a
+    half of the fits; the grid's cheapest entry goes first).
     ``run_taps``: the ``--taps`` request ``cli run`` fits this head with (``auto`` everywhere else): a head
     whose wide tap sets cost several times its fit takes the final tap there, to keep the main job in its
     minutes (docs/guide/run.md).
@@ -121,7 +125,7 @@ class ClassifierSpec:
     scale: bool = True
     path: bool = False
     stops_early: bool = False
-    prepare: Callable[[Any, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, int], dict] | None = None
+    prepare: Callable[[Any, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, int, dict | None], dict] | None = None
     chosen: Callable[[Any], dict] = field(default=lambda est: {})
     concurrent: bool = True
     tap_search: str = "joint"
@@ -139,7 +143,9 @@ CLASSIFIERS: dict[str, ClassifierSpec] = {
                        file_format="linear", path=True),
         ClassifierSpec(
             name="lgbm", build=_lgbm,
-            grid=tuple({"num_leaves": nl, "learning_rate": lr} for nl in (7, 15) for lr in (0.05, 0.1)),
+            # the faster learning rate first: --taps auto compares the tap sets at the first entry, and 0.1 needs
+            # about half the rounds of 0.05 (docs/guide/taps.md)
+            grid=tuple({"num_leaves": nl, "learning_rate": lr} for nl in (7, 15) for lr in (0.1, 0.05)),
             file_format="lightgbm", scale=False, stops_early=True, prepare=_lgbm_prepare, chosen=_lgbm_chosen,
             tap_search="first-entry",
             run_taps="final",  # auto: 7 early-stopped fits on up to 5.6x the columns where the final tap

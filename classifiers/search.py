@@ -11,23 +11,29 @@ What makes it fast (each run the one its balance mode gives alone):
 - **Side by side.** Heads that keep no process-wide state use every core with one thread per fit: a
   warm-started path (logistic regression's C) is one chain, so the (tap set, balance mode) searches run side
   by side, each with one BLAS thread (always: a run is then the same on any number of cores); LightGBM's
-  grid entries are independent fits, so they run side by side within each search. Small fits share out badly over threads, and under a second load on the same cores
-  a 2-thread LightGBM fit ran 12x slower than a 1-thread one (docs/guide/speed.md). The Keras head
-  (process-wide seeding) runs one fit at a time, as before.
+  grid entries are independent fits, so they run side by side within each search, and where a search has
+  fewer entries than there are cores (the tap sets compared at one entry), the searches run side by side.
+  Small fits share out badly over threads, and under a second load on the same cores a 2-thread LightGBM
+  fit ran 12x slower than a 1-thread one (docs/guide/speed.md). The Keras head (process-wide seeding) runs
+  one fit at a time, as before.
 - **Tap sets compared at the first setting** (``tap_search="first-entry"`` in the registry: LightGBM, the
   dense head): each candidate tap set is fitted with the grid's first entry only, each run keeps the best,
   and the rest of the grid is searched on that one (its shared work kept from the first round): 7 fits
   instead of 16 for LightGBM's grid of 4 on 4 tap sets. The run's settings are the best of the whole grid
-  on the kept tap set, chosen as ``select`` chooses.
+  on the kept tap set, chosen as ``select`` chooses. A SMOTE run's tap sets are compared by its class-weighted
+  twin's fits (both balance the classes; SMOTE's synthetic rows, 2.6x the training rows here, make each fit
+  cost 1.5-3x), fitted once when both runs are asked for; the SMOTE run then searches its whole grid on the
+  tap set kept. Its record says so (``compared_with``).
 
-A run's ``seconds`` are the wall seconds of its own searches (shared steps counted where they were done;
-searches side by side overlap).
+A run's ``seconds`` are the wall seconds of its own searches (shared steps counted where they were done; a
+stand-in's comparison shared evenly among the runs it chose for; searches side by side overlap).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
@@ -35,7 +41,7 @@ from dataclasses import dataclass, replace
 from clothprobe.classifiers.data import FeatureSet
 from clothprobe.classifiers.registry import ClassifierSpec, available_cores
 from clothprobe.classifiers.select import Selection, Sharing, best_candidate, select
-from clothprobe.classifiers.shared import SharedWork
+from clothprobe.classifiers.shared import Cores, SharedWork
 from clothprobe.classifiers.taps import TapChoice, compare_on_held, held_score, restrict, tap_candidates
 
 
@@ -101,40 +107,60 @@ def _columns(data: FeatureSet, choice: TapChoice) -> int:
 def search_runs(spec: ClassifierSpec, data: FeatureSet, runs: list[Run], *, tta: bool, seed: int, mode: str,
                 taps: str) -> list[TapSearch]:
     """Each run's search over the tap sets ``taps`` stands for (see the module docstring); in ``runs``' order.
-    ``spec.tap_search`` ``first-entry``: the tap sets are compared at the grid's first entry, and the rest of
-    the grid is searched on the tap set each run keeps (with the work shared there in the first round)."""
+    ``spec.tap_search`` ``first-entry``: the tap sets are compared at the grid's first entry (a SMOTE run's by
+    its class-weighted stand-in, ``_stand_in``), and the grid is searched on the tap set each run keeps (with the
+    work shared there in the first round)."""
     choices = tap_candidates(data, taps)
     coordinate = spec.tap_search == "first-entry" and len(choices) > 1 and len(spec.grid) > 1
     tap_sets = _TapSets(data, choices)
-    every = [(c, r) for c in range(len(choices)) for r in range(len(runs))]  # tap set by tap set: little held
-    compared = replace(spec, grid=spec.grid[:1]) if coordinate else spec
-    done = _searched(compared, tap_sets, runs, every, tta=tta, seed=seed, mode=mode)
-    found = [_kept(taps, data, [(choices[c], done[(c, r)][0]) for c in range(len(choices))],
-                   sum(done[(c, r)][1] for c in range(len(choices))), seed) for r in range(len(runs))]
+    compare = list(dict.fromkeys(_stand_in(r) for r in runs)) if coordinate else runs
+    by = [compare.index(_stand_in(r)) if coordinate else i for i, r in enumerate(runs)]
+    grid = spec.grid[:1] if coordinate else spec.grid
+    every = [(c, s) for c in range(len(choices)) for s in range(len(compare))]  # tap set by tap set: little held
+    done = _searched(spec, tap_sets, compare, every, [grid] * len(compare), tta=tta, seed=seed, mode=mode)
+    users = Counter(by)  # a comparison's seconds are shared among the runs it chose for
+    found = [_kept(taps, data, [(choices[c], done[(c, by[r])][0]) for c in range(len(choices))],
+                   sum(done[(c, by[r])][1] for c in range(len(choices))) / users[by[r]], seed,
+                   stand_in=compare[by[r]].balance if compare[by[r]] != run else None)
+             for r, run in enumerate(runs)]
     kept = [choices.index(f.choice) for f in found]
     tap_sets.release(set(kept) if coordinate else set())
     if not coordinate:
         return found
-    units = sorted(((kept[r], r) for r in range(len(runs))), key=lambda u: u[0])
-    rest = _searched(replace(spec, grid=spec.grid[1:]), tap_sets, runs, units, tta=tta, seed=seed, mode=mode)
-    return [replace(f, selection=_merged(f.selection, rest[(kept[r], r)][0]), seconds=f.seconds + rest[(kept[r], r)][1])
+    own = [compare[by[r]] == run for r, run in enumerate(runs)]  # else a stand-in's fits compared the tap sets
+    grids = [spec.grid[1:] if own[r] else spec.grid for r in range(len(runs))]
+    units = sorted(((kept[r], r) for r in range(len(runs))), key=lambda u: (-len(grids[u[1]]), u[0]))  # longest first
+    rest = _searched(spec, tap_sets, runs, units, grids, tta=tta, seed=seed, mode=mode)
+    return [replace(f, selection=_merged(f.selection, rest[(kept[r], r)][0]) if own[r] else rest[(kept[r], r)][0],
+                    seconds=f.seconds + rest[(kept[r], r)][1])
             for r, f in enumerate(found)]
 
 
-def _searched(spec: ClassifierSpec, tap_sets: _TapSets, runs: list[Run], units: list[tuple[int, int]], *,
-              tta: bool, seed: int, mode: str) -> dict:
-    """``(tap set, run) -> (Selection, seconds)`` for each unit, work shared and fits side by side as the module
-    docstring says."""
+def _stand_in(run: Run) -> Run:
+    """The run whose first-entry fits compare the tap sets for ``run``: a SMOTE run's are its class-weighted
+    twin's (both balance the classes; SMOTE's synthetic rows make its fits 2-3x the rows, and cost, on these
+    data), every other run's are its own."""
+    return replace(run, balance="weights") if run.balance == "smote" else run
+
+
+def _searched(spec: ClassifierSpec, tap_sets: _TapSets, runs: list[Run], units: list[tuple[int, int]],
+              grids: list[tuple[dict, ...]], *, tta: bool, seed: int, mode: str) -> dict:
+    """``(tap set, run) -> (Selection, seconds)`` for each unit, run ``r`` searching ``grids[r]``; work shared
+    and fits side by side as the module docstring says: searches run side by side, and a head whose grid
+    entries are independent fits them side by side too, each step holding the cores it runs on (``Cores``)."""
     cores = available_cores() if spec.concurrent else 1
-    side_by_side, grid_workers = (cores, 1) if spec.path else (1, cores)
+    side_by_side = cores if len(units) > 1 else 1
+    grid_workers = 1 if spec.path else cores
+    shared_cores = None if spec.path or side_by_side == 1 else Cores(cores)
     tap_sets.plan(units)
 
     def search(unit: tuple[int, int]) -> tuple[Selection, float]:
         c, r = unit
         subset, shared = tap_sets.take(c)
         started = time.perf_counter()
-        sharing = Sharing(shared, tap_sets.choices[c].name, grid_workers)
-        selection = select(spec, subset, runs[r].balance, seed, tta, runs[r].loss, mode, sharing)
+        sharing = Sharing(shared, tap_sets.choices[c].name, grid_workers, shared_cores)
+        selection = select(replace(spec, grid=grids[r]), subset, runs[r].balance, seed, tta, runs[r].loss, mode,
+                           sharing)
         tap_sets.done(c)
         return selection, time.perf_counter() - started
 
@@ -154,11 +180,12 @@ def _merged(first: Selection, rest: Selection) -> Selection:
 
 
 def _kept(request: str, data: FeatureSet, tried: list[tuple[TapChoice, Selection]], seconds: float,
-          seed: int) -> TapSearch:
-    """The candidate with the best score on the selection data (then the lowest log loss, then the first)."""
+          seed: int, *, stand_in: str | None = None) -> TapSearch:
+    """The candidate with the best score on the selection data (then the lowest log loss, then the first).
+    ``stand_in``: the balance mode whose fits compared them, when not the run's own."""
     scores = [held_score(s.held.y, s.held.proba) for _, s in tried]
     best = max(range(len(tried)), key=lambda i: (scores[i][0], -scores[i][1], -i))
-    record = {"request": request, "chosen": tried[best][0].name,
+    record = {"request": request, "chosen": tried[best][0].name, **({"compared_with": stand_in} if stand_in else {}),
               "used": {b: list(t) for b, t in tried[best][0].taps.items()},
               "candidates": [{"name": c.name, "taps": {b: list(t) for b, t in c.taps.items()}, "accuracy": acc,
                               "log_loss": ll, "columns": _columns(data, c),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +27,7 @@ from sklearn.model_selection import RepeatedStratifiedKFold, train_test_split
 from clothprobe.classifiers.data import FeatureSet, SplitData
 from clothprobe.classifiers.proba import full_proba
 from clothprobe.classifiers.registry import ClassifierSpec, make_pipeline
-from clothprobe.classifiers.shared import SharedWork
+from clothprobe.classifiers.shared import Cores, SharedWork, holding
 from clothprobe.classifiers.taps import weight_scaler
 from clothprobe.errors import ClothprobeError
 
@@ -135,47 +135,62 @@ def _base_rows(spec: ClassifierSpec, X: np.ndarray, y: np.ndarray, seed: int, ea
 
 def _rows(spec: ClassifierSpec, grid: tuple[dict, ...] | list[dict], X: np.ndarray, y: np.ndarray, balance: str,
           seed: int, loss: str, early_stop: bool, column_scale: np.ndarray | None, shared: SharedWork,
-          key: Hashable | None, threads: int) -> tuple[_Rows, dict]:
+          key: Hashable | None, threads: int, cores: Cores | None = None) -> tuple[_Rows, dict]:
     """The shared steps fitted (each computed once per ``key`` in ``shared``), the balance mode's sampler, and
-    the fit arguments every grid entry shares (``spec.prepare``)."""
+    the fit arguments every grid entry shares (``spec.prepare``, on ``threads``; for resampled rows, on what it
+    gave the rows they were made from); each step holding the ``cores`` it runs on."""
     shape = key and (key, spec.scale, spec.stops_early and early_stop, seed)
-    base = shared.get(shape and ("rows", shape), lambda: _base_rows(spec, X, y, seed, early_stop, column_scale))
+
+    def on(k: int, make: Callable[[], Any]) -> Callable[[], Any]:
+        def held() -> Any:
+            with holding(cores, k):
+                return make()
+        return held
+
+    base = shared.get(shape and ("rows", shape), on(1, lambda: _base_rows(spec, X, y, seed, early_stop, column_scale)))
     rows = _Rows(list(base.steps), base.X, base.y, base.X_stop, base.y_stop)
     min_count = int(np.bincount(rows.y)[np.unique(rows.y)].min())
     sampler = [(n, s) for n, s in make_pipeline(spec, grid[0], balance, seed, min_count, loss).steps[:-1]
                if hasattr(s, "fit_resample")]
     for name, step in sampler:  # resampling only acts while fitting, on the rows fitted
-        rows.X, rows.y = step.fit_resample(rows.X, rows.y)
+        rows.X, rows.y = on(1, lambda step=step: step.fit_resample(rows.X, rows.y))()
         rows.steps.append((name, step))
     extra: dict = {}
     if spec.prepare is not None:
         first = spec.build({**grid[0], "columns": rows.X.shape[1]}, balance == "weights", seed, loss)
-        extra = shared.get(shape and ("prepare", spec.name, shape, bool(sampler)),
-                           lambda: spec.prepare(first, rows.X, rows.y, rows.X_stop, rows.y_stop, threads))
+        plain = shared.get(shape and ("prepare", spec.name, shape, False),
+                           on(threads, lambda: spec.prepare(first, base.X, base.y, base.X_stop, base.y_stop, threads,
+                                                            None)))
+        extra = plain if not sampler else shared.get(
+            shape and ("prepare", spec.name, shape, True),
+            on(threads, lambda: spec.prepare(first, rows.X, rows.y, rows.X_stop, rows.y_stop, threads, plain)))
     return rows, extra
 
 
 def _fit_grid(spec: ClassifierSpec, grid: tuple[dict, ...] | list[dict], X: np.ndarray, y: np.ndarray,
               balance: str, seed: int, loss: str, early_stop: bool = True,
               column_scale: np.ndarray | None = None, *, shared: SharedWork | None = None,
-              key: Hashable | None = None, workers: int = 1) -> tuple[list[Any], list[float]]:
+              key: Hashable | None = None, workers: int = 1,
+              cores: Cores | None = None) -> tuple[list[Any], list[float]]:
     """One fitted pipeline per grid entry, fitted on ``X``/``y`` only, and the seconds each estimator took. A
     head that stops early stops on a seeded, stratified share of these rows, held out of its fitting. The
     preprocessing (scaling, SMOTE, ``spec.prepare``) is fitted once for the grid, and once per ``key`` in
     ``shared`` (the same rows under the same key: balance modes share it); ``spec.path`` heads warm-start
-    along the grid; other heads that may run concurrently fit ``workers`` entries at a time.
+    along the grid; other heads that may run concurrently fit ``workers`` entries at a time. Each step holds the
+    ``cores`` it runs on (shared with other searches side by side: no more threads at once than cores).
     ``column_scale``: each tap's weight, folded into the scaler (``classifiers/taps.py``)."""
     rows, extra = _rows(spec, grid, X, y, balance, seed, loss, early_stop, column_scale,
-                        SharedWork() if shared is None else shared, key, workers)
+                        SharedWork() if shared is None else shared, key, workers, cores=cores)
     min_count = int(np.bincount(rows.y)[np.unique(rows.y)].min())
 
     def build(params: dict) -> Any:
         return make_pipeline(spec, {**params, "columns": rows.X.shape[1]}, balance, seed, min_count, loss)[-1]
 
     def timed_fit(estimator: Any) -> tuple[Any, float]:
-        started = time.perf_counter()
-        estimator.fit(rows.X, rows.y, **extra)
-        return estimator, time.perf_counter() - started
+        with holding(cores):
+            started = time.perf_counter()
+            estimator.fit(rows.X, rows.y, **extra)
+            return estimator, time.perf_counter() - started
 
     if spec.path:  # one estimator along the grid, each entry starting from the previous solution
         fitted, warm = [], None
@@ -194,15 +209,18 @@ def _fit_grid(spec: ClassifierSpec, grid: tuple[dict, ...] | list[dict], X: np.n
 @dataclass(frozen=True)
 class Sharing:
     """How a search shares work: ``shared`` holds what other searches of the same rows computed (``key`` names
-    those rows: searches of other rows must not share a key), ``workers`` fits may run at once."""
+    those rows: searches of other rows must not share a key), ``workers`` fits may run at once, and the
+    ``cores`` searches side by side share (None: not shared)."""
 
     shared: SharedWork = field(default_factory=SharedWork)
     key: Hashable | None = None
     workers: int = 1
+    cores: Cores | None = None
 
     def under(self, *part: Hashable) -> dict:
         """``_fit_grid``'s sharing arguments for the rows named ``part`` within these."""
-        return {"shared": self.shared, "key": self.key and (self.key, *part), "workers": self.workers}
+        return {"shared": self.shared, "key": self.key and (self.key, *part), "workers": self.workers,
+                "cores": self.cores}
 
 
 def select(spec: ClassifierSpec, data: FeatureSet, balance: str, seed: int = 0, tta: bool = False,

@@ -11,7 +11,8 @@ fit gives the same model whether its balance mode is fitted alone or beside the 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 
@@ -39,3 +40,35 @@ class SharedWork:
             if not entry.done:
                 entry.value, entry.done = make(), True
         return entry.value
+
+
+class Cores:
+    """The cores that searches side by side share: each step holds the cores it runs on (``hold``: a fit one,
+    LightGBM's binning as many threads as it is given) while it runs, so the steps of several searches never
+    ask for more threads than there are cores. A step holds its cores only while it computes, never while it
+    waits for another's result (``SharedWork.get``), so no two steps wait for each other."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._free = threading.Semaphore(n)
+        self._taking = threading.Lock()  # one step takes its cores at a time: two never hold half each
+
+    @contextmanager
+    def _held(self, k: int) -> Iterator[None]:
+        k = max(1, min(k, self.n))
+        with self._taking:
+            for _ in range(k):
+                self._free.acquire()
+        try:
+            yield
+        finally:
+            for _ in range(k):
+                self._free.release()
+
+    def hold(self, k: int = 1) -> AbstractContextManager:
+        return self._held(k)
+
+
+def holding(cores: Cores | None, k: int = 1) -> AbstractContextManager:
+    """``cores.hold(k)``, or nothing to hold when the steps do not share cores (``cores`` None)."""
+    return nullcontext() if cores is None else cores.hold(k)

@@ -214,14 +214,17 @@ def _tap_sets(runs: list[Run], index: int) -> Table | None:
         for c in record.get("candidates", []) if len(record.get("candidates", [])) > 1 else []:
             mark = " (kept)" if c["name"] == record["chosen"] else ""
             vs = c["vs_first"]
-            rows.append([Cell(r.id), Cell(c["name"] + mark), Cell(str(c["columns"])),
+            by = f" ({record['compared_with']} fits)" if record.get("compared_with") else ""
+            rows.append([Cell(r.id + by), Cell(c["name"] + mark), Cell(str(c["columns"])),
                          Cell(_pct(c["accuracy"]), _ci(tuple(c["interval"]))),
                          Cell(f"{100 * vs['difference']:+.1f} pp" if c is not record["candidates"][0] else "-",
                               f"p={vs['p_value']:.3f}" if c is not record["candidates"][0] else "")])
     if not rows:
         return None
     note = ("Tap sets tried by fit --taps auto, scored on the data the settings were chosen on (validation split or "
-            "out of fold; never test), with 95% bootstrap intervals and the exact McNemar test against final-only.")
+            "out of fold; never test), with 95% bootstrap intervals and the exact McNemar test against final-only. "
+            "A run marked '(weights fits)' had its tap sets compared by class-weighted fits (LightGBM and the "
+            "dense head do so for SMOTE runs), then its grid searched with its own balance on the one kept.")
     return Table("Tap sets", header, rows, note, f"taps-{index}")
 
 

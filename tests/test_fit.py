@@ -195,8 +195,9 @@ def test_balance_modes_fitted_together_give_what_each_gives_alone(tmp_path: Path
 
 def test_lgbm_bins_its_rows_once_per_tap_set_for_unweighted_and_weighted_fits(tmp_path: Path,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """A tap set's training rows are binned once for all 4 grid entries of balance modes none and weights, and
-    once more for SMOTE's rows; never per fit."""
+    """A tap set's training rows are binned once for every grid entry of balance modes none and weights, and
+    SMOTE's rows once more, on the tap set kept only (its tap sets are compared by the weighted fits); never
+    per fit."""
     from synthetic import make_tapped_cache
 
     from clothprobe.classifiers import boosting
@@ -213,8 +214,64 @@ def test_lgbm_bins_its_rows_once_per_tap_set_for_unweighted_and_weighted_fits(tm
     results = fit("clothes", backbone="vgg16", clf="lgbm", balance="all", features_dir=tmp_path / "f",
                   models_dir=tmp_path / "m")
     tap_sets = len(results[0].metrics.taps["candidates"])
-    assert tap_sets > 1 and len(binned) == 2 * tap_sets
+    assert tap_sets > 1 and len(binned) == tap_sets + 1
     assert sum(len(r.metrics.candidates) for r in results) == 3 * len(CLASSIFIERS["lgbm"].grid)
+
+
+def test_a_smote_run_compares_tap_sets_by_class_weighted_fits_then_searches_its_grid(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """First-entry heads: a SMOTE run's candidate tap sets are each fitted once with class weights on the
+    training rows (no synthetic rows), its record says so, and its whole grid is then searched with SMOTE's
+    rows on the tap set kept; SMOTE's rows are binned on the training rows' edges."""
+    from synthetic import make_tapped_cache
+
+    from clothprobe.classifiers import boosting
+
+    make_tapped_cache(tmp_path / "f")
+    fitted: list[tuple[int, int, object, float]] = []
+    original = boosting.BoostedTrees.fit
+
+    def spy(self, X, y, **kw):  # noqa: ANN001, ANN003, ANN202
+        fitted.append((X.shape[0], X.shape[1], self.class_weight, self.learning_rate, kw["binned"]))
+        return original(self, X, y, **kw)
+
+    monkeypatch.setattr(boosting.BoostedTrees, "fit", spy)
+    (result,) = fit("clothes", backbone="vgg16", clf="lgbm", balance="smote", features_dir=tmp_path / "f",
+                    models_dir=tmp_path / "m")
+    grid, taps = CLASSIFIERS["lgbm"].grid, result.metrics.taps
+    widths = [c["columns"] for c in taps["candidates"]]
+    kept = widths[[c["name"] for c in taps["candidates"]].index(taps["chosen"])]
+    compared, searched = fitted[: len(widths)], fitted[len(widths) :]
+    assert taps["compared_with"] == "weights" and len(widths) > 1
+    assert sorted(f[1] for f in compared) == sorted(widths)
+    assert {(f[2], f[3]) for f in compared} == {("balanced", grid[0]["learning_rate"])}
+    assert [(f[1], f[2], f[3]) for f in searched] == [(kept, None, g["learning_rate"]) for g in grid]
+    assert searched[0][0] > compared[0][0]  # SMOTE's synthetic rows, only once the tap set is kept
+    assert [c["params"] for c in result.metrics.candidates] == list(grid)
+    plain, synthetic = compared[[f[1] for f in compared].index(kept)][4], searched[0][4]
+    assert synthetic._bins.reference is plain._bins  # the real rows' bin edges
+    from clothprobe.report import build_report
+
+    build_report(tmp_path / "m", tmp_path / "report")
+    assert "lgbm-smote (weights fits)" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_smote_rows_take_the_bin_edges_of_the_rows_they_were_made_from() -> None:
+    """``BinnedRows(on=...)``: a column the real rows hold 3 values of keeps their 3 bins, however many values
+    the synthetic rows between them take (binned on their own, they get many more), and early stopping watches
+    the same binned rows."""
+    from clothprobe.classifiers.boosting import MAX_BIN, BinnedRows
+
+    rng = np.random.default_rng(0)
+    real = rng.choice([0.0, 1.0, 2.0], size=(300, 2)).astype(np.float32)
+    synthetic = rng.uniform(0, 2, size=(600, 2)).astype(np.float32)
+    y, y_syn = np.arange(300) % 3, np.arange(600) % 3
+    params = {"max_bin": MAX_BIN, "min_data_in_leaf": 5, "enable_bundle": False, "verbose": -1}
+    plain = BinnedRows(real, y, real[:30], y[:30], params=params)
+    alone = BinnedRows(synthetic, y_syn, params=params)
+    on = BinnedRows(synthetic, y_syn, params=params, on=plain)
+    assert alone._bins.feature_num_bin(0) > 10 and on._bins.feature_num_bin(0) == plain._bins.feature_num_bin(0) <= 4
+    assert on.has_stop and on.stopping().num_data() == 30
 
 
 def test_lgbm_compares_tap_sets_at_its_first_setting_then_searches_its_grid_on_the_kept_one(

@@ -137,3 +137,32 @@ def test_cv_refits_on_train_and_validation(tmp_path: Path) -> None:
     assert cv.metrics.validation.n == 87 and val.metrics.validation.n == 25
     assert cv.metrics.calibration.n == 174 and cv.metrics.calibration.fitted_on == "out-of-fold predictions"
     assert len(cv.metrics.candidates) == len(CLASSIFIERS["logreg"].grid)
+
+
+def test_steps_side_by_side_never_hold_more_cores_than_there_are() -> None:
+    """``Cores``: steps of 1 and of several cores from many threads at once never hold more than ``n`` between
+    them, a step asking for more than ``n`` gets ``n``, and every one of them runs."""
+    import threading
+    import time
+
+    from clothprobe.classifiers.shared import Cores
+
+    cores, lock = Cores(3), threading.Lock()
+    held, peak, ran = [0], [0], []
+
+    def step(k: int) -> None:
+        with cores.hold(k):
+            with lock:
+                held[0] += min(k, 3)
+                peak[0] = max(peak[0], held[0])
+            time.sleep(0.002)
+            with lock:
+                held[0] -= min(k, 3)
+                ran.append(k)
+
+    threads = [threading.Thread(target=step, args=(k,)) for k in [1, 2, 5, 1, 3, 1, 2] * 6]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(ran) == len(threads) and peak[0] == 3 and held[0] == 0
