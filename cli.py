@@ -850,19 +850,22 @@ def cache_list() -> None:
 def cache_prune(
     key: Annotated[str | None, typer.Option(help="Remove this entry (a key from `cli cache list`).")] = None,
     unused_days: Annotated[float | None, typer.Option(help="Remove entries not used for this many days.")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Remove every stored model.")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Remove every stored model, and every run exported for "
+                                                    "serving (`cli serve RUN`).")] = False,
 ) -> None:
     """Remove stored models (they are rebuilt when needed); damaged entries and leftovers always go."""
     from clothprobe.featurize.model.store import ModelStore
+    from clothprobe.serve.exports import prune_exports
 
     store = ModelStore()
     removed = store.prune(key=key, unused_days=unused_days, everything=all_)
     entries = [p for p in removed if p.parent == store.root]
-    for path in entries:
+    exports = prune_exports(store.home) if all_ else []
+    for path in entries + exports:
         out.print(Text(f"removed {path}"))
     blobs = len(removed) - len(entries)
     out.print(f"{len(entries)} removed" + (f"; {blobs} compiled file(s) cleared from {store.home / 'compiled'}"
-                                          if blobs else ""))
+                                          if blobs else "") + (f"; {len(exports)} served export(s)" if exports else ""))
 
 
 def main() -> None:

@@ -5,13 +5,15 @@ The export runs ``cli export RUN --out FILE.onnx`` in a child process, so the se
 TensorFlow or OpenVINO. The digest covers the run's manifest (which holds the sha256 of every other file of
 the run), the precision asked for and clothprobe's version: a run fitted again, or another clothprobe, gets a
 new export. Two servers starting on one run export it once (a lock per digest); the file appears by an
-atomic rename, so a killed export leaves nothing half-written under its name.
+atomic rename, so a killed export leaves nothing half-written under its name. ``prune_exports`` (``cli cache
+prune --all``) removes those files, and only those: a name this module gives, or a killed export's leftover.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -28,6 +30,7 @@ from clothprobe.runs.directory import MANIFEST, is_run, read_manifest, verify
 
 EXPORTS = "exports"
 SUFFIX = ".onnx"
+_OURS = re.compile(r"\.?(?P<digest>[0-9a-f]{16})(\.tmp-[0-9]+)?\.onnx")  # _cached_export's files, its leftovers
 
 
 def export_digest(run: Path, precision: str | None) -> str:
@@ -86,3 +89,23 @@ def _cached_export(run: Path, precision: str | None, home: Path, say: Callable[[
             tmp.unlink(missing_ok=True)
         say(f"exported in {time.perf_counter() - start:.1f} s")
     return path
+
+
+def prune_exports(home: str | Path | None = None) -> list[Path]:
+    """Remove the runs exported for serving under ``home`` (default ``$CLOTHPROBE_HOME``) that no server is
+    exporting now; files of any other name there are the user's and stay. Returns what was removed."""
+    folder = (Path(home) if home else store_home()) / EXPORTS
+    if folder.is_symlink() or not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.iterdir()):
+        ours = _OURS.fullmatch(path.name)
+        if not ours or path.is_symlink() or not path.is_file():
+            continue
+        try:
+            with FileLock(str(folder / f"{ours['digest']}{SUFFIX}.lock")).acquire(timeout=0):  # held: being exported
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        except TimeoutError:
+            continue
+    return removed

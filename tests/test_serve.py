@@ -395,3 +395,21 @@ def test_library_refusals_name_the_file(tmp_path: Path) -> None:
         model_file(tmp_path, precision="int4")
     with pytest.raises(ClothprobeError, match="is neither a run directory"):
         model_file(tmp_path)
+
+
+def test_cache_prune_all_removes_the_runs_exported_for_serving_and_nothing_else(tmp_path: Path) -> None:
+    """``cli cache prune --all`` removes ``exports/<digest>.onnx`` and a killed export's leftover; a file of the
+    user's there stays, and so does an export a server is making now (its lock held)."""
+    from filelock import FileLock
+
+    exports = tmp_path / "home" / "exports"
+    exports.mkdir(parents=True)
+    done, leftover, busy = "0123456789abcdef.onnx", ".fedcba9876543210.tmp-4242.onnx", "00112233aabbccdd.onnx"
+    for name in (done, leftover, busy, "mine.onnx", "0123456789abcdef.onnx.bak"):
+        (exports / name).write_bytes(b"onnx")
+    with FileLock(str(exports / f"{busy}.lock")):
+        res = cli("cache", "prune", "--all", home=tmp_path / "home")
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in exports.iterdir() if p.suffix != ".lock") == sorted(
+        [busy, "mine.onnx", "0123456789abcdef.onnx.bak"])
+    assert "2 served export(s)" in res.stdout and f"removed {exports / done}" in res.stdout
