@@ -119,15 +119,15 @@ def search_runs(spec: ClassifierSpec, data: FeatureSet, runs: list[Run], *, tta:
     every = [(c, s) for c in range(len(choices)) for s in range(len(compare))]  # tap set by tap set: little held
     done = _searched(spec, tap_sets, compare, every, [grid] * len(compare), tta=tta, seed=seed, mode=mode)
     users = Counter(by)  # a comparison's seconds are shared among the runs it chose for
+    own = [compare[by[r]] == run for r, run in enumerate(runs)]  # else a stand-in's fits compared the tap sets
     found = [_kept(taps, data, [(choices[c], done[(c, by[r])][0]) for c in range(len(choices))],
                    sum(done[(c, by[r])][1] for c in range(len(choices))) / users[by[r]], seed,
-                   stand_in=compare[by[r]].balance if compare[by[r]] != run else None)
-             for r, run in enumerate(runs)]
+                   stand_in=None if own[r] else compare[by[r]].balance)
+             for r in range(len(runs))]
     kept = [choices.index(f.choice) for f in found]
     tap_sets.release(set(kept) if coordinate else set())
     if not coordinate:
         return found
-    own = [compare[by[r]] == run for r, run in enumerate(runs)]  # else a stand-in's fits compared the tap sets
     grids = [spec.grid[1:] if own[r] else spec.grid for r in range(len(runs))]
     units = sorted(((kept[r], r) for r in range(len(runs))), key=lambda u: (-len(grids[u[1]]), u[0]))  # longest first
     rest = _searched(spec, tap_sets, runs, units, grids, tta=tta, seed=seed, mode=mode)

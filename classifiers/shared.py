@@ -54,7 +54,7 @@ class Cores:
         self._taking = threading.Lock()  # one step takes its cores at a time: two never hold half each
 
     @contextmanager
-    def _held(self, k: int) -> Iterator[None]:
+    def hold(self, k: int = 1) -> Iterator[None]:
         k = max(1, min(k, self.n))
         with self._taking:
             for _ in range(k):
@@ -64,9 +64,6 @@ class Cores:
         finally:
             for _ in range(k):
                 self._free.release()
-
-    def hold(self, k: int = 1) -> AbstractContextManager:
-        return self._held(k)
 
 
 def holding(cores: Cores | None, k: int = 1) -> AbstractContextManager:

@@ -211,10 +211,10 @@ def _tap_sets(runs: list[Run], index: int) -> Table | None:
     rows = []
     for r in runs:
         record = r.metrics.taps
+        by = f" ({record['compared_with']} fits)" if record.get("compared_with") else ""
         for c in record.get("candidates", []) if len(record.get("candidates", [])) > 1 else []:
             mark = " (kept)" if c["name"] == record["chosen"] else ""
             vs = c["vs_first"]
-            by = f" ({record['compared_with']} fits)" if record.get("compared_with") else ""
             rows.append([Cell(r.id + by), Cell(c["name"] + mark), Cell(str(c["columns"])),
                          Cell(_pct(c["accuracy"]), _ci(tuple(c["interval"]))),
                          Cell(f"{100 * vs['difference']:+.1f} pp" if c is not record["candidates"][0] else "-",
